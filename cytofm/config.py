@@ -1,0 +1,210 @@
+"""Typed, validated views of the config sections each stage uses.
+
+The JSON schema (``workflow/schemas/config.schema.yaml``) checks the whole config before any job
+runs; these frozen dataclasses check each stage's section again when the stage is called from
+Python, and their messages name the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from cytofm.errors import ConfigError
+
+__all__ = [
+    "CellsConfig",
+    "DatasetConfig",
+    "DemoConfig",
+    "TilingConfig",
+    "TrackingConfig",
+    "from_mapping",
+]
+
+T = TypeVar("T")
+
+
+def _positive(section: str, **values: float) -> None:
+    for key, value in values.items():
+        if not value > 0:
+            raise ConfigError(f"{section}.{key} must be > 0, got {value!r}")
+
+
+def _fraction(section: str, **values: float) -> None:
+    for key, value in values.items():
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{section}.{key} must be within [0, 1], got {value!r}")
+
+
+def from_mapping(cls: type[T], mapping: Mapping[str, Any] | None, section: str = "") -> T:
+    """Build a config dataclass from a mapping, refusing keys the dataclass does not know."""
+    mapping = dict(mapping or {})
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(mapping) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in config section '{section or cls.__name__}'; "
+            f"allowed: {sorted(names)}"
+        )
+    return cls(**mapping)
+
+
+class _Section:
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig(_Section):
+    """The synthetic cytology demo: slides, ground truth and a labelled crop collection."""
+
+    n_slides: int = 4
+    width_px: int = 4096
+    height_px: int = 4096
+    mpp: float = 0.25
+    cells_per_mm2: float = 110.0
+    cluster_prob: float = 0.25
+    abnormal_slide_fraction: float = 0.5
+    abnormal_cell_fraction: float = 0.08
+    debris_per_mm2: float = 60.0
+    crops_per_class: int = 60
+    crop_um: float = 48.0
+    jpeg_quality: int = 90
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        s = "demo"
+        if self.n_slides < 1:
+            raise ConfigError(f"{s}.n_slides must be >= 1, got {self.n_slides!r}")
+        if min(self.width_px, self.height_px) < 512:
+            raise ConfigError(
+                f"{s}.width_px/height_px must be >= 512, got {self.width_px}x{self.height_px}"
+            )
+        _positive(s, mpp=self.mpp, cells_per_mm2=self.cells_per_mm2, crop_um=self.crop_um)
+        _fraction(
+            s,
+            cluster_prob=self.cluster_prob,
+            abnormal_slide_fraction=self.abnormal_slide_fraction,
+            abnormal_cell_fraction=self.abnormal_cell_fraction,
+        )
+        if self.debris_per_mm2 < 0:
+            raise ConfigError(f"{s}.debris_per_mm2 must be >= 0, got {self.debris_per_mm2!r}")
+        if self.crops_per_class < 0:
+            raise ConfigError(f"{s}.crops_per_class must be >= 0, got {self.crops_per_class!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"{s}.jpeg_quality must be in 1..100, got {self.jpeg_quality!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TilingConfig(_Section):
+    """Foreground mask and tile grid."""
+
+    mpp: float = 0.5
+    tile_px: int = 512
+    mask_mpp: float = 4.0
+    od_threshold: float = 0.06
+    min_object_um2: float = 40.0
+    dilate_um: float = 8.0
+    min_foreground: float = 0.001
+    save_images: bool = False
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        s = "tiling"
+        _positive(s, mpp=self.mpp, mask_mpp=self.mask_mpp, od_threshold=self.od_threshold)
+        if self.tile_px < 16:
+            raise ConfigError(f"{s}.tile_px must be >= 16, got {self.tile_px!r}")
+        if self.mask_mpp < self.mpp:
+            raise ConfigError(
+                f"{s}.mask_mpp ({self.mask_mpp}) must be >= tiling.mpp ({self.mpp}): the mask "
+                "is a low-resolution thumbnail"
+            )
+        if self.min_object_um2 < 0 or self.dilate_um < 0:
+            raise ConfigError(f"{s}.min_object_um2 and {s}.dilate_um must be >= 0")
+        _fraction(s, min_foreground=self.min_foreground)
+        if self.backend not in ("auto", "openslide", "tiatoolbox"):
+            raise ConfigError(
+                f"{s}.backend must be one of auto, openslide, tiatoolbox; got {self.backend!r}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class CellsConfig(_Section):
+    """Nucleus detection and cell-centred patch extraction."""
+
+    patch_um: float = 48.0
+    patch_px: int = 64
+    detector: str = "classical"
+    detect_mpp: float = 1.0
+    nucleus_min_um: float = 2.5
+    nucleus_max_um: float = 8.0
+    threshold: float = 0.12
+    min_darkness: float = 0.35
+    merge_um: float = 9.0
+    chunk: int = 256
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        s = "cells"
+        _positive(
+            s,
+            patch_um=self.patch_um,
+            detect_mpp=self.detect_mpp,
+            nucleus_min_um=self.nucleus_min_um,
+            threshold=self.threshold,
+        )
+        if self.patch_px < 8:
+            raise ConfigError(f"{s}.patch_px must be >= 8, got {self.patch_px!r}")
+        if self.nucleus_max_um < self.nucleus_min_um:
+            raise ConfigError(
+                f"{s}.nucleus_max_um ({self.nucleus_max_um}) must be >= cells.nucleus_min_um "
+                f"({self.nucleus_min_um})"
+            )
+        if self.min_darkness < 0 or self.merge_um < 0:
+            raise ConfigError(f"{s}.min_darkness and {s}.merge_um must be >= 0")
+        if self.chunk < 1:
+            raise ConfigError(f"{s}.chunk must be >= 1, got {self.chunk!r}")
+
+    @property
+    def patch_mpp(self) -> float:
+        """Micrometres per pixel of the stored patches."""
+        return self.patch_um / self.patch_px
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig(_Section):
+    """A labelled cell-image collection to import into the patch-store format."""
+
+    name: str
+    path: str
+    format: str = "folder"
+    mpp: float | None = None
+    patch_um: float | None = None
+    patch_px: int = 64
+    quality_csv: str | None = None
+    chunk: int = 256
+
+    def __post_init__(self) -> None:
+        s = f"datasets.{self.name}"
+        if self.format not in ("folder", "csv"):
+            raise ConfigError(f"{s}.format must be 'folder' or 'csv', got {self.format!r}")
+        if self.patch_px < 8:
+            raise ConfigError(f"{s}.patch_px must be >= 8, got {self.patch_px!r}")
+        if (self.mpp is None) != (self.patch_um is None):
+            raise ConfigError(
+                f"{s}: set both mpp and patch_um (crop a fixed field of view in micrometres) "
+                f"or neither (resize whole images); got mpp={self.mpp!r}, "
+                f"patch_um={self.patch_um!r}"
+            )
+        if self.mpp is not None:
+            _positive(s, mpp=self.mpp, patch_um=self.patch_um)  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingConfig(_Section):
+    """MLflow tracking. ``MLFLOW_TRACKING_URI`` in the environment wins over ``tracking_uri``."""
+
+    tracking_uri: str = ""
+    experiment: str = "cytofm"
+    log_slide_paths: bool = False

@@ -1,0 +1,38 @@
+"""Logging set-up: configured once per process, named loggers everywhere else."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["setup_logging"]
+
+_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
+    """Send log records (and, for a file, stderr such as progress bars) to ``log_file``.
+
+    Snakemake scripts call this first so that everything a job prints lands in the rule's
+    ``log:`` file, which Snakemake keeps next to the job's outputs.
+    """
+    handlers: list[logging.Handler] = []
+    if log_file is not None:
+        path = Path(log_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stream = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+        sys.stderr = stream
+        handlers.append(logging.StreamHandler(stream))
+    else:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(level)
+    # Third-party libraries that configure logging on import are kept quiet.
+    for noisy in ("tiatoolbox", "PIL", "matplotlib", "alembic", "urllib3", "numcodecs"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

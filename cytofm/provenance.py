@@ -1,0 +1,96 @@
+"""Provenance: what produced an artifact (code version, commit, config, input checksums)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import platform
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cytofm import __version__
+
+__all__ = ["config_hash", "file_sha256", "git_commit", "provenance", "tree_sha256"]
+
+_PKG_DIR = Path(__file__).resolve().parent
+
+
+def git_commit(path: str | Path = _PKG_DIR) -> str:
+    """Commit of the git checkout holding ``path`` ('unknown' outside a checkout).
+
+    A '-dirty' suffix marks uncommitted changes to tracked files, so results from edited
+    code are never mistaken for results of the commit.
+    """
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=path,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def _canonical(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, list | tuple):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return obj.item()
+    return obj
+
+
+def config_hash(config: Mapping[str, Any] | Any) -> str:
+    """Short stable hash of a (nested) config mapping; key order does not matter."""
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    blob = json.dumps(_canonical(config), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file, read in 4 MiB chunks so memory does not grow with file size."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tree_sha256(path: str | Path) -> str:
+    """SHA-256 over the relative names and contents of every file below a folder."""
+    root = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(root)).encode())
+        digest.update(file_sha256(file).encode())
+    return digest.hexdigest()
+
+
+def provenance(stage: str, config: Mapping[str, Any] | Any, **extra: Any) -> dict[str, Any]:
+    """The provenance record written into every artifact's attributes."""
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    record = {
+        "stage": stage,
+        "cytofm_version": __version__,
+        "git_commit": git_commit(),
+        "config": _canonical(config),
+        "config_hash": config_hash(config),
+        "python": platform.python_version(),
+        "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    record.update(_canonical(extra))
+    return record

@@ -1,0 +1,1 @@
+"""Synthetic cytology: cells with class-specific morphology, slides and crop collections."""

@@ -1,0 +1,153 @@
+"""The built-in demo: synthetic slides with ground truth, a sample sheet and a crop collection.
+
+Everything is a pure function of the :class:`DemoConfig` (and the slide index), so each slide is
+its own Snakemake job and reruns give byte-identical pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from cytofm.config import DemoConfig
+from cytofm.synthetic.morphology import CELL_CLASSES, render_cell, render_debris, sample_cell
+from cytofm.synthetic.slide import (
+    MIN_NUCLEAR_SPACING_UM,
+    class_mix,
+    od_to_rgb,
+    render_slide_canvas,
+    write_pyramidal_tiff,
+)
+from cytofm.synthetic.stain import SlideStain
+
+__all__ = [
+    "demo_slide_ids",
+    "demo_slide_labels",
+    "make_demo_crops",
+    "make_demo_sheet",
+    "make_demo_slide",
+    "render_crop",
+]
+
+log = logging.getLogger(__name__)
+
+
+def demo_slide_ids(cfg: DemoConfig) -> list[str]:
+    return [f"demo_{i:03d}" for i in range(cfg.n_slides)]
+
+
+def demo_slide_labels(cfg: DemoConfig) -> dict[str, int]:
+    """Slide-level label ``abnormal`` (1 = holds dysplastic cells), fixed by seed and count."""
+    ids = demo_slide_ids(cfg)
+    n_abnormal = int(round(cfg.n_slides * cfg.abnormal_slide_fraction))
+    order = np.random.default_rng([cfg.seed, 7]).permutation(cfg.n_slides)
+    abnormal = set(order[:n_abnormal].tolist())
+    return {sid: int(i in abnormal) for i, sid in enumerate(ids)}
+
+
+def _split(i: int, n: int) -> str:
+    """Deterministic 60/20/20 train/val/test split by slide index."""
+    frac = (i + 0.5) / n
+    return "train" if frac < 0.6 else ("val" if frac < 0.8 else "test")
+
+
+def make_demo_sheet(cfg: DemoConfig, slide_dir: str | Path) -> pd.DataFrame:
+    """The demo's sample sheet; ``mpp`` is left empty so it is read from the files."""
+    labels = demo_slide_labels(cfg)
+    rows = []
+    for i, sid in enumerate(demo_slide_ids(cfg)):
+        rows.append(
+            {
+                "slide_id": sid,
+                "path": str(Path(slide_dir) / f"{sid}.tif"),
+                "mpp": "",
+                "patient_id": f"patient_{i // 2:03d}",
+                "split": _split(i, cfg.n_slides),
+                "abnormal": labels[sid],
+                "stain": "papanicolaou",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def make_demo_slide(cfg: DemoConfig, slide_id: str, out_slide: str | Path, out_truth: str | Path) -> dict:
+    """Render slide ``slide_id`` of the demo, write it as pyramidal TIFF plus its ground truth."""
+    ids = demo_slide_ids(cfg)
+    if slide_id not in ids:
+        raise ValueError(f"{slide_id!r} is not a demo slide; demo slides are {ids[0]}..{ids[-1]}")
+    index = ids.index(slide_id)
+    abnormal = bool(demo_slide_labels(cfg)[slide_id])
+    rng = np.random.default_rng([cfg.seed, 1, index])
+    canvas = render_slide_canvas(
+        cfg.width_px,
+        cfg.height_px,
+        cfg.mpp,
+        class_mix(abnormal, cfg.abnormal_cell_fraction),
+        cells_per_mm2=cfg.cells_per_mm2,
+        cluster_prob=cfg.cluster_prob,
+        debris_per_mm2=cfg.debris_per_mm2,
+        rng=rng,
+    )
+    write_pyramidal_tiff(out_slide, canvas.rgb, cfg.mpp, quality=cfg.jpeg_quality)
+    truth = canvas.cells.copy()
+    truth.insert(0, "slide_id", slide_id)
+    Path(out_truth).parent.mkdir(parents=True, exist_ok=True)
+    truth.to_csv(out_truth, sep="\t", index=False, float_format="%.2f")
+    counts = truth["class"].value_counts().to_dict()
+    log.info("%s: %d cells %s, abnormal=%s", slide_id, len(truth), counts, abnormal)
+    return {"slide_id": slide_id, "n_cells": len(truth), "abnormal": int(abnormal), **counts}
+
+
+def render_crop(
+    cls: str, crop_um: float, mpp: float, stain: SlideStain, rng: np.random.Generator
+) -> np.ndarray:
+    """One cell-centred crop (nuclear centroid at the centre), with a neighbour now and then."""
+    size = int(round(crop_um / mpp))
+    pad = int(round(30 / mpp))
+    full = size + 2 * pad
+    od = np.empty((full, full, 3), np.float32)
+    od[:] = stain.background_od.astype(np.float32)
+    spec = sample_cell(cls, rng)
+    dx, dy = spec.centroid_um
+    centre = full / 2
+    if rng.random() < 0.3:  # a neighbouring cell of any class, partly in view
+        other = sample_cell(CELL_CLASSES[int(rng.integers(len(CELL_CLASSES)))], rng)
+        dist = (MIN_NUCLEAR_SPACING_UM + rng.uniform(spec.radius_um, 2 * spec.radius_um)) / mpp
+        theta = rng.uniform(0, 2 * np.pi)
+        render_cell(od, other, centre + dist * np.cos(theta), centre + dist * np.sin(theta),
+                    mpp, stain, rng)
+    render_cell(od, spec, centre - dx / mpp, centre - dy / mpp, mpp, stain, rng)
+    for _ in range(int(rng.poisson(0.5))):
+        render_debris(od, rng.uniform(0, full), rng.uniform(0, full), mpp, stain, rng)
+    rgb = od_to_rgb(od, stain, rng)
+    return rgb[pad : pad + size, pad : pad + size]
+
+
+def make_demo_crops(cfg: DemoConfig, out_dir: str | Path, group_size: int = 10) -> pd.DataFrame:
+    """Labelled cell crops in image-folder layout (``{class}/{name}.png``) plus ``labels.csv``.
+
+    Crops come in groups of ``group_size`` that share one stain, like cells of one slide; the
+    ``group`` column lets evaluations split by group so a stain never spans train and test.
+    """
+    out = Path(out_dir)
+    rows = []
+    rng = np.random.default_rng([cfg.seed, 2])
+    jobs = [(cls, i) for cls in CELL_CLASSES for i in range(cfg.crops_per_class)]
+    stain = SlideStain.sample(rng)
+    for n, (cls, i) in enumerate(tqdm(jobs, desc="demo crops", mininterval=2)):
+        if n % group_size == 0:
+            stain = SlideStain.sample(rng)
+            group = f"g{n // group_size:04d}"
+        crop = render_crop(cls, cfg.crop_um, cfg.mpp, stain, rng)
+        rel = Path(cls) / f"{cls}_{i:04d}.png"
+        (out / cls).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(out / rel), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+        rows.append({"path": str(rel), "label": cls, "group": group})
+    table = pd.DataFrame(rows, columns=["path", "label", "group"])
+    table.to_csv(out / "labels.csv", index=False)
+    return table

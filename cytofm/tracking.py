@@ -1,0 +1,174 @@
+"""MLflow tracking: the only module of cytofm that imports mlflow.
+
+Every Snakemake job opens exactly one run through :func:`job_run`. The default store is a SQLite
+file under the results folder; ``MLFLOW_TRACKING_URI`` (or ``mlflow.tracking_uri`` in config)
+points elsewhere, and the URI ``none`` switches tracking off. Writes to a SQLite store are
+serialised with a file lock because parallel Snakemake jobs share one database file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from cytofm.config import TrackingConfig
+from cytofm.provenance import config_hash, git_commit
+
+__all__ = ["RunLogger", "flatten", "job_run", "resolve_tracking_uri"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_tracking_uri(config: TrackingConfig, results_dir: str | Path) -> str:
+    """Environment variable, then config, then ``sqlite:///<results>/mlflow.db``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return env
+    if config.tracking_uri:
+        return config.tracking_uri
+    db = Path(results_dir).resolve() / "mlflow.db"
+    return f"sqlite:///{db}"
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> flat ``{"a.b": value}`` for MLflow params."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class RunLogger:
+    """Thin handle on one MLflow run. With tracking off, every call is a no-op."""
+
+    def __init__(self, client: Any = None, run_id: str | None = None, lock: Path | None = None):
+        self._client = client
+        self.run_id = run_id
+        self._lock = lock
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self._lock is None:
+            yield
+            return
+        self._lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._lock, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @property
+    def active(self) -> bool:
+        return self._client is not None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if not self.active:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        with self._locked():
+            for start in range(0, len(items), 100):
+                self._client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if not self.active:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        with self._locked():
+            self._client.log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if not self.active:
+            return
+        from mlflow.entities import RunTag
+
+        with self._locked():
+            self._client.log_batch(
+                self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]
+            )
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if not self.active:
+            return
+        with self._locked():
+            self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+@contextlib.contextmanager
+def job_run(
+    stage: str,
+    *,
+    tracking: TrackingConfig | None = None,
+    results_dir: str | Path = "results",
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    run_name: str | None = None,
+) -> Iterator[RunLogger]:
+    """Open one MLflow run for a job; it ends FINISHED, or FAILED if the body raises.
+
+    Tags always include the stage, config hash and git commit; callers add the rule and
+    wildcards. Params are the stage's resolved config, flattened.
+    """
+    tracking = tracking or TrackingConfig()
+    uri = resolve_tracking_uri(tracking, results_dir)
+    if uri.lower() == "none":
+        yield RunLogger()
+        return
+
+    from mlflow.tracking import MlflowClient
+
+    lock = None
+    artifact_root = None
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock = db.with_name(db.name + ".lock")
+        artifact_root = (db.parent / "mlflow-artifacts").resolve().as_uri()
+
+    bootstrap = RunLogger(lock=lock)
+    with bootstrap._locked():
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name(tracking.experiment)
+        if experiment is None:
+            experiment_id = client.create_experiment(
+                tracking.experiment, artifact_location=artifact_root
+            )
+        else:
+            experiment_id = experiment.experiment_id
+        all_tags = {
+            "cytofm.stage": stage,
+            "cytofm.git_commit": git_commit(),
+            "cytofm.config_hash": config_hash(params or {}),
+        }
+        all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+        run = client.create_run(experiment_id, run_name=run_name or stage, tags=all_tags)
+    logger = RunLogger(client, run.info.run_id, lock)
+    if params:
+        logger.log_params(params)
+    status = "FAILED"
+    try:
+        yield logger
+        status = "FINISHED"
+    finally:
+        try:
+            with logger._locked():
+                client.set_terminated(run.info.run_id, status=status)
+        except Exception:  # never hide the job's own error behind a tracking error
+            log.exception("could not close MLflow run %s", run.info.run_id)
