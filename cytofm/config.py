@@ -137,11 +137,11 @@ class CellsConfig(_Section):
     patch_px: int = 64
     detector: str = "classical"
     detect_mpp: float = 1.0
-    nucleus_min_um: float = 2.5
-    nucleus_max_um: float = 8.0
+    nucleus_min_um: float = 4.0
+    nucleus_max_um: float = 14.0
     threshold: float = 0.12
-    min_darkness: float = 0.35
-    merge_um: float = 9.0
+    min_darkness: float = 0.25
+    merge_um: float = 11.0
     chunk: int = 256
     backend: str = "auto"
 
@@ -182,11 +182,20 @@ class DatasetConfig(_Section):
     mpp: float | None = None
     patch_um: float | None = None
     patch_px: int = 64
-    quality_csv: str | None = None
+    query: str | None = None
+    path_column: str = "path"
+    label_column: str = "label"
+    group_column: str = "group"
     chunk: int = 256
 
     def __post_init__(self) -> None:
         s = f"datasets.{self.name}"
+        if not self.name or not all(ch.isalnum() or ch in "._-" for ch in self.name):
+            raise ConfigError(
+                f"dataset name {self.name!r} may hold only letters, digits and '._-'"
+            )
+        if self.query and self.format != "csv":
+            raise ConfigError(f"{s}.query filters CSV rows; it needs format: csv")
         if self.format not in ("folder", "csv"):
             raise ConfigError(f"{s}.format must be 'folder' or 'csv', got {self.format!r}")
         if self.patch_px < 8:

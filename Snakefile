@@ -1,0 +1,21 @@
+# cytofm: cytology foundation-model pipeline. This file is a table of contents only:
+# config and sheets are validated in workflow/rules/common.smk, each stage has its own file.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/datasets.smk"
+include: "workflow/rules/tile.smk"
+include: "workflow/rules/cells.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,1 @@
+"""Nucleus detection, cell-centred patch extraction and detection metrics."""

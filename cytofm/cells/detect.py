@@ -1,0 +1,125 @@
+"""Nucleus detectors, registered by name (``cells.detector`` in config).
+
+A detector is built from the cells config and the slide's glass colour, and called on an RGB
+region with its mpp; it returns nucleus centres (x, y) in that region's pixels and a score
+per centre. To use a learned model (for example a tiatoolbox nucleus segmentor with local
+weights), register a factory with :func:`register_detector` and name it in config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import cv2
+import numpy as np
+from scipy.ndimage import gaussian_filter, gaussian_laplace
+from skimage.feature import peak_local_max
+
+from cytofm.config import CellsConfig
+from cytofm.errors import ConfigError
+from cytofm.wsi.mask import optical_density
+
+__all__ = ["DETECTORS", "ClassicalDetector", "Detector", "make_detector", "register_detector"]
+
+
+class Detector(Protocol):
+    def __call__(self, rgb: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+DETECTORS: dict[str, Callable[[CellsConfig, np.ndarray], Detector]] = {}
+
+
+def register_detector(name: str):
+    """Register ``factory(cells_config, background_rgb) -> Detector`` under ``name``."""
+
+    def decorator(factory):
+        DETECTORS[name] = factory
+        return factory
+
+    return decorator
+
+
+def make_detector(cfg: CellsConfig, background: np.ndarray) -> Detector:
+    if cfg.detector not in DETECTORS:
+        raise ConfigError(
+            f"cells.detector {cfg.detector!r} is not registered; available: {sorted(DETECTORS)}"
+        )
+    return DETECTORS[cfg.detector](cfg, background)
+
+
+def merge_close(xy: np.ndarray, scores: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy merge of centres closer than ``radius``: strongest first, position averaged
+    (score-weighted) over its group, so the two nuclei of a binucleate cell give one centre."""
+    if len(xy) == 0 or radius <= 0:
+        return xy, scores
+    order = np.argsort(-scores, kind="stable")
+    xy, scores = xy[order], scores[order]
+    taken = np.zeros(len(xy), bool)
+    out_xy, out_s = [], []
+    for i in range(len(xy)):
+        if taken[i]:
+            continue
+        d = np.hypot(*(xy - xy[i]).T)
+        group = (~taken) & (d < radius)
+        taken |= group
+        w = scores[group]
+        out_xy.append((xy[group] * w[:, None]).sum(0) / w.sum())
+        out_s.append(scores[i])
+    return np.asarray(out_xy, np.float64), np.asarray(out_s, np.float32)
+
+
+class ClassicalDetector:
+    """Scale-normalised Laplacian-of-Gaussian blobs on the darkest-channel optical density.
+
+    Nuclei absorb in every channel while cytoplasm of any stain colour absorbs mainly in one or
+    two, so the per-pixel minimum of the three channel ODs isolates chromatin across stain
+    variation. Blobs are searched over the configured range of nuclear diameters; a peak must
+    clear ``threshold`` (LoG response, in OD units) and ``min_darkness`` (smoothed OD at the
+    centre), and peaks closer than ``merge_um`` are merged.
+    """
+
+    def __init__(self, cfg: CellsConfig, background: np.ndarray):
+        self.cfg = cfg
+        self.background = np.asarray(background, np.float32)
+
+    def darkness(self, rgb: np.ndarray) -> np.ndarray:
+        return optical_density(rgb, self.background).min(axis=-1)
+
+    def __call__(self, rgb: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]:
+        cfg = self.cfg
+        scale = mpp / cfg.detect_mpp
+        if abs(scale - 1.0) > 1e-3:
+            size = (max(int(round(rgb.shape[1] * scale)), 1), max(int(round(rgb.shape[0] * scale)), 1))
+            interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+            work = cv2.resize(rgb, size, interpolation=interp)
+        else:
+            work = rgb
+        dark = self.darkness(work)
+        r_min = cfg.nucleus_min_um / 2 / cfg.detect_mpp
+        r_max = cfg.nucleus_max_um / 2 / cfg.detect_mpp
+        sigmas = np.geomspace(r_min / np.sqrt(2), r_max / np.sqrt(2), 5)
+        stack = np.stack([-(s**2) * gaussian_laplace(dark, s) for s in sigmas])
+        response = stack.max(axis=0)  # (H, W)
+        peaks = peak_local_max(
+            response,
+            min_distance=max(int(r_min), 1),
+            threshold_abs=cfg.threshold,
+            exclude_border=False,
+        )
+        if len(peaks) == 0:
+            return np.zeros((0, 2)), np.zeros((0,), np.float32)
+        smooth = gaussian_filter(dark, max(r_min / 2, 0.5))
+        keep = smooth[peaks[:, 0], peaks[:, 1]] >= cfg.min_darkness
+        peaks = peaks[keep]
+        scores = response[peaks[:, 0], peaks[:, 1]].astype(np.float32)
+        xy = peaks[:, ::-1].astype(np.float64)  # (row, col) -> (x, y)
+        xy, scores = merge_close(xy, scores, cfg.merge_um / cfg.detect_mpp)
+        # back to input pixels (pixel centres line up under resize)
+        xy = (xy + 0.5) / scale - 0.5
+        return xy, scores
+
+
+@register_detector("classical")
+def _classical(cfg: CellsConfig, background: np.ndarray) -> Detector:
+    return ClassicalDetector(cfg, background)

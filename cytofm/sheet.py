@@ -1,0 +1,70 @@
+"""The sample sheet (``slides.tsv``): one row per slide, validated before any job runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from cytofm.errors import InputDataError
+
+__all__ = ["RESERVED_COLUMNS", "load_sheet", "validate_sheet"]
+
+RESERVED_COLUMNS = ("slide_id", "path", "mpp", "patient_id", "split")
+_ID = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def validate_sheet(df: pd.DataFrame, source: str = "sample sheet") -> pd.DataFrame:
+    """Check columns and values; return a copy with ``mpp`` as float (NaN where empty)."""
+    missing = [c for c in ("slide_id", "path") if c not in df.columns]
+    if missing:
+        raise InputDataError(
+            f"{source}: missing required column(s) {missing}; a sample sheet is a TSV with at "
+            "least 'slide_id' and 'path' columns"
+        )
+    df = df.copy()
+    df["slide_id"] = df["slide_id"].astype(str)
+    bad = [s for s in df["slide_id"] if not _ID.match(s)]
+    if bad:
+        raise InputDataError(
+            f"{source}: slide_id value(s) {bad[:5]} may hold only letters, digits and '._-' "
+            "(they become file names)"
+        )
+    dups = df["slide_id"][df["slide_id"].duplicated()].unique().tolist()
+    if dups:
+        raise InputDataError(f"{source}: duplicate slide_id value(s) {dups[:5]}; ids must be unique")
+    if "mpp" not in df.columns:
+        df["mpp"] = float("nan")
+    mpp = pd.to_numeric(df["mpp"].replace("", float("nan")), errors="coerce")
+    not_numeric = df.loc[mpp.isna() & df["mpp"].notna() & (df["mpp"].astype(str) != ""), "slide_id"]
+    if len(not_numeric):
+        raise InputDataError(
+            f"{source}: 'mpp' of slide(s) {not_numeric.tolist()[:5]} is not a number; give "
+            "micrometres per pixel (e.g. 0.25) or leave it empty to use the file's metadata"
+        )
+    if ((mpp <= 0) | (mpp > 100)).any():
+        raise InputDataError(f"{source}: 'mpp' values must be in (0, 100] micrometres per pixel")
+    df["mpp"] = mpp.astype(float)
+    if "split" in df.columns:
+        allowed = {"train", "val", "test", ""}
+        wrong = sorted(set(df["split"].fillna("").astype(str)) - allowed)
+        if wrong:
+            raise InputDataError(f"{source}: 'split' values {wrong} not in train, val, test")
+    return df
+
+
+def load_sheet(path: str | Path) -> pd.DataFrame:
+    """Read and validate a TSV sample sheet; relative slide paths are taken from its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(
+            f"sample sheet not found: {path}. Set 'samples' in config.yaml to your slides.tsv, "
+            "or set demo.enabled: true to run the synthetic demo"
+        )
+    df = pd.read_csv(path, sep="\t", dtype={"slide_id": str, "path": str}, keep_default_na=False)
+    df = validate_sheet(df, source=str(path))
+    df["path"] = [
+        str(p if Path(p).is_absolute() else (path.parent / p)) for p in df["path"].astype(str)
+    ]
+    return df

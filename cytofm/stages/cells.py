@@ -1,0 +1,142 @@
+"""Stage ``cells``: detect nuclei in a slide's tiles and store cell-centred patches."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from cytofm.cells.detect import make_detector
+from cytofm.cells.extract import iter_tile_cells
+from cytofm.config import CellsConfig
+from cytofm.provenance import provenance
+from cytofm.stages.context import JobContext
+from cytofm.store import PatchStoreWriter, atomic_group, open_store
+from cytofm.tracking import job_run
+from cytofm.wsi.reader import open_slide
+
+__all__ = ["patch_gallery", "run_cells"]
+
+log = logging.getLogger(__name__)
+
+
+def patch_gallery(images: np.ndarray, out_png: str | Path, columns: int = 12) -> Path:
+    """Write a grid of patches (a person checks patches by looking, not reading numbers)."""
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if len(images) == 0:
+        cv2.imwrite(str(out), np.full((32, 32, 3), 255, np.uint8))
+        return out
+    n = len(images)
+    rows = int(np.ceil(n / columns))
+    p = images.shape[1]
+    sheet = np.full((rows * (p + 2), min(n, columns) * (p + 2), 3), 255, np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, columns)
+        sheet[r * (p + 2) : r * (p + 2) + p, c * (p + 2) : c * (p + 2) + p] = img
+    cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    return out
+
+
+def run_cells(
+    slide_path: str | Path,
+    slide_id: str,
+    mpp: float | None,
+    tiles_store: str | Path,
+    cfg: CellsConfig,
+    out_store: str | Path,
+    out_gallery: str | Path,
+    job: JobContext | None = None,
+    gallery_size: int = 48,
+) -> dict:
+    """Extract cells of one slide into ``out_store`` (zarr) and a patch gallery PNG."""
+    job = job or JobContext()
+    tiles = open_store(tiles_store)
+    boxes = tiles["boxes"][:]
+    background = np.asarray(tiles.attrs["background_rgb"], np.float32)
+    tile_prov = tiles.attrs["provenance"]
+    params = {"cells": cfg.to_dict(), "slide_id": slide_id}
+    with job_run("cells", tracking=job.tracking, results_dir=job.results_dir, params=params,
+                 tags=job.tags, run_name=job.run_name) as run:
+        t0 = time.perf_counter()
+        detector = make_detector(cfg, background)
+        rng = np.random.default_rng([job.seed, 3])
+        with open_slide(slide_path, slide_id, mpp, cfg.backend) as slide, atomic_group(
+            out_store
+        ) as g:
+            writer = PatchStoreWriter(
+                g,
+                cfg.patch_px,
+                cfg.chunk,
+                {
+                    "coords": (np.int64, (2,)),
+                    "scores": (np.float32, ()),
+                    "tile_index": (np.int32, ()),
+                },
+            )
+            pixels = 0
+            reservoir: list[np.ndarray] = []
+            seen = 0
+            for cells in tqdm(
+                iter_tile_cells(slide, boxes, cfg.patch_px, cfg.patch_mpp, detector),
+                total=len(boxes),
+                desc=f"cells {slide_id}",
+                mininterval=5,
+            ):
+                pixels += cells.pixels_read
+                writer.append(
+                    cells.images,
+                    coords=np.round(cells.coords).astype(np.int64),
+                    scores=cells.scores,
+                    tile_index=np.full(len(cells.images), cells.tile_index, np.int32),
+                )
+                for img in cells.images:  # reservoir sample for the gallery: bounded memory
+                    seen += 1
+                    if len(reservoir) < gallery_size:
+                        reservoir.append(img)
+                    elif (j := int(rng.integers(seen))) < gallery_size:
+                        reservoir[j] = img
+            n = writer.close()
+            ids = np.array([f"{slide_id}:{i}" for i in range(n)], dtype=str)
+            g.create_array("ids", data=ids, chunks=(max(len(ids), 1),))
+            elapsed = time.perf_counter() - t0
+            w, h = slide.dimensions
+            g.attrs.update(
+                {
+                    "provenance": provenance(
+                        "cells",
+                        cfg,
+                        slide=slide.info(),
+                        slide_sha256=tile_prov.get("slide_sha256"),
+                        tiles_config_hash=tile_prov.get("config_hash"),
+                        n_cells=n,
+                    ),
+                    "slide_id": slide_id,
+                    "slide_mpp": slide.mpp,
+                    "mpp": cfg.patch_mpp,
+                    "patch_um": cfg.patch_um,
+                    "patch_px": cfg.patch_px,
+                    "detector": cfg.detector,
+                    "coords": "level-0 pixel centres (x, y)",
+                }
+            )
+        patch_gallery(np.asarray(reservoir), out_gallery)
+        summary = {
+            "n_cells": n,
+            "n_tiles": len(boxes),
+            "seconds": elapsed,
+            "cells_per_mm2_foreground_tiles": n
+            / max(len(boxes) * ((boxes[0, 2] - boxes[0, 0]) * slide.mpp / 1000) ** 2, 1e-12)
+            if len(boxes)
+            else 0.0,
+            "read_mpx_per_s": pixels / 1e6 / max(elapsed, 1e-9),
+            "slide_mpx_per_s": w * h / 1e6 / max(elapsed, 1e-9),
+        }
+        log.info("%s: %d cells from %d tiles in %.1f s", slide_id, n, len(boxes), elapsed)
+        run.log_metrics(summary)
+        run.log_artifact(out_gallery, "qc")
+    return summary

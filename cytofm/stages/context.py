@@ -1,0 +1,47 @@
+"""What every stage needs to know about the job it runs in."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cytofm.config import TrackingConfig, from_mapping
+
+__all__ = ["JobContext"]
+
+
+@dataclasses.dataclass(frozen=True)
+class JobContext:
+    """Results folder, tracking settings and the job's identity (rule, wildcards)."""
+
+    results_dir: Path = Path("results")
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+    rule: str = "interactive"
+    wildcards: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    seed: int = 0
+
+    @classmethod
+    def create(
+        cls, config: Mapping[str, Any], rule: str = "interactive", wildcards: Mapping | None = None
+    ) -> JobContext:
+        """Build from the workflow's config mapping."""
+        return cls(
+            results_dir=Path(config.get("results", "results")),
+            tracking=from_mapping(TrackingConfig, config.get("mlflow"), "mlflow"),
+            rule=rule,
+            wildcards=dict(wildcards or {}),
+            seed=int(config.get("seed", 0)),
+        )
+
+    @property
+    def tags(self) -> dict[str, str]:
+        tags = {"snakemake.rule": self.rule}
+        tags.update({f"snakemake.wildcard.{k}": str(v) for k, v in self.wildcards.items()})
+        return tags
+
+    @property
+    def run_name(self) -> str:
+        suffix = "-".join(str(v) for v in self.wildcards.values())
+        return f"{self.rule}:{suffix}" if suffix else self.rule

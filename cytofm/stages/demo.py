@@ -1,0 +1,55 @@
+"""Stages of the synthetic demo: slides (with ground truth), the sheet and a crop collection."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from cytofm.config import DemoConfig
+from cytofm.provenance import provenance
+from cytofm.stages.context import JobContext
+from cytofm.synthetic.demo import make_demo_crops, make_demo_sheet, make_demo_slide
+from cytofm.tracking import job_run
+
+__all__ = ["run_demo_crops", "run_demo_sheet", "run_demo_slide"]
+
+
+def run_demo_slide(
+    cfg: DemoConfig, slide_id: str, out_slide: str | Path, out_truth: str | Path,
+    job: JobContext | None = None,
+) -> dict:
+    job = job or JobContext()
+    with job_run("demo_slide", tracking=job.tracking, results_dir=job.results_dir,
+                 params={"demo": cfg.to_dict(), "slide_id": slide_id}, tags=job.tags,
+                 run_name=job.run_name) as run:
+        t0 = time.perf_counter()
+        summary = make_demo_slide(cfg, slide_id, out_slide, out_truth)
+        run.log_metrics({"n_cells": summary["n_cells"], "abnormal": summary["abnormal"],
+                         "seconds": time.perf_counter() - t0})
+    return summary
+
+
+def run_demo_sheet(cfg: DemoConfig, slide_dir: str | Path, out_tsv: str | Path) -> Path:
+    """Write the demo's slides.tsv (paths relative to the sheet, as users write theirs)."""
+    out = Path(out_tsv)
+    sheet = make_demo_sheet(cfg, slide_dir)
+    sheet["path"] = [Path(p).name for p in sheet["path"]]
+    sheet["path"] = [str(Path("slides") / p) for p in sheet["path"]]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.to_csv(out, sep="\t", index=False)
+    return out
+
+
+def run_demo_crops(cfg: DemoConfig, out_dir: str | Path, job: JobContext | None = None) -> dict:
+    job = job or JobContext()
+    with job_run("demo_crops", tracking=job.tracking, results_dir=job.results_dir,
+                 params={"demo": cfg.to_dict()}, tags=job.tags, run_name=job.run_name) as run:
+        t0 = time.perf_counter()
+        table = make_demo_crops(cfg, out_dir)
+        import json
+
+        (Path(out_dir) / "provenance.json").write_text(
+            json.dumps(provenance("demo_crops", cfg, n_crops=len(table)), indent=2)
+        )
+        run.log_metrics({"n_crops": len(table), "seconds": time.perf_counter() - t0})
+    return {"n_crops": len(table)}

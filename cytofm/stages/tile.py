@@ -1,0 +1,112 @@
+"""Stage ``tile``: foreground mask, tile grid and QC image of one slide."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from cytofm.config import TilingConfig
+from cytofm.provenance import file_sha256, provenance
+from cytofm.stages.context import JobContext
+from cytofm.store import atomic_group
+from cytofm.tracking import job_run
+from cytofm.wsi.mask import estimate_background, foreground_mask, read_thumbnail
+from cytofm.wsi.qc import draw_qc
+from cytofm.wsi.reader import open_slide
+from cytofm.wsi.tiling import tile_grid
+
+__all__ = ["run_tile"]
+
+log = logging.getLogger(__name__)
+
+
+def run_tile(
+    slide_path: str | Path,
+    slide_id: str,
+    mpp: float | None,
+    cfg: TilingConfig,
+    out_store: str | Path,
+    out_qc: str | Path,
+    job: JobContext | None = None,
+) -> dict:
+    """Tile one slide: ``out_store`` (zarr: boxes, centres, mask, optional images) + QC PNG."""
+    job = job or JobContext()
+    params = {"tiling": cfg.to_dict(), "slide_id": slide_id}
+    if job.tracking.log_slide_paths:
+        params["slide_path"] = str(slide_path)
+    with job_run("tile", tracking=job.tracking, results_dir=job.results_dir, params=params,
+                 tags=job.tags, run_name=job.run_name) as run:
+        t0 = time.perf_counter()
+        with open_slide(slide_path, slide_id, mpp, cfg.backend) as slide:
+            thumb = read_thumbnail(slide, cfg.mask_mpp)
+            background = estimate_background(thumb)
+            mask = foreground_mask(
+                thumb,
+                cfg.mask_mpp,
+                background,
+                od_threshold=cfg.od_threshold,
+                min_object_um2=cfg.min_object_um2,
+                dilate_um=cfg.dilate_um,
+            )
+            grid = tile_grid(slide, mask, cfg.mask_mpp, cfg.tile_px, cfg.mpp, cfg.min_foreground)
+            log.info("%s: %d of %d tiles hold foreground (%.1f%% of the slide)", slide_id,
+                     len(grid), grid.n_total, 100 * mask.mean())
+            record = provenance(
+                "tile",
+                cfg,
+                slide=slide.info(),
+                slide_sha256=file_sha256(slide_path),
+                background_rgb=background.tolist(),
+                n_tiles=len(grid),
+                n_tiles_total=grid.n_total,
+                foreground_fraction=float(mask.mean()),
+            )
+            with atomic_group(out_store) as g:
+                g.create_array("boxes", data=grid.boxes, chunks=(max(len(grid), 1), 4))
+                g.create_array("coords", data=grid.centres, chunks=(max(len(grid), 1), 2))
+                g.create_array("foreground", data=grid.foreground, chunks=(max(len(grid), 1),))
+                g.create_array("mask", data=mask.astype(np.uint8))
+                if cfg.save_images:
+                    images = g.create_array(
+                        "images",
+                        shape=(len(grid), cfg.tile_px, cfg.tile_px, 3),
+                        chunks=(1, cfg.tile_px, cfg.tile_px, 3),
+                        dtype="uint8",
+                    )
+                    for i, (x0, y0, _, _) in enumerate(tqdm(grid.boxes, desc=f"tiles {slide_id}",
+                                                          mininterval=5)):
+                        images[i] = slide.read(x0, y0, (cfg.tile_px, cfg.tile_px), cfg.mpp)
+                g.attrs.update(
+                    {
+                        "provenance": record,
+                        "slide_id": slide_id,
+                        "slide_mpp": slide.mpp,
+                        "tile_mpp": cfg.mpp,
+                        "tile_px": cfg.tile_px,
+                        "tile_um": cfg.tile_px * cfg.mpp,
+                        "mask_mpp": cfg.mask_mpp,
+                        "background_rgb": background.tolist(),
+                        "coords": "level-0 pixel centres (x, y)",
+                        "boxes": "level-0 pixels x0, y0, x1, y1",
+                    }
+                )
+            title = (f"{slide_id}  mpp {slide.mpp:.3g}  tiles {len(grid)}/{grid.n_total}  "
+                     f"foreground {100 * mask.mean():.1f}%")
+            draw_qc(thumb, cfg.mask_mpp, slide.mpp, mask, grid.boxes, out_qc, title)
+            elapsed = time.perf_counter() - t0
+            w, h = slide.dimensions
+        summary = {
+            "n_tiles": len(grid),
+            "n_tiles_total": grid.n_total,
+            "foreground_fraction": float(mask.mean()),
+            "slide_megapixels": w * h / 1e6,
+            "seconds": elapsed,
+            "slide_mpx_per_s": w * h / 1e6 / max(elapsed, 1e-9),
+        }
+        run.log_metrics(summary)
+        run.log_artifact(out_qc, "qc")
+    return summary

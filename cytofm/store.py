@@ -1,0 +1,134 @@
+"""Zarr (v3) patch and tile stores: the one format every stage reads and writes.
+
+A store is written to a temporary folder next to its destination and renamed into place only
+when complete, so an interrupted job never leaves a half-written store that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+__all__ = ["PatchStoreWriter", "atomic_group", "open_store", "read_table"]
+
+
+@contextlib.contextmanager
+def atomic_group(path: str | Path) -> Iterator[zarr.Group]:
+    """Create a zarr group at a temporary path; move it to ``path`` on success only."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    try:
+        yield group
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+def open_store(path: str | Path) -> zarr.Group:
+    """Open a finished store read-only, with a clear error when it is missing."""
+    p = Path(path)
+    if not (p / "zarr.json").is_file():
+        raise FileNotFoundError(
+            f"{p} is not a cytofm zarr store (no zarr.json). Re-run the stage that writes it "
+            "(Snakemake does this when you ask for the file as a target)."
+        )
+    return zarr.open_group(str(p), mode="r")
+
+
+def read_table(group: zarr.Group, names: list[str]) -> dict[str, np.ndarray]:
+    """Read whole 1-D/2-D per-row arrays (coords, labels, ids...) into memory."""
+    return {name: group[name][:] for name in names}
+
+
+class PatchStoreWriter:
+    """Append patches (uint8 RGB, fixed size) and per-row columns in chunks along N.
+
+    Columns are declared up front as ``name -> (dtype, trailing shape)``; strings use
+    ``dtype=str``. Images are buffered until a whole chunk can be written, so memory is
+    bounded by ``chunk`` patches.
+    """
+
+    def __init__(
+        self,
+        group: zarr.Group,
+        patch_px: int,
+        chunk: int,
+        columns: Mapping[str, tuple[Any, tuple[int, ...]]],
+    ):
+        self.group = group
+        self.chunk = chunk
+        self.patch_px = patch_px
+        self.images = group.create_array(
+            "images",
+            shape=(0, patch_px, patch_px, 3),
+            chunks=(chunk, patch_px, patch_px, 3),
+            dtype="uint8",
+            dimension_names=["n", "y", "x", "c"],
+        )
+        self.columns = {}
+        for name, (dtype, tail) in columns.items():
+            self.columns[name] = group.create_array(
+                name,
+                shape=(0, *tail),
+                chunks=(max(chunk * 16, 1024), *tail),
+                dtype=dtype,
+            )
+        self._buf_images: list[np.ndarray] = []
+        self._buf_cols: dict[str, list[np.ndarray]] = {k: [] for k in self.columns}
+        self._buffered = 0
+        self.n = 0
+
+    def append(self, images: np.ndarray, **columns: np.ndarray) -> None:
+        """Add rows: ``images`` (n, P, P, 3) uint8 and one array of length n per column."""
+        n = len(images)
+        if n == 0:
+            return
+        if images.shape[1:] != (self.patch_px, self.patch_px, 3) or images.dtype != np.uint8:
+            raise ValueError(
+                f"patches must be uint8 (n, {self.patch_px}, {self.patch_px}, 3), "
+                f"got {images.dtype} {images.shape}"
+            )
+        if set(columns) != set(self.columns):
+            raise ValueError(f"columns {sorted(columns)} != declared {sorted(self.columns)}")
+        for name, values in columns.items():
+            if len(values) != n:
+                raise ValueError(f"column {name!r} has {len(values)} rows, images have {n}")
+            self._buf_cols[name].append(np.asarray(values))
+        self._buf_images.append(images)
+        self._buffered += n
+        if self._buffered >= self.chunk:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        if self._buffered == 0:
+            return
+        images = np.concatenate(self._buf_images)
+        cols = {k: np.concatenate(v) for k, v in self._buf_cols.items()}
+        # write whole chunks only (unless closing) so no chunk is rewritten
+        n_write = len(images) if final else (len(images) // self.chunk) * self.chunk
+        self.images.append(images[:n_write])
+        for name, arr in self.columns.items():
+            arr.append(cols[name][:n_write])
+        self.n += n_write
+        self._buf_images = [images[n_write:]] if n_write < len(images) else []
+        self._buf_cols = {
+            k: ([v[n_write:]] if n_write < len(images) else []) for k, v in cols.items()
+        }
+        self._buffered = len(images) - n_write
+
+    def close(self) -> int:
+        """Write what is buffered; returns the number of rows."""
+        self._flush(final=True)
+        return self.n

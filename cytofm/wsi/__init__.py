@@ -1,0 +1,1 @@
+"""Whole-slide image reading, foreground masks, tile grids and QC images."""

@@ -1,0 +1,80 @@
+"""Foreground masks for sparse cytology.
+
+A tissue mask tuned for H&E (Otsu on saturation or greyscale, then removal of small objects)
+assumes large tissue areas. Cytology is mostly empty glass with isolated cells, pale
+cytoplasm and small clusters; Otsu then splits dark nuclei from everything else and drops pale
+single cells. Here background colour is estimated from the brightest pixels, absorption is
+measured in optical density relative to it, and anything that absorbs a little more than glass
+is kept, down to the size of a single small cell.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+from skimage.morphology import remove_small_objects
+
+from cytofm.wsi.reader import Slide
+
+__all__ = ["estimate_background", "foreground_mask", "optical_density", "read_thumbnail"]
+
+
+def read_thumbnail(slide: Slide, mpp: float, block: int = 2048) -> np.ndarray:
+    """The whole slide at ``mpp``, read block by block so memory stays bounded by the output."""
+    w0, h0 = slide.dimensions
+    factor = mpp / slide.mpp
+    w, h = max(int(math.ceil(w0 / factor)), 1), max(int(math.ceil(h0 / factor)), 1)
+    out = np.empty((h, w, 3), np.uint8)
+    for y in range(0, h, block):
+        for x in range(0, w, block):
+            bw, bh = min(block, w - x), min(block, h - y)
+            out[y : y + bh, x : x + bw] = slide.read(x * factor, y * factor, (bw, bh), mpp)
+    return out
+
+
+def estimate_background(rgb: np.ndarray) -> np.ndarray:
+    """Glass colour: per-channel median of the brightest 10% of pixels (float, shape (3,))."""
+    pixels = rgb.reshape(-1, 3)
+    if len(pixels) > 2_000_000:  # a strided sample is plenty for a median
+        pixels = pixels[:: len(pixels) // 1_000_000]
+    brightness = pixels.astype(np.float32).mean(axis=1)
+    bright = pixels[brightness >= np.percentile(brightness, 90)]
+    bg = np.median(bright, axis=0).astype(np.float32)
+    return np.clip(bg, 1.0, 255.0)
+
+
+def optical_density(rgb: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Per-channel optical density relative to the glass colour, >= 0, float32 (H, W, 3)."""
+    bg = np.asarray(background, np.float32)
+    od = np.log((bg + 1.0) / (rgb.astype(np.float32) + 1.0))
+    return np.clip(od, 0.0, None)
+
+
+def foreground_mask(
+    thumb: np.ndarray,
+    mpp: float,
+    background: np.ndarray,
+    *,
+    od_threshold: float = 0.06,
+    min_object_um2: float = 40.0,
+    dilate_um: float = 8.0,
+) -> np.ndarray:
+    """Boolean mask of everything that absorbs more than ``od_threshold`` above glass.
+
+    The largest per-channel OD is used, so pale cytoplasm of any colour counts; objects
+    smaller than ``min_object_um2`` (dust, specks) are dropped; the rest is dilated by
+    ``dilate_um`` so cell borders fall inside.
+    """
+    od = optical_density(thumb, background).max(axis=-1)
+    od = cv2.GaussianBlur(od, (3, 3), 0)  # suppress single-pixel sensor noise
+    mask = od > od_threshold
+    min_px = int(min_object_um2 / (mpp * mpp))
+    if min_px > 1:
+        mask = remove_small_objects(mask, max_size=min_px - 1)
+    radius = int(round(dilate_um / mpp))
+    if radius > 0:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        mask = cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+    return mask

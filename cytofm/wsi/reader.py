@@ -1,0 +1,314 @@
+"""Slide readers: open a WSI, know its resolution, read any region at any micrometres-per-pixel.
+
+Backends are registered by name. ``openslide`` takes metadata from tiatoolbox's
+``OpenSlideWSIReader`` (which reads vendor resolution fields) and pixels straight from
+OpenSlide, composited on white where the file has no data; ``tiatoolbox`` reads anything
+``WSIReader.open`` understands (OME-TIFF, DICOM, JPEG 2000, plain images). ``auto`` picks
+``openslide`` whenever OpenSlide recognises the file. tiatoolbox's generic ``WSIReader.open``
+treats a pyramidal ``.tif`` as a flat image without resolution, so ``auto`` does not use it
+for such files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cytofm.errors import InputDataError, MissingResolutionError
+
+__all__ = ["BACKENDS", "Slide", "open_slide", "register_backend"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS: dict[str, Callable[..., Slide]] = {}
+
+
+def register_backend(name: str) -> Callable[[Callable[..., Slide]], Callable[..., Slide]]:
+    """Register a slide-opening function under ``name`` (``tiling.backend`` in config)."""
+
+    def decorator(fn: Callable[..., Slide]) -> Callable[..., Slide]:
+        BACKENDS[name] = fn
+        return fn
+
+    return decorator
+
+
+class Slide:
+    """A whole-slide image with a known level-0 resolution.
+
+    Subclasses implement :meth:`_read_level`; everything else (level choice, resampling to
+    the requested mpp, padding outside the slide) is shared.
+    """
+
+    backend = "base"
+
+    def __init__(
+        self,
+        path: Path,
+        slide_id: str,
+        mpp: float,
+        dimensions: tuple[int, int],
+        level_downsamples: list[float],
+        level_dimensions: list[tuple[int, int]],
+        mpp_source: str,
+        objective_power: float | None = None,
+        vendor: str | None = None,
+    ):
+        self.path = path
+        self.slide_id = slide_id
+        self.mpp = float(mpp)
+        self.dimensions = dimensions  # level-0 (width, height)
+        self.level_downsamples = level_downsamples
+        self.level_dimensions = level_dimensions
+        self.mpp_source = mpp_source
+        self.objective_power = objective_power
+        self.vendor = vendor
+
+    def __repr__(self) -> str:
+        w, h = self.dimensions
+        return (
+            f"Slide({self.slide_id!r}, {w}x{h} px, mpp={self.mpp:.4g} from {self.mpp_source}, "
+            f"levels={len(self.level_downsamples)}, backend={self.backend})"
+        )
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release file handles."""
+
+    def info(self) -> dict:
+        """Metadata for provenance (no file names: those may carry personal data)."""
+        return {
+            "slide_id": self.slide_id,
+            "width": self.dimensions[0],
+            "height": self.dimensions[1],
+            "mpp": self.mpp,
+            "mpp_source": self.mpp_source,
+            "objective_power": self.objective_power,
+            "vendor": self.vendor,
+            "level_downsamples": [float(d) for d in self.level_downsamples],
+            "backend": self.backend,
+        }
+
+    def best_level(self, downsample: float) -> int:
+        """Coarsest level whose downsample does not exceed ``downsample`` (never upsample)."""
+        best = 0
+        for i, d in enumerate(self.level_downsamples):
+            if d <= downsample * 1.0001:
+                best = i
+        return best
+
+    def read(self, x0: float, y0: float, size: tuple[int, int], mpp: float) -> np.ndarray:
+        """Read ``size`` = (width, height) pixels at ``mpp`` whose top-left is level-0 (x0, y0).
+
+        Returns uint8 RGB (height, width, 3). Areas outside the slide are white.
+        """
+        w_out, h_out = int(size[0]), int(size[1])
+        factor = mpp / self.mpp  # level-0 pixels per output pixel
+        level = self.best_level(factor)
+        ds = self.level_downsamples[level]
+        # region in level-`level` pixels, with a one-pixel guard for the resize
+        lx0 = int(math.floor(x0 / ds))
+        ly0 = int(math.floor(y0 / ds))
+        lw = max(int(math.ceil((x0 + w_out * factor) / ds)) - lx0, 1)
+        lh = max(int(math.ceil((y0 + h_out * factor) / ds)) - ly0, 1)
+        region = self._read_level_padded(lx0, ly0, lw, lh, level)
+        if region.shape[1] == w_out and region.shape[0] == h_out:
+            return region
+        interp = cv2.INTER_AREA if factor / ds > 1 else cv2.INTER_LINEAR
+        return cv2.resize(region, (w_out, h_out), interpolation=interp)
+
+    def _read_level_padded(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
+        """Read a level region, clipping to the level's bounds and padding with white."""
+        lw, lh = self.level_dimensions[level]
+        cx0, cy0 = max(x, 0), max(y, 0)
+        cx1, cy1 = min(x + w, lw), min(y + h, lh)
+        if cx0 == x and cy0 == y and cx1 == x + w and cy1 == y + h:
+            return self._read_level(x, y, w, h, level)
+        out = np.full((h, w, 3), 255, np.uint8)
+        if cx1 > cx0 and cy1 > cy0:
+            out[cy0 - y : cy1 - y, cx0 - x : cx1 - x] = self._read_level(
+                cx0, cy0, cx1 - cx0, cy1 - cy0, level
+            )
+        return out
+
+    def _read_level(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _check_mpp(slide_id: str, path: Path, mpp_override: float | None, mpp_meta: float | None):
+    if mpp_override is not None and not (isinstance(mpp_override, float) and math.isnan(mpp_override)):
+        value = float(mpp_override)
+        if not 0.01 <= value <= 100:
+            raise InputDataError(
+                f"slide '{slide_id}': mpp {value!r} from the sample sheet is not a plausible "
+                "micrometres-per-pixel value (expected 0.01-100, e.g. 0.25 at 40x, 0.5 at 20x)"
+            )
+        return value, "sample_sheet"
+    if mpp_meta is not None and math.isfinite(mpp_meta) and mpp_meta > 0:
+        return float(mpp_meta), "metadata"
+    raise MissingResolutionError(
+        f"slide '{slide_id}' ({path.name}) has no resolution (micrometres per pixel) in its "
+        "metadata. Set it in the sample sheet's 'mpp' column for this slide (e.g. 0.25 for a "
+        "40x scan, 0.5 for 20x); cytofm never guesses a resolution."
+    )
+
+
+class OpenSlideSlide(Slide):
+    backend = "openslide"
+
+    def __init__(self, path: Path, slide_id: str, mpp_override: float | None):
+        import openslide
+        from tiatoolbox.wsicore.wsireader import OpenSlideWSIReader
+
+        try:
+            reader = OpenSlideWSIReader(path)
+        except Exception as exc:  # tiatoolbox/openslide raise many types for corrupt files
+            raise InputDataError(
+                f"slide '{slide_id}': OpenSlide cannot read {path} ({exc}). Check that the file "
+                "is complete (not truncated by a copy) and is a supported whole-slide format."
+            ) from exc
+        try:  # tiatoolbox's metadata parser fails on files without resolution tags
+            objective = reader.info.objective_power
+        except Exception:
+            objective = None
+        self._osr: openslide.OpenSlide = reader.openslide_wsi
+        props = self._osr.properties
+        # Only trust a resolution the file states; tiatoolbox's objective-power estimate is a
+        # guess, so it is not used.
+        meta = props.get(openslide.PROPERTY_NAME_MPP_X)
+        mpp_meta = float(meta) if meta else _tiff_resolution_mpp(path)
+        mpp, source = _check_mpp(slide_id, path, mpp_override, mpp_meta)
+        super().__init__(
+            path=path,
+            slide_id=slide_id,
+            mpp=mpp,
+            dimensions=tuple(self._osr.dimensions),
+            level_downsamples=[float(d) for d in self._osr.level_downsamples],
+            level_dimensions=[tuple(d) for d in self._osr.level_dimensions],
+            mpp_source=source,
+            objective_power=objective,
+            vendor=props.get(openslide.PROPERTY_NAME_VENDOR),
+        )
+
+    def close(self) -> None:
+        self._osr.close()
+
+    def _read_level(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
+        ds = self.level_downsamples[level]
+        loc = (int(round(x * ds)), int(round(y * ds)))
+        rgba = np.asarray(self._osr.read_region(loc, level, (w, h)))
+        rgb = rgba[..., :3]
+        alpha = rgba[..., 3]
+        if alpha.min() == 255:
+            return np.ascontiguousarray(rgb)
+        a = alpha[..., None].astype(np.float32) / 255.0  # composite empty regions on white
+        return (rgb * a + 255.0 * (1.0 - a)).astype(np.uint8)
+
+
+def _tiff_resolution_mpp(path: Path) -> float | None:
+    """Resolution from TIFF tags (ResolutionUnit cm or inch) when OpenSlide has none."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            tags = page.tags
+            if "XResolution" not in tags or "ResolutionUnit" not in tags:
+                return None
+            num, den = tags["XResolution"].value
+            unit = int(tags["ResolutionUnit"].value)
+            per_unit = num / den if den else 0
+            if per_unit <= 0:
+                return None
+            if unit == 3:  # centimetre
+                return 1e4 / per_unit
+            if unit == 2:  # inch; 72 dpi etc. are screen defaults, not a scan resolution
+                mpp = 25400.0 / per_unit
+                return mpp if mpp < 50 else None
+    except Exception:  # unreadable tags: treat as absent
+        return None
+    return None
+
+
+class TiatoolboxSlide(Slide):
+    backend = "tiatoolbox"
+
+    def __init__(self, path: Path, slide_id: str, mpp_override: float | None):
+        from tiatoolbox.wsicore.wsireader import WSIReader
+
+        try:
+            self._reader = WSIReader.open(path)
+            info = self._reader.info
+        except Exception as exc:
+            raise InputDataError(
+                f"slide '{slide_id}': tiatoolbox cannot read {path} ({exc}). Check the file and "
+                "its format."
+            ) from exc
+        mpp_meta = float(info.mpp[0]) if info.mpp is not None else None
+        mpp, source = _check_mpp(slide_id, path, mpp_override, mpp_meta)
+        super().__init__(
+            path=path,
+            slide_id=slide_id,
+            mpp=mpp,
+            dimensions=tuple(int(v) for v in info.slide_dimensions),
+            level_downsamples=[float(d) for d in info.level_downsamples],
+            level_dimensions=[tuple(int(v) for v in d) for d in info.level_dimensions],
+            mpp_source=source,
+            objective_power=info.objective_power,
+            vendor=info.vendor,
+        )
+
+    def _read_level(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
+        ds = self.level_downsamples[level]
+        loc = (int(round(x * ds)), int(round(y * ds)))
+        img = self._reader.read_rect(loc, (w, h), resolution=level, units="level")
+        img = np.asarray(img)
+        return np.ascontiguousarray(img[..., :3]).astype(np.uint8, copy=False)
+
+
+@register_backend("openslide")
+def _open_openslide(path: Path, slide_id: str, mpp: float | None) -> Slide:
+    return OpenSlideSlide(path, slide_id, mpp)
+
+
+@register_backend("tiatoolbox")
+def _open_tiatoolbox(path: Path, slide_id: str, mpp: float | None) -> Slide:
+    return TiatoolboxSlide(path, slide_id, mpp)
+
+
+def open_slide(
+    path: str | Path, slide_id: str | None = None, mpp: float | None = None, backend: str = "auto"
+) -> Slide:
+    """Open a slide; ``mpp`` (from the sample sheet) overrides the file's metadata.
+
+    Raises :class:`MissingResolutionError` naming the slide and the sheet column to set when no
+    resolution is known, and :class:`InputDataError` for missing or unreadable files.
+    """
+    path = Path(path)
+    slide_id = slide_id or path.stem
+    if not path.is_file():
+        raise InputDataError(
+            f"slide '{slide_id}': file not found: {path}. Fix the 'path' column of the sample "
+            "sheet (relative paths are resolved from the working directory)."
+        )
+    if backend == "auto":
+        import openslide
+
+        backend = "openslide" if openslide.OpenSlide.detect_format(str(path)) else "tiatoolbox"
+    if backend not in BACKENDS:
+        raise InputDataError(f"unknown slide backend {backend!r}; available: {sorted(BACKENDS)}")
+    slide = BACKENDS[backend](path, slide_id, mpp)
+    log.info("opened %r", slide)
+    return slide

@@ -1,0 +1,22 @@
+# Nucleus detection and cell-centred patches per slide.
+
+
+rule cells:
+    input:
+        slide=slide_path,
+        tiles=f"{RESULTS}/tiles/{{slide}}.zarr",
+    output:
+        store=directory(f"{RESULTS}/cells/{{slide}}.zarr"),
+        gallery=f"{RESULTS}/qc/{{slide}}.cells.png",
+    params:
+        mpp=slide_mpp,
+        cells=CELLS.to_dict(),
+    log:
+        f"{RESULTS}/logs/cells/{{slide}}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/cytofm.yaml"
+    script:
+        "../scripts/cells.py"

@@ -1,0 +1,21 @@
+"""Adapter for rule `cells`: snakemake object -> cytofm.stages.cells.run_cells."""
+
+from cytofm.log import setup_logging
+
+setup_logging(snakemake.log[0])  # noqa: F821 - injected by Snakemake
+
+from cytofm.config import CellsConfig, from_mapping  # noqa: E402
+from cytofm.stages.cells import run_cells  # noqa: E402
+from cytofm.stages.context import JobContext  # noqa: E402
+
+sm = snakemake  # noqa: F821
+run_cells(
+    slide_path=sm.input.slide,
+    slide_id=sm.wildcards.slide,
+    mpp=sm.params.mpp,
+    tiles_store=sm.input.tiles,
+    cfg=from_mapping(CellsConfig, sm.params.cells, "cells"),
+    out_store=sm.output.store,
+    out_gallery=sm.output.gallery,
+    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards)),
+)

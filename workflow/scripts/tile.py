@@ -1,0 +1,20 @@
+"""Adapter for rule `tile`: snakemake object -> cytofm.stages.tile.run_tile."""
+
+from cytofm.log import setup_logging
+
+setup_logging(snakemake.log[0])  # noqa: F821 - injected by Snakemake
+
+from cytofm.config import TilingConfig, from_mapping  # noqa: E402
+from cytofm.stages.context import JobContext  # noqa: E402
+from cytofm.stages.tile import run_tile  # noqa: E402
+
+sm = snakemake  # noqa: F821
+run_tile(
+    slide_path=sm.input.slide,
+    slide_id=sm.wildcards.slide,
+    mpp=sm.params.mpp,
+    cfg=from_mapping(TilingConfig, sm.params.tiling, "tiling"),
+    out_store=sm.output.store,
+    out_qc=sm.output.qc,
+    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards)),
+)
