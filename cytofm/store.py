@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-__all__ = ["PatchStoreWriter", "atomic_group", "open_store", "read_table"]
+__all__ = ["PatchStoreWriter", "atomic_group", "open_store", "read_table", "write_strings"]
 
 
 @contextlib.contextmanager
@@ -45,6 +45,14 @@ def open_store(path: str | Path) -> zarr.Group:
             "(Snakemake does this when you ask for the file as a target)."
         )
     return zarr.open_group(str(p), mode="r")
+
+
+def write_strings(group: zarr.Group, name: str, values: list[str]) -> zarr.Array:
+    """A 1-D variable-length UTF-8 string array (the spec'd zarr v3 string type)."""
+    arr = group.create_array(name, shape=(len(values),), chunks=(max(len(values), 1),), dtype=str)
+    if values:
+        arr[:] = np.asarray(values, dtype=object)
+    return arr
 
 
 def read_table(group: zarr.Group, names: list[str]) -> dict[str, np.ndarray]:

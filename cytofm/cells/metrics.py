@@ -20,15 +20,16 @@ def match_points(pred: np.ndarray, truth: np.ndarray, tolerance: float) -> dict[
     tp = 0
     dists: list[float] = []
     if len(pred) and len(truth):
-        sparse = cKDTree(truth).sparse_distance_matrix(cKDTree(pred), tolerance).tocsr()
-        rows, cols = sparse.nonzero()
+        # candidate pairs within the tolerance (explicit, so zero distances are kept)
+        neighbours = cKDTree(truth).query_ball_tree(cKDTree(pred), tolerance)
+        rows = np.array([i for i, js in enumerate(neighbours) for _ in js], dtype=np.int64)
+        cols = np.array([j for js in neighbours for j in js], dtype=np.int64)
         if len(rows):
             ur, ri = np.unique(rows, return_inverse=True)
             uc, ci = np.unique(cols, return_inverse=True)
             big = tolerance * 10 + 1
             cost = np.full((len(ur), len(uc)), big)
-            cost[ri, ci] = np.asarray(sparse[rows, cols]).ravel()
-            # zero distances are stored implicitly; sparse_distance_matrix keeps them explicit
+            cost[ri, ci] = np.hypot(*(truth[rows] - pred[cols]).T)
             r, c = linear_sum_assignment(cost)
             ok = cost[r, c] <= tolerance
             tp = int(ok.sum())

@@ -15,7 +15,7 @@ from cytofm.cells.extract import iter_tile_cells
 from cytofm.config import CellsConfig
 from cytofm.provenance import provenance
 from cytofm.stages.context import JobContext
-from cytofm.store import PatchStoreWriter, atomic_group, open_store
+from cytofm.store import PatchStoreWriter, atomic_group, open_store, write_strings
 from cytofm.tracking import job_run
 from cytofm.wsi.reader import open_slide
 
@@ -101,8 +101,7 @@ def run_cells(
                     elif (j := int(rng.integers(seen))) < gallery_size:
                         reservoir[j] = img
             n = writer.close()
-            ids = np.array([f"{slide_id}:{i}" for i in range(n)], dtype=str)
-            g.create_array("ids", data=ids, chunks=(max(len(ids), 1),))
+            write_strings(g, "ids", [f"{slide_id}:{i}" for i in range(n)])
             elapsed = time.perf_counter() - t0
             w, h = slide.dimensions
             g.attrs.update(

@@ -23,6 +23,8 @@ __all__ = ["run_tile"]
 
 log = logging.getLogger(__name__)
 
+QC_SIDE_PX = 1536  # longest side of the QC image
+
 
 def run_tile(
     slide_path: str | Path,
@@ -96,7 +98,10 @@ def run_tile(
                 )
             title = (f"{slide_id}  mpp {slide.mpp:.3g}  tiles {len(grid)}/{grid.n_total}  "
                      f"foreground {100 * mask.mean():.1f}%")
-            draw_qc(thumb, cfg.mask_mpp, slide.mpp, mask, grid.boxes, out_qc, title)
+            w0, h0 = slide.dimensions
+            view_mpp = min(cfg.mask_mpp, max(slide.mpp, max(w0, h0) * slide.mpp / QC_SIDE_PX))
+            view = thumb if view_mpp == cfg.mask_mpp else read_thumbnail(slide, view_mpp)
+            draw_qc(view, view_mpp, slide.mpp, mask, grid.boxes, out_qc, title)
             elapsed = time.perf_counter() - t0
             w, h = slide.dimensions
         summary = {

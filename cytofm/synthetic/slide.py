@@ -50,6 +50,20 @@ def class_mix(abnormal: bool, abnormal_cell_fraction: float) -> dict[str, float]
     return mix
 
 
+def _quota(mix: Mapping[str, float], n: int) -> dict[str, int]:
+    """Cells per class: largest-remainder rounding of ``mix * n``, and at least one cell of
+    every class with a non-zero share (an abnormal slide always shows its abnormal cells)."""
+    total = sum(mix.values())
+    exact = {c: n * p / total for c, p in mix.items()}
+    quota = {c: int(np.floor(v)) for c, v in exact.items()}
+    for c in sorted(exact, key=lambda c: exact[c] - quota[c], reverse=True)[: n - sum(quota.values())]:
+        quota[c] += 1
+    for c, p in mix.items():
+        if p > 0 and quota[c] == 0:
+            quota[c] = 1
+    return quota
+
+
 def od_to_rgb(od: np.ndarray, stain: SlideStain, rng: np.random.Generator) -> np.ndarray:
     """Blur (focus), convert OD to RGB by Beer-Lambert, add sensor noise."""
     if stain.blur_px > 0:
@@ -93,21 +107,21 @@ def render_slide_canvas(
     od = _background(height, width, stain, rng)
     area_mm2 = width * height * (mpp / 1000.0) ** 2
     n_target = max(int(round(cells_per_mm2 * area_mm2)), 1)
-    classes = list(mix)
-    probs = np.array([mix[c] for c in classes], float)
-    probs = probs / probs.sum()
+    quota = _quota(mix, n_target)
     min_px = MIN_NUCLEAR_SPACING_UM / mpp
 
     placed: list[tuple[float, float]] = []
     rows: list[dict] = []
     specs: list[tuple[CellSpec, float, float]] = []
     attempts = 0
-    while len(rows) < n_target and attempts < 50 * n_target:
+    while sum(quota.values()) > 0 and attempts < 50 * n_target:
         attempts += 1
-        cls = classes[int(rng.choice(len(classes), p=probs))]
+        names = [c for c, q in quota.items() if q > 0]
+        weights = np.array([quota[c] for c in names], float)
+        cls = names[int(rng.choice(len(names), p=weights / weights.sum()))]
         size = int(rng.integers(2, 5)) if rng.random() < cluster_prob else 1
         anchor: tuple[float, float] | None = None
-        for _ in range(min(size, n_target - len(rows))):
+        for _ in range(min(size, quota[cls])):
             spec = sample_cell(cls, rng)
             margin = spec.extent_um / mpp + 2
             for _try in range(30):
@@ -140,6 +154,7 @@ def render_slide_canvas(
                 }
             )
             anchor = (cx, cy)
+            quota[cls] -= 1
     for spec, cx, cy in specs:
         render_cell(od, spec, cx, cy, mpp, stain, rng)
     n_debris = int(rng.poisson(debris_per_mm2 * area_mm2))

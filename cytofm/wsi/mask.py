@@ -67,9 +67,9 @@ def foreground_mask(
     smaller than ``min_object_um2`` (dust, specks) are dropped; the rest is dilated by
     ``dilate_um`` so cell borders fall inside.
     """
-    od = optical_density(thumb, background).max(axis=-1)
-    od = cv2.GaussianBlur(od, (3, 3), 0)  # suppress single-pixel sensor noise
-    mask = od > od_threshold
+    # no smoothing: it would spread a dust speck past min_object_um2; the thumbnail is already
+    # an average over many scan pixels, so sensor noise is far below the threshold
+    mask = optical_density(thumb, background).max(axis=-1) > od_threshold
     min_px = int(min_object_um2 / (mpp * mpp))
     if min_px > 1:
         mask = remove_small_objects(mask, max_size=min_px - 1)

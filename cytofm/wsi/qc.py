@@ -43,6 +43,9 @@ def draw_qc(
     if points is not None:
         for x, y in points:
             cv2.circle(img, (int(x * f), int(y * f)), 2, (0, 0, 220), -1)
+    if img.shape[1] < 640:  # room for the title
+        img = cv2.copyMakeBorder(img, 0, 0, 0, 640 - img.shape[1], cv2.BORDER_CONSTANT,
+                                 value=(255, 255, 255))
     bar = np.full((28, img.shape[1], 3), 255, np.uint8)
     cv2.putText(bar, title, (6, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     out = Path(out_png)

@@ -110,22 +110,33 @@ class Slide:
     def read(self, x0: float, y0: float, size: tuple[int, int], mpp: float) -> np.ndarray:
         """Read ``size`` = (width, height) pixels at ``mpp`` whose top-left is level-0 (x0, y0).
 
-        Returns uint8 RGB (height, width, 3). Areas outside the slide are white.
+        Output pixel (u, v) covers level-0 [x0 + u*f, x0 + (u+1)*f) with f = mpp / slide mpp,
+        exactly (sub-pixel offsets included), so coordinates computed from any read agree.
+        Reads from the coarsest level that is at least as fine as ``mpp``. Returns uint8 RGB
+        (height, width, 3); areas outside the slide are white.
         """
         w_out, h_out = int(size[0]), int(size[1])
         factor = mpp / self.mpp  # level-0 pixels per output pixel
         level = self.best_level(factor)
         ds = self.level_downsamples[level]
-        # region in level-`level` pixels, with a one-pixel guard for the resize
-        lx0 = int(math.floor(x0 / ds))
-        ly0 = int(math.floor(y0 / ds))
-        lw = max(int(math.ceil((x0 + w_out * factor) / ds)) - lx0, 1)
-        lh = max(int(math.ceil((y0 + h_out * factor) / ds)) - ly0, 1)
+        scale = factor / ds  # level pixels per output pixel (>= 1 unless upsampling)
+        fx, fy = x0 / ds, y0 / ds  # window origin in level pixels (fractional)
+        lx0, ly0 = int(math.floor(fx)), int(math.floor(fy))
+        if abs(scale - 1.0) < 1e-6 and abs(fx - lx0) < 1e-6 and abs(fy - ly0) < 1e-6:
+            return self._read_level_padded(lx0, ly0, w_out, h_out, level)  # aligned: no resampling
+        lw = int(math.ceil(fx + w_out * scale)) - lx0 + 2
+        lh = int(math.ceil(fy + h_out * scale)) - ly0 + 2
         region = self._read_level_padded(lx0, ly0, lw, lh, level)
-        if region.shape[1] == w_out and region.shape[0] == h_out:
-            return region
-        interp = cv2.INTER_AREA if factor / ds > 1 else cv2.INTER_LINEAR
-        return cv2.resize(region, (w_out, h_out), interpolation=interp)
+        if scale > 1.0:  # anti-alias before sampling
+            region = cv2.GaussianBlur(region, (0, 0), sigmaX=0.45 * scale)
+        # output pixel centre u + 0.5 sits at level coordinate fx + (u + 0.5) * scale
+        tx = fx - lx0 + 0.5 * scale - 0.5
+        ty = fy - ly0 + 0.5 * scale - 0.5
+        matrix = np.array([[scale, 0.0, tx], [0.0, scale, ty]], np.float64)
+        return cv2.warpAffine(
+            region, matrix, (w_out, h_out), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
 
     def _read_level_padded(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
         """Read a level region, clipping to the level's bounds and padding with white."""

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny synthetic slides with ground truth, and the real data when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cytofm.synthetic.slide import class_mix, render_slide_canvas, write_pyramidal_tiff
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CYTOFM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking(monkeypatch):
+    """Unit tests do not write MLflow runs unless a test sets its own URI."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "none")
+
+
+def shared(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real third-party data not available: {path} (only in CI and dev checkouts)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_slide(tmp_path_factory):
+    """A 2048x2048 slide at 0.25 um/px (0.26 mm2) with ~35 cells of an abnormal mix."""
+    rng = np.random.default_rng(11)
+    canvas = render_slide_canvas(
+        2048, 2048, 0.25, class_mix(True, 0.2),
+        cells_per_mm2=130, cluster_prob=0.25, debris_per_mm2=60, rng=rng,
+    )
+    path = tmp_path_factory.mktemp("slides") / "synthetic.tif"
+    write_pyramidal_tiff(path, canvas.rgb, 0.25)
+    return path, canvas

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+import tifffile
+
+from cytofm.errors import InputDataError, MissingResolutionError
+from cytofm.wsi.reader import open_slide
+
+
+def test_mpp_from_metadata_and_override(synthetic_slide):
+    path, _ = synthetic_slide
+    with open_slide(path, "s1") as s:
+        assert s.mpp == pytest.approx(0.25) and s.mpp_source == "metadata"
+        assert len(s.level_downsamples) >= 3
+    with open_slide(path, "s1", mpp=0.3) as s:
+        assert s.mpp == 0.3 and s.mpp_source == "sample_sheet"
+
+
+def test_missing_mpp_names_slide_and_column(tmp_path):
+    path = tmp_path / "nores.tif"
+    tifffile.imwrite(path, np.full((600, 600, 3), 230, np.uint8), tile=(256, 256))
+    with pytest.raises(MissingResolutionError, match=r"slide 'case7'.*'mpp' column"):
+        open_slide(path, "case7")
+    with open_slide(path, "case7", mpp=0.5) as s:
+        assert s.mpp == 0.5
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(InputDataError, match=r"file not found: .*nope\.svs.*'path' column"):
+        open_slide(tmp_path / "nope.svs", "x")
+    bad = tmp_path / "bad.svs"
+    bad.write_bytes(b"II*\x00" + b"\x00" * 100)
+    with pytest.raises(InputDataError, match="bad"):
+        open_slide(bad, "bad")
+
+
+def test_implausible_override_is_refused(synthetic_slide):
+    with pytest.raises(InputDataError, match="not a plausible"):
+        open_slide(synthetic_slide[0], "s", mpp=250.0)
+
+
+def test_read_resamples_to_requested_mpp(synthetic_slide):
+    path, canvas = synthetic_slide
+    with open_slide(path) as s:
+        assert s.best_level(2.0) == 1 and s.best_level(1.9) == 0 and s.best_level(100) >= 2
+        full = s.read(512, 512, (512, 512), 0.25)  # level 0, 512x512
+        half = s.read(512, 512, (256, 256), 0.5)  # same field of view at level 1
+    assert full.shape == (512, 512, 3) and half.shape == (256, 256, 3)
+    ref = canvas.rgb[512:1024, 512:1024].astype(float)
+    assert np.abs(full.astype(float) - ref).mean() < 3  # JPEG error only
+    down = ref.reshape(256, 2, 256, 2, 3).mean(axis=(1, 3))
+    assert np.abs(half.astype(float) - down).mean() < 4
+
+
+def test_outside_the_slide_is_white(synthetic_slide):
+    with open_slide(synthetic_slide[0]) as s:
+        region = s.read(-200, -200, (100, 100), 0.5)
+    assert (region[:50, :50] == 255).all()
+
+
+def test_tiatoolbox_backend_reads_the_same_pixels(synthetic_slide):
+    path, _ = synthetic_slide
+    with open_slide(path, backend="openslide") as a, open_slide(path, backend="tiatoolbox") as b:
+        assert b.mpp == pytest.approx(a.mpp)
+        ra, rb = a.read(300, 400, (128, 128), 0.5), b.read(300, 400, (128, 128), 0.5)
+    assert np.abs(ra.astype(int) - rb.astype(int)).mean() < 2
