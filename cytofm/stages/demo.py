@@ -29,14 +29,18 @@ def run_demo_slide(
     return summary
 
 
-def run_demo_sheet(cfg: DemoConfig, slide_dir: str | Path, out_tsv: str | Path) -> Path:
-    """Write the demo's slides.tsv (paths relative to the sheet, as users write theirs)."""
-    out = Path(out_tsv)
-    sheet = make_demo_sheet(cfg, slide_dir)
-    sheet["path"] = [Path(p).name for p in sheet["path"]]
-    sheet["path"] = [str(Path("slides") / p) for p in sheet["path"]]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.to_csv(out, sep="\t", index=False)
+def run_demo_sheet(
+    cfg: DemoConfig, out_tsv: str | Path, job: JobContext | None = None
+) -> Path:
+    """Write the demo's slides.tsv, with paths relative to the sheet as users write theirs."""
+    job = job or JobContext()
+    with job_run("demo_sheet", tracking=job.tracking, results_dir=job.results_dir,
+                 params={"demo": cfg.to_dict()}, tags=job.tags, run_name=job.run_name) as run:
+        out = Path(out_tsv)
+        sheet = make_demo_sheet(cfg, "slides")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sheet.to_csv(out, sep="\t", index=False)
+        run.log_metrics({"n_slides": len(sheet), "n_abnormal": int(sheet["abnormal"].sum())})
     return out
 
 

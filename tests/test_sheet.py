@@ -1,0 +1,35 @@
+import pandas as pd
+import pytest
+
+from cytofm.errors import InputDataError
+from cytofm.sheet import load_sheet, validate_sheet
+
+
+def test_load_sheet_resolves_paths_and_mpp(tmp_path):
+    (tmp_path / "slides.tsv").write_text(
+        "slide_id\tpath\tmpp\tsplit\nA-1\ta.svs\t\ttrain\nB.2\t/abs/b.svs\t0.5\ttest\n"
+    )
+    df = load_sheet(tmp_path / "slides.tsv")
+    assert df["path"].tolist() == [str(tmp_path / "a.svs"), "/abs/b.svs"]
+    assert pd.isna(df["mpp"][0]) and df["mpp"][1] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("rows", "pattern"),
+    [
+        ({"slide_id": ["a"]}, r"missing required column\(s\) \['path'\]"),
+        ({"slide_id": ["a b"], "path": ["x"]}, r"slide_id value\(s\) \['a b'\]"),
+        ({"slide_id": ["a", "a"], "path": ["x", "y"]}, r"duplicate slide_id.*\['a'\]"),
+        ({"slide_id": ["a"], "path": ["x"], "mpp": ["fast"]}, r"'mpp' of slide\(s\) \['a'\]"),
+        ({"slide_id": ["a"], "path": ["x"], "mpp": [-1]}, r"'mpp' values must be in"),
+        ({"slide_id": ["a"], "path": ["x"], "split": ["dev"]}, r"'split' values \['dev'\]"),
+    ],
+)
+def test_sheet_errors_name_the_problem(rows, pattern):
+    with pytest.raises(InputDataError, match=pattern):
+        validate_sheet(pd.DataFrame(rows))
+
+
+def test_missing_sheet_says_what_to_set(tmp_path):
+    with pytest.raises(InputDataError, match="Set 'samples' in config.yaml"):
+        load_sheet(tmp_path / "nope.tsv")

@@ -1,0 +1,108 @@
+"""Workflow tier: lint, dry-run and a real end-to-end Snakemake run on the tiny config."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / ".test" / "config.yaml"
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("snakemake")
+    cmd = [str(exe), "--cores", "2", "--configfile", str(TINY), *args]
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=full_env,
+                          timeout=900)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wf") / "results"
+    proc = snakemake("--config", f"results={out}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+def test_lint_is_clean():
+    proc = snakemake("--lint")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def test_dry_run_lists_every_stage(tmp_path):
+    proc = snakemake("-n", "--config", f"results={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    for rule in ("demo_slide", "demo_crops", "tile", "cells", "import_dataset", "detection_eval"):
+        assert rule in proc.stdout
+
+
+def test_end_to_end_outputs(results):
+    from cytofm.store import open_store
+
+    for sid in ("demo_000", "demo_001"):
+        assert (results / "qc" / f"{sid}.png").is_file()
+        assert open_store(results / "tiles" / f"{sid}.zarr")["boxes"].shape[0] > 0
+        cells = open_store(results / "cells" / f"{sid}.zarr")
+        assert cells["images"].shape[1:] == (32, 32, 3) and cells["images"].shape[0] > 3
+    ds = open_store(results / "datasets" / "demo_cells.zarr")
+    assert ds["images"].shape == (24, 32, 32, 3)
+    det = json.loads((results / "qc" / "detection.json").read_text())
+    assert det["pooled"]["recall"] >= 0.9 and det["pooled"]["precision"] >= 0.9
+    sheet = (results / "demo" / "slides.tsv").read_text().splitlines()
+    assert sheet[0].startswith("slide_id\tpath\tmpp") and len(sheet) == 3
+
+
+def test_every_job_logged_one_mlflow_run(results):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{results}/mlflow.db")
+    exp = client.get_experiment_by_name("cytofm-test")
+    runs = client.search_runs([exp.experiment_id])
+    stages = sorted(r.data.tags["cytofm.stage"] for r in runs)
+    # 2 slides x (demo_slide, tile, cells) + sheet + crops + import + detection_eval
+    assert len(runs) == 10, stages
+    assert all(r.info.status == "FINISHED" for r in runs)
+    tile = next(r for r in runs if r.data.tags["cytofm.stage"] == "tile")
+    assert tile.data.tags["snakemake.rule"] == "tile"
+    assert "foreground_fraction" in tile.data.metrics and "slide_mpx_per_s" in tile.data.metrics
+    assert "slide_path" not in tile.data.params  # file names stay out unless opted in
+
+
+def test_rerun_has_nothing_to_do(results):
+    proc = snakemake("-n", "--config", f"results={results}")
+    assert proc.returncode == 0
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_slide_without_mpp_fails_alone(results, tmp_path):
+    """--keep-going: the slide lacking a resolution fails its own job, the other finishes."""
+    good = tmp_path / "good.tif"
+    shutil.copy(results / "demo" / "slides" / "demo_000.tif", good)
+    tifffile.imwrite(tmp_path / "nores.tif", np.full((600, 600, 3), 235, np.uint8),
+                     tile=(256, 256))
+    (tmp_path / "slides.tsv").write_text(
+        "slide_id\tpath\tmpp\ngood\tgood.tif\t\nnores\tnores.tif\t\n"
+    )
+    out = tmp_path / "results"
+    user_config = tmp_path / "config.yaml"
+    user_config.write_text(
+        f"results: {out}\nsamples: {tmp_path / 'slides.tsv'}\ndemo:\n  enabled: false\n"
+    )
+    proc = snakemake("--keep-going", "--configfile", str(user_config))
+    assert proc.returncode != 0
+    assert (out / "cells" / "good.zarr" / "zarr.json").is_file()
+    assert not (out / "tiles" / "nores.zarr").exists()
+    log = (out / "logs" / "tile" / "nores.log").read_text()
+    assert "slide 'nores'" in log and "'mpp' column" in log
