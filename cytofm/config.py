@@ -191,9 +191,7 @@ class DatasetConfig(_Section):
     def __post_init__(self) -> None:
         s = f"datasets.{self.name}"
         if not self.name or not all(ch.isalnum() or ch in "._-" for ch in self.name):
-            raise ConfigError(
-                f"dataset name {self.name!r} may hold only letters, digits and '._-'"
-            )
+            raise ConfigError(f"dataset name {self.name!r} may hold only letters, digits and '._-'")
         if self.query and self.format != "csv":
             raise ConfigError(f"{s}.query filters CSV rows; it needs format: csv")
         if self.format not in ("folder", "csv"):

@@ -60,8 +60,10 @@ def list_collection(cfg: DatasetConfig) -> pd.DataFrame:
         group = table[cfg.group_column].astype(str) if cfg.group_column in table.columns else ""
         table = pd.DataFrame(
             {
-                "path": [str(p if Path(p).is_absolute() else root.parent / p)
-                         for p in table[cfg.path_column].astype(str)],
+                "path": [
+                    str(p if Path(p).is_absolute() else root.parent / p)
+                    for p in table[cfg.path_column].astype(str)
+                ],
                 "label": table[cfg.label_column].astype(str),
                 "group": group,
             }
@@ -104,8 +106,9 @@ def fit_patch(img: np.ndarray, cfg: DatasetConfig) -> np.ndarray:
         side = min(h, w)
     if side > h or side > w:
         py, px = max(side - h, 0), max(side - w, 0)
-        img = cv2.copyMakeBorder(img, py // 2, py - py // 2, px // 2, px - px // 2,
-                                 cv2.BORDER_REPLICATE)
+        img = cv2.copyMakeBorder(
+            img, py // 2, py - py // 2, px // 2, px - px // 2, cv2.BORDER_REPLICATE
+        )
         h, w = img.shape[:2]
     y0, x0 = (h - side) // 2, (w - side) // 2
     crop = img[y0 : y0 + side, x0 : x0 + side]

@@ -21,7 +21,7 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO)
     if log_file is not None:
         path = Path(log_file)
         path.parent.mkdir(parents=True, exist_ok=True)
-        stream = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+        stream = open(path, "a", buffering=1)
         sys.stderr = stream
         handlers.append(logging.StreamHandler(stream))
     else:

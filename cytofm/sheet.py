@@ -33,7 +33,9 @@ def validate_sheet(df: pd.DataFrame, source: str = "sample sheet") -> pd.DataFra
         )
     dups = df["slide_id"][df["slide_id"].duplicated()].unique().tolist()
     if dups:
-        raise InputDataError(f"{source}: duplicate slide_id value(s) {dups[:5]}; ids must be unique")
+        raise InputDataError(
+            f"{source}: duplicate slide_id value(s) {dups[:5]}; ids must be unique"
+        )
     if "mpp" not in df.columns:
         df["mpp"] = float("nan")
     mpp = pd.to_numeric(df["mpp"].replace("", float("nan")), errors="coerce")

@@ -100,9 +100,7 @@ class RunLogger:
         from mlflow.entities import RunTag
 
         with self._locked():
-            self._client.log_batch(
-                self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]
-            )
+            self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if not self.active:

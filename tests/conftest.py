@@ -33,8 +33,14 @@ def synthetic_slide(tmp_path_factory):
     """A 2048x2048 slide at 0.25 um/px (0.26 mm2) with ~35 cells of an abnormal mix."""
     rng = np.random.default_rng(11)
     canvas = render_slide_canvas(
-        2048, 2048, 0.25, class_mix(True, 0.2),
-        cells_per_mm2=130, cluster_prob=0.25, debris_per_mm2=60, rng=rng,
+        2048,
+        2048,
+        0.25,
+        class_mix(True, 0.2),
+        cells_per_mm2=130,
+        cluster_prob=0.25,
+        debris_per_mm2=60,
+        rng=rng,
     )
     path = tmp_path_factory.mktemp("slides") / "synthetic.tif"
     write_pyramidal_tiff(path, canvas.rgb, 0.25)

@@ -18,8 +18,12 @@ from cytofm.errors import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SHIPPED = [REPO / "config.yaml", REPO / ".test" / "config.yaml"]
-SECTIONS = {"demo": DemoConfig, "tiling": TilingConfig, "cells": CellsConfig,
-            "mlflow": TrackingConfig}
+SECTIONS = {
+    "demo": DemoConfig,
+    "tiling": TilingConfig,
+    "cells": CellsConfig,
+    "mlflow": TrackingConfig,
+}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name + ":" + p.parent.name)

@@ -41,15 +41,24 @@ def test_folder_import(tmp_path):
 
 def test_csv_import_with_query_and_groups(tmp_path):
     root = _folder(tmp_path)
-    table = pd.DataFrame({
-        "file": [f"imgs/{c}/{i}.png" for c in ("a_cls", "b_cls") for i in range(3)],
-        "y": ["a"] * 3 + ["b"] * 3,
-        "group": ["g1", "g1", "g2", "g3", "g3", "g3"],
-        "keep": [1, 0, 1, 1, 1, 0],
-    })
+    table = pd.DataFrame(
+        {
+            "file": [f"imgs/{c}/{i}.png" for c in ("a_cls", "b_cls") for i in range(3)],
+            "y": ["a"] * 3 + ["b"] * 3,
+            "group": ["g1", "g1", "g2", "g3", "g3", "g3"],
+            "keep": [1, 0, 1, 1, 1, 0],
+        }
+    )
     table.to_csv(tmp_path / "list.csv", index=False)
-    cfg = DatasetConfig(name="toy", path=str(tmp_path / "list.csv"), format="csv",
-                        path_column="file", label_column="y", query="keep == 1", patch_px=16)
+    cfg = DatasetConfig(
+        name="toy",
+        path=str(tmp_path / "list.csv"),
+        format="csv",
+        path_column="file",
+        label_column="y",
+        query="keep == 1",
+        patch_px=16,
+    )
     listed = list_collection(cfg)
     assert len(listed) == 4 and str(root) in listed["path"][0]
     run_import(cfg, tmp_path / "toy.zarr")
@@ -85,6 +94,7 @@ def test_fit_patch_field_of_view():
     out = fit_patch(img, cfg)
     assert out.shape == (10, 10, 3)
     assert out[5, 5, 0] == 200 and out[0, 0, 0] == 0  # square fills the middle half
-    whole = fit_patch(np.zeros((30, 60, 3), np.uint8), DatasetConfig(name="x", path="p",
-                                                                     patch_px=12))
+    whole = fit_patch(
+        np.zeros((30, 60, 3), np.uint8), DatasetConfig(name="x", path="p", patch_px=12)
+    )
     assert whole.shape == (12, 12, 3)

@@ -27,8 +27,9 @@ def _detect_slide(path, cfg, tile_px=256):
         thumb = read_thumbnail(s, 4.0)
         bg = estimate_background(thumb)
         grid = tile_grid(s, foreground_mask(thumb, 4.0, bg), 4.0, tile_px, 0.5, 0.0)
-        cells = list(iter_tile_cells(s, grid.boxes, cfg.patch_px, cfg.patch_mpp,
-                                     make_detector(cfg, bg)))
+        cells = list(
+            iter_tile_cells(s, grid.boxes, cfg.patch_px, cfg.patch_mpp, make_detector(cfg, bg))
+        )
     return cells, grid
 
 
@@ -36,8 +37,9 @@ def test_recall_and_precision_on_synthetic_slide(synthetic_slide):
     path, canvas = synthetic_slide
     cells, _ = _detect_slide(path, CellsConfig())
     pred = np.concatenate([c.coords for c in cells])
-    res = match_points(pred * canvas.mpp, canvas.cells[["x", "y"]].to_numpy() * canvas.mpp,
-                       TOLERANCE_UM)
+    res = match_points(
+        pred * canvas.mpp, canvas.cells[["x", "y"]].to_numpy() * canvas.mpp, TOLERANCE_UM
+    )
     assert res["n_true"] >= 25
     assert res["recall"] >= 0.95, res
     assert res["precision"] >= 0.90, res
@@ -58,7 +60,7 @@ def test_tile_borders_lose_and_duplicate_nothing(synthetic_slide):
 
 def test_binucleate_nuclei_merge_into_one_centre():
     xy = np.array([[10.0, 10.0], [18.0, 10.0], [60.0, 60.0]])
-    out, scores = merge_close(xy, np.array([2.0, 2.0, 1.0], np.float32), radius=10)
+    out, _scores = merge_close(xy, np.array([2.0, 2.0, 1.0], np.float32), radius=10)
     assert len(out) == 2
     assert out[0].tolist() == pytest.approx([14.0, 10.0])
 
@@ -68,7 +70,7 @@ def test_dark_blob_found_at_its_centre_and_glass_gives_nothing():
     yy, xx = np.mgrid[:120, :120]
     img[(xx - 70.3) ** 2 + (yy - 40.0) ** 2 <= 6**2] = (70, 60, 120)  # 8 um nucleus at 0.75 um/px
     det = ClassicalDetector(CellsConfig(), np.array([245, 245, 245]))
-    xy, scores = det(img, 0.75)
+    xy, _scores = det(img, 0.75)
     assert len(xy) == 1 and np.hypot(*(xy[0] - [70.3, 40.0])) < 1.5
     xy, _ = det(np.full((120, 120, 3), 245, np.uint8), 0.75)
     assert len(xy) == 0

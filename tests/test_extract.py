@@ -12,7 +12,7 @@ def test_crop_patches_centres():
 
 def test_patches_are_centred_on_their_coordinates(synthetic_slide):
     """A stored patch equals the slide read around its stored centre at the patch mpp."""
-    path, canvas = synthetic_slide
+    path, _canvas = synthetic_slide
 
     def detector(rgb, mpp):  # a fixed point in each padded region
         return np.array([[40.0, 52.0]]), np.array([1.0], np.float32)

@@ -31,7 +31,7 @@ def thumb(synthetic_slide):
 
 
 def test_background_is_glass_colour(thumb):
-    img, canvas = thumb
+    img, _canvas = thumb
     bg = estimate_background(img)
     assert (bg > 235).all()
     od = optical_density(img, bg)

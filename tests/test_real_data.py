@@ -21,13 +21,21 @@ def test_cmu1_mpp_read_from_the_file():
 
 def test_cmu1_tiles_and_cells(tmp_path):
     path = shared("slides", "cmu-1-small-region.svs")
-    t = run_tile(path, "cmu1", None, TilingConfig(tile_px=256), tmp_path / "t.zarr",
-                 tmp_path / "qc.png")
+    t = run_tile(
+        path, "cmu1", None, TilingConfig(tile_px=256), tmp_path / "t.zarr", tmp_path / "qc.png"
+    )
     # an H&E tissue region: much of it is foreground, but not the empty corners
     assert 0.2 < t["foreground_fraction"] < 0.98
     assert 20 < t["n_tiles"] <= t["n_tiles_total"]
-    c = run_cells(path, "cmu1", None, tmp_path / "t.zarr", CellsConfig(patch_px=32),
-                  tmp_path / "c.zarr", tmp_path / "g.png")
+    c = run_cells(
+        path,
+        "cmu1",
+        None,
+        tmp_path / "t.zarr",
+        CellsConfig(patch_px=32),
+        tmp_path / "c.zarr",
+        tmp_path / "g.png",
+    )
     store = open_store(tmp_path / "c.zarr")
     assert c["n_cells"] > 500  # a dense tissue region holds thousands of nuclei
     assert store.attrs["slide_mpp"] == pytest.approx(0.499)
@@ -46,7 +54,8 @@ def test_import_pbc_blood_cells(tmp_path):
 
 def test_import_cric_with_quality_filter(tmp_path):
     csv = shared("cric_cervix_cells", "quality.csv")
-    cfg = DatasetConfig(name="cric", path=str(csv), format="csv", query="near_empty == 0",
-                        patch_px=32)
+    cfg = DatasetConfig(
+        name="cric", path=str(csv), format="csv", query="near_empty == 0", patch_px=32
+    )
     summary = run_import(cfg, tmp_path / "cric.zarr")
     assert summary["n_images"] == 1273 and summary["n_classes"] == 6

@@ -19,7 +19,7 @@ def tiled(synthetic_slide, tmp_path_factory):
 
 
 def test_tile_store_contents_and_provenance(tiled):
-    path, canvas, out, summary = tiled
+    _path, _canvas, out, summary = tiled
     store = open_store(out / "tiles.zarr")
     n = summary["n_tiles"]
     assert 0 < n <= summary["n_tiles_total"] == 16  # 2048 px at 0.25 -> 4 x 4 tiles of 128 um
@@ -35,8 +35,9 @@ def test_tile_store_contents_and_provenance(tiled):
 def test_cells_store(tiled):
     path, canvas, out, _ = tiled
     cfg = CellsConfig(patch_px=32, chunk=16)
-    summary = run_cells(path, "syn", None, out / "tiles.zarr", cfg, out / "cells.zarr",
-                        out / "gallery.png")
+    summary = run_cells(
+        path, "syn", None, out / "tiles.zarr", cfg, out / "cells.zarr", out / "gallery.png"
+    )
     store = open_store(out / "cells.zarr")
     n = summary["n_cells"]
     assert abs(n - len(canvas.cells)) <= 3
@@ -45,8 +46,10 @@ def test_cells_store(tiled):
     assert store["coords"].shape == (n, 2) and store["scores"].shape == (n,)
     assert store["ids"][0] == "syn:0"
     assert store.attrs["mpp"] == pytest.approx(1.5) and store.attrs["patch_um"] == 48.0
-    assert store.attrs["provenance"]["slide_sha256"] == open_store(
-        out / "tiles.zarr").attrs["provenance"]["slide_sha256"]
+    assert (
+        store.attrs["provenance"]["slide_sha256"]
+        == open_store(out / "tiles.zarr").attrs["provenance"]["slide_sha256"]
+    )
     # patches are centred on nuclei: the centre is darker than the patch border
     imgs = store["images"][:].astype(float).mean(axis=3)
     assert (imgs[:, 14:18, 14:18].mean(axis=(1, 2)) < imgs[:, :2, :].mean(axis=(1, 2))).mean() > 0.9
@@ -56,8 +59,9 @@ def test_cells_are_deterministic(tiled):
     path, _, out, _ = tiled
     cfg = CellsConfig(patch_px=32)
     for name in ("a", "b"):
-        run_cells(path, "syn", None, out / "tiles.zarr", cfg, out / f"{name}.zarr",
-                  out / f"{name}.png")
+        run_cells(
+            path, "syn", None, out / "tiles.zarr", cfg, out / f"{name}.zarr", out / f"{name}.png"
+        )
     a, b = open_store(out / "a.zarr"), open_store(out / "b.zarr")
     assert np.array_equal(a["images"][:], b["images"][:])
     assert np.array_equal(a["coords"][:], b["coords"][:])

@@ -6,12 +6,14 @@ from cytofm.store import PatchStoreWriter, atomic_group, open_store, write_strin
 
 def test_writer_appends_in_whole_chunks(tmp_path):
     with atomic_group(tmp_path / "s.zarr") as g:
-        w = PatchStoreWriter(g, 8, chunk=4, columns={"labels": (np.int16, ()),
-                                                     "ids": (str, ())})
+        w = PatchStoreWriter(g, 8, chunk=4, columns={"labels": (np.int16, ()), "ids": (str, ())})
         for i in range(5):  # 5 batches of 3 = 15 rows
             imgs = np.full((3, 8, 8, 3), i, np.uint8)
-            w.append(imgs, labels=np.arange(3, dtype=np.int16) + 3 * i,
-                     ids=np.array([f"r{3 * i + k}" for k in range(3)]))
+            w.append(
+                imgs,
+                labels=np.arange(3, dtype=np.int16) + 3 * i,
+                ids=np.array([f"r{3 * i + k}" for k in range(3)]),
+            )
         assert w.n == 12  # three whole chunks written, three rows buffered
         assert w.close() == 15
     s = open_store(tmp_path / "s.zarr")

@@ -92,8 +92,12 @@ def test_classes_differ_in_nuclear_size_not_in_stain():
 
 def test_contour_irregularity_marks_dysplasia():
     rng = np.random.default_rng(1)
-    amp = {c: np.mean([np.abs(sample_cell(c, rng).nuclei[0].harmonics[:, 1]).sum()
-                       for _ in range(100)]) for c in CELL_CLASSES}
+    amp = {
+        c: np.mean(
+            [np.abs(sample_cell(c, rng).nuclei[0].harmonics[:, 1]).sum() for _ in range(100)]
+        )
+        for c in CELL_CLASSES
+    }
     assert amp["dysplastic"] > 2 * max(amp[c] for c in CELL_CLASSES if c != "dysplastic")
 
 

@@ -7,8 +7,15 @@ from cytofm.wsi.tiling import tile_grid
 
 class FakeSlide(Slide):
     def __init__(self, w, h, mpp):
-        super().__init__(path=None, slide_id="fake", mpp=mpp, dimensions=(w, h),
-                         level_downsamples=[1.0], level_dimensions=[(w, h)], mpp_source="test")
+        super().__init__(
+            path=None,
+            slide_id="fake",
+            mpp=mpp,
+            dimensions=(w, h),
+            level_downsamples=[1.0],
+            level_dimensions=[(w, h)],
+            mpp_source="test",
+        )
 
 
 def test_grid_covers_the_slide_and_keeps_masked_tiles():

@@ -19,8 +19,12 @@ def test_one_run_per_job_with_params_metrics_tags_artifacts(tmp_path, monkeypatc
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     art = tmp_path / "qc.png"
     art.write_bytes(b"png")
-    with job_run("tile", results_dir=tmp_path, params={"tiling": {"mpp": 0.5}},
-                 tags={"snakemake.rule": "tile"}) as run:
+    with job_run(
+        "tile",
+        results_dir=tmp_path,
+        params={"tiling": {"mpp": 0.5}},
+        tags={"snakemake.rule": "tile"},
+    ) as run:
         run.log_metrics({"n_tiles": 7})
         run.log_artifact(art, "qc")
     with pytest.raises(RuntimeError), job_run("cells", results_dir=tmp_path) as run:

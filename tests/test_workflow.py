@@ -23,8 +23,7 @@ def snakemake(*args: str, env: dict | None = None) -> subprocess.CompletedProces
     cmd = [str(exe), "--cores", "2", "--configfile", str(TINY), *args]
     full_env = {**os.environ, **(env or {})}
     full_env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=full_env,
-                          timeout=900)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=full_env, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +89,7 @@ def test_slide_without_mpp_fails_alone(results, tmp_path):
     """--keep-going: the slide lacking a resolution fails its own job, the other finishes."""
     good = tmp_path / "good.tif"
     shutil.copy(results / "demo" / "slides" / "demo_000.tif", good)
-    tifffile.imwrite(tmp_path / "nores.tif", np.full((600, 600, 3), 235, np.uint8),
-                     tile=(256, 256))
+    tifffile.imwrite(tmp_path / "nores.tif", np.full((600, 600, 3), 235, np.uint8), tile=(256, 256))
     (tmp_path / "slides.tsv").write_text(
         "slide_id\tpath\tmpp\ngood\tgood.tif\t\nnores\tnores.tif\t\n"
     )

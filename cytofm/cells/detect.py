@@ -90,7 +90,10 @@ class ClassicalDetector:
         cfg = self.cfg
         scale = mpp / cfg.detect_mpp
         if abs(scale - 1.0) > 1e-3:
-            size = (max(int(round(rgb.shape[1] * scale)), 1), max(int(round(rgb.shape[0] * scale)), 1))
+            size = (
+                max(int(round(rgb.shape[1] * scale)), 1),
+                max(int(round(rgb.shape[0] * scale)), 1),
+            )
             interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
             work = cv2.resize(rgb, size, interpolation=interp)
         else:

@@ -57,9 +57,11 @@ def iter_tile_cells(
         ox, oy = x0 - margin * f, y0 - margin * f  # level-0 origin of the padded read
         region = slide.read(ox, oy, (core_w + 2 * margin, core_h + 2 * margin), patch_mpp)
         xy, scores = detector(region, patch_mpp)
-        level0 = np.column_stack([ox + (xy[:, 0] + 0.5) * f, oy + (xy[:, 1] + 0.5) * f]) if len(
-            xy
-        ) else np.zeros((0, 2))
+        level0 = (
+            np.column_stack([ox + (xy[:, 0] + 0.5) * f, oy + (xy[:, 1] + 0.5) * f])
+            if len(xy)
+            else np.zeros((0, 2))
+        )
         inside = (
             (level0[:, 0] >= x0) & (level0[:, 0] < x1) & (level0[:, 1] >= y0) & (level0[:, 1] < y1)
         )

@@ -60,14 +60,21 @@ def run_cells(
     background = np.asarray(tiles.attrs["background_rgb"], np.float32)
     tile_prov = tiles.attrs["provenance"]
     params = {"cells": cfg.to_dict(), "slide_id": slide_id}
-    with job_run("cells", tracking=job.tracking, results_dir=job.results_dir, params=params,
-                 tags=job.tags, run_name=job.run_name) as run:
+    with job_run(
+        "cells",
+        tracking=job.tracking,
+        results_dir=job.results_dir,
+        params=params,
+        tags=job.tags,
+        run_name=job.run_name,
+    ) as run:
         t0 = time.perf_counter()
         detector = make_detector(cfg, background)
         rng = np.random.default_rng([job.seed, 3])
-        with open_slide(slide_path, slide_id, mpp, cfg.backend) as slide, atomic_group(
-            out_store
-        ) as g:
+        with (
+            open_slide(slide_path, slide_id, mpp, cfg.backend) as slide,
+            atomic_group(out_store) as g,
+        ):
             writer = PatchStoreWriter(
                 g,
                 cfg.patch_px,

@@ -26,8 +26,14 @@ log = logging.getLogger(__name__)
 def run_import(cfg: DatasetConfig, out_store: str | Path, job: JobContext | None = None) -> dict:
     """Write images, integer labels, ids (paths relative to the collection) and groups."""
     job = job or JobContext()
-    with job_run("import_dataset", tracking=job.tracking, results_dir=job.results_dir,
-                 params={"dataset": cfg.to_dict()}, tags=job.tags, run_name=job.run_name) as run:
+    with job_run(
+        "import_dataset",
+        tracking=job.tracking,
+        results_dir=job.results_dir,
+        params={"dataset": cfg.to_dict()},
+        tags=job.tags,
+        run_name=job.run_name,
+    ) as run:
         t0 = time.perf_counter()
         table = list_collection(cfg)
         classes = sorted(table["label"].unique())
@@ -35,32 +41,48 @@ def run_import(cfg: DatasetConfig, out_store: str | Path, job: JobContext | None
         root = Path(cfg.path) if cfg.format == "folder" else Path(cfg.path).parent
         digest = hashlib.sha256()
         with atomic_group(out_store) as g:
-            writer = PatchStoreWriter(g, cfg.patch_px, cfg.chunk,
-                                      {"labels": (np.int16, ()), "groups": (str, ()),
-                                       "ids": (str, ())})
+            writer = PatchStoreWriter(
+                g,
+                cfg.patch_px,
+                cfg.chunk,
+                {"labels": (np.int16, ()), "groups": (str, ()), "ids": (str, ())},
+            )
             labels = table["label"].map(label_index).to_numpy(np.int16)
             ids = np.array([os.path.relpath(p, root) for p in table["path"]], dtype=str)
             groups = table["group"].astype(str).to_numpy(dtype=str)
             batch: list[np.ndarray] = []
             start = 0
-            for patch in tqdm(iter_patches(table, cfg, digest), total=len(table),
-                              desc=f"import {cfg.name}", mininterval=5):
+            for patch in tqdm(
+                iter_patches(table, cfg, digest),
+                total=len(table),
+                desc=f"import {cfg.name}",
+                mininterval=5,
+            ):
                 batch.append(patch)
                 if len(batch) == cfg.chunk:
                     end = start + len(batch)
-                    writer.append(np.stack(batch), labels=labels[start:end],
-                                  groups=groups[start:end], ids=ids[start:end])
+                    writer.append(
+                        np.stack(batch),
+                        labels=labels[start:end],
+                        groups=groups[start:end],
+                        ids=ids[start:end],
+                    )
                     start, batch = end, []
             if batch:
                 end = start + len(batch)
-                writer.append(np.stack(batch), labels=labels[start:end],
-                              groups=groups[start:end], ids=ids[start:end])
+                writer.append(
+                    np.stack(batch),
+                    labels=labels[start:end],
+                    groups=groups[start:end],
+                    ids=ids[start:end],
+                )
             n = writer.close()
             counts = {c: int((table["label"] == c).sum()) for c in classes}
             g.attrs.update(
                 {
-                    "provenance": provenance("import_dataset", cfg, source_sha256=digest.hexdigest(),
-                                             n_images=n),
+                    "provenance": provenance(
+                        "import_dataset", cfg, source_sha256=digest.hexdigest(), n_images=n
+                    ),
                     "name": cfg.name,
                     "classes": classes,
                     "class_counts": counts,

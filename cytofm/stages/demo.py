@@ -15,27 +15,44 @@ __all__ = ["run_demo_crops", "run_demo_sheet", "run_demo_slide"]
 
 
 def run_demo_slide(
-    cfg: DemoConfig, slide_id: str, out_slide: str | Path, out_truth: str | Path,
+    cfg: DemoConfig,
+    slide_id: str,
+    out_slide: str | Path,
+    out_truth: str | Path,
     job: JobContext | None = None,
 ) -> dict:
     job = job or JobContext()
-    with job_run("demo_slide", tracking=job.tracking, results_dir=job.results_dir,
-                 params={"demo": cfg.to_dict(), "slide_id": slide_id}, tags=job.tags,
-                 run_name=job.run_name) as run:
+    with job_run(
+        "demo_slide",
+        tracking=job.tracking,
+        results_dir=job.results_dir,
+        params={"demo": cfg.to_dict(), "slide_id": slide_id},
+        tags=job.tags,
+        run_name=job.run_name,
+    ) as run:
         t0 = time.perf_counter()
         summary = make_demo_slide(cfg, slide_id, out_slide, out_truth)
-        run.log_metrics({"n_cells": summary["n_cells"], "abnormal": summary["abnormal"],
-                         "seconds": time.perf_counter() - t0})
+        run.log_metrics(
+            {
+                "n_cells": summary["n_cells"],
+                "abnormal": summary["abnormal"],
+                "seconds": time.perf_counter() - t0,
+            }
+        )
     return summary
 
 
-def run_demo_sheet(
-    cfg: DemoConfig, out_tsv: str | Path, job: JobContext | None = None
-) -> Path:
+def run_demo_sheet(cfg: DemoConfig, out_tsv: str | Path, job: JobContext | None = None) -> Path:
     """Write the demo's slides.tsv, with paths relative to the sheet as users write theirs."""
     job = job or JobContext()
-    with job_run("demo_sheet", tracking=job.tracking, results_dir=job.results_dir,
-                 params={"demo": cfg.to_dict()}, tags=job.tags, run_name=job.run_name) as run:
+    with job_run(
+        "demo_sheet",
+        tracking=job.tracking,
+        results_dir=job.results_dir,
+        params={"demo": cfg.to_dict()},
+        tags=job.tags,
+        run_name=job.run_name,
+    ) as run:
         out = Path(out_tsv)
         sheet = make_demo_sheet(cfg, "slides")
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -46,8 +63,14 @@ def run_demo_sheet(
 
 def run_demo_crops(cfg: DemoConfig, out_dir: str | Path, job: JobContext | None = None) -> dict:
     job = job or JobContext()
-    with job_run("demo_crops", tracking=job.tracking, results_dir=job.results_dir,
-                 params={"demo": cfg.to_dict()}, tags=job.tags, run_name=job.run_name) as run:
+    with job_run(
+        "demo_crops",
+        tracking=job.tracking,
+        results_dir=job.results_dir,
+        params={"demo": cfg.to_dict()},
+        tags=job.tags,
+        run_name=job.run_name,
+    ) as run:
         t0 = time.perf_counter()
         table = make_demo_crops(cfg, out_dir)
         import json

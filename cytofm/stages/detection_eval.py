@@ -31,8 +31,9 @@ def run_detection_eval(
         store = open_store(store_path)
         mpp = float(store.attrs["slide_mpp"])
         truth = pd.read_csv(truth_path, sep="\t")
-        res = match_points(store["coords"][:] * mpp, truth[["x", "y"]].to_numpy() * mpp,
-                           tolerance_um)
+        res = match_points(
+            store["coords"][:] * mpp, truth[["x", "y"]].to_numpy() * mpp, tolerance_um
+        )
         res["mean_distance_um"] = res.pop("mean_distance")
         per_slide[store.attrs["slide_id"]] = res
         for k in totals:
@@ -44,14 +45,23 @@ def run_detection_eval(
         "f1": 2 * tp / max(2 * tp + fp + fn, 1),
         **totals,
     }
-    result = {"tolerance_um": tolerance_um, "pooled": pooled, "per_slide": per_slide,
-              "min_recall": float(np.min([r["recall"] for r in per_slide.values()])),
-              "min_precision": float(np.min([r["precision"] for r in per_slide.values()]))}
+    result = {
+        "tolerance_um": tolerance_um,
+        "pooled": pooled,
+        "per_slide": per_slide,
+        "min_recall": float(np.min([r["recall"] for r in per_slide.values()])),
+        "min_precision": float(np.min([r["precision"] for r in per_slide.values()])),
+    }
     Path(out_json).parent.mkdir(parents=True, exist_ok=True)
     Path(out_json).write_text(json.dumps(result, indent=2))
-    with job_run("detection_eval", tracking=job.tracking, results_dir=job.results_dir,
-                 params={"tolerance_um": tolerance_um}, tags=job.tags,
-                 run_name=job.run_name) as run:
+    with job_run(
+        "detection_eval",
+        tracking=job.tracking,
+        results_dir=job.results_dir,
+        params={"tolerance_um": tolerance_um},
+        tags=job.tags,
+        run_name=job.run_name,
+    ) as run:
         run.log_metrics({f"detection.{k}": v for k, v in pooled.items()})
         run.log_artifact(out_json)
     return result

@@ -40,8 +40,14 @@ def run_tile(
     params = {"tiling": cfg.to_dict(), "slide_id": slide_id}
     if job.tracking.log_slide_paths:
         params["slide_path"] = str(slide_path)
-    with job_run("tile", tracking=job.tracking, results_dir=job.results_dir, params=params,
-                 tags=job.tags, run_name=job.run_name) as run:
+    with job_run(
+        "tile",
+        tracking=job.tracking,
+        results_dir=job.results_dir,
+        params=params,
+        tags=job.tags,
+        run_name=job.run_name,
+    ) as run:
         t0 = time.perf_counter()
         with open_slide(slide_path, slide_id, mpp, cfg.backend) as slide:
             thumb = read_thumbnail(slide, cfg.mask_mpp)
@@ -55,8 +61,13 @@ def run_tile(
                 dilate_um=cfg.dilate_um,
             )
             grid = tile_grid(slide, mask, cfg.mask_mpp, cfg.tile_px, cfg.mpp, cfg.min_foreground)
-            log.info("%s: %d of %d tiles hold foreground (%.1f%% of the slide)", slide_id,
-                     len(grid), grid.n_total, 100 * mask.mean())
+            log.info(
+                "%s: %d of %d tiles hold foreground (%.1f%% of the slide)",
+                slide_id,
+                len(grid),
+                grid.n_total,
+                100 * mask.mean(),
+            )
             record = provenance(
                 "tile",
                 cfg,
@@ -79,8 +90,9 @@ def run_tile(
                         chunks=(1, cfg.tile_px, cfg.tile_px, 3),
                         dtype="uint8",
                     )
-                    for i, (x0, y0, _, _) in enumerate(tqdm(grid.boxes, desc=f"tiles {slide_id}",
-                                                          mininterval=5)):
+                    for i, (x0, y0, _, _) in enumerate(
+                        tqdm(grid.boxes, desc=f"tiles {slide_id}", mininterval=5)
+                    ):
                         images[i] = slide.read(x0, y0, (cfg.tile_px, cfg.tile_px), cfg.mpp)
                 g.attrs.update(
                     {
@@ -96,8 +108,10 @@ def run_tile(
                         "boxes": "level-0 pixels x0, y0, x1, y1",
                     }
                 )
-            title = (f"{slide_id}  mpp {slide.mpp:.3g}  tiles {len(grid)}/{grid.n_total}  "
-                     f"foreground {100 * mask.mean():.1f}%")
+            title = (
+                f"{slide_id}  mpp {slide.mpp:.3g}  tiles {len(grid)}/{grid.n_total}  "
+                f"foreground {100 * mask.mean():.1f}%"
+            )
             w0, h0 = slide.dimensions
             view_mpp = min(cfg.mask_mpp, max(slide.mpp, max(w0, h0) * slide.mpp / QC_SIDE_PX))
             view = thumb if view_mpp == cfg.mask_mpp else read_thumbnail(slide, view_mpp)

@@ -75,7 +75,9 @@ def make_demo_sheet(cfg: DemoConfig, slide_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def make_demo_slide(cfg: DemoConfig, slide_id: str, out_slide: str | Path, out_truth: str | Path) -> dict:
+def make_demo_slide(
+    cfg: DemoConfig, slide_id: str, out_slide: str | Path, out_truth: str | Path
+) -> dict:
     """Render slide ``slide_id`` of the demo, write it as pyramidal TIFF plus its ground truth."""
     ids = demo_slide_ids(cfg)
     if slide_id not in ids:
@@ -119,8 +121,9 @@ def render_crop(
         other = sample_cell(CELL_CLASSES[int(rng.integers(len(CELL_CLASSES)))], rng)
         dist = (MIN_NUCLEAR_SPACING_UM + rng.uniform(spec.radius_um, 2 * spec.radius_um)) / mpp
         theta = rng.uniform(0, 2 * np.pi)
-        render_cell(od, other, centre + dist * np.cos(theta), centre + dist * np.sin(theta),
-                    mpp, stain, rng)
+        render_cell(
+            od, other, centre + dist * np.cos(theta), centre + dist * np.sin(theta), mpp, stain, rng
+        )
     render_cell(od, spec, centre - dx / mpp, centre - dy / mpp, mpp, stain, rng)
     for _ in range(int(rng.poisson(0.5))):
         render_debris(od, rng.uniform(0, full), rng.uniform(0, full), mpp, stain, rng)

@@ -27,7 +27,14 @@ from scipy.ndimage import gaussian_filter
 
 from cytofm.synthetic.stain import SlideStain
 
-__all__ = ["ABNORMAL_CLASSES", "CELL_CLASSES", "CellSpec", "render_cell", "render_debris", "sample_cell"]
+__all__ = [
+    "ABNORMAL_CLASSES",
+    "CELL_CLASSES",
+    "CellSpec",
+    "render_cell",
+    "render_debris",
+    "sample_cell",
+]
 
 CELL_CLASSES: tuple[str, ...] = ("squamous", "lymphocyte", "koilocyte", "dysplastic")
 ABNORMAL_CLASSES: tuple[str, ...] = ("dysplastic",)
@@ -204,8 +211,12 @@ def render_cell(
         mask = _soft_shape(nx, ny, r_px, n.aspect, n.angle, n.harmonics, max(0.4 / mpp, 1.0))
         if spec.halo > 0:  # clear perinuclear zone with a condensed rim (koilocytosis)
             halo = _soft_shape(nx, ny, r_px * spec.halo, 1.0, 0.0, n.harmonics, 2.0 / mpp)
-            rim = np.clip(halo - _soft_shape(nx, ny, r_px * spec.halo * 0.85, 1.0, 0.0,
-                                             n.harmonics, 2.0 / mpp), 0, 1)
+            rim = np.clip(
+                halo
+                - _soft_shape(nx, ny, r_px * spec.halo * 0.85, 1.0, 0.0, n.harmonics, 2.0 / mpp),
+                0,
+                1,
+            )
             cyto = cyto * (1.0 - 0.85 * halo) + 0.35 * rim * spec.cyto_density * 3
         inner = _soft_shape(nx, ny, r_px * 0.82, n.aspect, n.angle, n.harmonics, 1.5 / mpp)
         chromatin = 1.0 + n.contrast * _texture(mask.shape, n.grain_um / mpp, rng)
@@ -235,7 +246,14 @@ def render_debris(
     if box is None:
         return
     ys, xs, xx, yy = box
-    mask = _soft_shape(xx, yy, radius / mpp, rng.uniform(0.4, 1.0), rng.uniform(0, np.pi), harm,
-                       max(0.5 / mpp, 1.0))
+    mask = _soft_shape(
+        xx,
+        yy,
+        radius / mpp,
+        rng.uniform(0.4, 1.0),
+        rng.uniform(0, np.pi),
+        harm,
+        max(0.5 / mpp, 1.0),
+    )
     vec = stain.nucleus if speck else stain.debris
     od[ys, xs] += stain.intensity * density * mask[..., None] * vec

@@ -16,7 +16,6 @@ import pandas as pd
 import tifffile
 
 from cytofm.synthetic.morphology import (
-    CELL_CLASSES,
     CellSpec,
     render_cell,
     render_debris,
@@ -56,7 +55,9 @@ def _quota(mix: Mapping[str, float], n: int) -> dict[str, int]:
     total = sum(mix.values())
     exact = {c: n * p / total for c, p in mix.items()}
     quota = {c: int(np.floor(v)) for c, v in exact.items()}
-    for c in sorted(exact, key=lambda c: exact[c] - quota[c], reverse=True)[: n - sum(quota.values())]:
+    for c in sorted(exact, key=lambda c: exact[c] - quota[c], reverse=True)[
+        : n - sum(quota.values())
+    ]:
         quota[c] += 1
     for c, p in mix.items():
         if p > 0 and quota[c] == 0:

@@ -134,7 +134,10 @@ class Slide:
         ty = fy - ly0 + 0.5 * scale - 0.5
         matrix = np.array([[scale, 0.0, tx], [0.0, scale, ty]], np.float64)
         return cv2.warpAffine(
-            region, matrix, (w_out, h_out), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            region,
+            matrix,
+            (w_out, h_out),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_REPLICATE,
         )
 
@@ -157,7 +160,9 @@ class Slide:
 
 
 def _check_mpp(slide_id: str, path: Path, mpp_override: float | None, mpp_meta: float | None):
-    if mpp_override is not None and not (isinstance(mpp_override, float) and math.isnan(mpp_override)):
+    if mpp_override is not None and not (
+        isinstance(mpp_override, float) and math.isnan(mpp_override)
+    ):
         value = float(mpp_override)
         if not 0.01 <= value <= 100:
             raise InputDataError(

@@ -26,7 +26,10 @@ class TileGrid:
     def centres(self) -> np.ndarray:
         """(N, 2) int64 level-0 (x, y) tile centres."""
         return np.stack(
-            [(self.boxes[:, 0] + self.boxes[:, 2]) // 2, (self.boxes[:, 1] + self.boxes[:, 3]) // 2],
+            [
+                (self.boxes[:, 0] + self.boxes[:, 2]) // 2,
+                (self.boxes[:, 1] + self.boxes[:, 3]) // 2,
+            ],
             axis=1,
         ).astype(np.int64)
 

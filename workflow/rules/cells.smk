@@ -8,15 +8,15 @@ rule cells:
     output:
         store=directory(f"{RESULTS}/cells/{{slide}}.zarr"),
         gallery=f"{RESULTS}/qc/{{slide}}.cells.png",
-    params:
-        mpp=slide_mpp,
-        cells=CELLS.to_dict(),
     log:
         f"{RESULTS}/logs/cells/{{slide}}.log",
+    conda:
+        "../../envs/cytofm.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    conda:
-        "../../envs/cytofm.yaml"
+    params:
+        mpp=slide_mpp,
+        cells=CELLS.to_dict(),
     script:
         "../scripts/cells.py"

@@ -5,10 +5,15 @@ from pathlib import Path
 import pandas as pd
 from snakemake.utils import validate
 
-from cytofm.config import CellsConfig, DatasetConfig, DemoConfig, TilingConfig, from_mapping
+from cytofm.config import (
+    CellsConfig,
+    DatasetConfig,
+    DemoConfig,
+    TilingConfig,
+    from_mapping,
+)
 from cytofm.sheet import load_sheet
 from cytofm.synthetic.demo import make_demo_sheet
-
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -37,8 +42,12 @@ def _slide_table():
     table = pd.concat(frames, ignore_index=True)
     dups = table["slide_id"][table["slide_id"].duplicated()].tolist()
     if dups:
-        raise ValueError(f"slide_id(s) {dups} appear in both the demo and {config['samples']}")
-    table["mpp"] = pd.to_numeric(table["mpp"].replace("", float("nan")), errors="coerce")
+        raise ValueError(
+            f"slide_id(s) {dups} appear in both the demo and {config['samples']}"
+        )
+    table["mpp"] = pd.to_numeric(
+        table["mpp"].replace("", float("nan")), errors="coerce"
+    )
     return table.set_index("slide_id", drop=False)
 
 

@@ -6,14 +6,14 @@ rule import_dataset:
         dataset_source,
     output:
         directory(f"{RESULTS}/datasets/{{dataset}}.zarr"),
-    params:
-        dataset=lambda wildcards: DATASETS[wildcards.dataset],
     log:
         f"{RESULTS}/logs/import_dataset/{{dataset}}.log",
+    conda:
+        "../../envs/cytofm.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    conda:
-        "../../envs/cytofm.yaml"
+    params:
+        dataset=lambda wildcards: DATASETS[wildcards.dataset],
     script:
         "../scripts/import_dataset.py"

@@ -5,15 +5,15 @@ rule demo_slide:
     output:
         slide=f"{RESULTS}/demo/slides/{{slide}}.tif",
         truth=f"{RESULTS}/demo/ground_truth/{{slide}}.tsv",
-    params:
-        demo=DEMO.to_dict(),
     log:
         f"{RESULTS}/logs/demo_slide/{{slide}}.log",
+    conda:
+        "../../envs/cytofm.yaml"
     threads: 1
     resources:
         mem_mb=3000,
-    conda:
-        "../../envs/cytofm.yaml"
+    params:
+        demo=DEMO.to_dict(),
     script:
         "../scripts/demo_slide.py"
 
@@ -21,12 +21,12 @@ rule demo_slide:
 rule demo_sheet:
     output:
         f"{RESULTS}/demo/slides.tsv",
-    params:
-        demo=DEMO.to_dict(),
     log:
         f"{RESULTS}/logs/demo_sheet.log",
     conda:
         "../../envs/cytofm.yaml"
+    params:
+        demo=DEMO.to_dict(),
     script:
         "../scripts/demo_sheet.py"
 
@@ -34,15 +34,15 @@ rule demo_sheet:
 rule demo_crops:
     output:
         table=f"{RESULTS}/demo/crops/labels.csv",
-    params:
-        demo=DEMO.to_dict(),
     log:
         f"{RESULTS}/logs/demo_crops.log",
+    conda:
+        "../../envs/cytofm.yaml"
     threads: 1
     resources:
         mem_mb=1000,
-    conda:
-        "../../envs/cytofm.yaml"
+    params:
+        demo=DEMO.to_dict(),
     script:
         "../scripts/demo_crops.py"
 
@@ -53,11 +53,11 @@ rule detection_eval:
         truth=expand(f"{RESULTS}/demo/ground_truth/{{slide}}.tsv", slide=DEMO_IDS),
     output:
         f"{RESULTS}/qc/detection.json",
-    params:
-        tolerance_um=config["detection_eval"]["tolerance_um"],
     log:
         f"{RESULTS}/logs/detection_eval.log",
     conda:
         "../../envs/cytofm.yaml"
+    params:
+        tolerance_um=config["detection_eval"]["tolerance_um"],
     script:
         "../scripts/detection_eval.py"

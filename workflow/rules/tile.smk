@@ -7,15 +7,15 @@ rule tile:
     output:
         store=directory(f"{RESULTS}/tiles/{{slide}}.zarr"),
         qc=f"{RESULTS}/qc/{{slide}}.png",
-    params:
-        mpp=slide_mpp,
-        tiling=TILING.to_dict(),
     log:
         f"{RESULTS}/logs/tile/{{slide}}.log",
+    conda:
+        "../../envs/cytofm.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    conda:
-        "../../envs/cytofm.yaml"
+    params:
+        mpp=slide_mpp,
+        tiling=TILING.to_dict(),
     script:
         "../scripts/tile.py"
