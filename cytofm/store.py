@@ -64,8 +64,9 @@ class PatchStoreWriter:
     """Append patches (uint8 RGB, fixed size) and per-row columns in chunks along N.
 
     Columns are declared up front as ``name -> (dtype, trailing shape)``; strings use
-    ``dtype=str``. Images are buffered until a whole chunk can be written, so memory is
-    bounded by ``chunk`` patches.
+    ``dtype=str``. Images are buffered until a whole chunk can be written, so image memory is
+    bounded by ``chunk`` patches. Per-row columns (a few bytes a row) are kept in memory and
+    written once on :meth:`close`, which saves a metadata rewrite per chunk.
     """
 
     def __init__(
@@ -85,16 +86,9 @@ class PatchStoreWriter:
             dtype="uint8",
             dimension_names=["n", "y", "x", "c"],
         )
-        self.columns = {}
-        for name, (dtype, tail) in columns.items():
-            self.columns[name] = group.create_array(
-                name,
-                shape=(0, *tail),
-                chunks=(max(chunk * 16, 1024), *tail),
-                dtype=dtype,
-            )
+        self.columns = dict(columns)
         self._buf_images: list[np.ndarray] = []
-        self._buf_cols: dict[str, list[np.ndarray]] = {k: [] for k in self.columns}
+        self._cols: dict[str, list[np.ndarray]] = {k: [] for k in self.columns}
         self._buffered = 0
         self.n = 0
 
@@ -113,7 +107,7 @@ class PatchStoreWriter:
         for name, values in columns.items():
             if len(values) != n:
                 raise ValueError(f"column {name!r} has {len(values)} rows, images have {n}")
-            self._buf_cols[name].append(np.asarray(values))
+            self._cols[name].append(np.asarray(values))
         self._buf_images.append(images)
         self._buffered += n
         if self._buffered >= self.chunk:
@@ -123,20 +117,25 @@ class PatchStoreWriter:
         if self._buffered == 0:
             return
         images = np.concatenate(self._buf_images)
-        cols = {k: np.concatenate(v) for k, v in self._buf_cols.items()}
         # write whole chunks only (unless closing) so no chunk is rewritten
         n_write = len(images) if final else (len(images) // self.chunk) * self.chunk
         self.images.append(images[:n_write])
-        for name, arr in self.columns.items():
-            arr.append(cols[name][:n_write])
         self.n += n_write
         self._buf_images = [images[n_write:]] if n_write < len(images) else []
-        self._buf_cols = {
-            k: ([v[n_write:]] if n_write < len(images) else []) for k, v in cols.items()
-        }
         self._buffered = len(images) - n_write
 
     def close(self) -> int:
-        """Write what is buffered; returns the number of rows."""
+        """Write buffered images and every column; returns the number of rows."""
         self._flush(final=True)
+        for name, (dtype, tail) in self.columns.items():
+            parts = self._cols[name]
+            data = np.concatenate(parts) if parts else np.zeros((0, *tail))
+            arr = self.group.create_array(
+                name,
+                shape=(self.n, *tail),
+                chunks=(max(min(self.n, 1 << 16), 1), *tail),
+                dtype=dtype,
+            )
+            if self.n:
+                arr[:] = data.astype(object) if dtype is str else data.astype(dtype)
         return self.n

@@ -13,8 +13,7 @@ from typing import Protocol
 
 import cv2
 import numpy as np
-from scipy.ndimage import gaussian_filter, gaussian_laplace
-from skimage.feature import peak_local_max
+from scipy.spatial import cKDTree
 
 from cytofm.config import CellsConfig
 from cytofm.errors import ConfigError
@@ -48,6 +47,26 @@ def make_detector(cfg: CellsConfig, background: np.ndarray) -> Detector:
     return DETECTORS[cfg.detector](cfg, background)
 
 
+def _neg_log(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Scale-normalised negative Laplacian of Gaussian: positive on dark-in-OD (bright) blobs.
+
+    OpenCV's separable blur and 3x3 Laplacian are several times faster than
+    ``scipy.ndimage.gaussian_laplace`` and agree with it to a few percent for sigma >= 1 px.
+    """
+    blurred = cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
+    return -(sigma**2) * cv2.Laplacian(blurred, cv2.CV_32F, ksize=1, borderType=cv2.BORDER_REFLECT)
+
+
+def _local_maxima(response: np.ndarray, radius: int, threshold: float) -> np.ndarray:
+    """(row, col) of pixels that are the maximum of their (2r+1)^2 neighbourhood and >= threshold.
+
+    Ties on a plateau give neighbouring peaks; :func:`merge_close` folds them into one.
+    """
+    kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+    dilated = cv2.dilate(response, kernel, borderType=cv2.BORDER_REFLECT)
+    return np.argwhere((response >= dilated) & (response >= threshold))
+
+
 def merge_close(xy: np.ndarray, scores: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
     """Greedy merge of centres closer than ``radius``: strongest first, position averaged
     (score-weighted) over its group, so the two nuclei of a binucleate cell give one centre."""
@@ -55,14 +74,14 @@ def merge_close(xy: np.ndarray, scores: np.ndarray, radius: float) -> tuple[np.n
         return xy, scores
     order = np.argsort(-scores, kind="stable")
     xy, scores = xy[order], scores[order]
+    neighbours = cKDTree(xy).query_ball_point(xy, r=radius * (1 - 1e-9))
     taken = np.zeros(len(xy), bool)
     out_xy, out_s = [], []
     for i in range(len(xy)):
         if taken[i]:
             continue
-        d = np.hypot(*(xy - xy[i]).T)
-        group = (~taken) & (d < radius)
-        taken |= group
+        group = [j for j in neighbours[i] if not taken[j]]
+        taken[group] = True
         w = scores[group]
         out_xy.append((xy[group] * w[:, None]).sum(0) / w.sum())
         out_s.append(scores[i])
@@ -84,7 +103,8 @@ class ClassicalDetector:
         self.background = np.asarray(background, np.float32)
 
     def darkness(self, rgb: np.ndarray) -> np.ndarray:
-        return optical_density(rgb, self.background).min(axis=-1)
+        od = optical_density(rgb, self.background)
+        return np.minimum(np.minimum(od[..., 0], od[..., 1]), od[..., 2])
 
     def __call__(self, rgb: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]:
         cfg = self.cfg
@@ -102,17 +122,11 @@ class ClassicalDetector:
         r_min = cfg.nucleus_min_um / 2 / cfg.detect_mpp
         r_max = cfg.nucleus_max_um / 2 / cfg.detect_mpp
         sigmas = np.geomspace(r_min / np.sqrt(2), r_max / np.sqrt(2), 5)
-        stack = np.stack([-(s**2) * gaussian_laplace(dark, s) for s in sigmas])
-        response = stack.max(axis=0)  # (H, W)
-        peaks = peak_local_max(
-            response,
-            min_distance=max(int(r_min), 1),
-            threshold_abs=cfg.threshold,
-            exclude_border=False,
-        )
+        response = np.max([_neg_log(dark, s) for s in sigmas], axis=0)  # (H, W)
+        peaks = _local_maxima(response, max(int(r_min), 1), cfg.threshold)
         if len(peaks) == 0:
             return np.zeros((0, 2)), np.zeros((0,), np.float32)
-        smooth = gaussian_filter(dark, max(r_min / 2, 0.5))
+        smooth = cv2.GaussianBlur(dark, (0, 0), sigmaX=max(r_min / 2, 0.5))
         keep = smooth[peaks[:, 0], peaks[:, 1]] >= cfg.min_darkness
         peaks = peaks[keep]
         scores = response[peaks[:, 0], peaks[:, 1]].astype(np.float32)

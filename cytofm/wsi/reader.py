@@ -1,12 +1,10 @@
 """Slide readers: open a WSI, know its resolution, read any region at any micrometres-per-pixel.
 
-Backends are registered by name. ``openslide`` takes metadata from tiatoolbox's
-``OpenSlideWSIReader`` (which reads vendor resolution fields) and pixels straight from
-OpenSlide, composited on white where the file has no data; ``tiatoolbox`` reads anything
-``WSIReader.open`` understands (OME-TIFF, DICOM, JPEG 2000, plain images). ``auto`` picks
-``openslide`` whenever OpenSlide recognises the file. tiatoolbox's generic ``WSIReader.open``
-treats a pyramidal ``.tif`` as a flat image without resolution, so ``auto`` does not use it
-for such files.
+Backends are registered by name. ``openslide`` reads vendor formats (SVS, NDPI, MRXS, SCN, pyramidal
+TIFF, ...) with OpenSlide, composited on white where the file has no data; ``tiatoolbox``
+reads anything tiatoolbox's ``WSIReader.open`` understands, including formats OpenSlide cannot
+(OME-TIFF, DICOM, JPEG 2000, plain images). ``auto`` picks ``openslide`` whenever OpenSlide
+recognises the file and tiatoolbox otherwise.
 """
 
 from __future__ import annotations
@@ -180,30 +178,31 @@ def _check_mpp(slide_id: str, path: Path, mpp_override: float | None, mpp_meta: 
 
 
 class OpenSlideSlide(Slide):
+    """Vendor formats and pyramidal TIFF through OpenSlide directly.
+
+    tiatoolbox's ``OpenSlideWSIReader`` wraps the same library and adds nothing for reading
+    pixels or resolution, but importing it costs seconds per job, so this backend talks to
+    OpenSlide itself; the ``tiatoolbox`` backend covers the formats OpenSlide cannot read.
+    """
+
     backend = "openslide"
 
     def __init__(self, path: Path, slide_id: str, mpp_override: float | None):
         import openslide
-        from tiatoolbox.wsicore.wsireader import OpenSlideWSIReader
 
         try:
-            reader = OpenSlideWSIReader(path)
-        except Exception as exc:  # tiatoolbox/openslide raise many types for corrupt files
+            self._osr = openslide.OpenSlide(str(path))
+        except Exception as exc:  # OpenSlideError, OpenSlideUnsupportedFormatError, ...
             raise InputDataError(
                 f"slide '{slide_id}': OpenSlide cannot read {path} ({exc}). Check that the file "
                 "is complete (not truncated by a copy) and is a supported whole-slide format."
             ) from exc
-        try:  # tiatoolbox's metadata parser fails on files without resolution tags
-            objective = reader.info.objective_power
-        except Exception:
-            objective = None
-        self._osr: openslide.OpenSlide = reader.openslide_wsi
         props = self._osr.properties
-        # Only trust a resolution the file states; tiatoolbox's objective-power estimate is a
-        # guess, so it is not used.
+        # Only a resolution the file states is used; estimates from the objective are guesses.
         meta = props.get(openslide.PROPERTY_NAME_MPP_X)
         mpp_meta = float(meta) if meta else _tiff_resolution_mpp(path)
         mpp, source = _check_mpp(slide_id, path, mpp_override, mpp_meta)
+        objective = props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
         super().__init__(
             path=path,
             slide_id=slide_id,
@@ -212,7 +211,7 @@ class OpenSlideSlide(Slide):
             level_downsamples=[float(d) for d in self._osr.level_downsamples],
             level_dimensions=[tuple(d) for d in self._osr.level_dimensions],
             mpp_source=source,
-            objective_power=objective,
+            objective_power=float(objective) if objective else None,
             vendor=props.get(openslide.PROPERTY_NAME_VENDOR),
         )
 

@@ -1,0 +1,197 @@
+"""Tiling + cell-extraction throughput and peak memory, next to raw OpenSlide decode.
+
+For each slide, in fresh processes:
+  * raw decode: OpenSlide ``read_region`` over the whole slide, 512x512 px at a time, at the
+    pyramid level the cell stage reads (the reference a reader cannot beat by much);
+  * pipeline: ``run_tile`` + ``run_cells`` with tracking off, as a Snakemake job runs them.
+Both are reported as megapixels of slide area (level 0) per second, so their ratio is the
+figure of merit. Peak RSS of the pipeline process is measured on synthetic slides of growing
+size (the canvas repeats, so larger slides hold proportionally more cells) to show memory is
+bounded by tile and chunk size, not slide size.
+
+    python benchmarks/tiling_throughput.py                    # CMU-1 + 12.5k/25k/50k px slides
+    python benchmarks/tiling_throughput.py --sizes 10000      # quicker
+
+Writes benchmarks/results/tiling_throughput.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CMU1 = REPO.parent / "shared" / "data" / "slides" / "cmu-1-small-region.svs"
+
+
+def _child_decode(slide_path: str, patch_mpp: float) -> dict:
+    import openslide
+
+    from cytofm.wsi.reader import open_slide
+
+    with open_slide(slide_path, "bench") as s:
+        level = s.best_level(patch_mpp / s.mpp)
+        w0, h0 = s.dimensions
+    osr = openslide.OpenSlide(slide_path)
+    lw, lh = osr.level_dimensions[level]
+    ds = osr.level_downsamples[level]
+    t0 = time.perf_counter()
+    for y in range(0, lh, 512):
+        for x in range(0, lw, 512):
+            osr.read_region((int(x * ds), int(y * ds)), level, (min(512, lw - x), min(512, lh - y)))
+    dt = time.perf_counter() - t0
+    return {
+        "level": level,
+        "level_mpx": lw * lh / 1e6,
+        "seconds": dt,
+        "slide_mpx": w0 * h0 / 1e6,
+        "slide_mpx_per_s": w0 * h0 / 1e6 / dt,
+        "level_mpx_per_s": lw * lh / 1e6 / dt,
+    }
+
+
+def _child_pipeline(slide_path: str, workdir: str) -> dict:
+    os.environ["MLFLOW_TRACKING_URI"] = "none"
+    from cytofm.config import CellsConfig, TilingConfig
+    from cytofm.stages.cells import run_cells
+    from cytofm.stages.tile import run_tile
+
+    wd = Path(workdir)
+    t0 = time.perf_counter()
+    tile = run_tile(slide_path, "bench", None, TilingConfig(), wd / "t.zarr", wd / "qc.png")
+    t1 = time.perf_counter()
+    cells = run_cells(
+        slide_path, "bench", None, wd / "t.zarr", CellsConfig(), wd / "c.zarr", wd / "g.png"
+    )
+    t2 = time.perf_counter()
+    slide_mpx = tile["slide_megapixels"]
+    return {
+        "slide_mpx": slide_mpx,
+        "tile_seconds": t1 - t0,
+        "cells_seconds": t2 - t1,
+        "seconds": t2 - t0,
+        "slide_mpx_per_s": slide_mpx / (t2 - t0),
+        "n_tiles": tile["n_tiles"],
+        "n_tiles_total": tile["n_tiles_total"],
+        "n_cells": cells["n_cells"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _run_child(*args: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _make_large(path: Path, side: int) -> None:
+    from cytofm.synthetic.slide import class_mix, render_slide_canvas, write_pyramidal_tiff
+
+    rng = np.random.default_rng(0)
+    canvas = render_slide_canvas(
+        4096,
+        4096,
+        0.25,
+        class_mix(True, 0.08),
+        cells_per_mm2=110,
+        cluster_prob=0.25,
+        debris_per_mm2=60,
+        rng=rng,
+    )
+    write_pyramidal_tiff(path, canvas.rgb, 0.25, shape=(side, side))
+
+
+def measure(slide: Path, name: str, workdir: Path) -> dict:
+    from cytofm.config import CellsConfig
+
+    decode = _run_child("decode", str(slide), str(CellsConfig().patch_mpp))
+    pipe = _run_child("pipeline", str(slide), str(workdir))
+    return {
+        "slide": name,
+        "raw_decode": decode,
+        "pipeline": pipe,
+        "ratio_pipeline_to_raw_decode": pipe["slide_mpx_per_s"] / decode["slide_mpx_per_s"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=[12500, 25000, 50000],
+        help="sides (px) of synthetic slides at 0.25 um/px",
+    )
+    ap.add_argument(
+        "--out", type=Path, default=REPO / "benchmarks" / "results" / "tiling_throughput"
+    )
+    args = ap.parse_args()
+    if args.child:
+        mode, *rest = args.child
+        result = (
+            _child_decode(rest[0], float(rest[1])) if mode == "decode" else _child_pipeline(*rest)
+        )
+        print(json.dumps(result))
+        return
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if CMU1.is_file():
+            (tmp / "cmu1").mkdir()
+            rows.append(measure(CMU1, "CMU-1-small-region.svs (real, 0.499 um/px)", tmp / "cmu1"))
+            print(json.dumps(rows[-1], indent=1), flush=True)
+        for side in args.sizes:
+            slide = tmp / f"synthetic_{side}.tif"
+            t0 = time.perf_counter()
+            _make_large(slide, side)
+            print(
+                f"wrote {side}x{side} slide in {time.perf_counter() - t0:.0f} s "
+                f"({slide.stat().st_size / 1e6:.0f} MB)",
+                flush=True,
+            )
+            (tmp / str(side)).mkdir()
+            rows.append(measure(slide, f"synthetic {side}x{side} px (0.25 um/px)", tmp / str(side)))
+            print(json.dumps(rows[-1], indent=1), flush=True)
+            slide.unlink()
+    meta = {
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "command": "python benchmarks/tiling_throughput.py " + " ".join(sys.argv[1:]),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+    lines = [
+        "| slide | slide Mpx | pipeline Mpx/s | raw decode Mpx/s | ratio | tiles kept | cells | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        p, d = r["pipeline"], r["raw_decode"]
+        lines.append(
+            f"| {r['slide']} | {p['slide_mpx']:.0f} | {p['slide_mpx_per_s']:.1f} | "
+            f"{d['slide_mpx_per_s']:.1f} (level {d['level']}) | "
+            f"{r['ratio_pipeline_to_raw_decode']:.2f} | {p['n_tiles']}/{p['n_tiles_total']} | "
+            f"{p['n_cells']} | {p['peak_rss_mb']:.0f} |"
+        )
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n\n" + json.dumps(meta) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
