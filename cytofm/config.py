@@ -17,6 +17,7 @@ __all__ = [
     "CellsConfig",
     "DatasetConfig",
     "DemoConfig",
+    "PretrainConfig",
     "TilingConfig",
     "TrackingConfig",
     "from_mapping",
@@ -215,3 +216,95 @@ class TrackingConfig(_Section):
     tracking_uri: str = ""
     experiment: str = "cytofm"
     log_slide_paths: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig(_Section):
+    """iBOT pretraining of a timm ViT (the demo default is a tiny ViT sized for a CPU)."""
+
+    name: str = "cytofm_vit_demo"
+    arch: str = "vit_small_patch16_224"
+    model_args: dict = dataclasses.field(
+        default_factory=lambda: {"embed_dim": 192, "depth": 4, "num_heads": 3}
+    )
+    patch_size: int = 8
+    drop_path: float = 0.0
+    sources: tuple = ("cells",)
+    splits: tuple = ("train",)
+    global_size: int = 64
+    local_size: int = 32
+    n_local: int = 4
+    global_scale: tuple = (0.5, 1.0)
+    local_scale: tuple = (0.15, 0.45)
+    keep_centre: float = 0.15
+    hed_sigma: float = 0.05
+    blur_prob: float = 0.3
+    out_dim: int = 1024
+    patch_out_dim: int = 1024
+    shared_head: bool = False
+    head_hidden_dim: int = 512
+    head_bottleneck_dim: int = 128
+    mask_ratio: tuple = (0.1, 0.5)
+    mask_probability: float = 0.5
+    ibot_weight: float = 1.0
+    koleo_weight: float = 0.0
+    batch_size: int = 64
+    steps: int = 300
+    warmup_steps: int = 30
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    momentum: float = 0.992
+    momentum_end: float = 1.0
+    teacher_temp: float = 0.04
+    teacher_temp_warmup: float = 0.04
+    teacher_temp_warmup_steps: int = 30
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    clip_grad: float = 3.0
+    freeze_last_layer_steps: int = -1
+    checkpoint_every: int = 100
+    log_every: int = 10
+    knn_dataset: str = ""
+    knn_every: int = 100
+    knn_k: int = 10
+    num_workers: int = 0
+    precision: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        s = "pretrain"
+        for key in ("global_size", "local_size"):
+            v = getattr(self, key)
+            if v % self.patch_size:
+                raise ConfigError(
+                    f"{s}.{key} ({v}) must be a multiple of {s}.patch_size ({self.patch_size})"
+                )
+        if self.batch_size < 2:
+            raise ConfigError(f"{s}.batch_size must be >= 2, got {self.batch_size!r}")
+        if self.steps < 1:
+            raise ConfigError(f"{s}.steps must be >= 1, got {self.steps!r}")
+        lo, hi = self.mask_ratio
+        if not 0 <= lo <= hi < 1:
+            raise ConfigError(f"{s}.mask_ratio must satisfy 0 <= min <= max < 1, got {self.mask_ratio!r}")
+        _fraction(s, mask_probability=self.mask_probability, keep_centre=self.keep_centre,
+                  blur_prob=self.blur_prob)
+        for key in ("global_scale", "local_scale"):
+            a, b = getattr(self, key)
+            if not 0 < a <= b <= 1:
+                raise ConfigError(f"{s}.{key} must satisfy 0 < min <= max <= 1, got {(a, b)!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"{s}.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        _positive(s, lr=self.lr, teacher_temp=self.teacher_temp, student_temp=self.student_temp)
+        if not 0 <= self.momentum <= self.momentum_end <= 1:
+            raise ConfigError(
+                f"{s}.momentum ({self.momentum}) and momentum_end ({self.momentum_end}) must "
+                "satisfy 0 <= momentum <= momentum_end <= 1"
+            )
+        for key in ("sources", "splits", "global_scale", "local_scale", "mask_ratio"):
+            object.__setattr__(self, key, tuple(getattr(self, key)))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}

@@ -1,0 +1,1 @@
+"""Self-supervised pretraining with iBOT: masked image modelling + self-distillation."""

@@ -1,0 +1,357 @@
+"""The iBOT training loop: one GPU, several (``torchrun``, DDP) or the CPU.
+
+Every source of randomness of step ``s`` (batch composition, views, masks, drop-path) is seeded
+from (seed, s, rank), so a job resumed from a checkpoint continues exactly as an uninterrupted
+one would: same data order, same schedule position, same weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from cytofm.config import PretrainConfig
+from cytofm.errors import CytofmError
+from cytofm.ssl.augment import AugmentConfig, MultiCrop
+from cytofm.ssl.data import PatchSource
+from cytofm.ssl.heads import DINOHead
+from cytofm.ssl.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss
+from cytofm.ssl.masking import BlockMasker
+from cytofm.ssl.model import MaskableViT, MultiCropStudent, build_backbone
+from cytofm.ssl.monitor import effective_rank, knn_probe, teacher_entropies
+from cytofm.ssl.schedules import cosine_schedule, linear_warmup_then_constant
+
+__all__ = ["NonFiniteLossError", "Trainer"]
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(CytofmError, FloatingPointError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def _param_groups(model: nn.Module) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or any(k in name for k in ("pos_embed", "cls_token", "mask_token"))
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False}]
+
+
+def distributed_setup() -> tuple[int, int]:
+    """Join the process group torchrun describes (gloo on CPU, NCCL on GPU); (rank, world)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    """Builds student, teacher, losses, optimiser and schedules from a :class:`PretrainConfig`."""
+
+    def __init__(
+        self,
+        cfg: PretrainConfig,
+        source: PatchSource,
+        out_dir: str | Path,
+        device: str | torch.device | None = None,
+    ):
+        self.cfg = cfg
+        self.source = source
+        self.out_dir = Path(out_dir)
+        self.rank, self.world = distributed_setup()
+        if cfg.batch_size % self.world:
+            raise CytofmError(
+                f"pretrain.batch_size ({cfg.batch_size}) must be divisible by the number of "
+                f"processes ({self.world})"
+            )
+        if device is None:
+            if torch.cuda.is_available():
+                local = int(os.environ.get("LOCAL_RANK", "0"))
+                torch.cuda.set_device(local)
+                device = f"cuda:{local}"
+            else:
+                device = "cpu"
+        self.device = torch.device(device)
+        use_bf16 = cfg.precision == "bf16" or (
+            cfg.precision == "auto" and self.device.type == "cuda"
+        )
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self.mean, self.std = source.channel_stats(seed=cfg.seed)
+        self.steps_per_epoch = max(len(source) // cfg.batch_size, 1)
+        self.freeze_steps = (
+            self.steps_per_epoch if cfg.freeze_last_layer_steps < 0 else cfg.freeze_last_layer_steps
+        )
+
+        torch.manual_seed(cfg.seed)
+        self.student = self._build(cfg.drop_path).to(self.device)
+        self.teacher = self._build(0.0).to(self.device)
+        self.teacher.load_state_dict(self.student.state_dict())
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        self.dino_loss = DINOLoss(cfg.out_dim, cfg.student_temp, cfg.center_momentum).to(
+            self.device
+        )
+        self.ibot_loss = IBOTPatchLoss(
+            cfg.patch_out_dim if not cfg.shared_head else cfg.out_dim,
+            cfg.student_temp,
+            cfg.center_momentum,
+        ).to(self.device)
+        self.koleo = KoLeoLoss()
+        self.optimizer = torch.optim.AdamW(_param_groups(self.student), lr=cfg.lr)
+        lr_peak = cfg.lr * cfg.batch_size / 256
+        n = cfg.steps
+        self.lr = cosine_schedule(lr_peak, cfg.min_lr, n, cfg.warmup_steps)
+        self.wd = cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, n)
+        self.momentum = cosine_schedule(cfg.momentum, cfg.momentum_end, n)
+        self.teacher_temp = linear_warmup_then_constant(
+            cfg.teacher_temp_warmup, cfg.teacher_temp, cfg.teacher_temp_warmup_steps, n
+        )
+        grid = cfg.global_size // cfg.patch_size
+        self.masker = BlockMasker((grid, grid))
+        self.augment = MultiCrop(
+            AugmentConfig(
+                global_size=cfg.global_size,
+                local_size=cfg.local_size,
+                n_local=cfg.n_local,
+                global_scale=tuple(cfg.global_scale),
+                local_scale=tuple(cfg.local_scale),
+                keep_centre=cfg.keep_centre,
+                hed_sigma=cfg.hed_sigma,
+                blur_prob=cfg.blur_prob,
+            ),
+            self.mean,
+            self.std,
+        )
+        self.step = 0
+        self._orders: dict[int, np.ndarray] = {}
+        self.model = self.student
+        if self.world > 1:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.student,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,  # the mask token is idle on unmasked batches
+            )
+
+    # -- construction ---------------------------------------------------------------------
+    def _build(self, drop_path: float) -> MultiCropStudent:
+        cfg = self.cfg
+        vit = build_backbone(cfg.arch, cfg.global_size, cfg.patch_size, cfg.model_args, drop_path)
+        backbone = MaskableViT(vit)
+        dim = backbone.embed_dim
+        cls_head = DINOHead(dim, cfg.out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim)
+        patch_head = (
+            None
+            if cfg.shared_head
+            else DINOHead(dim, cfg.patch_out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim)
+        )
+        return MultiCropStudent(backbone, cls_head, patch_head)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "dino_center": self.dino_loss.center,
+            "ibot_center": self.ibot_loss.center,
+            "config": self.cfg.to_dict(),
+        }
+
+    def save_checkpoint(self) -> None:
+        """Atomic: written to a temporary file, then renamed over the previous checkpoint."""
+        if self.rank != 0:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkpoint_path.with_suffix(".pt.tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    def load_checkpoint(self) -> bool:
+        """Resume from ``checkpoint.pt`` if present (tensors and plain values only)."""
+        if not self.checkpoint_path.is_file():
+            return False
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        if state["config"] != self.cfg.to_dict():
+            changed = sorted(
+                k for k in state["config"] if state["config"][k] != self.cfg.to_dict().get(k)
+            )
+            raise CytofmError(
+                f"{self.checkpoint_path} was written with a different pretrain config (changed: "
+                f"{changed}); delete it to start over, or restore the config to resume"
+            )
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.dino_loss.center.copy_(state["dino_center"])
+        self.ibot_loss.center.copy_(state["ibot_center"])
+        self.step = int(state["step"])
+        log.info("resumed from %s at step %d", self.checkpoint_path, self.step)
+        return True
+
+    # -- one step -------------------------------------------------------------------------
+    def batch_indices(self, step: int) -> np.ndarray:
+        """This rank's share of the global batch of ``step`` (a pure function of step)."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        if epoch not in self._orders:
+            self._orders = {epoch: self.source.epoch_order(self.cfg.seed, epoch)}
+        order = self._orders[epoch]
+        b = self.cfg.batch_size
+        idx = order[pos * b : (pos + 1) * b]
+        if len(idx) < b:  # fewer samples than a batch: wrap around
+            idx = np.resize(order, b)
+        per_rank = b // self.world
+        return idx[self.rank * per_rank : (self.rank + 1) * per_rank]
+
+    def make_batch(self, step: int):
+        g = torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + step * 7919 + self.rank)
+        raw = torch.from_numpy(self.source.read(self.batch_indices(step)))
+        global_crops, local_crops = self.augment(raw, g)
+        masks = self.masker.batch(
+            len(global_crops), tuple(self.cfg.mask_ratio), self.cfg.mask_probability, g
+        )
+        return global_crops, local_crops, masks
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def train_step(self, batch) -> dict[str, float]:
+        cfg, step = self.cfg, self.step
+        global_crops, local_crops, masks = (t.to(self.device, non_blocking=True) for t in batch)
+        n_g = 2
+        for i, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = float(self.lr[step])
+            group["weight_decay"] = float(self.wd[step]) if group["apply_wd"] else 0.0
+            del i
+        torch.manual_seed(int(cfg.seed) * 1_000_003 + step * 104729 + self.rank)  # drop-path
+        temp = float(self.teacher_temp[step])
+        with self._autocast():
+            with torch.no_grad():
+                t_out = self.teacher(global_crops, None, None)
+                q_cls = self.dino_loss.teacher_probs(t_out["global_cls"].float(), temp)
+                q_patch = self.ibot_loss.teacher_probs(t_out["global_patch"].float(), temp)
+            s_out = self.model(global_crops, local_crops, masks)
+            s_cls = list(s_out["global_cls"].float().chunk(n_g))
+            if "local_cls" in s_out:
+                s_cls += list(s_out["local_cls"].float().chunk(cfg.n_local))
+            # each student global view is matched with the *other* teacher global view
+            q_views = list(q_cls.chunk(n_g))
+            loss_dino = self.dino_loss(s_cls, q_views)
+            loss_ibot = self.ibot_loss(s_out["global_patch"].float(), q_patch, masks)
+            loss = loss_dino + cfg.ibot_weight * loss_ibot
+            loss_koleo = torch.zeros((), device=self.device)
+            if cfg.koleo_weight > 0:
+                embs = s_out["global_emb"].float().chunk(n_g)
+                loss_koleo = sum(self.koleo(e) for e in embs) / n_g
+                loss = loss + cfg.koleo_weight * loss_koleo
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"pretraining loss is {loss.item()} at step {step} (dino {loss_dino.item()}, ibot "
+                f"{loss_ibot.item()}). The last good checkpoint {self.checkpoint_path} is kept; "
+                "lower pretrain.lr, raise pretrain.warmup_steps or use precision: fp32, then "
+                "rerun to resume from it."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.clip_grad)
+        if step < self.freeze_steps:  # DINO: keep the prototypes fixed while features settle
+            for head in (self.student.cls_head, self.student.patch_head):
+                if head is not None:
+                    for p in head.last_layer.parameters():
+                        p.grad = None
+        self.optimizer.step()
+        m = float(self.momentum[step])
+        with torch.no_grad():
+            for ps, pt in zip(self.student.parameters(), self.teacher.parameters(), strict=True):
+                pt.mul_(m).add_(ps.detach(), alpha=1 - m)
+        self.dino_loss.update_center(t_out["global_cls"])
+        self.ibot_loss.update_center(t_out["global_patch"], masks)
+        self.step += 1
+        ent, batch_ent = teacher_entropies(q_cls)
+        return {
+            "loss": loss.item(),
+            "loss_dino": loss_dino.item(),
+            "loss_ibot": loss_ibot.item(),
+            "loss_koleo": float(loss_koleo),
+            "lr": float(self.lr[step]),
+            "weight_decay": float(self.wd[step]),
+            "teacher_momentum": m,
+            "teacher_temp": temp,
+            "grad_norm": float(grad_norm),
+            "teacher_entropy": ent,
+            "teacher_batch_entropy": batch_ent,
+            "teacher_cls_effective_rank": effective_rank(t_out["global_cls"].float()),
+            "mask_fraction": float(masks.float().mean()),
+        }
+
+    def fit(self, logger=None, knn=None, stop_at: int | None = None) -> dict[str, float]:
+        """Train until ``cfg.steps`` (or ``stop_at``); checkpoint every ``checkpoint_every``."""
+        cfg = self.cfg
+        end = min(cfg.steps, stop_at if stop_at is not None else cfg.steps)
+        last: dict[str, float] = {}
+        window_t, window_n = time.perf_counter(), 0
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=end,
+            initial=self.step,
+            desc=f"pretrain {cfg.name}",
+            mininterval=5,
+            disable=self.rank != 0,
+        )
+        while self.step < end:
+            batch = self.make_batch(self.step)
+            last = self.train_step(batch)
+            window_n += len(batch[0]) // 2 * self.world
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == end:
+                dt = time.perf_counter() - window_t
+                last["images_per_s"] = window_n / max(dt, 1e-9)
+                if self.device.type == "cuda":
+                    last["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
+                window_t, window_n = time.perf_counter(), 0
+                if logger is not None and self.rank == 0:
+                    logger.log_metrics(last, step=self.step)
+            if (
+                knn is not None
+                and self.rank == 0
+                and (self.step % cfg.knn_every == 0 or self.step == cfg.steps)
+            ):
+                acc = knn_probe(
+                    self.teacher.backbone.vit,
+                    knn,
+                    self.mean,
+                    self.std,
+                    cfg.global_size,
+                    cfg.knn_k,
+                    self.device,
+                )
+                last["knn_balanced_accuracy"] = acc
+                if logger is not None:
+                    logger.log_metrics({"knn_balanced_accuracy": acc}, step=self.step)
+            if self.step % cfg.checkpoint_every == 0 or self.step == end:
+                self.save_checkpoint()
+        bar.close()
+        if math.isnan(last.get("loss", 0.0)):
+            raise NonFiniteLossError("loss is NaN")
+        return last
