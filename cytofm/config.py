@@ -287,9 +287,15 @@ class PretrainConfig(_Section):
             raise ConfigError(f"{s}.steps must be >= 1, got {self.steps!r}")
         lo, hi = self.mask_ratio
         if not 0 <= lo <= hi < 1:
-            raise ConfigError(f"{s}.mask_ratio must satisfy 0 <= min <= max < 1, got {self.mask_ratio!r}")
-        _fraction(s, mask_probability=self.mask_probability, keep_centre=self.keep_centre,
-                  blur_prob=self.blur_prob)
+            raise ConfigError(
+                f"{s}.mask_ratio must satisfy 0 <= min <= max < 1, got {self.mask_ratio!r}"
+            )
+        _fraction(
+            s,
+            mask_probability=self.mask_probability,
+            keep_centre=self.keep_centre,
+            blur_prob=self.blur_prob,
+        )
         for key in ("global_scale", "local_scale"):
             a, b = getattr(self, key)
             if not 0 < a <= b <= 1:

@@ -51,7 +51,7 @@ class MaskableViT(nn.Module):
         v = self.vit
         tokens = v.patch_embed(x)  # (B, h, w, D) with dynamic_img_size
         if masks is not None:
-            b, h, w, d = tokens.shape
+            b, h, w, _ = tokens.shape
             m = masks.view(b, h, w, 1)
             tokens = torch.where(m, self.mask_token.to(tokens.dtype), tokens)
         tokens = v._pos_embed(tokens)  # (B, P + N, D)

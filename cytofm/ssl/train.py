@@ -194,10 +194,17 @@ class Trainer:
             changed = sorted(
                 k for k in state["config"] if state["config"][k] != self.cfg.to_dict().get(k)
             )
-            raise CytofmError(
-                f"{self.checkpoint_path} was written with a different pretrain config (changed: "
-                f"{changed}); delete it to start over, or restore the config to resume"
+            stale = self.checkpoint_path.with_suffix(".pt.stale")
+            if self.rank == 0:
+                os.replace(self.checkpoint_path, stale)
+            log.warning(
+                "%s was written with another config (changed: %s); kept as %s and "
+                "training starts from scratch",
+                self.checkpoint_path,
+                changed,
+                stale,
             )
+            return False
         self.student.load_state_dict(state["student"])
         self.teacher.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -14,7 +14,6 @@ import math
 
 import cv2
 import numpy as np
-from skimage.morphology import remove_small_objects
 
 from cytofm.wsi.reader import Slide
 
@@ -81,14 +80,23 @@ def foreground_mask(
     smaller than ``min_object_um2`` (dust, specks) are dropped; the rest is dilated by
     ``dilate_um`` so cell borders fall inside.
     """
-    # no smoothing: it would spread a dust speck past min_object_um2; the thumbnail is already
-    # an average over many scan pixels, so sensor noise is far below the threshold
-    mask = optical_density(thumb, background).max(axis=-1) > od_threshold
+    # No smoothing: it would spread a dust speck past min_object_um2; the thumbnail is already
+    # an average over many scan pixels, so sensor noise is far below the threshold. Computed in
+    # strips so no float copy of the whole thumbnail is held (1 byte per pixel).
+    mask = np.empty(thumb.shape[:2], bool)
+    for y in range(0, thumb.shape[0], 256):
+        od = optical_density(thumb[y : y + 256], background)
+        mask[y : y + 256] = od.max(axis=-1) > od_threshold
     min_px = int(min_object_um2 / (mpp * mpp))
     if min_px > 1:
-        mask = remove_small_objects(mask, max_size=min_px - 1)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+        small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_px)
+        small = small[small > 0]  # label 0 is background
+        if len(small):
+            mask &= ~np.isin(labels, small)
+        del labels
     radius = int(round(dilate_um / mpp))
     if radius > 0:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-        mask = cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+        mask = cv2.dilate(mask.view(np.uint8), kernel).astype(bool)
     return mask

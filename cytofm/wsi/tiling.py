@@ -52,17 +52,19 @@ def tile_grid(
     xs = np.round(np.arange(nx + 1) * step0).astype(np.int64)
     ys = np.round(np.arange(ny + 1) * step0).astype(np.int64)
     m2l = mask_mpp / slide.mpp  # level-0 pixels per mask pixel
-    integral = np.pad(mask.astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
     mh, mw = mask.shape
 
     def to_mask(v: np.ndarray, limit: int) -> np.ndarray:
         return np.clip(np.round(v / m2l).astype(np.int64), 0, limit)
 
     mx, my = to_mask(xs, mw), to_mask(ys, mh)
-    X0, Y0 = np.meshgrid(mx[:-1], my[:-1])
-    X1, Y1 = np.meshgrid(mx[1:], my[1:])
-    covered = integral[Y1, X1] - integral[Y0, X1] - integral[Y1, X0] + integral[Y0, X0]
-    area = np.maximum((X1 - X0) * (Y1 - Y0), 1)
+    # per-tile mask sums: column sums per tile row, then per tile column (no full-size copy)
+    covered = np.zeros((ny, nx), np.int64)
+    for j in range(ny):
+        cols = mask[my[j] : my[j + 1]].sum(axis=0, dtype=np.int64)  # (mw,)
+        csum = np.concatenate([[0], np.cumsum(cols)])
+        covered[j] = csum[mx[1:]] - csum[mx[:-1]]
+    area = np.maximum(np.outer(my[1:] - my[:-1], mx[1:] - mx[:-1]), 1)
     frac = covered / area
     keep = (covered > 0) & (frac >= min_foreground)
     iy, ix = np.nonzero(keep)

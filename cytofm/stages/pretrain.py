@@ -1,0 +1,146 @@
+"""Stage ``pretrain``: iBOT on patch stores -> checkpoint (for resume) + exported backbone."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cytofm.config import PretrainConfig
+from cytofm.provenance import provenance
+from cytofm.stages.context import JobContext
+from cytofm.store import open_store
+from cytofm.tracking import job_run
+
+__all__ = ["run_pretrain"]
+
+log = logging.getLogger(__name__)
+
+
+def _patch_geometry(stores: list[Path]) -> tuple[float | None, float | None]:
+    attrs = open_store(stores[0]).attrs
+    return attrs.get("mpp"), attrs.get("patch_um")
+
+
+def run_pretrain(
+    cfg: PretrainConfig,
+    stores: list[str | Path],
+    out_dir: str | Path,
+    knn_store: str | Path | None = None,
+    job: JobContext | None = None,
+    nproc: int = 1,
+) -> dict:
+    """Pretrain, resuming from ``out_dir/checkpoint.pt`` when present; export the teacher.
+
+    With ``nproc > 1`` the same function runs under ``torchrun`` (DDP) in this job.
+    """
+    job = job or JobContext()
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return _launch_torchrun(cfg, stores, out_dir, knn_store, job, nproc)
+    from cytofm.ssl.data import PatchSource
+    from cytofm.ssl.export import export_backbone
+    from cytofm.ssl.monitor import KnnSet
+    from cytofm.ssl.train import Trainer
+
+    out = Path(out_dir)
+    stores = [Path(s) for s in stores]
+    source = PatchSource(stores)
+    trainer = Trainer(cfg, source, out)
+    resumed_from = trainer.step if trainer.load_checkpoint() else 0
+    knn = None
+    if knn_store:
+        ks = open_store(knn_store)
+        knn = KnnSet.from_arrays(ks["images"][:], ks["labels"][:], ks["groups"][:], cfg.seed)
+    patch_mpp, patch_um = _patch_geometry(stores)
+    if trainer.rank != 0:
+        trainer.fit(knn=None)
+        return {}
+    params = {
+        "pretrain": cfg.to_dict(),
+        "n_patches": len(source),
+        "n_stores": len(stores),
+        "world_size": trainer.world,
+        "device": str(trainer.device),
+    }
+    with job_run(
+        "pretrain",
+        tracking=job.tracking,
+        results_dir=job.results_dir,
+        params=params,
+        tags=job.tags,
+        run_name=job.run_name,
+    ) as run:
+        run.set_tags({"pretrain.resumed_from_step": resumed_from})
+        t0 = time.perf_counter()
+        last = trainer.fit(logger=run, knn=knn)
+        elapsed = time.perf_counter() - t0
+        record = provenance(
+            "pretrain",
+            cfg,
+            n_patches=len(source),
+            sources=[str(s) for s in stores],
+            steps=trainer.step,
+            resumed_from_step=resumed_from,
+        )
+        export_backbone(
+            trainer.teacher.backbone.vit,
+            out / "backbone",
+            arch=cfg.arch,
+            model_args=dict(cfg.model_args),
+            img_size=cfg.global_size,
+            patch_size=cfg.patch_size,
+            mean=trainer.mean,
+            std=trainer.std,
+            patch_mpp=patch_mpp,
+            patch_um=patch_um,
+            provenance=record,
+        )
+        (out / "resolved_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        summary = {
+            **last,
+            "seconds": elapsed,
+            "steps": trainer.step,
+            "resumed_from_step": resumed_from,
+        }
+        run.log_metrics({"final_" + k: v for k, v in last.items() if np.isfinite(v)})
+        run.log_artifact(out / "resolved_config.json")
+        run.log_artifact(out / "backbone" / "config.json", "backbone")
+    return summary
+
+
+def _launch_torchrun(cfg, stores, out_dir, knn_store, job, nproc) -> dict:
+    args = {
+        "cfg": cfg.to_dict(),
+        "stores": [str(s) for s in stores],
+        "out_dir": str(out_dir),
+        "knn_store": str(knn_store) if knn_store else None,
+        "job": {
+            "results_dir": str(job.results_dir),
+            "tracking": job.tracking.to_dict(),
+            "rule": job.rule,
+            "wildcards": dict(job.wildcards),
+            "seed": job.seed,
+        },
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump(args, fh)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "cytofm.ssl.launch",
+        fh.name,
+    ]
+    log.info("launching %s", " ".join(cmd))
+    subprocess.run(cmd, check=True)
+    return {"nproc": nproc}

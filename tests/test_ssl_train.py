@@ -1,0 +1,165 @@
+"""iBOT training: resume equivalence, DDP on CPU (gloo), NaN guard, export/load."""
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from cytofm.config import PretrainConfig
+from cytofm.ssl.data import PatchSource
+from cytofm.ssl.export import export_backbone, load_backbone
+from cytofm.ssl.train import NonFiniteLossError, Trainer
+from cytofm.store import PatchStoreWriter, atomic_group
+
+TINY = dict(
+    model_args={"embed_dim": 32, "depth": 1, "num_heads": 2},
+    patch_size=8, global_size=32, local_size=16, n_local=2, out_dim=64, patch_out_dim=64,
+    head_hidden_dim=32, head_bottleneck_dim=16, batch_size=8, steps=6, warmup_steps=2,
+    teacher_temp_warmup_steps=2, checkpoint_every=3, log_every=1, drop_path=0.1,
+    koleo_weight=0.1,
+)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ssl") / "cells.zarr"
+    rng = np.random.default_rng(0)
+    with atomic_group(path) as g:
+        w = PatchStoreWriter(g, 40, 16, {})
+        w.append(rng.integers(0, 255, (40, 40, 40, 3), dtype=np.uint8))
+        w.close()
+    return path
+
+
+def _weights(trainer):
+    return {k: v.detach().clone() for k, v in trainer.teacher.state_dict().items()} | {
+        "s." + k: v.detach().clone() for k, v in trainer.student.state_dict().items()
+    }
+
+
+def test_resume_gives_identical_weights(store, tmp_path):
+    cfg = PretrainConfig(**TINY)
+    straight = Trainer(cfg, PatchSource([store]), tmp_path / "a")
+    straight.fit()
+    assert straight.step == 6
+
+    first = Trainer(cfg, PatchSource([store]), tmp_path / "b")
+    first.fit(stop_at=3)  # "killed" after step 3 (checkpoint_every=3)
+    assert (tmp_path / "b" / "checkpoint.pt").is_file()
+    resumed = Trainer(cfg, PatchSource([store]), tmp_path / "b")
+    assert resumed.load_checkpoint() and resumed.step == 3
+    resumed.fit()
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_training_changes_weights_and_logs_monitors(store, tmp_path):
+    cfg = PretrainConfig(**TINY)
+    tr = Trainer(cfg, PatchSource([store]), tmp_path)
+    before = _weights(tr)
+    logged = []
+
+    class Logger:
+        def log_metrics(self, metrics, step=None):
+            logged.append((step, dict(metrics)))
+
+    last = tr.fit(logger=Logger())
+    after = _weights(tr)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert [s for s, _ in logged] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss", "loss_dino", "loss_ibot", "lr", "teacher_temp", "teacher_momentum",
+                "images_per_s", "teacher_entropy", "teacher_cls_effective_rank"):
+        assert key in last and np.isfinite(last[key]), key
+    # the last layer is frozen for the first epoch (5 steps of 8 on 40 patches)
+    assert tr.freeze_steps == 5
+
+
+def test_last_layer_frozen_during_first_steps(store, tmp_path):
+    cfg = PretrainConfig(**{**TINY, "freeze_last_layer_steps": 6})
+    tr = Trainer(cfg, PatchSource([store]), tmp_path)
+    w0 = tr.student.cls_head.last_layer.parametrizations.weight.original1.detach().clone()
+    tr.fit()
+    assert torch.equal(w0, tr.student.cls_head.last_layer.parametrizations.weight.original1)
+
+
+def test_nan_guard_keeps_last_good_checkpoint(store, tmp_path, monkeypatch):
+    cfg = PretrainConfig(**TINY)
+    tr = Trainer(cfg, PatchSource([store]), tmp_path)
+    tr.fit(stop_at=3)
+    good = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    original = tr.dino_loss.forward
+    monkeypatch.setattr(tr.dino_loss, "forward", lambda *a: original(*a) * float("nan"))
+    with pytest.raises(NonFiniteLossError, match="step 3.*last good checkpoint"):
+        tr.fit()
+    kept = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert kept["step"] == good["step"] == 3
+
+
+def test_changed_config_starts_over(store, tmp_path):
+    Trainer(PretrainConfig(**TINY), PatchSource([store]), tmp_path).fit(stop_at=3)
+    other = Trainer(PretrainConfig(**{**TINY, "lr": 1e-3}), PatchSource([store]), tmp_path)
+    assert not other.load_checkpoint() and other.step == 0
+    assert (tmp_path / "checkpoint.pt.stale").is_file()
+
+
+def test_export_loads_in_timm_strictly(store, tmp_path):
+    cfg = PretrainConfig(**TINY)
+    tr = Trainer(cfg, PatchSource([store]), tmp_path)
+    tr.fit(stop_at=2)
+    vit = tr.teacher.backbone.vit
+    export_backbone(vit, tmp_path / "bb", arch=cfg.arch, model_args=cfg.model_args,
+                    img_size=32, patch_size=8, mean=tr.mean, std=tr.std, patch_mpp=0.75,
+                    patch_um=30.0)
+    model = load_backbone(tmp_path / "bb")
+    x = torch.randn(3, 3, 32, 32)
+    vit.eval()
+    assert torch.allclose(model(x), vit(x), atol=1e-6)
+    assert model.pretrained_cfg["mean"] == tuple(tr.mean)
+    assert "mask_token" not in load_file(str(tmp_path / "bb" / "model.safetensors"))
+    # a file with an extra or a missing key is refused, not silently half-loaded
+    state = load_file(str(tmp_path / "bb" / "model.safetensors"))
+    state["unexpected.weight"] = torch.zeros(1)
+    save_file(state, str(tmp_path / "bb" / "model.safetensors"))
+    with pytest.raises(RuntimeError, match="unexpected"):
+        load_backbone(tmp_path / "bb")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, store, out, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    tr = Trainer(PretrainConfig(**{**TINY, "steps": 3}), PatchSource([store]), out, device="cpu")
+    last = tr.fit()
+    results[rank] = {
+        "loss": last["loss"],
+        "student": {k: v.clone() for k, v in tr.student.state_dict().items()},
+        "teacher": {k: v.clone() for k, v in tr.teacher.state_dict().items()},
+        "center": tr.dino_loss.center.clone(),
+    }
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_processes_gloo(store, tmp_path):
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_ddp_worker, args=(2, _free_port(), store, tmp_path, results), nprocs=2, join=True)
+    r0, r1 = results[0], results[1]
+    assert np.isfinite(r0["loss"]) and np.isfinite(r1["loss"])
+    for k in r0["student"]:  # gradients were averaged: both ranks hold the same weights
+        assert torch.allclose(r0["student"][k], r1["student"][k]), k
+    for k in r0["teacher"]:
+        assert torch.allclose(r0["teacher"][k], r1["teacher"][k]), k
+    assert torch.allclose(r0["center"], r1["center"])
+    assert (tmp_path / "checkpoint.pt").is_file()
