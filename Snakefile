@@ -13,6 +13,7 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/datasets.smk"
 include: "workflow/rules/tile.smk"
 include: "workflow/rules/cells.smk"
+include: "workflow/rules/pretrain.smk"
 
 
 rule all:

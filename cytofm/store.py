@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 import zarr
 
-__all__ = ["PatchStoreWriter", "atomic_group", "open_store", "read_table", "write_strings"]
+__all__ = [
+    "PatchStoreWriter",
+    "as_str_array",
+    "atomic_group",
+    "open_store",
+    "read_table",
+    "write_strings",
+]
 
 
 @contextlib.contextmanager
@@ -53,6 +60,11 @@ def write_strings(group: zarr.Group, name: str, values: list[str]) -> zarr.Array
     if values:
         arr[:] = np.asarray(values, dtype=object)
     return arr
+
+
+def as_str_array(values) -> np.ndarray:
+    """Any string array (numpy StringDType from zarr, object, unicode) -> numpy unicode."""
+    return np.array([str(v) for v in np.asarray(values, dtype=object).ravel()], dtype=str)
 
 
 def read_table(group: zarr.Group, names: list[str]) -> dict[str, np.ndarray]:

@@ -17,8 +17,10 @@ def _store(path, n, px=8, chunk=4, value_offset=0):
 
 
 def test_epoch_order_is_a_deterministic_chunk_local_permutation(tmp_path):
-    src = PatchSource([_store(tmp_path / "a.zarr", 10), _store(tmp_path / "b.zarr", 7, value_offset=100)],
-                      window_chunks=2)
+    src = PatchSource(
+        [_store(tmp_path / "a.zarr", 10), _store(tmp_path / "b.zarr", 7, value_offset=100)],
+        window_chunks=2,
+    )
     assert len(src) == 17
     o1, o2 = src.epoch_order(0, 0), src.epoch_order(0, 0)
     assert np.array_equal(o1, o2) and sorted(o1.tolist()) == list(range(17))

@@ -17,9 +17,21 @@ from cytofm.store import PatchStoreWriter, atomic_group
 
 TINY = dict(
     model_args={"embed_dim": 32, "depth": 1, "num_heads": 2},
-    patch_size=8, global_size=32, local_size=16, n_local=2, out_dim=64, patch_out_dim=64,
-    head_hidden_dim=32, head_bottleneck_dim=16, batch_size=8, steps=6, warmup_steps=2,
-    teacher_temp_warmup_steps=2, checkpoint_every=3, log_every=1, drop_path=0.1,
+    patch_size=8,
+    global_size=32,
+    local_size=16,
+    n_local=2,
+    out_dim=64,
+    patch_out_dim=64,
+    head_hidden_dim=32,
+    head_bottleneck_dim=16,
+    batch_size=8,
+    steps=6,
+    warmup_steps=2,
+    teacher_temp_warmup_steps=2,
+    checkpoint_every=3,
+    log_every=1,
+    drop_path=0.1,
     koleo_weight=0.1,
 )
 
@@ -73,8 +85,17 @@ def test_training_changes_weights_and_logs_monitors(store, tmp_path):
     after = _weights(tr)
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert [s for s, _ in logged] == [1, 2, 3, 4, 5, 6]
-    for key in ("loss", "loss_dino", "loss_ibot", "lr", "teacher_temp", "teacher_momentum",
-                "images_per_s", "teacher_entropy", "teacher_cls_effective_rank"):
+    for key in (
+        "loss",
+        "loss_dino",
+        "loss_ibot",
+        "lr",
+        "teacher_temp",
+        "teacher_momentum",
+        "images_per_s",
+        "teacher_entropy",
+        "teacher_cls_effective_rank",
+    ):
         assert key in last and np.isfinite(last[key]), key
     # the last layer is frozen for the first epoch (5 steps of 8 on 40 patches)
     assert tr.freeze_steps == 5
@@ -113,9 +134,18 @@ def test_export_loads_in_timm_strictly(store, tmp_path):
     tr = Trainer(cfg, PatchSource([store]), tmp_path)
     tr.fit(stop_at=2)
     vit = tr.teacher.backbone.vit
-    export_backbone(vit, tmp_path / "bb", arch=cfg.arch, model_args=cfg.model_args,
-                    img_size=32, patch_size=8, mean=tr.mean, std=tr.std, patch_mpp=0.75,
-                    patch_um=30.0)
+    export_backbone(
+        vit,
+        tmp_path / "bb",
+        arch=cfg.arch,
+        model_args=cfg.model_args,
+        img_size=32,
+        patch_size=8,
+        mean=tr.mean,
+        std=tr.std,
+        patch_mpp=0.75,
+        patch_um=30.0,
+    )
     model = load_backbone(tmp_path / "bb")
     x = torch.randn(3, 3, 32, 32)
     vit.eval()
@@ -137,8 +167,13 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank, world, port, store, out, results):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
-                      RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(world),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     tr = Trainer(PretrainConfig(**{**TINY, "steps": 3}), PatchSource([store]), out, device="cpu")
     last = tr.fit()

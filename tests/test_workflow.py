@@ -43,7 +43,16 @@ def test_lint_is_clean():
 def test_dry_run_lists_every_stage(tmp_path):
     proc = snakemake("-n", "--config", f"results={tmp_path}")
     assert proc.returncode == 0, proc.stderr
-    for rule in ("demo_slide", "demo_crops", "tile", "cells", "import_dataset", "detection_eval"):
+    for rule in (
+        "demo_slide",
+        "demo_crops",
+        "tile",
+        "cells",
+        "import_dataset",
+        "detection_eval",
+        "pretrain",
+        "pretrain_probe",
+    ):
         assert rule in proc.stdout
 
 
@@ -59,6 +68,11 @@ def test_end_to_end_outputs(results):
     assert ds["images"].shape == (24, 32, 32, 3)
     det = json.loads((results / "qc" / "detection.json").read_text())
     assert det["pooled"]["recall"] >= 0.9 and det["pooled"]["precision"] >= 0.9
+    backbone = results / "pretrain" / "cytofm_vit_demo" / "backbone"
+    assert (backbone / "model.safetensors").is_file() and (backbone / "config.json").is_file()
+    assert (results / "pretrain" / "cytofm_vit_demo" / "checkpoint.pt").is_file()
+    probe = json.loads((results / "pretrain" / "cytofm_vit_demo" / "probe.json").read_text())
+    assert 0 <= probe["ssl_mean"] <= 1 and 0 <= probe["random_mean"] <= 1
     sheet = (results / "demo" / "slides.tsv").read_text().splitlines()
     assert sheet[0].startswith("slide_id\tpath\tmpp") and len(sheet) == 3
 
@@ -71,7 +85,8 @@ def test_every_job_logged_one_mlflow_run(results):
     runs = client.search_runs([exp.experiment_id])
     stages = sorted(r.data.tags["cytofm.stage"] for r in runs)
     # 2 slides x (demo_slide, tile, cells) + sheet + crops + import + detection_eval
-    assert len(runs) == 10, stages
+    # + pretrain + pretrain_probe
+    assert len(runs) == 12, stages
     assert all(r.info.status == "FINISHED" for r in runs)
     tile = next(r for r in runs if r.data.tags["cytofm.stage"] == "tile")
     assert tile.data.tags["snakemake.rule"] == "tile"
@@ -97,6 +112,7 @@ def test_slide_without_mpp_fails_alone(results, tmp_path):
     user_config = tmp_path / "config.yaml"
     user_config.write_text(
         f"results: {out}\nsamples: {tmp_path / 'slides.tsv'}\ndemo:\n  enabled: false\n"
+        "pretrain:\n  enabled: false\n"
     )
     proc = snakemake("--keep-going", "--configfile", str(user_config))
     assert proc.returncode != 0

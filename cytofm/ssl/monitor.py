@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from cytofm.store import as_str_array
+
 __all__ = ["KnnSet", "effective_rank", "embed", "knn_probe", "teacher_entropies"]
 
 
@@ -47,7 +49,7 @@ class KnnSet:
     @classmethod
     def from_arrays(cls, images, labels, groups, seed: int = 0) -> KnnSet:
         rng = np.random.default_rng([seed, 23])
-        groups = np.asarray(groups).astype(str)
+        groups = as_str_array(groups)
         if len(set(groups)) > 1 and not (groups == "").all():
             uniq = np.unique(groups)
             query_groups = set(rng.permutation(uniq)[: max(len(uniq) // 2, 1)])

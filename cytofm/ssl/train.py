@@ -299,7 +299,7 @@ class Trainer:
             "loss": loss.item(),
             "loss_dino": loss_dino.item(),
             "loss_ibot": loss_ibot.item(),
-            "loss_koleo": float(loss_koleo),
+            "loss_koleo": float(loss_koleo.detach()),
             "lr": float(self.lr[step]),
             "weight_decay": float(self.wd[step]),
             "teacher_momentum": m,

@@ -9,6 +9,7 @@ from cytofm.config import (
     CellsConfig,
     DatasetConfig,
     DemoConfig,
+    PretrainConfig,
     TilingConfig,
     from_mapping,
 )
@@ -25,6 +26,12 @@ DEMO = from_mapping(
 # Build the typed sections once here so a bad value fails before any job runs.
 TILING = from_mapping(TilingConfig, config["tiling"], "tiling")
 CELLS = from_mapping(CellsConfig, config["cells"], "cells")
+PRETRAIN_ENABLED = config["pretrain"]["enabled"]
+PRETRAIN = from_mapping(
+    PretrainConfig,
+    {k: v for k, v in config["pretrain"].items() if k not in ("enabled", "nproc")},
+    "pretrain",
+)
 
 
 def _slide_table():
@@ -76,9 +83,42 @@ def _datasets():
 DATASETS = _datasets()
 
 
+def _pretrain_stores():
+    """Patch stores pretraining reads: per-slide cells/tiles of the chosen splits, datasets."""
+    if "split" in SLIDES.columns and PRETRAIN.splits:
+        ids = [s for s in SLIDE_IDS if SLIDES.loc[s, "split"] in PRETRAIN.splits]
+    else:
+        ids = SLIDE_IDS
+    stores = []
+    for source in PRETRAIN.sources:
+        if source in ("cells", "tiles"):
+            stores += [f"{RESULTS}/{source}/{s}.zarr" for s in ids]
+        elif source in DATASETS:
+            stores.append(f"{RESULTS}/datasets/{source}.zarr")
+        else:
+            raise ValueError(
+                f"pretrain.sources entry {source!r} is not 'cells', 'tiles' or a dataset "
+                f"name ({sorted(DATASETS)})"
+            )
+    if not stores:
+        raise ValueError(
+            f"pretraining has no input: no slide has a split in pretrain.splits {list(PRETRAIN.splits)}"
+        )
+    return stores
+
+
+PRETRAIN_STORES = _pretrain_stores() if PRETRAIN_ENABLED else []
+KNN_STORE = (
+    [f"{RESULTS}/datasets/{PRETRAIN.knn_dataset}.zarr"]
+    if PRETRAIN_ENABLED and PRETRAIN.knn_dataset in DATASETS
+    else []
+)
+
+
 wildcard_constraints:
     slide="|".join(re.escape(s) for s in SLIDE_IDS) or "(?!)",
     dataset="|".join(re.escape(d) for d in DATASETS) or "(?!)",
+    model=re.escape(PRETRAIN.name),
 
 
 def slide_path(wildcards):
@@ -104,6 +144,10 @@ def all_targets():
     targets += expand(f"{RESULTS}/qc/{{slide}}.png", slide=SLIDE_IDS)
     targets += expand(f"{RESULTS}/cells/{{slide}}.zarr", slide=SLIDE_IDS)
     targets += expand(f"{RESULTS}/datasets/{{dataset}}.zarr", dataset=list(DATASETS))
+    if PRETRAIN_ENABLED:
+        targets.append(f"{RESULTS}/pretrain/{PRETRAIN.name}/backbone")
+        if KNN_STORE:
+            targets.append(f"{RESULTS}/pretrain/{PRETRAIN.name}/probe.json")
     if DEMO_ENABLED:
         targets.append(f"{RESULTS}/demo/slides.tsv")
         targets.append(f"{RESULTS}/qc/detection.json")

@@ -1,0 +1,22 @@
+"""Adapter for rule `pretrain`: iBOT pretraining (resumes from the model's checkpoint)."""
+
+from cytofm.log import setup_logging
+
+setup_logging(snakemake.log[0])  # noqa: F821 - injected by Snakemake
+
+import torch  # noqa: E402
+
+from cytofm.config import PretrainConfig, from_mapping  # noqa: E402
+from cytofm.stages.context import JobContext  # noqa: E402
+from cytofm.stages.pretrain import run_pretrain  # noqa: E402
+
+sm = snakemake  # noqa: F821
+torch.set_num_threads(sm.threads)
+run_pretrain(
+    cfg=from_mapping(PretrainConfig, sm.params.pretrain, "pretrain"),
+    stores=list(sm.input.stores),
+    out_dir=sm.params.out_dir,
+    knn_store=sm.input.knn[0] if sm.input.knn else None,
+    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards)),
+    nproc=sm.params.nproc,
+)
