@@ -9,7 +9,6 @@ from cytofm.config import (
     CellsConfig,
     DatasetConfig,
     DemoConfig,
-    PretrainConfig,
     TilingConfig,
     TrackingConfig,
     from_mapping,
@@ -38,7 +37,9 @@ SECTIONS = {
     "tiling": TilingConfig,
     "cells": CellsConfig,
     "mlflow": TrackingConfig,
+    "pretrain": PretrainConfig,
 }
+NOT_IN_DATACLASS = {"enabled", "nproc"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name + ":" + p.parent.name)

@@ -123,5 +123,5 @@ def test_multicrop_views_shapes_determinism_and_centre():
             x0, y0, w, h = aug._crop_box(48, scale, gen)
             assert 0 <= x0 and x0 + w <= 48 and 0 <= y0 and y0 + h <= 48
             # the central 20% of the patch (where the nucleus is) stays in view
-            assert x0 <= 24 - 4.8 and x0 + w >= 24 + 4.8 or w < 9.6
-            assert y0 <= 24 - 4.8 and y0 + h >= 24 + 4.8 or h < 9.6
+            assert (x0 <= 24 - 4.8 and x0 + w >= 24 + 4.8) or w < 9.6
+            assert (y0 <= 24 - 4.8 and y0 + h >= 24 + 4.8) or h < 9.6

@@ -89,7 +89,7 @@ def foreground_mask(
         mask[y : y + 256] = od.max(axis=-1) > od_threshold
     min_px = int(min_object_um2 / (mpp * mpp))
     if min_px > 1:
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
         small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_px)
         small = small[small > 0]  # label 0 is background
         if len(small):
