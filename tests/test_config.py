@@ -9,6 +9,7 @@ from cytofm.config import (
     CellsConfig,
     DatasetConfig,
     DemoConfig,
+    PretrainConfig,
     TilingConfig,
     TrackingConfig,
     from_mapping,
