@@ -234,8 +234,8 @@ class PretrainConfig(_Section):
     global_size: int = 64
     local_size: int = 32
     n_local: int = 2
-    global_scale: tuple = (0.5, 1.0)
-    local_scale: tuple = (0.15, 0.45)
+    global_scale: tuple = (0.8, 1.0)
+    local_scale: tuple = (0.2, 0.3)
     keep_centre: float = 0.15
     hed_sigma: float = 0.05
     blur_prob: float = 0.3
@@ -247,11 +247,11 @@ class PretrainConfig(_Section):
     mask_ratio: tuple = (0.1, 0.5)
     mask_probability: float = 0.5
     ibot_weight: float = 1.0
-    koleo_weight: float = 0.0
+    koleo_weight: float = 0.1
     batch_size: int = 32
     steps: int = 400
     warmup_steps: int = 40
-    lr: float = 5e-4
+    lr: float = 4e-3
     min_lr: float = 1e-6
     weight_decay: float = 0.04
     weight_decay_end: float = 0.4
