@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
-from sklearn.model_selection import GroupShuffleSplit, StratifiedShuffleSplit
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -34,13 +34,16 @@ def random_like(model_dir, seed: int = 0) -> torch.nn.Module:
     ).eval()
 
 
-def _split(labels: np.ndarray, groups: np.ndarray, seed: int, test_size: float = 0.5):
+def _split(labels: np.ndarray, groups: np.ndarray, seed: int):
+    """Half/half split, stratified by label and, when groups are given, grouped (no group in
+    both halves): StratifiedGroupKFold with two folds, first fold held out."""
     groups = as_str_array(groups)
+    labels = np.asarray(labels)
     if len(np.unique(groups)) >= 4 and not (groups == "").all():
-        splitter = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
-        return next(splitter.split(labels, labels, groups))
-    splitter = StratifiedShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
-    return next(splitter.split(labels, labels))
+        folds = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed)
+        return next(folds.split(labels, labels, groups))
+    folds = StratifiedKFold(n_splits=2, shuffle=True, random_state=seed)
+    return next(folds.split(labels, labels))
 
 
 def linear_probe(features: np.ndarray, labels: np.ndarray, train, test) -> float:

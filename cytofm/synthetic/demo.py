@@ -141,6 +141,8 @@ def make_demo_crops(cfg: DemoConfig, out_dir: str | Path, group_size: int = 10) 
     rows = []
     rng = np.random.default_rng([cfg.seed, 2])
     jobs = [(cls, i) for cls in CELL_CLASSES for i in range(cfg.crops_per_class)]
+    # groups are pseudo-slides: each mixes classes under one stain, as cells of a slide do
+    jobs = [jobs[k] for k in rng.permutation(len(jobs))]
     stain = SlideStain.sample(rng)
     for n, (cls, i) in enumerate(tqdm(jobs, desc="demo crops", mininterval=2)):
         if n % group_size == 0:

@@ -42,9 +42,9 @@ def _slide_table():
         sheet = load_sheet(config["samples"])
         validate(sheet, "../schemas/slides.schema.yaml")
         frames.append(sheet)
-    if not frames:
-        raise ValueError(
-            "no slides: set 'samples' to your slides.tsv or 'demo.enabled: true' in config.yaml"
+    if not frames:  # no slides: a run on imported collections only
+        return pd.DataFrame(columns=["slide_id", "path", "mpp", "split"]).set_index(
+            "slide_id", drop=False
         )
     table = pd.concat(frames, ignore_index=True)
     dups = table["slide_id"][table["slide_id"].duplicated()].tolist()
@@ -81,11 +81,15 @@ def _datasets():
 
 
 DATASETS = _datasets()
+if not SLIDE_IDS and not DATASETS:
+    raise ValueError(
+        "nothing to do: set 'samples' to your slides.tsv, 'demo.enabled: true', or add 'datasets'"
+    )
 
 
 def _pretrain_stores():
     """Patch stores pretraining reads: per-slide cells/tiles of the chosen splits, datasets."""
-    if "split" in SLIDES.columns and PRETRAIN.splits:
+    if "split" in SLIDES.columns and PRETRAIN.splits and SLIDE_IDS:
         ids = [s for s in SLIDE_IDS if SLIDES.loc[s, "split"] in PRETRAIN.splits]
     else:
         ids = SLIDE_IDS
