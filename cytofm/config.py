@@ -269,7 +269,6 @@ class PretrainConfig(_Section):
     knn_dataset: str = "demo_cells"
     knn_every: int = 100
     knn_k: int = 10
-    num_workers: int = 0
     precision: str = "auto"
     seed: int = 0
 

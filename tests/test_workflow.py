@@ -71,6 +71,7 @@ def test_end_to_end_outputs(results):
     backbone = results / "pretrain" / "cytofm_vit_demo" / "backbone"
     assert (backbone / "model.safetensors").is_file() and (backbone / "config.json").is_file()
     assert (results / "pretrain" / "cytofm_vit_demo" / "checkpoint.pt").is_file()
+    assert (results / "pretrain" / "cytofm_vit_demo" / "training.png").stat().st_size > 1000
     probe = json.loads((results / "pretrain" / "cytofm_vit_demo" / "probe.json").read_text())
     assert 0 <= probe["ssl_mean"] <= 1 and 0 <= probe["random_mean"] <= 1
     sheet = (results / "demo" / "slides.tsv").read_text().splitlines()

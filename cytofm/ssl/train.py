@@ -137,6 +137,7 @@ class Trainer:
             self.std,
         )
         self.step = 0
+        self.history: list[dict[str, float]] = []  # metrics at every log step, for plots
         self._orders: dict[int, np.ndarray] = {}
         self.model = self.student
         if self.world > 1:
@@ -246,10 +247,9 @@ class Trainer:
         cfg, step = self.cfg, self.step
         global_crops, local_crops, masks = (t.to(self.device, non_blocking=True) for t in batch)
         n_g = 2
-        for i, group in enumerate(self.optimizer.param_groups):
+        for group in self.optimizer.param_groups:
             group["lr"] = float(self.lr[step])
             group["weight_decay"] = float(self.wd[step]) if group["apply_wd"] else 0.0
-            del i
         torch.manual_seed(int(cfg.seed) * 1_000_003 + step * 104729 + self.rank)  # drop-path
         temp = float(self.teacher_temp[step])
         with self._autocast():
@@ -337,6 +337,7 @@ class Trainer:
                 if self.device.type == "cuda":
                     last["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
                 window_t, window_n = time.perf_counter(), 0
+                self.history.append({"step": self.step, **last})
                 if logger is not None and self.rank == 0:
                     logger.log_metrics(last, step=self.step)
             if (
@@ -354,6 +355,7 @@ class Trainer:
                     self.device,
                 )
                 last["knn_balanced_accuracy"] = acc
+                self.history.append({"step": self.step, "knn_balanced_accuracy": acc})
                 if logger is not None:
                     logger.log_metrics({"knn_balanced_accuracy": acc}, step=self.step)
             if self.step % cfg.checkpoint_every == 0 or self.step == end:

@@ -103,6 +103,9 @@ def run_pretrain(
             provenance=record,
         )
         (out / "resolved_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        if trainer.history:
+            plot_history(trainer.history, out / "training.png", cfg.name)
+            run.log_artifact(out / "training.png")
         summary = {
             **last,
             "seconds": elapsed,
@@ -113,6 +116,36 @@ def run_pretrain(
         run.log_artifact(out / "resolved_config.json")
         run.log_artifact(out / "backbone" / "config.json", "backbone")
     return summary
+
+
+def plot_history(history: list[dict], out_png: Path, title: str) -> Path:
+    """Losses, teacher collapse monitors and the kNN probe against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("losses", ["loss", "loss_dino", "loss_ibot"]),
+        ("teacher", ["teacher_entropy", "teacher_batch_entropy"]),
+        ("effective rank", ["teacher_cls_effective_rank"]),
+        ("kNN balanced accuracy", ["knn_balanced_accuracy"]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (name, keys) in zip(axes, panels, strict=True):
+        for key in keys:
+            pts = [(h["step"], h[key]) for h in history if key in h]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), label=key, marker="." if len(pts) < 20 else None)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
 
 
 def _launch_torchrun(cfg, stores, out_dir, knn_store, job, nproc) -> dict:
