@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not workflow"
+	$(BIN)/python -m pytest -m "not workflow and not slow_ok"
 
 lint: $(STAMP)
 	$(BIN)/ruff check cytofm tests benchmarks workflow/scripts

@@ -1,0 +1,44 @@
+"""Evidence that pretraining learns: real blood cells, pretrained vs. random weights.
+
+PBC (8 classes, 1,200 cells) is imported at 64 px; a tiny ViT is pretrained for 200 steps on
+the unlabelled images and a linear probe on its frozen features is compared with the same
+architecture at random initialisation. Measured on the 2-core CI machine: 0.536 vs. 0.383
+balanced accuracy (margin +0.153, seed-to-seed std < 0.01) in about 100 s. The test asks
+for a margin of 0.08: far above the noise, below what the run gives.
+"""
+
+import pytest
+
+from cytofm.config import DatasetConfig, PretrainConfig
+from cytofm.ssl.probe import ssl_vs_random
+from cytofm.stages.dataset import run_import
+from cytofm.stages.pretrain import run_pretrain
+from cytofm.store import open_store
+from tests.conftest import shared
+
+pytestmark = pytest.mark.slow_ok  # about two minutes; runs in CI
+
+
+def test_pretraining_beats_random_weights_on_pbc(tmp_path):
+    root = shared("pbc_blood_subset", "images")
+    run_import(DatasetConfig(name="pbc", path=str(root), patch_px=64), tmp_path / "pbc.zarr")
+    cfg = PretrainConfig(
+        steps=200,
+        warmup_steps=20,
+        teacher_temp_warmup_steps=20,
+        momentum=0.98,
+        lr=0.008,
+        knn_dataset="",
+        checkpoint_every=1000,
+    )
+    run_pretrain(cfg, [tmp_path / "pbc.zarr"], tmp_path / "model")
+    ds = open_store(tmp_path / "pbc.zarr")
+    res = ssl_vs_random(
+        tmp_path / "model" / "backbone",
+        ds["images"][:],
+        ds["labels"][:],
+        ds["groups"][:],
+        seeds=(0, 1),
+    )
+    assert res["random_mean"] > res["chance"]  # the probe itself works
+    assert res["margin"] >= 0.08, res
