@@ -16,7 +16,6 @@ from cytofm.config import CellsConfig
 from cytofm.provenance import provenance
 from cytofm.stages.context import JobContext
 from cytofm.store import PatchStoreWriter, atomic_group, open_store, write_strings
-from cytofm.tracking import job_run
 from cytofm.wsi.reader import open_slide
 
 __all__ = ["patch_gallery", "run_cells"]
@@ -60,14 +59,7 @@ def run_cells(
     background = np.asarray(tiles.attrs["background_rgb"], np.float32)
     tile_prov = tiles.attrs["provenance"]
     params = {"cells": cfg.to_dict(), "slide_id": slide_id}
-    with job_run(
-        "cells",
-        tracking=job.tracking,
-        results_dir=job.results_dir,
-        params=params,
-        tags=job.tags,
-        run_name=job.run_name,
-    ) as run:
+    with job.run("cells", params) as run:
         t0 = time.perf_counter()
         detector = make_detector(cfg, background)
         rng = np.random.default_rng([job.seed, 3])

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from cytofm.config import TrackingConfig, from_mapping
+from cytofm.tracking import RunLogger, job_run
 
 __all__ = ["JobContext"]
 
@@ -40,6 +42,19 @@ class JobContext:
         tags = {"snakemake.rule": self.rule}
         tags.update({f"snakemake.wildcard.{k}": str(v) for k, v in self.wildcards.items()})
         return tags
+
+    def run(
+        self, stage: str, params: Mapping[str, Any] | None = None
+    ) -> AbstractContextManager[RunLogger]:
+        """The job's one MLflow run, tagged with its rule and wildcards."""
+        return job_run(
+            stage,
+            tracking=self.tracking,
+            results_dir=self.results_dir,
+            params=params,
+            tags=self.tags,
+            run_name=self.run_name,
+        )
 
     @property
     def run_name(self) -> str:

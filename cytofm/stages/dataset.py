@@ -16,7 +16,6 @@ from cytofm.datasets import iter_patches, list_collection
 from cytofm.provenance import provenance
 from cytofm.stages.context import JobContext
 from cytofm.store import PatchStoreWriter, atomic_group
-from cytofm.tracking import job_run
 
 __all__ = ["run_import"]
 
@@ -26,14 +25,7 @@ log = logging.getLogger(__name__)
 def run_import(cfg: DatasetConfig, out_store: str | Path, job: JobContext | None = None) -> dict:
     """Write images, integer labels, ids (paths relative to the collection) and groups."""
     job = job or JobContext()
-    with job_run(
-        "import_dataset",
-        tracking=job.tracking,
-        results_dir=job.results_dir,
-        params={"dataset": cfg.to_dict()},
-        tags=job.tags,
-        run_name=job.run_name,
-    ) as run:
+    with job.run("import_dataset", {"dataset": cfg.to_dict()}) as run:
         t0 = time.perf_counter()
         table = list_collection(cfg)
         classes = sorted(table["label"].unique())

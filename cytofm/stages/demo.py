@@ -9,7 +9,6 @@ from cytofm.config import DemoConfig
 from cytofm.provenance import provenance
 from cytofm.stages.context import JobContext
 from cytofm.synthetic.demo import make_demo_crops, make_demo_sheet, make_demo_slide
-from cytofm.tracking import job_run
 
 __all__ = ["run_demo_crops", "run_demo_sheet", "run_demo_slide"]
 
@@ -22,14 +21,7 @@ def run_demo_slide(
     job: JobContext | None = None,
 ) -> dict:
     job = job or JobContext()
-    with job_run(
-        "demo_slide",
-        tracking=job.tracking,
-        results_dir=job.results_dir,
-        params={"demo": cfg.to_dict(), "slide_id": slide_id},
-        tags=job.tags,
-        run_name=job.run_name,
-    ) as run:
+    with job.run("demo_slide", {"demo": cfg.to_dict(), "slide_id": slide_id}) as run:
         t0 = time.perf_counter()
         summary = make_demo_slide(cfg, slide_id, out_slide, out_truth)
         run.log_metrics(
@@ -45,14 +37,7 @@ def run_demo_slide(
 def run_demo_sheet(cfg: DemoConfig, out_tsv: str | Path, job: JobContext | None = None) -> Path:
     """Write the demo's slides.tsv, with paths relative to the sheet as users write theirs."""
     job = job or JobContext()
-    with job_run(
-        "demo_sheet",
-        tracking=job.tracking,
-        results_dir=job.results_dir,
-        params={"demo": cfg.to_dict()},
-        tags=job.tags,
-        run_name=job.run_name,
-    ) as run:
+    with job.run("demo_sheet", {"demo": cfg.to_dict()}) as run:
         out = Path(out_tsv)
         sheet = make_demo_sheet(cfg, "slides")
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -63,14 +48,7 @@ def run_demo_sheet(cfg: DemoConfig, out_tsv: str | Path, job: JobContext | None 
 
 def run_demo_crops(cfg: DemoConfig, out_dir: str | Path, job: JobContext | None = None) -> dict:
     job = job or JobContext()
-    with job_run(
-        "demo_crops",
-        tracking=job.tracking,
-        results_dir=job.results_dir,
-        params={"demo": cfg.to_dict()},
-        tags=job.tags,
-        run_name=job.run_name,
-    ) as run:
+    with job.run("demo_crops", {"demo": cfg.to_dict()}) as run:
         t0 = time.perf_counter()
         table = make_demo_crops(cfg, out_dir)
         import json

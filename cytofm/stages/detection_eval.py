@@ -11,7 +11,6 @@ import pandas as pd
 from cytofm.cells.metrics import match_points
 from cytofm.stages.context import JobContext
 from cytofm.store import open_store
-from cytofm.tracking import job_run
 
 __all__ = ["run_detection_eval"]
 
@@ -54,14 +53,7 @@ def run_detection_eval(
     }
     Path(out_json).parent.mkdir(parents=True, exist_ok=True)
     Path(out_json).write_text(json.dumps(result, indent=2))
-    with job_run(
-        "detection_eval",
-        tracking=job.tracking,
-        results_dir=job.results_dir,
-        params={"tolerance_um": tolerance_um},
-        tags=job.tags,
-        run_name=job.run_name,
-    ) as run:
+    with job.run("detection_eval", {"tolerance_um": tolerance_um}) as run:
         run.log_metrics({f"detection.{k}": v for k, v in pooled.items()})
         run.log_artifact(out_json)
     return result

@@ -17,7 +17,6 @@ from cytofm.config import PretrainConfig
 from cytofm.provenance import provenance
 from cytofm.stages.context import JobContext
 from cytofm.store import open_store
-from cytofm.tracking import job_run
 
 __all__ = ["run_pretrain"]
 
@@ -69,14 +68,7 @@ def run_pretrain(
         "world_size": trainer.world,
         "device": str(trainer.device),
     }
-    with job_run(
-        "pretrain",
-        tracking=job.tracking,
-        results_dir=job.results_dir,
-        params=params,
-        tags=job.tags,
-        run_name=job.run_name,
-    ) as run:
+    with job.run("pretrain", params) as run:
         run.set_tags({"pretrain.resumed_from_step": resumed_from})
         t0 = time.perf_counter()
         last = trainer.fit(logger=run, knn=knn)

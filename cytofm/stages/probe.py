@@ -7,7 +7,6 @@ from pathlib import Path
 
 from cytofm.stages.context import JobContext
 from cytofm.store import open_store
-from cytofm.tracking import job_run
 
 __all__ = ["run_probe"]
 
@@ -22,13 +21,8 @@ def run_probe(
 
     job = job or JobContext()
     ds = open_store(dataset_store)
-    with job_run(
-        "pretrain_probe",
-        tracking=job.tracking,
-        results_dir=job.results_dir,
-        params={"backbone": str(backbone_dir), "dataset": str(dataset_store)},
-        tags=job.tags,
-        run_name=job.run_name,
+    with job.run(
+        "pretrain_probe", {"backbone": str(backbone_dir), "dataset": str(dataset_store)}
     ) as run:
         result = ssl_vs_random(backbone_dir, ds["images"][:], ds["labels"][:], ds["groups"][:])
         result["dataset"] = ds.attrs.get("name")

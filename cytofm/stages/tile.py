@@ -13,7 +13,6 @@ from cytofm.config import TilingConfig
 from cytofm.provenance import file_sha256, provenance
 from cytofm.stages.context import JobContext
 from cytofm.store import atomic_group
-from cytofm.tracking import job_run
 from cytofm.wsi.mask import estimate_background, foreground_mask, read_thumbnail
 from cytofm.wsi.qc import draw_qc
 from cytofm.wsi.reader import open_slide
@@ -40,14 +39,7 @@ def run_tile(
     params = {"tiling": cfg.to_dict(), "slide_id": slide_id}
     if job.tracking.log_slide_paths:
         params["slide_path"] = str(slide_path)
-    with job_run(
-        "tile",
-        tracking=job.tracking,
-        results_dir=job.results_dir,
-        params=params,
-        tags=job.tags,
-        run_name=job.run_name,
-    ) as run:
+    with job.run("tile", params) as run:
         t0 = time.perf_counter()
         with open_slide(slide_path, slide_id, mpp, cfg.backend) as slide:
             thumb = read_thumbnail(slide, cfg.mask_mpp)
