@@ -42,31 +42,18 @@ def run_import(cfg: DatasetConfig, out_store: str | Path, job: JobContext | None
             labels = table["label"].map(label_index).to_numpy(np.int16)
             ids = np.array([os.path.relpath(p, root) for p in table["path"]], dtype=str)
             groups = table["group"].astype(str).to_numpy(dtype=str)
-            batch: list[np.ndarray] = []
-            start = 0
-            for patch in tqdm(
+            patches = tqdm(
                 iter_patches(table, cfg, digest),
                 total=len(table),
                 desc=f"import {cfg.name}",
                 mininterval=5,
-            ):
-                batch.append(patch)
-                if len(batch) == cfg.chunk:
-                    end = start + len(batch)
-                    writer.append(
-                        np.stack(batch),
-                        labels=labels[start:end],
-                        groups=groups[start:end],
-                        ids=ids[start:end],
-                    )
-                    start, batch = end, []
-            if batch:
-                end = start + len(batch)
+            )
+            for i, patch in enumerate(patches):  # the writer buffers whole chunks
                 writer.append(
-                    np.stack(batch),
-                    labels=labels[start:end],
-                    groups=groups[start:end],
-                    ids=ids[start:end],
+                    patch[None],
+                    labels=labels[i : i + 1],
+                    groups=groups[i : i + 1],
+                    ids=ids[i : i + 1],
                 )
             n = writer.close()
             counts = {c: int((table["label"] == c).sum()) for c in classes}
