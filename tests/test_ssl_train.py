@@ -198,3 +198,18 @@ def test_ddp_two_processes_gloo(store, tmp_path):
         assert torch.allclose(r0["teacher"][k], r1["teacher"][k]), k
     assert torch.allclose(r0["center"], r1["center"])
     assert (tmp_path / "checkpoint.pt").is_file()
+
+
+def test_torchrun_launch_from_the_stage(store, tmp_path, monkeypatch):
+    """``pretrain.nproc: 2`` runs the stage under torchrun (2 CPU processes, gloo)."""
+    from cytofm.stages.context import JobContext
+    from cytofm.stages.pretrain import run_pretrain
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    cfg = PretrainConfig(**{**TINY, "steps": 2, "knn_dataset": ""})
+    out = tmp_path / "model"
+    summary = run_pretrain(cfg, [store], out, job=JobContext(results_dir=tmp_path), nproc=2)
+    assert summary == {"nproc": 2}
+    assert (out / "backbone" / "model.safetensors").is_file()
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 2
