@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
 from cytofm.config import PretrainConfig
 from cytofm.errors import CytofmError
@@ -317,8 +318,6 @@ class Trainer:
         end = min(cfg.steps, stop_at if stop_at is not None else cfg.steps)
         last: dict[str, float] = {}
         window_t, window_n = time.perf_counter(), 0
-        from tqdm import tqdm
-
         bar = tqdm(
             total=end,
             initial=self.step,

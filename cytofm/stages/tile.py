@@ -104,12 +104,11 @@ def run_tile(
                 f"{slide_id}  mpp {slide.mpp:.3g}  tiles {len(grid)}/{grid.n_total}  "
                 f"foreground {100 * mask.mean():.1f}%"
             )
-            w0, h0 = slide.dimensions
-            view_mpp = min(cfg.mask_mpp, max(slide.mpp, max(w0, h0) * slide.mpp / QC_SIDE_PX))
+            w, h = slide.dimensions
+            view_mpp = min(cfg.mask_mpp, max(slide.mpp, max(w, h) * slide.mpp / QC_SIDE_PX))
             view = thumb if view_mpp == cfg.mask_mpp else read_thumbnail(slide, view_mpp)
             draw_qc(view, view_mpp, slide.mpp, mask, grid.boxes, out_qc, title)
             elapsed = time.perf_counter() - t0
-            w, h = slide.dimensions
         summary = {
             "n_tiles": len(grid),
             "n_tiles_total": grid.n_total,
