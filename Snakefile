@@ -14,6 +14,7 @@ include: "workflow/rules/datasets.smk"
 include: "workflow/rules/tile.smk"
 include: "workflow/rules/cells.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:

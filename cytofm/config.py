@@ -17,7 +17,10 @@ __all__ = [
     "CellsConfig",
     "DatasetConfig",
     "DemoConfig",
+    "EmbedConfig",
+    "EvalConfig",
     "PretrainConfig",
+    "TaskConfig",
     "TilingConfig",
     "TrackingConfig",
     "from_mapping",
@@ -187,6 +190,7 @@ class DatasetConfig(_Section):
     path_column: str = "path"
     label_column: str = "label"
     group_column: str = "group"
+    split_column: str = "split"
     chunk: int = 256
 
     def __post_init__(self) -> None:
@@ -313,3 +317,119 @@ class PretrainConfig(_Section):
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+PROTOCOLS = ("linear", "knn", "fewshot", "lora")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig(_Section):
+    """One evaluation task on an imported labelled collection."""
+
+    name: str
+    dataset: str
+    label: str = "labels"
+    group: str = "groups"
+    split: str = "auto"
+    protocols: tuple = PROTOCOLS
+    shots: tuple = (1, 2, 4, 8, 16, 50)
+    seeds: tuple = (0, 1, 2)
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        s = f"evaluate.tasks.{self.name}"
+        if not self.name or not all(ch.isalnum() or ch in "._-" for ch in self.name):
+            raise ConfigError(f"task name {self.name!r} may hold only letters, digits and '._-'")
+        bad = sorted(set(self.protocols) - set(PROTOCOLS))
+        if bad:
+            raise ConfigError(f"{s}.protocols: unknown {bad}; choose from {list(PROTOCOLS)}")
+        if any(int(k) < 1 for k in self.shots):
+            raise ConfigError(f"{s}.shots must be >= 1, got {list(self.shots)}")
+        if not self.seeds:
+            raise ConfigError(f"{s}.seeds must name at least one seed")
+        if not 0 < self.test_fraction < 1 or not 0 <= self.val_fraction < 1:
+            raise ConfigError(
+                f"{s}: test_fraction must be in (0, 1) and val_fraction in [0, 1), got "
+                f"{self.test_fraction}, {self.val_fraction}"
+            )
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ConfigError(f"{s}: val_fraction + test_fraction leave too little to train on")
+        if self.split not in ("auto", "given", "derived"):
+            raise ConfigError(f"{s}.split must be auto, given or derived, got {self.split!r}")
+        for key in ("protocols", "shots", "seeds"):
+            object.__setattr__(self, key, tuple(getattr(self, key)))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(_Section):
+    """Protocol settings shared by every task (the ``evaluate`` section without ``tasks``)."""
+
+    linear_Cs: tuple = (0.001, 0.01, 0.1, 1.0, 10.0)
+    linear_max_iter: int = 1000
+    knn_k: int = 20
+    lora_rank: int = 2
+    lora_alpha: float = 1.0
+    lora_dropout: float = 0.25
+    lora_target_modules: tuple = ("qkv",)
+    lora_lrs: tuple = (0.0005, 0.002)
+    lora_batch_size: int = 32
+    lora_epochs: int = 20
+    lora_min_steps: int = 30
+    lora_max_steps: int = 300
+    lora_weight_decay: float = 0.01
+    lora_shots: tuple = ()
+    select_metric: str = "balanced_accuracy"
+    bootstrap: int = 1000
+    device: str = "auto"
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        s = "evaluate"
+        if not self.linear_Cs or min(self.linear_Cs) <= 0:
+            raise ConfigError(f"{s}.linear_Cs must be positive numbers, got {self.linear_Cs!r}")
+        if not self.lora_lrs or min(self.lora_lrs) <= 0:
+            raise ConfigError(f"{s}.lora_lrs must be positive numbers, got {self.lora_lrs!r}")
+        if self.knn_k < 1 or self.lora_rank < 1:
+            raise ConfigError(f"{s}.knn_k and lora_rank must be >= 1")
+        if self.select_metric not in ("accuracy", "balanced_accuracy", "macro_f1", "auroc"):
+            raise ConfigError(
+                f"{s}.select_metric must be accuracy, balanced_accuracy, macro_f1 or auroc, "
+                f"got {self.select_metric!r}"
+            )
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"{s}.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        for key in ("linear_Cs", "lora_target_modules", "lora_lrs", "lora_shots"):
+            object.__setattr__(self, key, tuple(getattr(self, key)))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedConfig(_Section):
+    """Feature caching: which stores get features and how inference runs."""
+
+    sources: tuple = ("datasets", "cells")
+    batch_size: int = 256
+    precision: str = "auto"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.sources) - {"datasets", "cells", "tiles"})
+        if bad:
+            raise ConfigError(f"embed.sources: unknown {bad}; choose from datasets, cells, tiles")
+        if self.batch_size < 1:
+            raise ConfigError(f"embed.batch_size must be >= 1, got {self.batch_size!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"embed.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        object.__setattr__(self, "sources", tuple(self.sources))
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "sources": list(self.sources)}

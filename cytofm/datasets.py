@@ -22,7 +22,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 def list_collection(cfg: DatasetConfig) -> pd.DataFrame:
-    """Rows of (path, label, group) with absolute paths, sorted for a stable order."""
+    """Rows of (path, label, group, split) with absolute paths, in a stable order.
+
+    ``split`` is empty unless a CSV has the ``split_column`` (train/val/test per row).
+    """
     root = Path(cfg.path)
     if cfg.format == "folder":
         if not root.is_dir():
@@ -31,12 +34,12 @@ def list_collection(cfg: DatasetConfig) -> pd.DataFrame:
                 "sub-folder per class"
             )
         rows = [
-            {"path": str(f), "label": d.name, "group": ""}
+            {"path": str(f), "label": d.name, "group": "", "split": ""}
             for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
             for f in sorted(d.rglob("*"))
             if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
         ]
-        table = pd.DataFrame(rows, columns=["path", "label", "group"])
+        table = pd.DataFrame(rows, columns=["path", "label", "group", "split"])
     else:
         if not root.is_file():
             raise InputDataError(
@@ -58,6 +61,7 @@ def list_collection(cfg: DatasetConfig) -> pd.DataFrame:
                 f"{list(table.columns)}. Set path_column/label_column in its config"
             )
         group = table[cfg.group_column].astype(str) if cfg.group_column in table.columns else ""
+        split = table[cfg.split_column].astype(str) if cfg.split_column in table.columns else ""
         table = pd.DataFrame(
             {
                 "path": [
@@ -66,6 +70,7 @@ def list_collection(cfg: DatasetConfig) -> pd.DataFrame:
                 ],
                 "label": table[cfg.label_column].astype(str),
                 "group": group,
+                "split": split,
             }
         )
     if table.empty:

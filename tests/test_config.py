@@ -9,12 +9,16 @@ from cytofm.config import (
     CellsConfig,
     DatasetConfig,
     DemoConfig,
+    EmbedConfig,
+    EvalConfig,
     PretrainConfig,
+    TaskConfig,
     TilingConfig,
     TrackingConfig,
     from_mapping,
 )
 from cytofm.errors import ConfigError
+from cytofm.eval.backbones import BackboneSpec
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -39,8 +43,10 @@ SECTIONS = {
     "cells": CellsConfig,
     "mlflow": TrackingConfig,
     "pretrain": PretrainConfig,
+    "embed": EmbedConfig,
+    "evaluate": EvalConfig,
 }
-NOT_IN_DATACLASS = {"enabled", "nproc"}
+NOT_IN_DATACLASS = {"enabled", "nproc", "tasks"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name + ":" + p.parent.name)
@@ -51,6 +57,10 @@ def test_every_shipped_config_validates_and_builds(path):
     for key, cls in SECTIONS.items():
         section = {k: v for k, v in config[key].items() if k not in NOT_IN_DATACLASS}
         from_mapping(cls, section, key)
+    for name, task in config["evaluate"]["tasks"].items():
+        from_mapping(TaskConfig, {"name": name, **task}, f"evaluate.tasks.{name}")
+    for name, spec in config["backbones"].items():
+        from_mapping(BackboneSpec, {"name": name, **spec}, f"backbones.{name}")
 
 
 def test_schema_defaults_match_dataclass_defaults():
@@ -59,6 +69,8 @@ def test_schema_defaults_match_dataclass_defaults():
         props = schema["properties"][key]["properties"]
         defaults = cls().to_dict()
         for field in dataclasses.fields(cls):
+            if key == "evaluate" and field.name == "tasks":
+                continue
             assert field.name in props, f"{key}.{field.name} missing from the schema"
             assert props[field.name]["default"] == defaults[field.name], f"{key}.{field.name}"
 
@@ -92,6 +104,12 @@ def test_schema_rejects_unknown_and_out_of_range():
         (DemoConfig, {"abnormal_cell_fraction": 1.5}, "abnormal_cell_fraction"),
         (DatasetConfig, {"name": "x", "path": "p", "mpp": 0.5}, "set both mpp and patch_um"),
         (DatasetConfig, {"name": "a b", "path": "p"}, "letters, digits"),
+        (TaskConfig, {"name": "t", "dataset": "d", "protocols": ["svm"]}, "unknown.*svm"),
+        (TaskConfig, {"name": "t", "dataset": "d", "shots": [0]}, "shots must be >= 1"),
+        (TaskConfig, {"name": "t", "dataset": "d", "test_fraction": 0.6, "val_fraction": 0.4},
+         "too little to train"),
+        (EvalConfig, {"select_metric": "f2"}, "select_metric"),
+        (EmbedConfig, {"sources": ["slides"]}, "embed.sources"),
     ],
 )
 def test_dataclasses_name_the_bad_value(cls, values, pattern):

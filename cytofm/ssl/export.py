@@ -53,9 +53,9 @@ def export_backbone(
             "std": [float(s) for s in std],
             "interpolation": "bilinear",
             "crop_pct": 1.0,
-            "mpp": patch_mpp,
-            "patch_um": patch_um,
         },
+        # outside pretrained_cfg, whose keys timm checks when the folder is loaded from a hub
+        "patch_geometry": {"mpp": patch_mpp, "patch_um": patch_um},
         "provenance": provenance or {},
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))

@@ -13,9 +13,10 @@ from tqdm import tqdm
 
 from cytofm.config import DatasetConfig
 from cytofm.datasets import iter_patches, list_collection
+from cytofm.errors import InputDataError
 from cytofm.provenance import provenance
 from cytofm.stages.context import JobContext
-from cytofm.store import PatchStoreWriter, atomic_group
+from cytofm.store import PatchStoreWriter, atomic_group, write_strings
 
 __all__ = ["run_import"]
 
@@ -32,6 +33,13 @@ def run_import(cfg: DatasetConfig, out_store: str | Path, job: JobContext | None
         label_index = {c: i for i, c in enumerate(classes)}
         root = Path(cfg.path) if cfg.format == "folder" else Path(cfg.path).parent
         digest = hashlib.sha256()
+        splits = table["split"].astype(str).str.strip().to_numpy(dtype=str)
+        has_splits = bool((splits != "").any())
+        if has_splits and (splits == "").any():
+            raise InputDataError(
+                f"dataset '{cfg.name}': column {cfg.split_column!r} is empty for "
+                f"{int((splits == '').sum())} rows; give every row train/val/test or drop it"
+            )
         with atomic_group(out_store) as g:
             writer = PatchStoreWriter(
                 g,
@@ -56,6 +64,8 @@ def run_import(cfg: DatasetConfig, out_store: str | Path, job: JobContext | None
                     ids=ids[i : i + 1],
                 )
             n = writer.close()
+            if has_splits:
+                write_strings(g, "splits", splits.tolist())
             counts = {c: int((table["label"] == c).sum()) for c in classes}
             g.attrs.update(
                 {

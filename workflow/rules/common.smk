@@ -9,10 +9,14 @@ from cytofm.config import (
     CellsConfig,
     DatasetConfig,
     DemoConfig,
+    EmbedConfig,
+    EvalConfig,
     PretrainConfig,
+    TaskConfig,
     TilingConfig,
     from_mapping,
 )
+from cytofm.eval.backbones import BackboneSpec
 from cytofm.sheet import load_sheet
 from cytofm.synthetic.demo import make_demo_sheet
 
@@ -119,10 +123,109 @@ KNN_STORE = (
 )
 
 
+EMBED = from_mapping(EmbedConfig, config["embed"], "embed")
+EVAL = from_mapping(
+    EvalConfig,
+    {k: v for k, v in config["evaluate"].items() if k != "tasks"},
+    "evaluate",
+)
+
+
+def _backbones():
+    specs = {}
+    for name, entry in (config.get("backbones") or {}).items():
+        specs[name] = from_mapping(
+            BackboneSpec, {"name": name, **entry}, f"backbones.{name}"
+        )
+    for name, spec in specs.items():
+        if spec.kind == "pretrained" and not PRETRAIN_ENABLED:
+            raise ValueError(
+                f"backbones.{name} is kind 'pretrained' but pretrain.enabled is false; enable "
+                "pretraining or load the exported weights with kind 'timm'"
+            )
+        if (
+            spec.kind == "random"
+            and spec.like
+            and (spec.like not in specs or specs[spec.like].kind != "pretrained")
+        ):
+            raise ValueError(
+                f"backbones.{name}.like must name a backbone of kind 'pretrained', got {spec.like!r}"
+            )
+    return specs
+
+
+BACKBONES = _backbones()
+
+
+def _tasks():
+    tasks = {}
+    for name, entry in (config["evaluate"].get("tasks") or {}).items():
+        task = from_mapping(
+            TaskConfig, {"name": name, **entry}, f"evaluate.tasks.{name}"
+        )
+        if task.dataset not in DATASETS:
+            raise ValueError(
+                f"evaluate.tasks.{name}.dataset {task.dataset!r} is not an imported dataset "
+                f"({sorted(DATASETS)}); add it under 'datasets'"
+            )
+        tasks[name] = task
+    return tasks
+
+
+TASKS = _tasks() if BACKBONES else {}
+
+
+def _embed_sources():
+    """(kind, name) of every store that gets features."""
+    out = []
+    for kind in EMBED.sources:
+        if kind == "datasets":
+            out += [("datasets", d) for d in DATASETS]
+        else:
+            out += [(kind, s) for s in SLIDE_IDS]
+    return out
+
+
+def pretrained_dir(name):
+    """Exported backbone folder a backbone spec reads (pretrained, or random 'like' one)."""
+    spec = BACKBONES[name]
+    if spec.kind == "pretrained" or (spec.kind == "random" and spec.like):
+        return f"{RESULTS}/pretrain/{PRETRAIN.name}/backbone"
+    return None
+
+
+def backbone_inputs(wildcards):
+    """Files a backbone is built from, so new weights re-embed and re-evaluate."""
+    spec = BACKBONES[wildcards.backbone]
+    files = {}
+    if pretrained_dir(wildcards.backbone):
+        files["pretrained"] = pretrained_dir(wildcards.backbone)
+    if spec.kind == "timm":
+        files["weights"] = spec.weights
+    return files
+
+
+def evaluate_inputs(wildcards):
+    task = TASKS[wildcards.task]
+    files = {"dataset": f"{RESULTS}/datasets/{task.dataset}.zarr"}
+    if wildcards.protocol == "lora":
+        files.update(backbone_inputs(wildcards))
+    else:
+        files["features"] = (
+            f"{RESULTS}/features/{wildcards.backbone}/datasets/{task.dataset}.zarr"
+        )
+    return files
+
+
 wildcard_constraints:
     slide="|".join(re.escape(s) for s in SLIDE_IDS) or "(?!)",
     dataset="|".join(re.escape(d) for d in DATASETS) or "(?!)",
     model=re.escape(PRETRAIN.name),
+    backbone="|".join(re.escape(b) for b in BACKBONES) or "(?!)",
+    task="|".join(re.escape(t) for t in TASKS) or "(?!)",
+    protocol="linear|knn|fewshot|lora",
+    kind="datasets|cells|tiles",
+    source="|".join(re.escape(s) for s in [*SLIDE_IDS, *DATASETS]) or "(?!)",
 
 
 def slide_path(wildcards):
@@ -152,6 +255,16 @@ def all_targets():
         targets.append(f"{RESULTS}/pretrain/{PRETRAIN.name}/backbone")
         if KNN_STORE:
             targets.append(f"{RESULTS}/pretrain/{PRETRAIN.name}/probe.json")
+    for backbone in BACKBONES:
+        targets += [
+            f"{RESULTS}/features/{backbone}/{kind}/{name}.zarr"
+            for kind, name in _embed_sources()
+        ]
+        for task in TASKS.values():
+            targets += [
+                f"{RESULTS}/eval/{task.name}/{backbone}/{protocol}.json"
+                for protocol in task.protocols
+            ]
     if DEMO_ENABLED:
         targets.append(f"{RESULTS}/demo/slides.tsv")
         targets.append(f"{RESULTS}/qc/detection.json")

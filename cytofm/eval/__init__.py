@@ -1,0 +1,1 @@
+"""Evaluation harness: backbones, cached features, splits, protocols and metrics."""

@@ -1,0 +1,71 @@
+"""Protocols on cached features: linear probe (regularisation chosen on val) and cosine kNN."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from cytofm.eval.metrics import classification_metrics
+
+__all__ = ["fit_linear", "full_proba", "knn_proba", "select_score"]
+
+
+def full_proba(clf, x: np.ndarray, n_classes: int) -> np.ndarray:
+    """``predict_proba`` spread onto all ``n_classes`` columns (absent classes get 0)."""
+    p = clf.predict_proba(x)
+    out = np.zeros((len(x), n_classes))
+    out[:, clf.classes_] = p
+    return out
+
+
+def select_score(y: np.ndarray, proba: np.ndarray, metric: str, class_names) -> float:
+    return float(classification_metrics(y, proba, list(class_names))[metric])
+
+
+def fit_linear(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    Cs: list[float],
+    class_names: list[str],
+    metric: str = "balanced_accuracy",
+    max_iter: int = 1000,
+):
+    """Standardise, fit logistic regression for each C, keep the best C on the validation rows.
+
+    Without validation rows the middle C is used. Returns (classifier, chosen C, {C: val score}).
+    """
+    n_classes = len(class_names)
+    scores: dict[float, float] = {}
+    best = None
+    candidates = list(Cs) if len(y_val) else [sorted(Cs)[len(Cs) // 2]]
+    for C in candidates:
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(x_train, y_train)
+        if len(y_val):
+            scores[C] = select_score(y_val, full_proba(clf, x_val, n_classes), metric, class_names)
+            if best is None or scores[C] > scores[best[0]]:
+                best = (C, clf)
+        else:
+            best = (C, clf)
+    return best[1], best[0], scores
+
+
+def knn_proba(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, k: int, n_classes: int
+) -> np.ndarray:
+    """Cosine kNN: class probabilities are the vote shares among the k nearest train rows."""
+    k = min(k, len(y_train))
+    clf = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute")
+    clf.fit(x_train, y_train)
+    return full_proba(clf, x_test, n_classes)

@@ -1,0 +1,133 @@
+"""Train/val/test splits that respect groups, and deterministic few-shot sampling.
+
+A split is decided once per task (from the data when it carries one, otherwise from
+``split_seed``) and shared by every backbone and protocol, so numbers are comparable. Seeds vary
+what is random inside a protocol: which k examples form a few-shot training set, and the
+initialisation and batch order of LoRA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from cytofm.errors import InputDataError
+from cytofm.store import as_str_array
+
+__all__ = ["Split", "given_split", "make_split", "sample_shots"]
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """Row indices of each part; ``source`` says whether the data gave it or it was derived."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    source: str
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "n_train": len(self.train),
+            "n_val": len(self.val),
+            "n_test": len(self.test),
+        }
+
+
+def given_split(splits) -> Split:
+    """Use a per-row column of 'train'/'val'/'test' values from the data."""
+    values = np.char.lower(np.char.strip(as_str_array(splits)))
+    bad = sorted(set(values) - set(SPLIT_NAMES))
+    if bad:
+        raise InputDataError(
+            f"split column holds {bad}; allowed values are {list(SPLIT_NAMES)} "
+            "(or leave the task's split empty to derive a grouped split)"
+        )
+    parts = {name: np.flatnonzero(values == name) for name in SPLIT_NAMES}
+    for name in ("train", "test"):
+        if len(parts[name]) == 0:
+            raise InputDataError(f"the given split has no '{name}' rows")
+    return Split(parts["train"], parts["val"], parts["test"], "given")
+
+
+def _has_groups(groups: np.ndarray) -> bool:
+    return len(np.unique(groups)) > 1 and not (groups == "").any()
+
+
+def _holdout(labels, groups, idx, fraction, seed) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``idx`` into (rest, held out) with about ``fraction`` held out, stratified by label
+    and, when groups are given, with no group on both sides."""
+    n_splits = max(2, int(round(1.0 / fraction)))
+    y, g = labels[idx], groups[idx]
+    if _has_groups(g):
+        n_groups = len(np.unique(g))
+        if n_groups < n_splits:
+            raise InputDataError(
+                f"only {n_groups} groups (patients/slides) for a grouped hold-out of "
+                f"{fraction:.0%}; add groups, give a split column, or lower the fraction"
+            )
+        folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        rest, held = next(folds.split(idx, y, g))
+    else:
+        min_count = np.bincount(np.unique(y, return_inverse=True)[1]).min()
+        folds = StratifiedKFold(
+            n_splits=min(n_splits, max(int(min_count), 2)), shuffle=True, random_state=seed
+        )
+        rest, held = next(folds.split(idx, y))
+    return idx[rest], idx[held]
+
+
+def make_split(
+    labels,
+    groups=None,
+    *,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Split:
+    """Stratified train/val/test split, grouped (patient, slide, stain batch) when groups exist.
+
+    Groups count only when every row has one and there are at least two; then no group appears
+    in two parts. Without groups the split is stratified by label only.
+    """
+    labels = np.asarray(labels)
+    groups = np.full(len(labels), "", dtype=str) if groups is None else as_str_array(groups)
+    if len(groups) != len(labels):
+        raise ValueError(f"{len(groups)} groups for {len(labels)} labels")
+    idx = np.arange(len(labels))
+    rest, test = _holdout(labels, groups, idx, test_fraction, seed)
+    if val_fraction > 0:
+        train, val = _holdout(labels, groups, rest, val_fraction / (1 - test_fraction), seed + 1)
+    else:
+        train, val = rest, idx[:0]
+    source = "grouped" if _has_groups(groups) else "stratified"
+    return Split(np.sort(train), np.sort(val), np.sort(test), source)
+
+
+def sample_shots(
+    labels, pool, k: int, seed: int, n_classes: int | None = None
+) -> tuple[np.ndarray, list[int]]:
+    """``k`` examples of each class from ``pool`` (row indices), the same for the same seed.
+
+    The draw is nested: for one seed, the k-shot set contains the (k-1)-shot set, so a curve
+    over k adds examples rather than swapping them. Returns the chosen rows and the classes with
+    fewer than ``k`` examples in the pool (the caller reports that k as skipped).
+    """
+    labels = np.asarray(labels)
+    pool = np.asarray(pool)
+    classes = range(n_classes) if n_classes is not None else np.unique(labels[pool])
+    chosen, short = [], []
+    for c in classes:
+        members = np.sort(pool[labels[pool] == c])
+        if len(members) < k:
+            short.append(int(c))
+            continue
+        order = np.random.default_rng([seed, int(c), 1009]).permutation(len(members))
+        chosen.append(members[order[:k]])
+    rows = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=int)
+    return rows, short

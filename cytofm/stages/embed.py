@@ -1,0 +1,127 @@
+"""Stage ``embed``: one backbone x one patch store -> ``results/features/<backbone>/...zarr``.
+
+The feature store holds ``features`` (N, D) float16 with row i belonging to row i of the
+source store (``rows`` says so explicitly), a copy of the source ``ids`` when it has them, and
+provenance: the backbone's identity and weights checksum, its preprocessing and the checksum of
+the source store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cytofm.eval.backbones import BackboneSpec, load_backbone_spec
+from cytofm.eval.features import embed_array, pick_device
+from cytofm.provenance import provenance, tree_sha256
+from cytofm.stages.context import JobContext
+from cytofm.store import as_str_array, atomic_group, open_store, write_strings
+
+__all__ = ["run_embed"]
+
+log = logging.getLogger(__name__)
+
+
+def run_embed(
+    spec: BackboneSpec,
+    source_store: str | Path,
+    out_store: str | Path,
+    *,
+    pretrained_dir: str | Path | None = None,
+    batch_size: int = 256,
+    precision: str = "auto",
+    device: str = "auto",
+    job: JobContext | None = None,
+) -> dict[str, Any]:
+    job = job or JobContext()
+    src = open_store(source_store)
+    if "images" not in src:
+        raise ValueError(
+            f"{source_store} has no 'images' array (a tile store without tiling.save_images?); "
+            "embed cell stores or imported datasets, or set tiling.save_images: true"
+        )
+    dev = pick_device(device)
+    params = {
+        "backbone": spec.to_dict(),
+        "source": str(source_store),
+        "batch_size": batch_size,
+        "precision": precision,
+        "device": str(dev),
+    }
+    with job.run("embed", params) as run:
+        t0 = time.perf_counter()
+        bb = load_backbone_spec(spec, pretrained_dir, device=str(dev))
+        images = src["images"]
+        src_mpp = src.attrs.get("mpp")
+        if bb.mpp and src_mpp and abs(float(src_mpp) / float(bb.mpp) - 1) > 0.1:
+            log.warning(
+                "%s: patches are %.3f um/px but backbone '%s' was trained on %.3f um/px",
+                source_store,
+                src_mpp,
+                spec.name,
+                bb.mpp,
+            )
+        t_load = time.perf_counter() - t0
+        feats = embed_array(
+            bb,
+            images,
+            batch_size=batch_size,
+            device=str(dev),
+            precision=precision,
+            desc=f"embed {spec.name} {Path(source_store).stem}",
+        )
+        t_embed = time.perf_counter() - t0 - t_load
+        if not np.isfinite(feats).all():
+            bad = np.flatnonzero(~np.isfinite(feats).all(1))
+            raise FloatingPointError(
+                f"backbone '{spec.name}' gave non-finite features for {len(bad)} rows of "
+                f"{source_store} (first row {bad[0]}); check the weights file and preprocessing"
+            )
+        n, dim = feats.shape
+        with atomic_group(out_store) as g:
+            arr = g.create_array(
+                "features",
+                shape=(n, dim),
+                chunks=(max(min(n, 8192), 1), dim),
+                dtype="float16",
+                dimension_names=["n", "feature"],
+            )
+            if n:
+                arr[:] = feats.astype(np.float16)
+            rows = g.create_array("rows", shape=(n,), chunks=(max(n, 1),), dtype="int64")
+            if n:
+                rows[:] = np.arange(n)
+            if "ids" in src:
+                write_strings(g, "ids", as_str_array(src["ids"][:]).tolist())
+            g.attrs.update(
+                {
+                    "provenance": provenance(
+                        "embed",
+                        {"batch_size": batch_size, "precision": precision},
+                        backbone=bb.identity,
+                        preprocessing=bb.preprocessing,
+                        source_store=Path(source_store).name,
+                        source_sha256=tree_sha256(source_store),
+                        device=str(dev),
+                    ),
+                    "backbone": spec.name,
+                    "n": n,
+                    "dim": dim,
+                    "source_mpp": src_mpp,
+                }
+            )
+        seconds = time.perf_counter() - t0
+        summary = {
+            "n_images": n,
+            "dim": dim,
+            "seconds": seconds,
+            "images_per_second": n / t_embed if t_embed > 0 else float("nan"),
+        }
+        run.log_metrics(summary)
+        run.set_tags({"backbone.weights_sha256": bb.identity["weights_sha256"]})
+        log.info("%s x %s: %d x %d features in %.1f s", spec.name, source_store, n, dim, seconds)
+    return summary

@@ -1,0 +1,318 @@
+"""Stage ``evaluate``: one task x one backbone x one protocol -> a result JSON.
+
+Protocols ``linear``, ``knn`` and ``fewshot`` run on the cached features; ``lora`` fine-tunes
+the backbone from the task's images. All share the task's split (given by the data, or derived
+once from ``split_seed``, grouped by patient/slide/batch). The JSON holds every run's metrics,
+the sampled training rows and seeds, the chosen hyper-parameters and validation scores, the
+mean/std over seeds with a bootstrap 95% CI, and the resolved config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from cytofm.config import EvalConfig, TaskConfig
+from cytofm.errors import InputDataError
+from cytofm.eval.backbones import BackboneSpec
+from cytofm.eval.linear import fit_linear, full_proba, knn_proba, select_score
+from cytofm.eval.metrics import classification_metrics, summarise
+from cytofm.eval.splits import Split, given_split, make_split, sample_shots
+from cytofm.provenance import provenance
+from cytofm.stages.context import JobContext
+from cytofm.store import as_str_array, open_store
+
+__all__ = ["load_task_data", "run_evaluate", "task_split"]
+
+log = logging.getLogger(__name__)
+
+
+def load_task_data(task: TaskConfig, dataset_store: str | Path) -> dict[str, Any]:
+    """Labels, groups, optional given splits and class names of a task's dataset store."""
+    ds = open_store(dataset_store)
+    if task.label not in ds:
+        raise InputDataError(
+            f"task '{task.name}': {dataset_store} has no array '{task.label}' "
+            f"(arrays: {sorted(ds.array_keys())}); set evaluate.tasks.{task.name}.label"
+        )
+    labels = np.asarray(ds[task.label][:]).astype(np.int64)
+    classes = [str(c) for c in ds.attrs.get("classes", [])] or [
+        str(c) for c in range(int(labels.max()) + 1)
+    ]
+    groups = as_str_array(ds[task.group][:]) if task.group in ds else None
+    splits = as_str_array(ds["splits"][:]) if "splits" in ds else None
+    return {"labels": labels, "groups": groups, "splits": splits, "classes": classes, "store": ds}
+
+
+def task_split(task: TaskConfig, data: dict[str, Any]) -> Split:
+    if task.split == "given" or (task.split == "auto" and data["splits"] is not None):
+        if data["splits"] is None:
+            raise InputDataError(
+                f"task '{task.name}' asks for the given split but dataset '{task.dataset}' has no "
+                "split column; add one to its CSV (split_column) or set split: derived"
+            )
+        return given_split(data["splits"])
+    return make_split(
+        data["labels"],
+        data["groups"],
+        val_fraction=task.val_fraction,
+        test_fraction=task.test_fraction,
+        seed=task.split_seed,
+    )
+
+
+def _lora_settings(cfg: EvalConfig):
+    from cytofm.eval.lora import LoraSettings
+
+    return LoraSettings(
+        rank=cfg.lora_rank,
+        alpha=cfg.lora_alpha,
+        dropout=cfg.lora_dropout,
+        target_modules=tuple(cfg.lora_target_modules),
+        batch_size=cfg.lora_batch_size,
+        epochs=cfg.lora_epochs,
+        min_steps=cfg.lora_min_steps,
+        max_steps=cfg.lora_max_steps,
+        weight_decay=cfg.lora_weight_decay,
+    )
+
+
+def _block(y_test, probas, runs, cfg: EvalConfig, shots=None, seed_independent=False) -> dict:
+    return {
+        "shots": shots,
+        "seed_independent": seed_independent,
+        "summary": summarise(y_test, probas, n_boot=cfg.bootstrap, seed=0),
+        "runs": runs,
+    }
+
+
+def run_evaluate(
+    task: TaskConfig,
+    cfg: EvalConfig,
+    protocol: str,
+    spec: BackboneSpec,
+    dataset_store: str | Path,
+    out_json: str | Path,
+    *,
+    features_store: str | Path | None = None,
+    pretrained_dir: str | Path | None = None,
+    job: JobContext | None = None,
+) -> dict[str, Any]:
+    job = job or JobContext()
+    if protocol not in task.protocols:
+        raise ValueError(f"protocol {protocol!r} is not configured for task '{task.name}'")
+    data = load_task_data(task, dataset_store)
+    labels, classes = data["labels"], data["classes"]
+    n_classes = len(classes)
+    split = task_split(task, data)
+    tr, va, te = split.train, split.val, split.test
+    y_test = labels[te]
+    params = {"task": task.to_dict(), "evaluate": cfg.to_dict(), "backbone": spec.to_dict()}
+    with job.run("evaluate", {**params, "protocol": protocol}) as run:
+        t0 = time.perf_counter()
+        feats = None
+        if protocol != "lora":
+            fs = open_store(features_store)
+            feats = np.asarray(fs["features"][:], dtype=np.float32)
+            if len(feats) != len(labels):
+                raise InputDataError(
+                    f"{features_store} has {len(feats)} rows but {dataset_store} has "
+                    f"{len(labels)}; the feature store is stale, delete it and rerun embed"
+                )
+        blocks: list[dict] = []
+        skipped: list[dict] = []
+        name = classes
+        if protocol == "linear":
+            clf, C, val_scores = fit_linear(
+                feats[tr],
+                labels[tr],
+                feats[va],
+                labels[va],
+                Cs=list(cfg.linear_Cs),
+                class_names=name,
+                metric=cfg.select_metric,
+                max_iter=cfg.linear_max_iter,
+            )
+            p = full_proba(clf, feats[te], n_classes)
+            runs = [
+                {
+                    "seed": None,
+                    "C": C,
+                    "val": _fmt(val_scores),
+                    "test": classification_metrics(y_test, p, name),
+                }
+            ]
+            blocks.append(_block(y_test, [p], runs, cfg, seed_independent=True))
+        elif protocol == "knn":
+            p = knn_proba(feats[tr], labels[tr], feats[te], cfg.knn_k, n_classes)
+            runs = [
+                {
+                    "seed": None,
+                    "k": min(cfg.knn_k, len(tr)),
+                    "test": classification_metrics(y_test, p, name),
+                }
+            ]
+            blocks.append(_block(y_test, [p], runs, cfg, seed_independent=True))
+        else:
+            shots = task.shots if protocol == "fewshot" else (cfg.lora_shots or task.shots)
+            lora_ctx = (
+                _lora_context(spec, pretrained_dir, data, cfg) if protocol == "lora" else None
+            )
+            grid = [(k, s) for k in shots for s in task.seeds]
+            bar = tqdm(total=len(grid), desc=f"{protocol} {spec.name} {task.name}", mininterval=5)
+            for k in shots:
+                probas, runs = [], []
+                for seed in task.seeds:
+                    rows, short = sample_shots(labels, tr, int(k), int(seed), n_classes)
+                    bar.update(1)
+                    if short:
+                        break
+                    if protocol == "fewshot":
+                        clf, C, val_scores = fit_linear(
+                            feats[rows],
+                            labels[rows],
+                            feats[va],
+                            labels[va],
+                            Cs=list(cfg.linear_Cs),
+                            class_names=name,
+                            metric=cfg.select_metric,
+                            max_iter=cfg.linear_max_iter,
+                        )
+                        p = full_proba(clf, feats[te], n_classes)
+                        chosen = {"C": C, "val": _fmt(val_scores)}
+                    else:
+                        p, chosen = _lora_run(lora_ctx, rows, va, te, int(seed), cfg, name)
+                    probas.append(p)
+                    runs.append(
+                        {
+                            "seed": int(seed),
+                            "train_rows": rows.tolist(),
+                            **chosen,
+                            "test": classification_metrics(y_test, p, name),
+                        }
+                    )
+                if short:
+                    skipped.append(
+                        {
+                            "shots": int(k),
+                            "reason": f"class(es) {[classes[c] for c in short]} have fewer than "
+                            f"{k} training examples",
+                        }
+                    )
+                    log.warning("task %s: %s-shot skipped: %s", task.name, k, skipped[-1]["reason"])
+                    continue
+                blocks.append(_block(y_test, probas, runs, cfg, shots=int(k)))
+            bar.close()
+        seconds = time.perf_counter() - t0
+        result = {
+            "task": task.name,
+            "dataset": task.dataset,
+            "backbone": spec.name,
+            "protocol": protocol,
+            "classes": classes,
+            "split": split.to_dict(),
+            "test_rows": te.tolist(),
+            "results": blocks,
+            "skipped": skipped,
+            "seconds": seconds,
+            "provenance": provenance(
+                "evaluate",
+                params,
+                protocol=protocol,
+                features=_features_identity(features_store),
+            ),
+        }
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(out_json).with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=1, default=_json_default))
+        tmp.replace(out_json)
+        for b in blocks:
+            tag = protocol if b["shots"] is None else f"{protocol}.{b['shots']}shot"
+            run.log_metrics(
+                {f"{tag}.{m}": v["mean"] for m, v in b["summary"].items() if np.isfinite(v["mean"])}
+            )
+        run.log_metrics({"seconds": seconds})
+        run.log_artifact(out_json)
+        log.info(
+            "%s/%s/%s: %d result block(s), %d skipped, %.1f s",
+            task.name,
+            spec.name,
+            protocol,
+            len(blocks),
+            len(skipped),
+            seconds,
+        )
+    return result
+
+
+def _fmt(scores: dict) -> dict[str, float]:
+    return {str(k): float(v) for k, v in scores.items()}
+
+
+def _json_default(obj):
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def _features_identity(features_store) -> dict | None:
+    if not features_store:
+        return None
+    attrs = open_store(features_store).attrs.get("provenance", {})
+    return {
+        "store": Path(features_store).name,
+        "backbone": attrs.get("backbone"),
+        "source_sha256": attrs.get("source_sha256"),
+    }
+
+
+def _lora_context(spec, pretrained_dir, data, cfg: EvalConfig) -> dict:
+    from cytofm.eval.backbones import load_backbone_spec
+    from cytofm.eval.features import pick_device
+
+    device = pick_device(cfg.device)
+    bb = load_backbone_spec(spec, pretrained_dir, device=str(device))
+    return {
+        "bb": bb,
+        "images": np.asarray(data["store"]["images"][:]),
+        "labels": data["labels"],
+        "device": device,
+        "settings": _lora_settings(cfg),
+    }
+
+
+def _lora_run(ctx, rows, val, test, seed, cfg: EvalConfig, names):
+    """Train one adapter per learning rate, keep the best on val, score it on test."""
+    from cytofm.eval.lora import predict_proba, train_lora
+
+    images, labels, bb, device = ctx["images"], ctx["labels"], ctx["bb"], ctx["device"]
+    best, val_scores = None, {}
+    for lr in cfg.lora_lrs:
+        model = train_lora(
+            bb,
+            images[rows],
+            labels[rows],
+            len(names),
+            ctx["settings"],
+            float(lr),
+            seed,
+            device=device,
+            precision=cfg.precision,
+        )
+        if len(val):
+            pv = predict_proba(model, bb, images[val], device)
+            val_scores[lr] = select_score(labels[val], pv, cfg.select_metric, names)
+        else:
+            val_scores[lr] = 0.0
+        if best is None or val_scores[lr] > val_scores[best[0]]:
+            best = (float(lr), model)
+    p = predict_proba(best[1], bb, images[test], device)
+    return p, {"lr": best[0], "val": _fmt(val_scores)}

@@ -1,0 +1,222 @@
+"""The embed and evaluate stages on a small labelled store: round trips, results, reruns."""
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from cytofm.config import EvalConfig, TaskConfig
+from cytofm.errors import InputDataError
+from cytofm.eval.backbones import BackboneSpec, load_backbone_spec
+from cytofm.eval.features import embed_array
+from cytofm.ssl.export import export_backbone
+from cytofm.stages.embed import run_embed
+from cytofm.stages.evaluate import run_evaluate
+from cytofm.store import PatchStoreWriter, atomic_group, open_store
+
+N_PER_CLASS = 30
+CLASSES = ["dark", "mid", "light"]
+
+
+def _images(rng, n):
+    labels = np.repeat(np.arange(3), n // 3)
+    levels = np.array([40, 120, 200])[labels]
+    images = rng.normal(levels[:, None, None, None], 25, size=(len(labels), 32, 32, 3))
+    return np.clip(images, 0, 255).astype(np.uint8), labels
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    rng = np.random.default_rng(0)
+    images, labels = _images(rng, 3 * N_PER_CLASS)
+    groups = np.array([f"g{i % 15:02d}" for i in range(len(labels))])
+    store = root / "datasets" / "toy.zarr"
+    with atomic_group(store) as g:
+        w = PatchStoreWriter(
+            g, 32, 16, {"labels": (np.int16, ()), "groups": (str, ()), "ids": (str, ())}
+        )
+        w.append(
+            images,
+            labels=labels.astype(np.int16),
+            groups=groups,
+            ids=np.array([f"img{i}.png" for i in range(len(labels))]),
+        )
+        w.close()
+        g.attrs.update({"classes": CLASSES, "mpp": 0.75})
+    torch.manual_seed(0)
+    vit = timm.create_model(
+        "vit_small_patch16_224",
+        num_classes=0,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        patch_size=8,
+        img_size=32,
+        dynamic_img_size=True,
+    )
+    bb_dir = root / "pretrain" / "backbone"
+    export_backbone(
+        vit,
+        bb_dir,
+        arch="vit_small_patch16_224",
+        model_args={"embed_dim": 32, "depth": 1, "num_heads": 2},
+        img_size=32,
+        patch_size=8,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        patch_mpp=0.75,
+        patch_um=24,
+    )
+    spec = BackboneSpec("ssl", "pretrained")
+    feats = root / "features" / "ssl" / "datasets" / "toy.zarr"
+    run_embed(spec, store, feats, pretrained_dir=bb_dir, batch_size=16, device="cpu")
+    return {
+        "root": root,
+        "store": store,
+        "bb_dir": bb_dir,
+        "spec": spec,
+        "feats": feats,
+        "images": images,
+        "labels": labels,
+    }
+
+
+def test_feature_store_round_trip(setup):
+    fs = open_store(setup["feats"])
+    assert fs["features"].dtype == np.float16
+    assert fs["features"].shape == (90, 32)
+    assert fs["rows"][:].tolist() == list(range(90))
+    assert fs["ids"][5] == "img5.png"
+    bb = load_backbone_spec(setup["spec"], setup["bb_dir"])
+    expected = embed_array(bb, setup["images"], batch_size=7)
+    assert np.allclose(fs["features"][:].astype(np.float32), expected, atol=2e-2, rtol=2e-3)
+    prov = fs.attrs["provenance"]
+    assert prov["backbone"]["weights_sha256"] == bb.identity["weights_sha256"]
+    assert prov["preprocessing"]["input_size"] == 32
+    assert len(prov["source_sha256"]) == 64
+    assert prov["stage"] == "embed"
+
+
+def _task(**kw):
+    base = dict(
+        name="toy",
+        dataset="toy",
+        shots=[1, 4, 40],
+        seeds=[0, 1],
+        val_fraction=0.2,
+        test_fraction=0.2,
+    )
+    return TaskConfig(**{**base, **kw})
+
+
+CFG = EvalConfig(
+    linear_Cs=(0.1, 1.0),
+    bootstrap=100,
+    lora_lrs=(0.003,),
+    lora_min_steps=3,
+    lora_max_steps=3,
+    lora_batch_size=8,
+    device="cpu",
+)
+
+
+@pytest.mark.parametrize("protocol", ["linear", "knn", "fewshot"])
+def test_protocols_on_cached_features(setup, protocol, tmp_path):
+    out = tmp_path / f"{protocol}.json"
+    result = run_evaluate(
+        _task(), CFG, protocol, setup["spec"], setup["store"], out, features_store=setup["feats"]
+    )
+    saved = json.loads(out.read_text())
+    assert saved["classes"] == CLASSES and saved["protocol"] == protocol
+    assert saved["split"]["source"] == "grouped"
+    blocks = saved["results"]
+    assert blocks
+    for block in blocks:
+        s = block["summary"]["balanced_accuracy"]
+        assert s["ci95"][0] <= s["mean"] <= s["ci95"][1] or s["std"] > 0
+        assert set(block["summary"]) == {"accuracy", "balanced_accuracy", "macro_f1", "auroc"}
+        run = block["runs"][0]
+        assert np.array(run["test"]["confusion_matrix"]).sum() == saved["split"]["n_test"]
+    if protocol == "fewshot":
+        assert [b["shots"] for b in blocks] == [1, 4]
+        assert (
+            saved["skipped"][0]["shots"] == 40 and "fewer than 40" in saved["skipped"][0]["reason"]
+        )
+        four = blocks[1]
+        assert [r["seed"] for r in four["runs"]] == [0, 1]
+        assert all(len(r["train_rows"]) == 12 for r in four["runs"])
+        assert four["summary"]["balanced_accuracy"]["mean"] > 0.8  # brightness is easy
+    else:
+        assert blocks[0]["summary"]["balanced_accuracy"]["mean"] > 0.9
+    assert result["test_rows"] == saved["test_rows"]
+
+
+def test_results_are_reproducible(setup, tmp_path):
+    a = run_evaluate(
+        _task(),
+        CFG,
+        "fewshot",
+        setup["spec"],
+        setup["store"],
+        tmp_path / "a.json",
+        features_store=setup["feats"],
+    )
+    b = run_evaluate(
+        _task(),
+        CFG,
+        "fewshot",
+        setup["spec"],
+        setup["store"],
+        tmp_path / "b.json",
+        features_store=setup["feats"],
+    )
+    assert a["results"] == b["results"]
+
+
+def test_lora_protocol_writes_results(setup, tmp_path):
+    out = tmp_path / "lora.json"
+    run_evaluate(
+        _task(shots=[2]),
+        CFG,
+        "lora",
+        setup["spec"],
+        setup["store"],
+        out,
+        pretrained_dir=setup["bb_dir"],
+    )
+    saved = json.loads(out.read_text())
+    (block,) = saved["results"]
+    assert block["shots"] == 2 and [r["lr"] for r in block["runs"]] == [0.003, 0.003]
+    assert all(len(r["train_rows"]) == 6 for r in block["runs"])
+
+
+def test_stale_features_are_refused(setup, tmp_path):
+    short = tmp_path / "short.zarr"
+    with atomic_group(short) as g:
+        g.create_array("features", shape=(10, 32), dtype="float16")
+    with pytest.raises(InputDataError, match="stale"):
+        run_evaluate(
+            _task(),
+            CFG,
+            "linear",
+            setup["spec"],
+            setup["store"],
+            tmp_path / "x.json",
+            features_store=short,
+        )
+
+
+def test_missing_label_array_names_the_key(setup, tmp_path):
+    with pytest.raises(InputDataError, match="evaluate.tasks.toy.label"):
+        run_evaluate(
+            _task(label="grade"),
+            CFG,
+            "linear",
+            setup["spec"],
+            setup["store"],
+            tmp_path / "x.json",
+            features_store=setup["feats"],
+        )

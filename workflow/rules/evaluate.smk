@@ -1,0 +1,43 @@
+# Feature caching (every backbone x every patch store) and the evaluation protocols.
+
+
+rule embed:
+    input:
+        unpack(backbone_inputs),
+        store=f"{RESULTS}/{{kind}}/{{source}}.zarr",
+    output:
+        directory(f"{RESULTS}/features/{{backbone}}/{{kind}}/{{source}}.zarr"),
+    log:
+        f"{RESULTS}/logs/embed/{{backbone}}/{{kind}}/{{source}}.log",
+    conda:
+        "../../envs/cytofm.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        gpu=1,
+    params:
+        backbone=lambda wildcards: BACKBONES[wildcards.backbone].to_dict(),
+        embed=EMBED.to_dict(),
+    script:
+        "../scripts/embed.py"
+
+
+rule evaluate:
+    input:
+        unpack(evaluate_inputs),
+    output:
+        f"{RESULTS}/eval/{{task}}/{{backbone}}/{{protocol}}.json",
+    log:
+        f"{RESULTS}/logs/evaluate/{{task}}/{{backbone}}/{{protocol}}.log",
+    conda:
+        "../../envs/cytofm.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        gpu=lambda wildcards: 1 if wildcards.protocol == "lora" else 0,
+    params:
+        task=lambda wildcards: TASKS[wildcards.task].to_dict(),
+        evaluate=EVAL.to_dict(),
+        backbone=lambda wildcards: BACKBONES[wildcards.backbone].to_dict(),
+    script:
+        "../scripts/evaluate.py"

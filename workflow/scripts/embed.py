@@ -1,0 +1,26 @@
+"""Adapter for rule `embed`: features of one patch store with one backbone."""
+
+from cytofm.log import setup_logging
+
+setup_logging(snakemake.log[0])  # noqa: F821 - injected by Snakemake
+
+import torch  # noqa: E402
+
+from cytofm.config import from_mapping  # noqa: E402
+from cytofm.eval.backbones import BackboneSpec  # noqa: E402
+from cytofm.stages.context import JobContext  # noqa: E402
+from cytofm.stages.embed import run_embed  # noqa: E402
+
+sm = snakemake  # noqa: F821
+torch.set_num_threads(sm.threads)
+spec = sm.params.backbone
+run_embed(
+    from_mapping(BackboneSpec, spec, f"backbones.{spec['name']}"),
+    sm.input.store,
+    sm.output[0],
+    pretrained_dir=sm.input.get("pretrained"),
+    batch_size=sm.params.embed["batch_size"],
+    precision=sm.params.embed["precision"],
+    device=sm.params.embed["device"],
+    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards)),
+)
