@@ -106,8 +106,11 @@ def test_schema_rejects_unknown_and_out_of_range():
         (DatasetConfig, {"name": "a b", "path": "p"}, "letters, digits"),
         (TaskConfig, {"name": "t", "dataset": "d", "protocols": ["svm"]}, "unknown.*svm"),
         (TaskConfig, {"name": "t", "dataset": "d", "shots": [0]}, "shots must be >= 1"),
-        (TaskConfig, {"name": "t", "dataset": "d", "test_fraction": 0.6, "val_fraction": 0.4},
-         "too little to train"),
+        (
+            TaskConfig,
+            {"name": "t", "dataset": "d", "test_fraction": 0.6, "val_fraction": 0.4},
+            "too little to train",
+        ),
         (EvalConfig, {"select_metric": "f2"}, "select_metric"),
         (EmbedConfig, {"sources": ["slides"]}, "embed.sources"),
     ],

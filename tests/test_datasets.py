@@ -98,3 +98,30 @@ def test_fit_patch_field_of_view():
         np.zeros((30, 60, 3), np.uint8), DatasetConfig(name="x", path="p", patch_px=12)
     )
     assert whole.shape == (12, 12, 3)
+
+
+def test_csv_split_column_is_stored_and_used(tmp_path):
+    from cytofm.config import TaskConfig
+    from cytofm.stages.evaluate import load_task_data, task_split
+
+    root = _folder(tmp_path, n=4)
+    rows = []
+    for cls in ("a_cls", "b_cls"):
+        for i, split in enumerate(["train", "train", "val", "test"]):
+            rows.append({"path": f"imgs/{cls}/{i}.png", "label": cls, "split": split})
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    cfg = DatasetConfig(name="toy", path=str(tmp_path / "labels.csv"), format="csv", patch_px=16)
+    run_import(cfg, tmp_path / "toy.zarr")
+    store = open_store(tmp_path / "toy.zarr")
+    assert [str(s) for s in store["splits"][:]] == [r["split"] for r in rows]
+    task = TaskConfig(name="t", dataset="toy")
+    split = task_split(task, load_task_data(task, tmp_path / "toy.zarr"))
+    assert split.source == "given"
+    assert split.test.tolist() == [3, 7] and split.val.tolist() == [2, 6]
+    # a row without a split is an error naming the column, not a silent derived split
+    rows[1]["split"] = ""
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    with pytest.raises(InputDataError, match="'split' is empty for 1 rows"):
+        run_import(cfg, tmp_path / "toy2.zarr")
+    assert not (tmp_path / "toy2.zarr").exists()
+    assert root.exists()

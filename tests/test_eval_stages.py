@@ -220,3 +220,12 @@ def test_missing_label_array_names_the_key(setup, tmp_path):
             tmp_path / "x.json",
             features_store=setup["feats"],
         )
+
+
+def test_store_without_images_is_a_clear_error(setup, tmp_path):
+    tiles = tmp_path / "tiles.zarr"
+    with atomic_group(tiles) as g:
+        g.create_array("boxes", shape=(3, 4), dtype="int64")
+    with pytest.raises(ValueError, match="save_images"):
+        run_embed(setup["spec"], tiles, tmp_path / "f.zarr", pretrained_dir=setup["bb_dir"])
+    assert not (tmp_path / "f.zarr").exists()

@@ -52,6 +52,9 @@ def test_dry_run_lists_every_stage(tmp_path):
         "detection_eval",
         "pretrain",
         "pretrain_probe",
+        "embed",
+        "evaluate",
+        "eval_summary",
     ):
         assert rule in proc.stdout
 
@@ -65,7 +68,7 @@ def test_end_to_end_outputs(results):
         cells = open_store(results / "cells" / f"{sid}.zarr")
         assert cells["images"].shape[1:] == (32, 32, 3) and cells["images"].shape[0] > 3
     ds = open_store(results / "datasets" / "demo_cells.zarr")
-    assert ds["images"].shape == (24, 32, 32, 3)
+    assert ds["images"].shape == (40, 32, 32, 3)
     det = json.loads((results / "qc" / "detection.json").read_text())
     assert det["pooled"]["recall"] >= 0.9 and det["pooled"]["precision"] >= 0.9
     backbone = results / "pretrain" / "cytofm_vit_demo" / "backbone"
@@ -78,6 +81,26 @@ def test_end_to_end_outputs(results):
     assert sheet[0].startswith("slide_id\tpath\tmpp") and len(sheet) == 3
 
 
+def test_every_backbone_embeds_every_store_and_is_evaluated(results):
+    from cytofm.store import open_store
+
+    for backbone in ("cytofm", "random"):
+        for store in ("datasets/demo_cells", "cells/demo_000", "cells/demo_001"):
+            feats = open_store(results / "features" / backbone / f"{store}.zarr")
+            source = open_store(results / f"{store}.zarr")
+            assert feats["features"].shape == (source["images"].shape[0], 32)
+            assert feats.attrs["provenance"]["backbone"]["name"] == backbone
+        for protocol in ("linear", "knn", "fewshot", "lora"):
+            res = json.loads(
+                (results / "eval" / "demo_cells" / backbone / f"{protocol}.json").read_text()
+            )
+            assert res["results"] and res["backbone"] == backbone
+    summary = (results / "eval" / "demo_cells" / "summary.csv").read_text().splitlines()
+    # 2 backbones x (linear + knn + 2 shot counts x (fewshot + lora)) rows
+    assert len(summary) == 1 + 2 * (2 + 2 * 2)
+    assert (results / "eval" / "demo_cells" / "fewshot.png").stat().st_size > 5000
+
+
 def test_every_job_logged_one_mlflow_run(results):
     from mlflow.tracking import MlflowClient
 
@@ -86,8 +109,9 @@ def test_every_job_logged_one_mlflow_run(results):
     runs = client.search_runs([exp.experiment_id])
     stages = sorted(r.data.tags["cytofm.stage"] for r in runs)
     # 2 slides x (demo_slide, tile, cells) + sheet + crops + import + detection_eval
-    # + pretrain + pretrain_probe
-    assert len(runs) == 12, stages
+    # + pretrain + pretrain_probe + 2 backbones x 3 stores (embed) + 2 x 4 protocols
+    # (evaluate) + eval_summary
+    assert len(runs) == 12 + 6 + 8 + 1, stages
     assert all(r.info.status == "FINISHED" for r in runs)
     tile = next(r for r in runs if r.data.tags["cytofm.stage"] == "tile")
     assert tile.data.tags["snakemake.rule"] == "tile"

@@ -108,7 +108,8 @@ def make_demo_slide(
 def render_crop(
     cls: str, crop_um: float, mpp: float, stain: SlideStain, rng: np.random.Generator
 ) -> np.ndarray:
-    """One cell-centred crop (nuclear centroid at the centre), with a neighbour now and then."""
+    """One cell-centred crop (nuclear centroid at the centre) as a smear shows it: often a
+    neighbouring cell of any class overlapping the field of view, and some debris."""
     size = int(round(crop_um / mpp))
     pad = int(round(30 / mpp))
     full = size + 2 * pad
@@ -117,15 +118,16 @@ def render_crop(
     spec = sample_cell(cls, rng)
     dx, dy = spec.centroid_um
     centre = full / 2
-    if rng.random() < 0.3:  # a neighbouring cell of any class, partly in view
+    if rng.random() < 0.4:  # a neighbour of any class, close enough to be partly in view
         other = sample_cell(CELL_CLASSES[int(rng.integers(len(CELL_CLASSES)))], rng)
-        dist = (MIN_NUCLEAR_SPACING_UM + rng.uniform(spec.radius_um, 2 * spec.radius_um)) / mpp
+        reach = rng.uniform(0.6 * spec.radius_um, 1.6 * spec.radius_um)
+        dist = (MIN_NUCLEAR_SPACING_UM + reach) / mpp
         theta = rng.uniform(0, 2 * np.pi)
         render_cell(
             od, other, centre + dist * np.cos(theta), centre + dist * np.sin(theta), mpp, stain, rng
         )
     render_cell(od, spec, centre - dx / mpp, centre - dy / mpp, mpp, stain, rng)
-    for _ in range(int(rng.poisson(0.5))):
+    for _ in range(int(rng.poisson(1.0))):
         render_debris(od, rng.uniform(0, full), rng.uniform(0, full), mpp, stain, rng)
     rgb = od_to_rgb(od, stain, rng)
     return rgb[pad : pad + size, pad : pad + size]

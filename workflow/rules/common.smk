@@ -265,6 +265,7 @@ def all_targets():
                 f"{RESULTS}/eval/{task.name}/{backbone}/{protocol}.json"
                 for protocol in task.protocols
             ]
+    targets += [f"{RESULTS}/eval/{task}/summary.csv" for task in TASKS]
     if DEMO_ENABLED:
         targets.append(f"{RESULTS}/demo/slides.tsv")
         targets.append(f"{RESULTS}/qc/detection.json")

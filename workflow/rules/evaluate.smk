@@ -41,3 +41,22 @@ rule evaluate:
         backbone=lambda wildcards: BACKBONES[wildcards.backbone].to_dict(),
     script:
         "../scripts/evaluate.py"
+
+
+rule eval_summary:
+    input:
+        lambda wildcards: [
+            f"{RESULTS}/eval/{wildcards.task}/{backbone}/{protocol}.json"
+            for backbone in BACKBONES
+            for protocol in TASKS[wildcards.task].protocols
+        ],
+    output:
+        csv=f"{RESULTS}/eval/{{task}}/summary.csv",
+        png=f"{RESULTS}/eval/{{task}}/fewshot.png",
+    log:
+        f"{RESULTS}/logs/eval_summary/{{task}}.log",
+    conda:
+        "../../envs/cytofm.yaml"
+    threads: 1
+    script:
+        "../scripts/eval_summary.py"

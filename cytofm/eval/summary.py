@@ -1,0 +1,108 @@
+"""Per-task summary of the result JSONs: one table row per backbone x protocol x shots, and
+the few-shot curves (balanced accuracy vs. shots per class, with 95% CI bands)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from cytofm.eval.metrics import SCALARS
+
+__all__ = ["plot_fewshot", "summary_table"]
+
+COLUMNS = ["task", "backbone", "protocol", "shots"]
+
+
+def summary_table(result_jsons: list[str | Path]) -> pd.DataFrame:
+    """Rows of mean, std and CI of every scalar metric, as written in the JSONs."""
+    rows = []
+    for path in result_jsons:
+        res = json.loads(Path(path).read_text())
+        for block in res["results"]:
+            row = {
+                "task": res["task"],
+                "backbone": res["backbone"],
+                "protocol": res["protocol"],
+                "shots": block["shots"] if block["shots"] is not None else "all",
+                "n_seeds": len(block["runs"]),
+                "n_test": res["split"]["n_test"],
+            }
+            for metric in SCALARS:
+                s = block["summary"][metric]
+                row[f"{metric}_mean"] = s["mean"]
+                row[f"{metric}_std"] = s["std"]
+                row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = s["ci95"]
+            rows.append(row)
+        for skip in res.get("skipped", []):
+            rows.append(
+                {
+                    "task": res["task"],
+                    "backbone": res["backbone"],
+                    "protocol": res["protocol"],
+                    "shots": skip["shots"],
+                    "skipped": skip["reason"],
+                }
+            )
+    table = pd.DataFrame(rows)
+    if "skipped" not in table:
+        table["skipped"] = ""
+    table["skipped"] = table["skipped"].fillna("")
+    return table
+
+
+def plot_fewshot(table: pd.DataFrame, out_png: str | Path, metric: str = "balanced_accuracy"):
+    """Balanced accuracy vs. shots for each backbone x few-shot protocol, CI bands shaded;
+    full-data linear probes as dashed horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ok = table[table["skipped"] == ""]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    backbones = sorted(ok["backbone"].unique())
+    styles = {"fewshot": "-o", "lora": "--s"}
+    for i, bb in enumerate(backbones):
+        colour = colours[i % len(colours)]
+        for protocol, style in styles.items():
+            part = ok[(ok["backbone"] == bb) & (ok["protocol"] == protocol)]
+            if part.empty:
+                continue
+            part = part.assign(k=part["shots"].astype(int)).sort_values("k")
+            label = f"{bb} {'linear' if protocol == 'fewshot' else 'LoRA'}"
+            ax.plot(part["k"], part[f"{metric}_mean"], style, color=colour, label=label, ms=4)
+            ax.fill_between(
+                part["k"],
+                part[f"{metric}_ci_low"],
+                part[f"{metric}_ci_high"],
+                color=colour,
+                alpha=0.15,
+                lw=0,
+            )
+        full = ok[(ok["backbone"] == bb) & (ok["protocol"] == "linear")]
+        if not full.empty:
+            ax.axhline(
+                full[f"{metric}_mean"].iloc[0],
+                color=colour,
+                ls=":",
+                lw=1,
+                label=f"{bb} linear, all labels",
+            )
+    ax.set_xscale("log", base=2)
+    ticks = sorted({int(k) for k in ok["shots"] if str(k) != "all"})
+    if ticks:
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+    ax.set_xlabel("labelled examples per class (shots)")
+    ax.set_ylabel(metric.replace("_", " ") + " (test)")
+    task = ", ".join(sorted(table["task"].unique()))
+    ax.set_title(f"{task}: few-shot curves (mean over seeds, 95% bootstrap CI)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)

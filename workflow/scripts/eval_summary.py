@@ -1,0 +1,17 @@
+"""Adapter for rule `eval_summary`: a task's results table and few-shot curves."""
+
+from cytofm.log import setup_logging
+
+setup_logging(snakemake.log[0])  # noqa: F821 - injected by Snakemake
+
+from cytofm.stages.context import JobContext  # noqa: E402
+from cytofm.stages.summary import run_summary  # noqa: E402
+
+sm = snakemake  # noqa: F821
+run_summary(
+    list(sm.input),
+    sm.output.csv,
+    sm.output.png,
+    task=sm.wildcards.task,
+    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards)),
+)
