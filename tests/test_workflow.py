@@ -59,6 +59,24 @@ def test_dry_run_lists_every_stage(tmp_path):
         assert rule in proc.stdout
 
 
+@pytest.mark.parametrize("name", ["real_data.yaml", "vits16.yaml"])
+def test_shipped_configs_plan(name, tmp_path):
+    """Each shipped config builds its DAG (a dry run needs no data)."""
+    exe = Path(sys.executable).with_name("snakemake")
+    cmd = [
+        str(exe),
+        "-n",
+        "--configfile",
+        "config.yaml",
+        f"configs/{name}",
+        "--config",
+        f"results={tmp_path}",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "pretrain" in proc.stdout
+
+
 def test_end_to_end_outputs(results):
     from cytofm.store import open_store
 

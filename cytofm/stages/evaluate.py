@@ -162,7 +162,9 @@ def run_evaluate(
         else:
             shots = task.shots if protocol == "fewshot" else (cfg.lora_shots or task.shots)
             lora_ctx = (
-                _lora_context(spec, pretrained_dir, data, cfg) if protocol == "lora" else None
+                _lora_context(spec, pretrained_dir, data, cfg, split)
+                if protocol == "lora"
+                else None
             )
             grid = [(k, s) for k in shots for s in task.seeds]
             bar = tqdm(total=len(grid), desc=f"{protocol} {spec.name} {task.name}", mininterval=5)
@@ -274,31 +276,44 @@ def _features_identity(features_store) -> dict | None:
     }
 
 
-def _lora_context(spec, pretrained_dir, data, cfg: EvalConfig) -> dict:
+def _lora_context(spec, pretrained_dir, data, cfg: EvalConfig, split: Split) -> dict:
+    """Backbone and the images LoRA needs: val and test rows read once, training rows per run
+    (a few-shot job never holds the whole collection in memory)."""
     from cytofm.eval.backbones import load_backbone_spec
     from cytofm.eval.features import pick_device
 
     device = pick_device(cfg.device)
     bb = load_backbone_spec(spec, pretrained_dir, device=str(device))
+    images = data["store"]["images"]
     return {
         "bb": bb,
-        "images": np.asarray(data["store"]["images"][:]),
+        "images": images,
+        "val_images": _rows(images, split.val),
+        "test_images": _rows(images, split.test),
         "labels": data["labels"],
         "device": device,
         "settings": _lora_settings(cfg),
     }
 
 
+def _rows(array, rows: np.ndarray) -> np.ndarray:
+    """Rows of a zarr array (sorted indices), read chunk-wise."""
+    if len(rows) == 0:
+        return np.zeros((0, *array.shape[1:]), array.dtype)
+    return np.asarray(array.get_orthogonal_selection((np.asarray(rows),)))
+
+
 def _lora_run(ctx, rows, val, test, seed, cfg: EvalConfig, names):
     """Train one adapter per learning rate, keep the best on val, score it on test."""
     from cytofm.eval.lora import predict_proba, train_lora
 
-    images, labels, bb, device = ctx["images"], ctx["labels"], ctx["bb"], ctx["device"]
+    labels, bb, device = ctx["labels"], ctx["bb"], ctx["device"]
+    train_images = _rows(ctx["images"], rows)
     best, val_scores = None, {}
     for lr in cfg.lora_lrs:
         model = train_lora(
             bb,
-            images[rows],
+            train_images,
             labels[rows],
             len(names),
             ctx["settings"],
@@ -308,11 +323,11 @@ def _lora_run(ctx, rows, val, test, seed, cfg: EvalConfig, names):
             precision=cfg.precision,
         )
         if len(val):
-            pv = predict_proba(model, bb, images[val], device)
+            pv = predict_proba(model, bb, ctx["val_images"], device)
             val_scores[lr] = select_score(labels[val], pv, cfg.select_metric, names)
         else:
             val_scores[lr] = 0.0
         if best is None or val_scores[lr] > val_scores[best[0]]:
             best = (float(lr), model)
-    p = predict_proba(best[1], bb, images[test], device)
+    p = predict_proba(best[1], bb, ctx["test_images"], device)
     return p, {"lr": best[0], "val": _fmt(val_scores)}
