@@ -83,3 +83,36 @@ def test_attention_finds_the_informative_instance():
     assert (logits.argmax(1) == y).float().mean() > 0.95
     top = attn[labels == 1].argmax(1)
     assert (top < 2).float().mean() > 0.9  # the signal cells (rows 0, 1) get the most attention
+
+
+def test_training_is_deterministic_and_stops_early():
+    from cytofm.eval.mil import train_mil
+
+    rng = np.random.default_rng(3)
+    labels = np.array([i % 2 for i in range(24)])
+    bags = [
+        (f"s{i}", rng.normal(size=(int(rng.integers(5, 30)), 8)) + 0.3 * y)
+        for i, y in enumerate(labels)
+    ]
+    x, mask, _ = pad_bags(bags)
+    train, val = np.arange(16), np.arange(16, 24)
+    a, ha = train_mil(x, mask, labels, train, val, 2, seed=1, max_epochs=40, patience=3, lr=1e-2)
+    b, hb = train_mil(x, mask, labels, train, val, 2, seed=1, max_epochs=40, patience=3, lr=1e-2)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert ha == hb and ha["epochs"] < 40  # stopped early on the validation loss
+    assert ha["val_loss"][ha["best_epoch"]] <= min(ha["val_loss"]) + 1e-6
+
+
+def test_folds_never_split_a_patient():
+    from cytofm.eval.mil import grouped_folds
+
+    labels = np.array([0, 1] * 10)
+    patients = np.repeat([f"p{i}" for i in range(10)], 2)  # two slides per patient
+    folds = grouped_folds(labels, patients, n_folds=5, seed=0)
+    assert len(folds) == 5
+    seen = np.concatenate([te for _, te in folds])
+    assert sorted(seen) == list(range(20))
+    for train, test in folds:
+        assert not set(patients[train]) & set(patients[test])
+    with pytest.raises(InputDataError, match="10 patients for 12 folds"):
+        grouped_folds(labels, patients, n_folds=12, seed=0)

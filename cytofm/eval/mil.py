@@ -16,7 +16,7 @@ from torch import nn
 
 from cytofm.errors import InputDataError
 
-__all__ = ["GatedABMIL", "pad_bags"]
+__all__ = ["GatedABMIL", "grouped_folds", "pad_bags", "train_mil"]
 
 
 class GatedABMIL(nn.Module):
@@ -85,3 +85,76 @@ def pad_bags(
         x[i, :n] = torch.as_tensor(np.asarray(feats, dtype=np.float32))
         mask[i, :n] = True
     return x, mask, [str(s) for s, _ in items]
+
+
+def train_mil(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    labels: np.ndarray,
+    train: np.ndarray,
+    val: np.ndarray,
+    n_classes: int,
+    *,
+    seed: int = 0,
+    lr: float = 2e-4,
+    weight_decay: float = 1e-4,
+    max_epochs: int = 100,
+    patience: int = 10,
+    batch_bags: int = 4,
+    hidden: int = 128,
+    attn_dim: int = 64,
+    dropout: float = 0.25,
+) -> tuple[GatedABMIL, dict]:
+    """Train on the ``train`` bags, stop early on the validation loss (best epoch kept).
+
+    Deterministic on CPU given ``seed``. Without validation bags it trains ``max_epochs``.
+    """
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = GatedABMIL(x.shape[-1], n_classes, hidden, attn_dim, dropout)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    train_t = torch.as_tensor(np.asarray(train), dtype=torch.long)
+    best = (float("inf"), None, -1)
+    history = []
+    for epoch in range(max_epochs):
+        model.train()
+        order = train_t[torch.randperm(len(train_t), generator=gen)]
+        for start in range(0, len(order), batch_bags):
+            idx = order[start : start + batch_bags]
+            longest = int(mask[idx].sum(1).max())  # trim padding shared by the batch
+            logits, _ = model(x[idx, :longest], mask[idx, :longest])
+            loss = nn.functional.cross_entropy(logits, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if len(val) == 0:
+            continue
+        model.eval()
+        with torch.no_grad():
+            logits, _ = model(x[val], mask[val])
+            val_loss = float(nn.functional.cross_entropy(logits, y[val]))
+        history.append(val_loss)
+        if val_loss < best[0] - 1e-6:
+            best = (val_loss, {k: v.clone() for k, v in model.state_dict().items()}, epoch)
+        elif epoch - best[2] >= patience:
+            break
+    if best[1] is not None:
+        model.load_state_dict(best[1])
+    model.eval()
+    return model, {"best_epoch": best[2], "epochs": len(history) or max_epochs, "val_loss": history}
+
+
+def grouped_folds(labels, groups, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) slide indices per fold, stratified by label, no patient in both."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels = np.asarray(labels)
+    groups = np.asarray([str(g) for g in groups])
+    n_groups = len(np.unique(groups))
+    if n_groups < n_folds:
+        raise InputDataError(
+            f"{n_groups} patients for {n_folds} folds; lower the number of folds or add slides"
+        )
+    folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return [(np.sort(tr), np.sort(te)) for tr, te in folds.split(labels, labels, groups)]
