@@ -116,3 +116,22 @@ def test_folds_never_split_a_patient():
         assert not set(patients[train]) & set(patients[test])
     with pytest.raises(InputDataError, match="10 patients for 12 folds"):
         grouped_folds(labels, patients, n_folds=12, seed=0)
+
+
+def test_heatmap_and_montage_files(tmp_path):
+    import cv2
+
+    from cytofm.eval.mil_plots import attention_heatmap, top_cells_montage
+
+    rng = np.random.default_rng(0)
+    thumb = np.full((100, 150, 3), 240, np.uint8)
+    coords = rng.uniform(0, 1500, size=(30, 2))
+    attn = rng.dirichlet(np.ones(30))
+    attention_heatmap(thumb, coords, attn, 10.0, tmp_path / "heat.png", "slide s1")
+    assert (tmp_path / "heat.png").stat().st_size > 5000
+    images = np.stack([np.full((16, 16, 3), i * 8, np.uint8) for i in range(30)])
+    top = top_cells_montage(images, attn, 5, tmp_path / "top.png", cols=4)
+    assert top.tolist() == np.argsort(-attn)[:5].tolist()
+    montage = cv2.imread(str(tmp_path / "top.png"))
+    assert montage.shape == (2 * 18, 4 * 18, 3)
+    assert montage[1, 1, 0] == top[0] * 8  # the most attended cell comes first

@@ -1,0 +1,72 @@
+"""Pictures of where a MIL model looks: attention over the slide thumbnail, top-k cells."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["attention_heatmap", "top_cells_montage"]
+
+
+def attention_heatmap(
+    thumbnail: np.ndarray,
+    coords_px: np.ndarray,
+    attention: np.ndarray,
+    downsample: float,
+    out_png: str | Path,
+    title: str = "",
+) -> None:
+    """Cells as dots on the thumbnail, coloured by attention relative to a uniform share.
+
+    ``coords_px`` are level-0 cell centres (x, y); ``downsample`` maps level 0 to the thumbnail.
+    The colour scale is attention x number of cells, so 1 means "an average cell".
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rel = np.asarray(attention, dtype=float) * max(len(attention), 1)
+    xy = np.asarray(coords_px, dtype=float) / downsample
+    order = np.argsort(rel)  # most attended drawn last, on top
+    h, w = thumbnail.shape[:2]
+    fig, ax = plt.subplots(figsize=(6, 6 * h / max(w, 1) + 0.6))
+    ax.imshow(thumbnail)
+    sc = ax.scatter(
+        xy[order, 0],
+        xy[order, 1],
+        c=rel[order],
+        s=14,
+        cmap="magma",
+        norm=matplotlib.colors.LogNorm(vmin=max(rel.min(), 1e-2), vmax=max(rel.max(), 1.0)),
+        edgecolors="none",
+    )
+    fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02, label="attention x cells (1 = average cell)")
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def top_cells_montage(
+    images: np.ndarray, attention: np.ndarray, k: int, out_png: str | Path, cols: int = 8
+) -> np.ndarray:
+    """The ``k`` most attended cell patches, most attended first, as one PNG; returns indices."""
+    import cv2
+
+    k = min(k, len(images))
+    top = np.argsort(-np.asarray(attention))[:k]
+    p = images.shape[1]
+    rows = int(np.ceil(k / cols)) if k else 1
+    canvas = np.full((rows * (p + 2), cols * (p + 2), 3), 255, np.uint8)
+    for n, i in enumerate(top):
+        r, c = divmod(n, cols)
+        canvas[r * (p + 2) + 1 : r * (p + 2) + 1 + p, c * (p + 2) + 1 : c * (p + 2) + 1 + p] = (
+            images[i]
+        )
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out_png), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    return top
