@@ -135,3 +135,69 @@ def test_heatmap_and_montage_files(tmp_path):
     montage = cv2.imread(str(tmp_path / "top.png"))
     assert montage.shape == (2 * 18, 4 * 18, 3)
     assert montage[1, 1, 0] == top[0] * 8  # the most attended cell comes first
+
+
+def test_mil_stage_on_bags_with_a_few_abnormal_cells(tmp_path):
+    """20 slides of 10 patients; positive slides hold 3 'abnormal' cells among 60."""
+    import json
+
+    from cytofm.stages.mil import run_mil
+    from cytofm.store import PatchStoreWriter, atomic_group, open_store
+
+    rng = np.random.default_rng(0)
+    signal = rng.normal(size=8) * 2.5
+    features, cells, labels, groups, abnormal = {}, {}, {}, {}, {}
+    for i in range(20):
+        sid = f"s{i:02d}"
+        feats = rng.normal(size=(60, 8)).astype(np.float32)
+        labels[sid] = ["normal", "abnormal"][i % 2]
+        groups[sid] = f"p{i // 2}"
+        if i % 2:
+            feats[:3] += signal
+        abnormal[sid] = np.arange(60) < 3 if i % 2 else np.zeros(60, bool)
+        features[sid] = tmp_path / "f" / f"{sid}.zarr"
+        with atomic_group(features[sid]) as g:
+            g.create_array("features", shape=feats.shape, dtype="float32")[:] = feats
+        cells[sid] = tmp_path / "c" / f"{sid}.zarr"
+        with atomic_group(cells[sid]) as g:
+            w = PatchStoreWriter(g, 8, 64, {"coords": (np.int64, (2,))})
+            w.append(
+                rng.integers(0, 255, (60, 8, 8, 3), dtype=np.uint8),
+                coords=rng.integers(0, 1000, (60, 2)),
+            )
+            w.close()
+    thumbs = {"s01": (np.full((50, 50, 3), 230, np.uint8), 20.0)}
+    res = run_mil(
+        features,
+        labels,
+        groups,
+        tmp_path / "mil",
+        cells=cells,
+        thumbnails=thumbs,
+        folds=2,
+        seeds=(0, 1),
+        bootstrap=100,
+        backbone="toy",
+        train_args={
+            "lr": 3e-3,
+            "max_epochs": 60,
+            "patience": 15,
+            "hidden": 32,
+            "attn_dim": 16,
+            "dropout": 0.0,
+        },
+    )
+    saved = json.loads((tmp_path / "mil" / "result.json").read_text())
+    assert saved["summary"]["auroc"]["mean"] > 0.9
+    # out-of-fold: every slide predicted once per seed, folds never split a patient
+    for run_ in saved["runs"]:
+        assert len({groups[s] for s in run_["test_slides"]}) * 2 == len(run_["test_slides"])
+    attn = open_store(tmp_path / "mil" / "attention.zarr")
+    ranks = [
+        float(attn[s][:][abnormal[s]].mean() > attn[s][:][~abnormal[s]].mean())
+        for s in res["slides"]
+        if labels[s] == "abnormal"
+    ]
+    assert np.mean(ranks) >= 0.9  # attention lands on the abnormal cells
+    assert (tmp_path / "mil" / "heatmap" / "s01.png").is_file()
+    assert (tmp_path / "mil" / "montage" / "s00.png").is_file()
