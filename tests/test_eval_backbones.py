@@ -170,3 +170,20 @@ def test_spec_validation_messages():
         BackboneSpec("a", "random")
     with pytest.raises(Exception, match="kind must be one of"):
         BackboneSpec("a", "clip")
+
+
+def test_checkpoint_at_another_image_size_is_resampled(tmp_path):
+    """timm's own filter runs: position embeddings from 32 px weights fit a 48 px model."""
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in _vit().state_dict().items()}, str(path))
+    spec = BackboneSpec(
+        "bigger",
+        "timm",
+        arch="vit_small_patch16_224",
+        weights=str(path),
+        model_args={**ARGS, "patch_size": 8, "img_size": 48},
+        input_size=48,
+    )
+    bb = load_backbone_spec(spec)
+    assert bb.model.pos_embed.shape[1] == 1 + 6 * 6
+    assert np.isfinite(embed_array(bb, _images(2), batch_size=2)).all()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from cytofm.errors import ConfigError, InputDataError
 from cytofm.provenance import file_sha256
 
 __all__ = ["BackboneSpec", "LoadedBackbone", "load_backbone_spec", "state_sha256"]
+
+log = logging.getLogger(__name__)
 
 KINDS = ("pretrained", "random", "timm", "hub")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -136,6 +139,25 @@ def _load_weights_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _adapt_checkpoint(state: dict, model: nn.Module) -> dict:
+    """Apply the architecture's own timm checkpoint filter when it has one.
+
+    timm converts foreign layouts there (OpenAI CLIP, original ViT/JAX exports) and resamples
+    position embeddings to the model's image size; a timm-format state dict passes unchanged.
+    """
+    import sys
+
+    module = sys.modules.get(type(model).__module__)
+    convert = getattr(module, "checkpoint_filter_fn", None)
+    if convert is None:
+        return state
+    try:
+        return convert(state, model)
+    except Exception as exc:  # not a layout this filter knows: the strict check below decides
+        log.debug("checkpoint filter of %s not applied: %s", type(model).__name__, exc)
+        return state
+
+
 def load_backbone_spec(
     spec: BackboneSpec, pretrained_dir: str | Path | None = None, device: str = "cpu"
 ) -> LoadedBackbone:
@@ -186,7 +208,7 @@ def load_backbone_spec(
                 f"{spec.name}.weights to a local .safetensors/.pth/.bin file"
             )
         model = timm.create_model(spec.arch, pretrained=False, num_classes=0, **spec.model_args)
-        state = _load_weights_file(path)
+        state = _adapt_checkpoint(_load_weights_file(path), model)
         missing, unexpected = model.load_state_dict(state, strict=False)
         # heads of classification checkpoints are expected leftovers; nothing else is
         unexpected = [k for k in unexpected if not k.startswith(("head.", "fc.", "classifier."))]
