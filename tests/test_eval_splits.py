@@ -77,3 +77,11 @@ def test_class_with_too_few_examples_is_reported():
     rows, short = sample_shots(labels, np.arange(len(labels)), 5, seed=0, n_classes=3)
     assert short == [1]
     assert set(labels[rows]) == {0, 2}
+
+
+def test_partly_missing_groups_are_refused():
+    labels, groups = _data()
+    groups = groups.astype(object)
+    groups[:5] = ""
+    with pytest.raises(InputDataError, match="5 of 240 rows have no group"):
+        make_split(labels, groups)

@@ -99,6 +99,13 @@ def make_split(
     groups = np.full(len(labels), "", dtype=str) if groups is None else as_str_array(groups)
     if len(groups) != len(labels):
         raise ValueError(f"{len(groups)} groups for {len(labels)} labels")
+    empty = int((groups == "").sum())
+    if 0 < empty < len(groups):
+        raise InputDataError(
+            f"{empty} of {len(groups)} rows have no group (patient/slide): a grouped split would "
+            "silently treat them as ungrouped; fill the group column for every row or leave it "
+            "empty for all"
+        )
     idx = np.arange(len(labels))
     rest, test = _holdout(labels, groups, idx, test_fraction, seed)
     if val_fraction > 0:
