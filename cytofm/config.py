@@ -56,7 +56,9 @@ def from_mapping(cls: type[T], mapping: Mapping[str, Any] | None, section: str =
 
 class _Section:
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        """Plain mapping (tuples as lists, as YAML and JSON hold them)."""
+        d = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,10 +316,6 @@ class PretrainConfig(_Section):
         for key in ("sources", "splits", "global_scale", "local_scale", "mask_ratio"):
             object.__setattr__(self, key, tuple(getattr(self, key)))
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
-
 
 PROTOCOLS = ("linear", "knn", "fewshot", "lora")
 
@@ -361,10 +359,6 @@ class TaskConfig(_Section):
         for key in ("protocols", "shots", "seeds"):
             object.__setattr__(self, key, tuple(getattr(self, key)))
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
-
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig(_Section):
@@ -407,10 +401,6 @@ class EvalConfig(_Section):
         for key in ("linear_Cs", "lora_target_modules", "lora_lrs", "lora_shots"):
             object.__setattr__(self, key, tuple(getattr(self, key)))
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
-
 
 @dataclasses.dataclass(frozen=True)
 class EmbedConfig(_Section):
@@ -430,6 +420,3 @@ class EmbedConfig(_Section):
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"embed.precision must be auto, fp32 or bf16, got {self.precision!r}")
         object.__setattr__(self, "sources", tuple(self.sources))
-
-    def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "sources": list(self.sources)}

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cytofm.config import _Section
 from cytofm.errors import ConfigError, InputDataError
 from cytofm.provenance import file_sha256
 
@@ -42,7 +43,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)
-class BackboneSpec:
+class BackboneSpec(_Section):
     """One entry of the ``backbones`` config section (see README for every key)."""
 
     name: str
@@ -76,10 +77,6 @@ class BackboneSpec:
                 if len(v) != 3:
                     raise ConfigError(f"{s}.{key} must hold 3 numbers (RGB), got {v!r}")
                 object.__setattr__(self, key, tuple(float(x) for x in v))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
 @dataclasses.dataclass
@@ -172,7 +169,7 @@ def load_backbone_spec(
 
     identity: dict[str, Any] = {"name": spec.name, "kind": spec.kind}
     mpp = None
-    if spec.kind in ("pretrained",) or (spec.kind == "random" and spec.like):
+    if spec.kind == "pretrained" or (spec.kind == "random" and spec.like):
         if pretrained_dir is None or not (Path(pretrained_dir) / "config.json").is_file():
             raise InputDataError(
                 f"backbone '{spec.name}': exported backbone folder {pretrained_dir} has no "

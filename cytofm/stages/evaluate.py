@@ -127,25 +127,28 @@ def run_evaluate(
                 )
         blocks: list[dict] = []
         skipped: list[dict] = []
-        name = classes
-        if protocol == "linear":
+
+        def linear_on(rows):
+            """Logistic regression on ``rows``, C chosen on val; test probabilities."""
             clf, C, val_scores = fit_linear(
-                feats[tr],
-                labels[tr],
+                feats[rows],
+                labels[rows],
                 feats[va],
                 labels[va],
                 Cs=list(cfg.linear_Cs),
-                class_names=name,
+                class_names=classes,
                 metric=cfg.select_metric,
                 max_iter=cfg.linear_max_iter,
             )
-            p = full_proba(clf, feats[te], n_classes)
+            return full_proba(clf, feats[te], n_classes), {"C": C, "val": _fmt(val_scores)}
+
+        if protocol == "linear":
+            p, chosen = linear_on(tr)
             runs = [
                 {
                     "seed": None,
-                    "C": C,
-                    "val": _fmt(val_scores),
-                    "test": classification_metrics(y_test, p, name),
+                    **chosen,
+                    "test": classification_metrics(y_test, p, classes),
                 }
             ]
             blocks.append(_block(y_test, [p], runs, cfg, seed_independent=True))
@@ -155,7 +158,7 @@ def run_evaluate(
                 {
                     "seed": None,
                     "k": min(cfg.knn_k, len(tr)),
-                    "test": classification_metrics(y_test, p, name),
+                    "test": classification_metrics(y_test, p, classes),
                 }
             ]
             blocks.append(_block(y_test, [p], runs, cfg, seed_independent=True))
@@ -176,27 +179,16 @@ def run_evaluate(
                     if short:
                         break
                     if protocol == "fewshot":
-                        clf, C, val_scores = fit_linear(
-                            feats[rows],
-                            labels[rows],
-                            feats[va],
-                            labels[va],
-                            Cs=list(cfg.linear_Cs),
-                            class_names=name,
-                            metric=cfg.select_metric,
-                            max_iter=cfg.linear_max_iter,
-                        )
-                        p = full_proba(clf, feats[te], n_classes)
-                        chosen = {"C": C, "val": _fmt(val_scores)}
+                        p, chosen = linear_on(rows)
                     else:
-                        p, chosen = _lora_run(lora_ctx, rows, va, te, int(seed), cfg, name)
+                        p, chosen = _lora_run(lora_ctx, rows, va, te, int(seed), cfg, classes)
                     probas.append(p)
                     runs.append(
                         {
                             "seed": int(seed),
                             "train_rows": rows.tolist(),
                             **chosen,
-                            "test": classification_metrics(y_test, p, name),
+                            "test": classification_metrics(y_test, p, classes),
                         }
                     )
                 if short:
