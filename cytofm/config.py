@@ -20,6 +20,7 @@ __all__ = [
     "EmbedConfig",
     "EvalConfig",
     "PretrainConfig",
+    "SlideTaskConfig",
     "TaskConfig",
     "TilingConfig",
     "TrackingConfig",
@@ -361,6 +362,36 @@ class TaskConfig(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class SlideTaskConfig(_Section):
+    """One slide-level task: a sheet column of slide labels, learnt by attention MIL over each
+    slide's cached cell (or tile) features."""
+
+    name: str
+    label: str = "label"
+    group: str = "patient_id"
+    instances: str = "cells"
+    slides: str = "all"
+    folds: int = 3
+    seeds: tuple = (0, 1, 2)
+    truth_positive: tuple = ()
+
+    def __post_init__(self) -> None:
+        s = f"evaluate.slide_tasks.{self.name}"
+        if not self.name or not all(ch.isalnum() or ch in "._-" for ch in self.name):
+            raise ConfigError(f"task name {self.name!r} may hold only letters, digits and '._-'")
+        if self.instances not in ("cells", "tiles"):
+            raise ConfigError(f"{s}.instances must be cells or tiles, got {self.instances!r}")
+        if self.slides not in ("all", "demo"):
+            raise ConfigError(f"{s}.slides must be all or demo, got {self.slides!r}")
+        if self.folds < 2:
+            raise ConfigError(f"{s}.folds must be >= 2, got {self.folds!r}")
+        if not self.seeds:
+            raise ConfigError(f"{s}.seeds must name at least one seed")
+        for key in ("seeds", "truth_positive"):
+            object.__setattr__(self, key, tuple(getattr(self, key)))
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalConfig(_Section):
     """Protocol settings shared by every task (the ``evaluate`` section without ``tasks``)."""
 
@@ -382,9 +413,39 @@ class EvalConfig(_Section):
     bootstrap: int = 1000
     device: str = "auto"
     precision: str = "auto"
+    mil_lr: float = 0.0005
+    mil_weight_decay: float = 0.0001
+    mil_max_epochs: int = 100
+    mil_patience: int = 10
+    mil_batch_bags: int = 4
+    mil_hidden: int = 128
+    mil_attn_dim: int = 64
+    mil_dropout: float = 0.25
+    mil_balance: bool = True
+    mil_top_k: int = 16
+
+    def mil_train_args(self) -> dict:
+        """Keyword arguments of :func:`cytofm.eval.mil.train_mil`."""
+        return {
+            "lr": self.mil_lr,
+            "weight_decay": self.mil_weight_decay,
+            "max_epochs": self.mil_max_epochs,
+            "patience": self.mil_patience,
+            "batch_bags": self.mil_batch_bags,
+            "hidden": self.mil_hidden,
+            "attn_dim": self.mil_attn_dim,
+            "dropout": self.mil_dropout,
+            "balance": self.mil_balance,
+        }
 
     def __post_init__(self) -> None:
         s = "evaluate"
+        _positive(s, mil_lr=self.mil_lr)
+        for key in ("mil_max_epochs", "mil_batch_bags", "mil_hidden", "mil_attn_dim", "mil_top_k"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{s}.{key} must be >= 1, got {getattr(self, key)!r}")
+        if not 0 <= self.mil_dropout < 1:
+            raise ConfigError(f"{s}.mil_dropout must be in [0, 1), got {self.mil_dropout!r}")
         if not self.linear_Cs or min(self.linear_Cs) <= 0:
             raise ConfigError(f"{s}.linear_Cs must be positive numbers, got {self.linear_Cs!r}")
         if not self.lora_lrs or min(self.lora_lrs) <= 0:

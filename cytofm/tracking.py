@@ -108,6 +108,13 @@ class RunLogger:
         with self._locked():
             self._client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
+        """Every file under ``folder`` (PNG sets such as heatmaps), keeping the layout."""
+        if not self.active:
+            return
+        with self._locked():
+            self._client.log_artifacts(self.run_id, str(folder), artifact_path)
+
 
 @contextlib.contextmanager
 def job_run(

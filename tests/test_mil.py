@@ -94,10 +94,10 @@ def test_training_is_deterministic_and_stops_early():
         (f"s{i}", rng.normal(size=(int(rng.integers(5, 30)), 8)) + 0.3 * y)
         for i, y in enumerate(labels)
     ]
-    x, mask, _ = pad_bags(bags)
+    feats = [f for _, f in bags]
     train, val = np.arange(16), np.arange(16, 24)
-    a, ha = train_mil(x, mask, labels, train, val, 2, seed=1, max_epochs=40, patience=3, lr=1e-2)
-    b, hb = train_mil(x, mask, labels, train, val, 2, seed=1, max_epochs=40, patience=3, lr=1e-2)
+    a, ha = train_mil(feats, labels, train, val, 2, seed=1, max_epochs=40, patience=3, lr=1e-2)
+    b, hb = train_mil(feats, labels, train, val, 2, seed=1, max_epochs=40, patience=3, lr=1e-2)
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
     assert ha == hb and ha["epochs"] < 40  # stopped early on the validation loss
     assert ha["val_loss"][ha["best_epoch"]] <= min(ha["val_loss"]) + 1e-6
@@ -137,67 +137,119 @@ def test_heatmap_and_montage_files(tmp_path):
     assert montage[1, 1, 0] == top[0] * 8  # the most attended cell comes first
 
 
-def test_mil_stage_on_bags_with_a_few_abnormal_cells(tmp_path):
-    """20 slides of 10 patients; positive slides hold 3 'abnormal' cells among 60."""
-    import json
+def _toy_cohort(tmp_path, n_slides=20, n_cells=60, n_abnormal=3):
+    """Slides of two per patient; positive slides hold a few 'abnormal' cells (a shifted
+    feature and true class 'dysplastic' in a truth table at the cells' coordinates)."""
+    import pandas as pd
 
-    from cytofm.stages.mil import run_mil
-    from cytofm.store import PatchStoreWriter, atomic_group, open_store
+    from cytofm.store import PatchStoreWriter, atomic_group
 
     rng = np.random.default_rng(0)
     signal = rng.normal(size=8) * 2.5
-    features, cells, labels, groups, abnormal = {}, {}, {}, {}, {}
-    for i in range(20):
+    cohort = []
+    for i in range(n_slides):
         sid = f"s{i:02d}"
-        feats = rng.normal(size=(60, 8)).astype(np.float32)
-        labels[sid] = ["normal", "abnormal"][i % 2]
-        groups[sid] = f"p{i // 2}"
+        feats = rng.normal(size=(n_cells, 8)).astype(np.float32)
         if i % 2:
-            feats[:3] += signal
-        abnormal[sid] = np.arange(60) < 3 if i % 2 else np.zeros(60, bool)
-        features[sid] = tmp_path / "f" / f"{sid}.zarr"
-        with atomic_group(features[sid]) as g:
-            g.create_array("features", shape=feats.shape, dtype="float32")[:] = feats
-        cells[sid] = tmp_path / "c" / f"{sid}.zarr"
-        with atomic_group(cells[sid]) as g:
+            feats[:n_abnormal] += signal
+        coords = np.stack([np.arange(n_cells) * 40 + 20, np.full(n_cells, 100)], 1)
+        with atomic_group(tmp_path / "f" / f"{sid}.zarr") as g:
+            g.create_array("features", shape=feats.shape, dtype="float16")[:] = feats
+            g.create_array("rows", shape=(n_cells,), dtype="int64")[:] = np.arange(n_cells)
+        with atomic_group(tmp_path / "c" / f"{sid}.zarr") as g:
             w = PatchStoreWriter(g, 8, 64, {"coords": (np.int64, (2,))})
-            w.append(
-                rng.integers(0, 255, (60, 8, 8, 3), dtype=np.uint8),
-                coords=rng.integers(0, 1000, (60, 2)),
-            )
+            w.append(rng.integers(0, 255, (n_cells, 8, 8, 3), dtype=np.uint8), coords=coords)
             w.close()
-    thumbs = {"s01": (np.full((50, 50, 3), 230, np.uint8), 20.0)}
-    res = run_mil(
-        features,
-        labels,
-        groups,
-        tmp_path / "mil",
-        cells=cells,
-        thumbnails=thumbs,
-        folds=2,
-        seeds=(0, 1),
+            g.attrs["slide_mpp"] = 0.5
+        truth = pd.DataFrame(
+            {
+                "x": coords[:, 0] + 1.0,
+                "y": coords[:, 1] - 1.0,
+                "class": ["dysplastic" if (i % 2 and j < n_abnormal) else "squamous"
+                          for j in range(n_cells)],
+            }
+        )
+        truth.to_csv(tmp_path / f"{sid}.tsv", sep="\t", index=False)
+        cohort.append(
+            {
+                "slide_id": sid,
+                "label": i % 2,
+                "group": f"p{i // 2}",
+                "features": tmp_path / "f" / f"{sid}.zarr",
+                "instances": tmp_path / "c" / f"{sid}.zarr",
+                "truth": tmp_path / f"{sid}.tsv",
+            }
+        )
+    return cohort
+
+
+def _toy_eval_config():
+    from cytofm.config import EvalConfig
+
+    return EvalConfig(
         bootstrap=100,
-        backbone="toy",
-        train_args={
-            "lr": 3e-3,
-            "max_epochs": 60,
-            "patience": 15,
-            "hidden": 32,
-            "attn_dim": 16,
-            "dropout": 0.0,
-        },
+        mil_lr=3e-3,
+        mil_max_epochs=60,
+        mil_patience=15,
+        mil_hidden=32,
+        mil_attn_dim=16,
+        mil_dropout=0.0,
+        mil_top_k=4,
     )
-    saved = json.loads((tmp_path / "mil" / "result.json").read_text())
-    assert saved["summary"]["auroc"]["mean"] > 0.9
+
+
+def test_mil_stage_on_bags_with_a_few_abnormal_cells(tmp_path):
+    """32 slides of 16 patients; positive slides hold 3 'abnormal' cells among 60."""
+    import json
+
+    from cytofm.config import SlideTaskConfig
+    from cytofm.stages.mil import run_mil
+    from cytofm.store import open_store
+
+    cohort = _toy_cohort(tmp_path, n_slides=32)
+    task = SlideTaskConfig(
+        name="toy", label="abnormal", folds=4, seeds=(0, 1), truth_positive=("dysplastic",)
+    )
+    res = run_mil(
+        task, _toy_eval_config(), "toy", cohort, tmp_path / "abmil.json", tmp_path / "abmil",
+        tolerance_um=2.0,
+    )
+    saved = json.loads((tmp_path / "abmil.json").read_text())
+    assert saved["protocol"] == "abmil" and saved["classes"] == ["0", "1"]
+    summary = saved["results"][0]["summary"]
+    assert summary["auroc"]["mean"] > 0.9
+    assert summary["auroc"]["ci95"][0] <= summary["auroc"]["mean"] <= summary["auroc"]["ci95"][1]
+    groups = {r["slide_id"]: r["group"] for r in cohort}
     # out-of-fold: every slide predicted once per seed, folds never split a patient
-    for run_ in saved["runs"]:
-        assert len({groups[s] for s in run_["test_slides"]}) * 2 == len(run_["test_slides"])
-    attn = open_store(tmp_path / "mil" / "attention.zarr")
-    ranks = [
-        float(attn[s][:][abnormal[s]].mean() > attn[s][:][~abnormal[s]].mean())
-        for s in res["slides"]
-        if labels[s] == "abnormal"
-    ]
-    assert np.mean(ranks) >= 0.9  # attention lands on the abnormal cells
-    assert (tmp_path / "mil" / "heatmap" / "s01.png").is_file()
-    assert (tmp_path / "mil" / "montage" / "s00.png").is_file()
+    for seed in (0, 1):
+        tested = [s for f in saved["folds"] if f["seed"] == seed for s in f["test_slides"]]
+        assert sorted(tested) == res["slides"]
+    for fold in saved["folds"]:
+        train = {groups[s] for s in fold["train_slides"] + fold["val_slides"]}
+        assert not train & {groups[s] for s in fold["test_slides"]}
+    attn = open_store(tmp_path / "abmil" / "attention.zarr")
+    assert attn["s01"]["attention"].shape == (2, 60)  # one row per seed
+    truth = saved["attention_vs_truth"]
+    assert truth["slides"] == [f"s{i:02d}" for i in range(1, 32, 2)]  # abnormal slides only
+    assert truth["auroc"]["mean"] > 0.9  # attention lands on the abnormal cells
+    assert truth["top_k_positive_rate"]["mean"] > 3 * truth["base_rate"]
+    assert truth["per_slide"]["s01"][0]["n_matched"] == 60
+    assert (tmp_path / "abmil" / "montage" / "s00.png").is_file()
+    assert not (tmp_path / "abmil" / "heatmap").exists()  # no slide paths given
+
+
+def test_attention_truth_scores_match_cells_and_rank():
+    import pandas as pd
+
+    from cytofm.stages.mil import attention_truth_scores
+
+    coords = np.array([[10, 10], [50, 50], [90, 90], [300, 300]])  # the last is debris
+    truth = pd.DataFrame({"x": [11, 49, 92], "y": [9, 51, 90], "class": ["a", "b", "b"]})
+    s = attention_truth_scores(np.array([0.5, 0.3, 0.1, 0.1]), coords, truth, ["a"], 5.0, 1)
+    assert (s["n_matched"], s["n_positive"]) == (3, 1)
+    assert s["auroc"] == 1.0 and s["top_k_positive_rate"] == 1.0
+    assert s["base_rate"] == pytest.approx(1 / 3)
+    s = attention_truth_scores(np.array([0.1, 0.3, 0.5, 0.1]), coords, truth, ["a"], 5.0, 1)
+    assert s["auroc"] == 0.0 and s["top_k_positive_rate"] == 0.0
+    with pytest.raises(InputDataError, match="lacks column"):
+        attention_truth_scores(np.ones(4), coords, truth.drop(columns="class"), ["a"], 5.0, 1)

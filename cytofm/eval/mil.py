@@ -1,9 +1,10 @@
 """Gated attention MIL (Ilse et al. 2018) over a slide's cached cell features.
 
-A slide is a bag of instances (cell or tile features); only the slide carries a label. Bags of
-different sizes are padded into a batch with a mask; padded instances get zero attention, so a
-padded bag gives the same prediction as the bag alone, and the attention-weighted mean makes the
-prediction independent of instance order.
+A slide is a bag of instances (cell or tile features); only the slide carries a label. Bags stay
+a list of per-slide arrays in memory; a mini-batch of bags is zero-padded with a mask only when it
+is used, so memory is bounded by ``batch_bags`` x the longest bag of the batch, not by the cohort.
+Padded instances get zero attention, so a padded bag gives the same prediction as the bag alone,
+and the attention-weighted mean makes the prediction independent of instance order.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 
 from cytofm.errors import InputDataError
 
-__all__ = ["GatedABMIL", "grouped_folds", "pad_bags", "train_mil"]
+__all__ = ["GatedABMIL", "check_bags", "grouped_folds", "pad_bags", "predict_mil", "train_mil"]
 
 
 class GatedABMIL(nn.Module):
@@ -56,10 +57,10 @@ class GatedABMIL(nn.Module):
         return self.head(pooled), attention
 
 
-def pad_bags(
+def check_bags(
     bags: Mapping[str, np.ndarray] | Sequence[tuple[str, np.ndarray]],
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Bags of (n_i, D) features -> zero-padded (B, max n, D), mask (B, max n), slide ids.
+) -> list[tuple[str, np.ndarray]]:
+    """(slide, (n_i, D) features) pairs, checked: no empty bag, one feature size.
 
     A bag with no instances is an error that names the slide: a slide without cells cannot be
     classified by its cells, and silently dropping it would change the cohort.
@@ -77,19 +78,59 @@ def pad_bags(
     dims = {np.asarray(f).shape[1] for _, f in items}
     if len(dims) != 1:
         raise ValueError(f"bags have different feature sizes {sorted(dims)}")
-    longest = max(len(f) for _, f in items)
-    x = torch.zeros(len(items), longest, dims.pop())
-    mask = torch.zeros(len(items), longest, dtype=torch.bool)
-    for i, (_, feats) in enumerate(items):
-        n = len(feats)
-        x[i, :n] = torch.as_tensor(np.asarray(feats, dtype=np.float32))
-        mask[i, :n] = True
-    return x, mask, [str(s) for s, _ in items]
+    return [(str(s), f) for s, f in items]
+
+
+def _collate(bags: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(len(b) for b in bags)
+    x = torch.zeros(len(bags), longest, bags[0].shape[1])
+    mask = torch.zeros(len(bags), longest, dtype=torch.bool)
+    for i, feats in enumerate(bags):
+        x[i, : len(feats)] = torch.as_tensor(np.asarray(feats)).float()
+        mask[i, : len(feats)] = True
+    return x, mask
+
+
+def pad_bags(
+    bags: Mapping[str, np.ndarray] | Sequence[tuple[str, np.ndarray]],
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Bags of (n_i, D) features -> zero-padded (B, max n, D), mask (B, max n), slide ids."""
+    items = check_bags(bags)
+    x, mask = _collate([f for _, f in items])
+    return x, mask, [s for s, _ in items]
+
+
+@torch.no_grad()
+def predict_mil(
+    model: GatedABMIL, bags: Sequence[np.ndarray], index: Sequence[int], batch_bags: int = 8
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Class probabilities (len(index), C) and each bag's attention (unpadded)."""
+    model.eval()
+    probas, attention = [], []
+    index = list(index)
+    for start in range(0, len(index), batch_bags):
+        chunk = [bags[i] for i in index[start : start + batch_bags]]
+        x, mask = _collate(chunk)
+        logits, attn = model(x, mask)
+        probas.append(torch.softmax(logits, 1).numpy())
+        attention += [attn[j, : len(b)].numpy() for j, b in enumerate(chunk)]
+    n_classes = model.head.out_features
+    return (np.concatenate(probas) if probas else np.zeros((0, n_classes))), attention
+
+
+def _loss(model, bags, y, index, weight, batch_bags) -> float:
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(index), batch_bags):
+            idx = index[start : start + batch_bags]
+            x, mask = _collate([bags[i] for i in idx])
+            logits, _ = model(x, mask)
+            total += float(nn.functional.cross_entropy(logits, y[idx], weight, reduction="sum"))
+    return total / len(index)
 
 
 def train_mil(
-    x: torch.Tensor,
-    mask: torch.Tensor,
+    bags: Sequence[np.ndarray],
     labels: np.ndarray,
     train: np.ndarray,
     val: np.ndarray,
@@ -104,36 +145,45 @@ def train_mil(
     hidden: int = 128,
     attn_dim: int = 64,
     dropout: float = 0.25,
+    balance: bool = True,
 ) -> tuple[GatedABMIL, dict]:
     """Train on the ``train`` bags, stop early on the validation loss (best epoch kept).
 
-    Deterministic on CPU given ``seed``. Without validation bags it trains ``max_epochs``.
+    ``balance`` weights the loss by inverse class frequency of the training bags, so a rare
+    slide class is not ignored. Deterministic on CPU given ``seed``. Without validation bags it
+    trains ``max_epochs``.
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = GatedABMIL(x.shape[-1], n_classes, hidden, attn_dim, dropout)
+    model = GatedABMIL(bags[0].shape[1], n_classes, hidden, attn_dim, dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    train_t = torch.as_tensor(np.asarray(train), dtype=torch.long)
+    train = np.asarray(train, dtype=np.int64)
+    val = np.asarray(val, dtype=np.int64)
+    weight = None
+    if balance:
+        counts = np.bincount(np.asarray(labels)[train], minlength=n_classes).astype(float)
+        weight = torch.as_tensor(
+            np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_classes, 0.0),
+            dtype=torch.float32,
+        )
     best = (float("inf"), None, -1)
     history = []
     for epoch in range(max_epochs):
         model.train()
-        order = train_t[torch.randperm(len(train_t), generator=gen)]
+        order = train[torch.randperm(len(train), generator=gen).numpy()]
         for start in range(0, len(order), batch_bags):
             idx = order[start : start + batch_bags]
-            longest = int(mask[idx].sum(1).max())  # trim padding shared by the batch
-            logits, _ = model(x[idx, :longest], mask[idx, :longest])
-            loss = nn.functional.cross_entropy(logits, y[idx])
+            x, mask = _collate([bags[i] for i in idx])
+            logits, _ = model(x, mask)
+            loss = nn.functional.cross_entropy(logits, y[idx], weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         if len(val) == 0:
             continue
         model.eval()
-        with torch.no_grad():
-            logits, _ = model(x[val], mask[val])
-            val_loss = float(nn.functional.cross_entropy(logits, y[val]))
+        val_loss = _loss(model, bags, y, val, weight, batch_bags)
         history.append(val_loss)
         if val_loss < best[0] - 1e-6:
             best = (val_loss, {k: v.clone() for k, v in model.state_dict().items()}, epoch)

@@ -1,11 +1,14 @@
-"""Slide-level attention MIL as an evaluation protocol (stage function; rule wiring follows).
+"""Stage ``mil``: slide-level attention MIL as an evaluation protocol (``abmil``).
 
-Bags are the cached cell features of each slide; labels and patient groups come from the
-sample sheet. For every seed, patient-grouped stratified folds give each slide one out-of-fold
-prediction (an inner grouped split of the training slides stops training early); the seeds'
-out-of-fold probabilities are scored and summarised exactly like the patch-level protocols.
-Out-of-fold attention of the first seed is stored per cell, drawn over the slide thumbnail and
-as a montage of the top-k cells.
+Bags are the cached cell (or tile) features of each slide; labels and patient groups come from
+the sample sheet. For every seed, patient-grouped stratified folds give each slide one
+out-of-fold prediction (an inner grouped split of the training slides stops training early); the
+seeds' out-of-fold probabilities are scored and summarised exactly like the patch-level
+protocols, and the result JSON has the same layout. Out-of-fold attention of every seed is stored
+per instance (``attention.zarr``, aligned with the feature store's rows); the first seed's is drawn
+over the slide thumbnail and as a montage of the top-k cells. When a slide has a table of true cell
+classes (the demo's ground truth, or a ``cell_truth`` column of the sheet), the attention is
+scored against it: AUROC of attention for the ``truth_positive`` classes vs. all others.
 """
 
 from __future__ import annotations
@@ -13,22 +16,24 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+import pandas as pd
+from tqdm import tqdm
 
+from cytofm.config import EvalConfig, SlideTaskConfig
 from cytofm.errors import InputDataError
 from cytofm.eval.metrics import classification_metrics, summarise
-from cytofm.eval.mil import grouped_folds, pad_bags, train_mil
+from cytofm.eval.mil import check_bags, grouped_folds, predict_mil, train_mil
 from cytofm.eval.mil_plots import attention_heatmap, top_cells_montage
 from cytofm.provenance import provenance
 from cytofm.stages.context import JobContext
 from cytofm.store import atomic_group, open_store
 
-__all__ = ["run_mil"]
+__all__ = ["attention_truth_scores", "run_mil"]
 
 log = logging.getLogger(__name__)
 
@@ -42,104 +47,298 @@ def _inner_split(labels, groups, train, seed):
     return train[inner[0]], train[inner[1]]
 
 
+def _class_index(labels: Sequence[Any], task: str) -> tuple[np.ndarray, list[str]]:
+    """Integer labels; integer-like values (0/1, '1') sort numerically."""
+    values = [str(v).strip() for v in labels]
+    try:
+        classes = [str(c) for c in sorted({int(float(v)) for v in values})]
+        values = [str(int(float(v))) for v in values]
+    except ValueError:
+        classes = sorted(set(values))
+    if len(classes) < 2:
+        raise InputDataError(
+            f"slide task '{task}': the labels hold one class only ({classes}); attention MIL "
+            "needs slides of at least two classes"
+        )
+    return np.array([classes.index(v) for v in values]), classes
+
+
+def attention_truth_scores(
+    attention: np.ndarray,
+    coords: np.ndarray,
+    truth: pd.DataFrame,
+    positive: Sequence[str],
+    tolerance_px: float,
+    top_k: int,
+) -> dict[str, Any]:
+    """Attention of one slide against its true cells.
+
+    Detected cells are matched one-to-one to true centres within ``tolerance_px``; unmatched
+    detections (debris, split nuclei) are left out. Returns the counts, the AUROC of attention
+    for positive vs. other matched cells (NaN when either side is empty), and the share of
+    positive cells among the ``top_k`` most attended matched cells next to their base rate.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from cytofm.cells.metrics import match_pairs
+
+    missing = {"x", "y", "class"} - set(truth.columns)
+    if missing:
+        raise InputDataError(f"cell truth table lacks column(s) {sorted(missing)} (needs x, y, class)")
+    pred_idx, truth_idx, _ = match_pairs(coords, truth[["x", "y"]].to_numpy(), tolerance_px)
+    is_pos = truth["class"].astype(str).isin([str(p) for p in positive]).to_numpy()[truth_idx]
+    att = np.asarray(attention, float)[pred_idx]
+    n_pos = int(is_pos.sum())
+    out = {
+        "n_cells": int(len(attention)),
+        "n_matched": int(len(pred_idx)),
+        "n_positive": n_pos,
+        "auroc": float("nan"),
+        "top_k": int(min(top_k, len(att))),
+        "top_k_positive_rate": float("nan"),
+        "base_rate": float(n_pos / len(att)) if len(att) else float("nan"),
+    }
+    if 0 < n_pos < len(att):
+        out["auroc"] = float(roc_auc_score(is_pos, att))
+    if len(att):
+        top = np.argsort(-att, kind="stable")[: out["top_k"]]
+        out["top_k_positive_rate"] = float(is_pos[top].mean())
+    return out
+
+
+def _read_bag(features_store: str | Path, slide: str) -> tuple[np.ndarray, np.ndarray]:
+    fs = open_store(features_store)
+    if "features" not in fs:
+        raise InputDataError(f"slide '{slide}': {features_store} is not a feature store")
+    feats = np.asarray(fs["features"][:])  # kept float16; batches are cast when used
+    rows = np.asarray(fs["rows"][:]) if "rows" in fs else np.arange(len(feats))
+    return feats, rows
+
+
+def _thumbnail(path, slide_id, mpp, thumb_mpp):
+    from cytofm.wsi.mask import read_thumbnail
+    from cytofm.wsi.reader import open_slide
+
+    with open_slide(path, slide_id, mpp) as slide:
+        target = max(thumb_mpp, slide.mpp)
+        return read_thumbnail(slide, target), target / slide.mpp, slide.mpp
+
+
+def _seed_block(values: list[list[float]], n_boot: int, seed: int = 0) -> dict[str, Any]:
+    """Mean/std over seeds of the per-seed mean over slides, and a bootstrap 95% CI that
+    resamples slides (the same resample for every seed)."""
+    arr = np.array(values, dtype=float)  # (seeds, slides)
+    per_seed = np.nanmean(arr, axis=1) if arr.size else np.array([np.nan])
+    rng = np.random.default_rng([seed, 4243])
+    boot = []
+    n = arr.shape[1] if arr.ndim == 2 else 0
+    for _ in range(n_boot if n else 0):
+        cols = rng.integers(0, n, size=n)
+        boot.append(np.nanmean(arr[:, cols]))
+    boot = np.array([b for b in boot if np.isfinite(b)])
+    return {
+        "mean": float(np.nanmean(per_seed)) if np.isfinite(per_seed).any() else float("nan"),
+        "std": float(np.nanstd(per_seed)) if np.isfinite(per_seed).any() else float("nan"),
+        "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
+        if len(boot)
+        else [float("nan"), float("nan")],
+        "per_seed": per_seed.tolist(),
+        "n_slides": int(n),
+    }
+
+
 def run_mil(
-    features: Mapping[str, str | Path],
-    labels: Mapping[str, Any],
-    groups: Mapping[str, str],
+    task: SlideTaskConfig,
+    cfg: EvalConfig,
+    backbone: str,
+    cohort: Sequence[Mapping[str, Any]],
+    out_json: str | Path,
     out_dir: str | Path,
     *,
-    cells: Mapping[str, str | Path] | None = None,
-    thumbnails: Mapping[str, tuple[np.ndarray, float]] | None = None,
-    folds: int = 3,
-    seeds: tuple[int, ...] = (0, 1, 2),
-    top_k: int = 16,
-    bootstrap: int = 1000,
-    train_args: Mapping[str, Any] | None = None,
-    backbone: str = "",
+    tolerance_um: float = 6.0,
+    thumbnail_mpp: float = 4.0,
     job: JobContext | None = None,
 ) -> dict[str, Any]:
-    """``features``/``cells``: slide -> feature store / cell store; ``labels``: slide -> class;
-    ``thumbnails``: slide -> (RGB thumbnail, level-0 px per thumbnail px)."""
+    """Cross-validated ABMIL on ``cohort`` rows (``slide_id``, ``label``, ``group``,
+    ``features`` store, ``instances`` store; optional ``path``/``mpp`` for thumbnails and
+    ``truth`` for a table of true cells with x, y (level-0 px) and class)."""
     job = job or JobContext()
-    slides = sorted(features)
-    missing = [s for s in slides if s not in labels or labels[s] in ("", None)]
-    if missing:
-        raise InputDataError(f"slides {missing} have no slide label; fill the sheet's label column")
-    classes = sorted({str(labels[s]) for s in slides})
-    if len(classes) < 2:
-        raise InputDataError(f"slide labels hold one class only ({classes}); MIL needs two")
-    y = np.array([classes.index(str(labels[s])) for s in slides])
-    g = np.array([str(groups.get(s) or s) for s in slides])
-    bags = [(s, np.asarray(open_store(features[s])["features"][:], np.float32)) for s in slides]
-    x, mask, _ = pad_bags(bags)
-    out = Path(out_dir)
+    rows = sorted(cohort, key=lambda r: str(r["slide_id"]))
+    slides = [str(r["slide_id"]) for r in rows]
+    if len(set(slides)) != len(slides):
+        raise InputDataError(f"slide task '{task.name}': duplicated slide ids in the cohort")
+    y, classes = _class_index([r["label"] for r in rows], task.name)
+    g = np.array([str(r.get("group") or "") or s for r, s in zip(rows, slides, strict=True)])
+    loaded = [_read_bag(r["features"], s) for r, s in zip(rows, slides, strict=True)]
+    bags = [f for _, f in check_bags([(s, f) for s, (f, _) in zip(slides, loaded, strict=True)])]
+    train_args = cfg.mil_train_args()
+    out_dir = Path(out_dir)
     params = {
-        "folds": folds,
-        "seeds": list(seeds),
-        "train": dict(train_args or {}),
+        "task": task.to_dict(),
+        "train": train_args,
         "backbone": backbone,
         "n_slides": len(slides),
+        "top_k": cfg.mil_top_k,
     }
     with job.run("mil", params) as run:
         t0 = time.perf_counter()
-        probas, runs, attention = [], [], {}
-        for seed in seeds:
+        probas, runs = [], []
+        attention = {s: [] for s in slides}
+        fold_seconds = []
+        bar = tqdm(total=len(task.seeds) * task.folds, desc=f"abmil {backbone}", mininterval=5)
+        for seed in task.seeds:
             p = np.zeros((len(slides), len(classes)))
-            for k, (train, test) in enumerate(grouped_folds(y, g, folds, seed)):
-                tr, va = _inner_split(y, g, train, seed)
-                model, hist = train_mil(
-                    x, mask, y, tr, va, len(classes), seed=seed, **dict(train_args or {})
-                )
-                with torch.no_grad():
-                    logits, attn = model(x[test], mask[test])
-                p[test] = torch.softmax(logits, 1).numpy()
+            for k, (train, test) in enumerate(grouped_folds(y, g, task.folds, int(seed))):
+                tf = time.perf_counter()
+                tr, va = _inner_split(y, g, train, int(seed))
+                model, hist = train_mil(bags, y, tr, va, len(classes), seed=int(seed), **train_args)
+                p[test], attn = predict_mil(model, bags, test, cfg.mil_batch_bags)
+                for i, a in zip(test, attn, strict=True):
+                    attention[slides[i]].append(a)
+                fold_seconds.append(time.perf_counter() - tf)
                 runs.append(
                     {
                         "seed": int(seed),
                         "fold": k,
+                        "train_slides": [slides[i] for i in tr],
+                        "val_slides": [slides[i] for i in va],
                         "test_slides": [slides[i] for i in test],
                         "best_epoch": hist["best_epoch"],
+                        "epochs": hist["epochs"],
+                        "seconds": fold_seconds[-1],
                     }
                 )
-                if seed == seeds[0]:
-                    for j, i in enumerate(test):
-                        attention[slides[i]] = attn[j, : int(mask[i].sum())].numpy()
+                bar.update(1)
             probas.append(p)
+        bar.close()
         per_seed = [classification_metrics(y, p, classes) for p in probas]
+        block = {
+            "shots": None,
+            "seed_independent": False,
+            "summary": summarise(y, probas, n_boot=cfg.bootstrap, seed=0),
+            "runs": [
+                {"seed": int(s), "test": m} for s, m in zip(task.seeds, per_seed, strict=True)
+            ],
+        }
+
+        # per-instance attention beside the features: (seeds, n) per slide, rows of the store
+        with atomic_group(out_dir / "attention.zarr") as grp:
+            for s, (_, feat_rows) in zip(slides, loaded, strict=True):
+                sub = grp.create_group(s)
+                a = np.stack(attention[s]).astype(np.float32)
+                sub.create_array("attention", shape=a.shape, dtype="float32")[:] = a
+                sub.create_array("rows", shape=feat_rows.shape, dtype="int64")[:] = feat_rows
+            grp.attrs.update(
+                {"backbone": backbone, "task": task.name, "seeds": [int(s) for s in task.seeds]}
+            )
+
+        truth_scores: dict[str, list[dict]] = {}
+        for r, s, (_, feat_rows) in zip(rows, slides, loaded, strict=True):
+            store = open_store(r["instances"])
+            coords = np.asarray(store["coords"][:])[feat_rows]
+            first = attention[s][0]
+            # read only the top-k patches, in store order, then draw them most attended first
+            top = np.sort(np.argsort(-first, kind="stable")[: cfg.mil_top_k])
+            order = np.argsort(feat_rows[top])
+            images = np.asarray(
+                store["images"].get_orthogonal_selection((feat_rows[top][order],))
+            )
+            top_cells_montage(
+                images, first[top][order], cfg.mil_top_k, out_dir / "montage" / f"{s}.png"
+            )
+            slide_mpp = float(store.attrs.get("slide_mpp") or 0) or None
+            if r.get("path"):
+                thumb, down, slide_mpp = _thumbnail(r["path"], s, r.get("mpp"), thumbnail_mpp)
+                attention_heatmap(
+                    thumb,
+                    coords,
+                    first,
+                    down,
+                    out_dir / "heatmap" / f"{s}.png",
+                    f"{s}  label {classes[y[slides.index(s)]]}  p={probas[0][slides.index(s)].max():.2f}",
+                )
+            if r.get("truth") and task.truth_positive:
+                if slide_mpp is None:
+                    raise InputDataError(f"slide '{s}': no mpp known to match cells to truth")
+                table = pd.read_csv(r["truth"], sep=None, engine="python")
+                truth_scores[s] = [
+                    attention_truth_scores(
+                        a, coords, table, task.truth_positive, tolerance_um / slide_mpp,
+                        cfg.mil_top_k,
+                    )
+                    for a in attention[s]
+                ]
+        attention_eval = None
+        if truth_scores:
+            scored = [s for s, v in truth_scores.items() if np.isfinite(v[0]["auroc"])]
+            attention_eval = {
+                "positive_classes": list(task.truth_positive),
+                "tolerance_um": tolerance_um,
+                "slides": scored,
+                "auroc": _seed_block(
+                    [[truth_scores[s][i]["auroc"] for s in scored] for i in range(len(task.seeds))],
+                    cfg.bootstrap,
+                ),
+                "top_k_positive_rate": _seed_block(
+                    [
+                        [truth_scores[s][i]["top_k_positive_rate"] for s in scored]
+                        for i in range(len(task.seeds))
+                    ],
+                    cfg.bootstrap,
+                ),
+                "base_rate": float(np.mean([truth_scores[s][0]["base_rate"] for s in scored]))
+                if scored
+                else float("nan"),
+                "per_slide": truth_scores,
+            }
+        seconds = time.perf_counter() - t0
         result = {
-            "protocol": "mil",
+            "task": task.name,
+            "dataset": None,
+            "level": "slide",
             "backbone": backbone,
+            "protocol": "abmil",
             "classes": classes,
+            "split": {
+                "source": f"{task.folds}-fold cross-validation grouped by '{task.group}'",
+                "n_train": None,
+                "n_val": None,
+                "n_test": len(slides),
+                "n_groups": int(len(np.unique(g))),
+            },
             "slides": slides,
             "labels": y.tolist(),
-            "summary": summarise(y, probas, n_boot=bootstrap, seed=0),
-            "per_seed": per_seed,
+            "groups": g.tolist(),
+            "results": [block],
+            "skipped": [],
             "oof_proba": [p.tolist() for p in probas],
-            "runs": runs,
-            "seconds": time.perf_counter() - t0,
+            "folds": runs,
+            "attention_vs_truth": attention_eval,
+            "seconds": seconds,
+            "seconds_per_fold": float(np.mean(fold_seconds)),
+            "evaluate": cfg.to_dict(),
             "provenance": provenance("mil", params),
         }
-        with atomic_group(out / "attention.zarr") as grp:
-            for s, a in attention.items():
-                grp.create_array(s, shape=a.shape, dtype="float32")[:] = a
-            grp.attrs["backbone"] = backbone
-        for s, a in attention.items():
-            if cells is not None and s in cells:
-                store = open_store(cells[s])
-                top_cells_montage(store["images"][:], a, top_k, out / "montage" / f"{s}.png")
-                if thumbnails and s in thumbnails:
-                    thumb, down = thumbnails[s]
-                    attention_heatmap(
-                        thumb,
-                        store["coords"][:],
-                        a,
-                        down,
-                        out / "heatmap" / f"{s}.png",
-                        f"{s} ({classes[y[slides.index(s)]]})",
-                    )
-        (out / "result.json").write_text(json.dumps(result, indent=1))
-        run.log_metrics(
-            {f"mil.{m}": v["mean"] for m, v in result["summary"].items() if np.isfinite(v["mean"])}
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(out_json).with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(out_json)
+        metrics = {f"abmil.{m}": v["mean"] for m, v in block["summary"].items()}
+        if attention_eval:
+            metrics["attention.auroc"] = attention_eval["auroc"]["mean"]
+            metrics["attention.top_k_positive_rate"] = attention_eval["top_k_positive_rate"]["mean"]
+        metrics["seconds_per_fold"] = result["seconds_per_fold"]
+        run.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+        run.log_artifact(out_json)
+        for sub in ("heatmap", "montage"):
+            if (out_dir / sub).is_dir():
+                run.log_artifacts(out_dir / sub, sub)
+        log.info(
+            "%s/%s/abmil: slide AUROC %.3f, attention AUROC %s, %.1f s",
+            task.name,
+            backbone,
+            block["summary"]["auroc"]["mean"],
+            f"{attention_eval['auroc']['mean']:.3f}" if attention_eval else "n/a",
+            seconds,
         )
-        run.log_artifact(out / "result.json")
     return result
