@@ -66,9 +66,9 @@ class _Section:
 class DemoConfig(_Section):
     """The synthetic cytology demo: slides, ground truth and a labelled crop collection."""
 
-    n_slides: int = 4
-    width_px: int = 4096
-    height_px: int = 4096
+    n_slides: int = 12
+    width_px: int = 3072
+    height_px: int = 3072
     mpp: float = 0.25
     cells_per_mm2: float = 110.0
     cluster_prob: float = 0.25

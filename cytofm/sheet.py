@@ -11,7 +11,7 @@ from cytofm.errors import InputDataError
 
 __all__ = ["RESERVED_COLUMNS", "load_sheet", "validate_sheet"]
 
-RESERVED_COLUMNS = ("slide_id", "path", "mpp", "patient_id", "split")
+RESERVED_COLUMNS = ("slide_id", "path", "mpp", "patient_id", "split", "cell_truth")
 _ID = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
@@ -57,7 +57,8 @@ def validate_sheet(df: pd.DataFrame, source: str = "sample sheet") -> pd.DataFra
 
 
 def load_sheet(path: str | Path) -> pd.DataFrame:
-    """Read and validate a TSV sample sheet; relative slide paths are taken from its folder."""
+    """Read and validate a TSV sample sheet; relative file paths (``path``, ``cell_truth``) are
+    taken from its folder."""
     path = Path(path)
     if not path.is_file():
         raise InputDataError(
@@ -66,7 +67,10 @@ def load_sheet(path: str | Path) -> pd.DataFrame:
         )
     df = pd.read_csv(path, sep="\t", dtype={"slide_id": str, "path": str}, keep_default_na=False)
     df = validate_sheet(df, source=str(path))
-    df["path"] = [
-        str(p if Path(p).is_absolute() else (path.parent / p)) for p in df["path"].astype(str)
-    ]
+    for column in ("path", "cell_truth"):  # file columns; relative = from the sheet's folder
+        if column in df.columns:
+            df[column] = [
+                p if (not p or Path(p).is_absolute()) else str(path.parent / p)
+                for p in df[column].astype(str)
+            ]
     return df

@@ -12,6 +12,7 @@ from cytofm.config import (
     EmbedConfig,
     EvalConfig,
     PretrainConfig,
+    SlideTaskConfig,
     TaskConfig,
     TilingConfig,
     TrackingConfig,
@@ -46,7 +47,7 @@ SECTIONS = {
     "embed": EmbedConfig,
     "evaluate": EvalConfig,
 }
-NOT_IN_DATACLASS = {"enabled", "nproc", "tasks"}
+NOT_IN_DATACLASS = {"enabled", "nproc", "tasks", "slide_tasks"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name + ":" + p.parent.name)
@@ -59,6 +60,8 @@ def test_every_shipped_config_validates_and_builds(path):
         from_mapping(cls, section, key)
     for name, task in config["evaluate"]["tasks"].items():
         from_mapping(TaskConfig, {"name": name, **task}, f"evaluate.tasks.{name}")
+    for name, task in config["evaluate"]["slide_tasks"].items():
+        from_mapping(SlideTaskConfig, {"name": name, **task}, f"evaluate.slide_tasks.{name}")
     for name, spec in config["backbones"].items():
         from_mapping(BackboneSpec, {"name": name, **spec}, f"backbones.{name}")
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import openslide
 import pandas as pd
@@ -65,6 +67,7 @@ def test_sheet_columns_and_splits():
     assert list(sheet.columns[:5]) == ["slide_id", "path", "mpp", "patient_id", "split"]
     assert sheet["split"].value_counts().to_dict() == {"train": 6, "val": 2, "test": 2}
     assert (sheet["mpp"] == "").all()
+    assert sheet["cell_truth"].iloc[3] == str(Path("ground_truth") / "demo_003.tsv")
 
 
 def _nuclear_area(crop: np.ndarray) -> float:

@@ -119,6 +119,40 @@ def test_every_backbone_embeds_every_store_and_is_evaluated(results):
     assert (results / "eval" / "demo_cells" / "fewshot.png").stat().st_size > 5000
 
 
+def test_attention_mil_for_every_backbone(results):
+    import pandas as pd
+
+    from cytofm.store import open_store
+
+    slides = [f"demo_{i:03d}" for i in range(4)]
+    rows = pd.read_csv(results / "eval" / "demo_abnormal" / "summary.csv")
+    assert sorted(rows["backbone"]) == ["cytofm", "random"] and set(rows["protocol"]) == {"abmil"}
+    for backbone in ("cytofm", "random"):
+        res = json.loads((results / "eval" / "demo_abnormal" / backbone / "abmil.json").read_text())
+        assert res["slides"] == slides and res["classes"] == ["0", "1"]
+        assert res["labels"] == [1, 0, 0, 1]  # the demo sheet's 'abnormal' column
+        for fold in res["folds"]:  # two slides per patient (patient_id), never split
+            test = {int(s[-3:]) // 2 for s in fold["test_slides"]}
+            assert not test & {int(s[-3:]) // 2 for s in fold["train_slides"]}
+        row = rows[rows["backbone"] == backbone].iloc[0]
+        auroc = res["results"][0]["summary"]["auroc"]
+        assert row["auroc_mean"] == pytest.approx(auroc["mean"], abs=1e-4)
+        truth = res["attention_vs_truth"]
+        assert truth["slides"] == ["demo_000", "demo_003"]  # the abnormal slides
+        assert row["attention_auroc_mean"] == pytest.approx(truth["auroc"]["mean"], abs=1e-4)
+        out = results / "eval" / "demo_abnormal" / backbone / "abmil"
+        attention = open_store(out / "attention.zarr")
+        for slide in slides:
+            feats = open_store(results / "features" / backbone / "cells" / f"{slide}.zarr")
+            att = attention[slide]["attention"][:]
+            assert att.shape == (1, feats["features"].shape[0])
+            assert att.sum() == pytest.approx(1.0, abs=1e-4)
+            assert (attention[slide]["rows"][:] == feats["rows"][:]).all()
+            assert (out / "heatmap" / f"{slide}.png").stat().st_size > 5000
+            assert (out / "montage" / f"{slide}.png").is_file()
+    assert (results / "eval" / "demo_abnormal" / "slide_auroc.png").stat().st_size > 5000
+
+
 def test_every_job_logged_one_mlflow_run(results):
     from mlflow.tracking import MlflowClient
 
@@ -126,10 +160,10 @@ def test_every_job_logged_one_mlflow_run(results):
     exp = client.get_experiment_by_name("cytofm-test")
     runs = client.search_runs([exp.experiment_id])
     stages = sorted(r.data.tags["cytofm.stage"] for r in runs)
-    # 2 slides x (demo_slide, tile, cells) + sheet + crops + import + detection_eval
-    # + pretrain + pretrain_probe + 2 backbones x 3 stores (embed) + 2 x 4 protocols
-    # (evaluate) + eval_summary
-    assert len(runs) == 12 + 6 + 8 + 1, stages
+    # 4 slides x (demo_slide, tile, cells) + sheet + crops + import + detection_eval
+    # + pretrain + pretrain_probe + 2 backbones x 5 stores (embed) + 2 x 4 protocols
+    # (evaluate) + eval_summary + 2 backbones x abmil (mil) + mil_summary
+    assert len(runs) == 16 + 2 + 10 + 8 + 1 + 2 + 1, stages
     assert all(r.info.status == "FINISHED" for r in runs)
     tile = next(r for r in runs if r.data.tags["cytofm.stage"] == "tile")
     assert tile.data.tags["snakemake.rule"] == "tile"

@@ -10,7 +10,7 @@ import pandas as pd
 
 from cytofm.eval.metrics import SCALARS
 
-__all__ = ["plot_fewshot", "summary_table"]
+__all__ = ["plot_fewshot", "plot_mil", "summary_table"]
 
 COLUMNS = ["task", "backbone", "protocol", "shots"]
 
@@ -34,6 +34,15 @@ def summary_table(result_jsons: list[str | Path]) -> pd.DataFrame:
                 row[f"{metric}_mean"] = s["mean"]
                 row[f"{metric}_std"] = s["std"]
                 row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = s["ci95"]
+            truth = res.get("attention_vs_truth")
+            if truth:  # slide-level MIL scored against true cell classes
+                for metric in ("auroc", "top_k_positive_rate"):
+                    s = truth[metric]
+                    row[f"attention_{metric}_mean"] = s["mean"]
+                    row[f"attention_{metric}_std"] = s["std"]
+                    low, high = s["ci95"]
+                    row[f"attention_{metric}_ci_low"], row[f"attention_{metric}_ci_high"] = low, high
+                row["attention_base_rate"] = truth["base_rate"]
             rows.append(row)
         for skip in res.get("skipped", []):
             rows.append(
@@ -102,6 +111,46 @@ def plot_fewshot(table: pd.DataFrame, out_png: str | Path, metric: str = "balanc
     ax.set_title(f"{task}: few-shot curves (mean over seeds, 95% bootstrap CI)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def plot_mil(table: pd.DataFrame, out_png: str | Path) -> None:
+    """Slide-level AUROC per backbone and, where true cell classes are known, the AUROC of
+    attention for the abnormal cells (mean over seeds, 95% bootstrap CI as error bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ok = table[table["skipped"] == ""].sort_values("backbone")
+    panels = [("auroc", "slide label: AUROC (out-of-fold)")]
+    if "attention_auroc_mean" in ok and ok["attention_auroc_mean"].notna().any():
+        panels.append(("attention_auroc", "attention vs. true abnormal cells: AUROC"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 0.6, 3.6), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    x = np.arange(len(ok))
+    for ax, (metric, title) in zip(axes[0], panels, strict=True):
+        mean = ok[f"{metric}_mean"].to_numpy(float)
+        err = np.abs(
+            np.stack([mean - ok[f"{metric}_ci_low"].to_numpy(float),
+                      ok[f"{metric}_ci_high"].to_numpy(float) - mean])
+        )
+        ax.bar(x, mean, color=[colours[i % len(colours)] for i in range(len(ok))], width=0.6)
+        ax.errorbar(x, mean, yerr=np.nan_to_num(err), fmt="none", ecolor="black", capsize=4)
+        for xi, m in zip(x, mean, strict=True):
+            ax.text(xi, 0.02, f"{m:.2f}", ha="center", va="bottom", fontsize=8, color="white")
+        ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance")
+        ax.set_xticks(x, ok["backbone"].tolist(), rotation=20)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("AUROC")
+        ax.set_title(title, fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    task = ", ".join(sorted(table["task"].unique()))
+    fig.suptitle(f"{task}: attention MIL, mean over seeds with 95% bootstrap CI", fontsize=9)
     fig.tight_layout()
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=120)

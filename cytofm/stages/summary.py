@@ -1,22 +1,26 @@
-"""Stage ``eval_summary``: one task's result JSONs -> summary.csv and fewshot.png."""
+"""Stage ``eval_summary``: one task's result JSONs -> summary.csv and its plot (few-shot curves,
+or slide/attention AUROC for a slide-level task)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cytofm.eval.summary import plot_fewshot, summary_table
+from cytofm.eval.summary import plot_fewshot, plot_mil, summary_table
 from cytofm.stages.context import JobContext
 
 __all__ = ["run_summary"]
 
 
-def run_summary(result_jsons, out_csv, out_png, task: str, job: JobContext | None = None):
+def run_summary(
+    result_jsons, out_csv, out_png, task: str, plot: str = "fewshot", job: JobContext | None = None
+):
+    """``plot``: ``fewshot`` (patch-level curves) or ``mil`` (slide and attention AUROC)."""
     job = job or JobContext()
     with job.run("eval_summary", {"task": task, "n_results": len(result_jsons)}) as run:
         table = summary_table(list(result_jsons))
         Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out_csv, index=False, float_format="%.4f")
-        plot_fewshot(table, out_png)
+        (plot_mil if plot == "mil" else plot_fewshot)(table, out_png)
         run.log_artifact(out_csv)
         run.log_artifact(out_png)
     return table

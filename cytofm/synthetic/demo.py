@@ -57,9 +57,11 @@ def _split(i: int, n: int) -> str:
 
 
 def make_demo_sheet(cfg: DemoConfig, slide_dir: str | Path) -> pd.DataFrame:
-    """The demo's sample sheet; ``mpp`` is left empty so it is read from the files."""
+    """The demo's sample sheet; ``mpp`` is left empty so it is read from the files, and
+    ``cell_truth`` names each slide's table of true cells (written beside the slides)."""
     labels = demo_slide_labels(cfg)
     rows = []
+    truth_dir = Path(slide_dir).parent / "ground_truth"
     for i, sid in enumerate(demo_slide_ids(cfg)):
         rows.append(
             {
@@ -70,6 +72,7 @@ def make_demo_sheet(cfg: DemoConfig, slide_dir: str | Path) -> pd.DataFrame:
                 "split": _split(i, cfg.n_slides),
                 "abnormal": labels[sid],
                 "stain": "papanicolaou",
+                "cell_truth": str(truth_dir / f"{sid}.tsv"),
             }
         )
     return pd.DataFrame(rows)

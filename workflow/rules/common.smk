@@ -13,6 +13,7 @@ from cytofm.config import (
     EmbedConfig,
     EvalConfig,
     PretrainConfig,
+    SlideTaskConfig,
     TaskConfig,
     TilingConfig,
     from_mapping,
@@ -127,7 +128,7 @@ KNN_STORE = (
 EMBED = from_mapping(EmbedConfig, config["embed"], "embed")
 EVAL = from_mapping(
     EvalConfig,
-    {k: v for k, v in config["evaluate"].items() if k != "tasks"},
+    {k: v for k, v in config["evaluate"].items() if k not in ("tasks", "slide_tasks")},
     "evaluate",
 )
 
@@ -187,6 +188,88 @@ def _tasks():
 TASKS = _tasks() if BACKBONES else {}
 
 
+def _slide_tasks():
+    """Slide-level (attention MIL) tasks; a demo-only task is left out when the demo is off."""
+    tasks = {}
+    for name, entry in (config["evaluate"].get("slide_tasks") or {}).items():
+        s = f"evaluate.slide_tasks.{name}"
+        task = from_mapping(SlideTaskConfig, {"name": name, **entry}, s)
+        if name in TASKS:
+            raise ValueError(f"{s}: the name is also a patch-level task; rename one of them")
+        if task.slides == "demo" and not DEMO_ENABLED:
+            continue
+        if task.instances not in EMBED.sources:
+            raise ValueError(
+                f"{s}.instances is {task.instances!r}, but embed.sources {list(EMBED.sources)} "
+                f"does not embed them; add {task.instances!r} to embed.sources"
+            )
+        if task.label not in SLIDES.columns:
+            raise ValueError(
+                f"{s}.label {task.label!r} is not a column of the sample sheet "
+                f"({config['samples'] or 'the demo sheet'}); its columns are "
+                f"{[c for c in SLIDES.columns]}"
+            )
+        tasks[name] = task
+        labels = {row["label"] for row in mil_cohort(name, tasks)}
+        if len(labels) < 2:
+            raise ValueError(
+                f"{s}: the labelled slides hold {len(labels)} class(es) {sorted(labels)} in "
+                f"column {task.label!r}; attention MIL needs at least two"
+            )
+    return tasks
+
+
+def _sheet_value(slide, column):
+    """A sheet cell as a string, '' when the column is missing or the cell is empty."""
+    if column not in SLIDES.columns:
+        return ""
+    value = SLIDES.loc[slide, column]
+    return "" if pd.isna(value) else str(value).strip()
+
+
+def mil_cohort(name, tasks=None):
+    """The slides of a slide task (those with a label) with what the MIL job needs of each."""
+    task = (tasks or SLIDE_TASKS)[name]
+    ids = DEMO_IDS if task.slides == "demo" else SLIDE_IDS
+    rows = []
+    for s in ids:
+        label = _sheet_value(s, task.label)
+        if not label:
+            continue  # unlabelled slides are not part of the task
+        mpp = SLIDES.loc[s, "mpp"]
+        rows.append(
+            {
+                "slide_id": s,
+                "label": label,
+                "group": _sheet_value(s, task.group),
+                "path": str(SLIDES.loc[s, "path"]),
+                "mpp": None if pd.isna(mpp) else float(mpp),
+                "truth": _sheet_value(s, "cell_truth"),
+            }
+        )
+    return rows
+
+
+def mil_inputs(wildcards):
+    """Per cohort slide: its feature store and patch store (same order as the cohort), the
+    slide file (for the heatmap thumbnail) and any cell truth table."""
+    task = SLIDE_TASKS[wildcards.stask]
+    cohort = mil_cohort(wildcards.stask)
+    kind = task.instances
+    return {
+        "features": [
+            f"{RESULTS}/features/{wildcards.backbone}/{kind}/{r['slide_id']}.zarr"
+            for r in cohort
+        ],
+        "instances": [f"{RESULTS}/{kind}/{r['slide_id']}.zarr" for r in cohort],
+        "slides": [r["path"] for r in cohort],
+        "truth": [r["truth"] for r in cohort if r["truth"]],
+    }
+
+
+SLIDE_TASKS = _slide_tasks() if BACKBONES else {}
+
+
 def _embed_sources():
     """(kind, name) of every store that gets features."""
     out = []
@@ -235,6 +318,7 @@ wildcard_constraints:
     model=re.escape(PRETRAIN.name),
     backbone="|".join(re.escape(b) for b in BACKBONES) or "(?!)",
     task="|".join(re.escape(t) for t in TASKS) or "(?!)",
+    stask="|".join(re.escape(t) for t in SLIDE_TASKS) or "(?!)",
     protocol="linear|knn|fewshot|lora",
     kind="datasets|cells|tiles",
     source="|".join(re.escape(s) for s in [*SLIDE_IDS, *DATASETS]) or "(?!)",
@@ -277,7 +361,10 @@ def all_targets():
                 f"{RESULTS}/eval/{task.name}/{backbone}/{protocol}.json"
                 for protocol in task.protocols
             ]
-    targets += [f"{RESULTS}/eval/{task}/summary.csv" for task in TASKS]
+        targets += [
+            f"{RESULTS}/eval/{task}/{backbone}/abmil.json" for task in SLIDE_TASKS
+        ]
+    targets += [f"{RESULTS}/eval/{task}/summary.csv" for task in [*TASKS, *SLIDE_TASKS]]
     if DEMO_ENABLED:
         targets.append(f"{RESULTS}/demo/slides.tsv")
         targets.append(f"{RESULTS}/qc/detection.json")

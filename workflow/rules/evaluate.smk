@@ -1,4 +1,5 @@
-# Feature caching (every backbone x every patch store) and the evaluation protocols.
+# Feature caching (every backbone x every patch store), the patch-level evaluation protocols
+# and slide-level attention MIL.
 
 
 rule embed:
@@ -58,5 +59,48 @@ rule eval_summary:
     conda:
         "../../envs/cytofm.yaml"
     threads: 1
+    script:
+        "../scripts/eval_summary.py"
+
+
+rule mil:
+    input:
+        unpack(mil_inputs),
+    output:
+        json=f"{RESULTS}/eval/{{stask}}/{{backbone}}/abmil.json",
+        dir=directory(f"{RESULTS}/eval/{{stask}}/{{backbone}}/abmil"),
+    log:
+        f"{RESULTS}/logs/mil/{{stask}}/{{backbone}}.log",
+    conda:
+        "../../envs/cytofm.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+    params:
+        task=lambda wildcards: SLIDE_TASKS[wildcards.stask].to_dict(),
+        evaluate=EVAL.to_dict(),
+        cohort=lambda wildcards: mil_cohort(wildcards.stask),
+        tolerance_um=config["detection_eval"]["tolerance_um"],
+        thumbnail_mpp=TILING.mask_mpp,
+    script:
+        "../scripts/mil.py"
+
+
+rule mil_summary:
+    input:
+        lambda wildcards: [
+            f"{RESULTS}/eval/{wildcards.stask}/{backbone}/abmil.json"
+            for backbone in BACKBONES
+        ],
+    output:
+        csv=f"{RESULTS}/eval/{{stask}}/summary.csv",
+        png=f"{RESULTS}/eval/{{stask}}/slide_auroc.png",
+    log:
+        f"{RESULTS}/logs/eval_summary/{{stask}}.log",
+    conda:
+        "../../envs/cytofm.yaml"
+    threads: 1
+    params:
+        plot="mil",
     script:
         "../scripts/eval_summary.py"

@@ -12,6 +12,7 @@ run_summary(
     list(sm.input),
     sm.output.csv,
     sm.output.png,
-    task=sm.wildcards.task,
+    task=dict(sm.wildcards).get("task") or dict(sm.wildcards)["stask"],
+    plot=dict(sm.params).get("plot", "fewshot"),
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards)),
 )

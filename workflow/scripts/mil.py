@@ -1,0 +1,30 @@
+"""Adapter for rule `mil`: one slide task x backbone -> attention MIL result, attention, pictures."""
+
+from cytofm.log import setup_logging
+
+setup_logging(snakemake.log[0])  # noqa: F821 - injected by Snakemake
+
+import torch  # noqa: E402
+
+from cytofm.config import EvalConfig, SlideTaskConfig, from_mapping  # noqa: E402
+from cytofm.stages.context import JobContext  # noqa: E402
+from cytofm.stages.mil import run_mil  # noqa: E402
+
+sm = snakemake  # noqa: F821
+torch.set_num_threads(sm.threads)
+task = sm.params.task
+cohort = [
+    {**row, "features": f, "instances": s}
+    for row, f, s in zip(sm.params.cohort, sm.input.features, sm.input.instances, strict=True)
+]
+run_mil(
+    from_mapping(SlideTaskConfig, task, f"evaluate.slide_tasks.{task['name']}"),
+    from_mapping(EvalConfig, sm.params.evaluate, "evaluate"),
+    sm.wildcards.backbone,
+    cohort,
+    sm.output.json,
+    sm.output.dir,
+    tolerance_um=sm.params.tolerance_um,
+    thumbnail_mpp=sm.params.thumbnail_mpp,
+    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards)),
+)
