@@ -165,8 +165,10 @@ def _toy_cohort(tmp_path, n_slides=20, n_cells=60, n_abnormal=3):
             {
                 "x": coords[:, 0] + 1.0,
                 "y": coords[:, 1] - 1.0,
-                "class": ["dysplastic" if (i % 2 and j < n_abnormal) else "squamous"
-                          for j in range(n_cells)],
+                "class": [
+                    "dysplastic" if (i % 2 and j < n_abnormal) else "squamous"
+                    for j in range(n_cells)
+                ],
             }
         )
         truth.to_csv(tmp_path / f"{sid}.tsv", sep="\t", index=False)
@@ -211,7 +213,12 @@ def test_mil_stage_on_bags_with_a_few_abnormal_cells(tmp_path):
         name="toy", label="abnormal", folds=4, seeds=(0, 1), truth_positive=("dysplastic",)
     )
     res = run_mil(
-        task, _toy_eval_config(), "toy", cohort, tmp_path / "abmil.json", tmp_path / "abmil",
+        task,
+        _toy_eval_config(),
+        "toy",
+        cohort,
+        tmp_path / "abmil.json",
+        tmp_path / "abmil",
         tolerance_um=2.0,
     )
     saved = json.loads((tmp_path / "abmil.json").read_text())

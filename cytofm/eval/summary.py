@@ -40,8 +40,8 @@ def summary_table(result_jsons: list[str | Path]) -> pd.DataFrame:
                     s = truth[metric]
                     row[f"attention_{metric}_mean"] = s["mean"]
                     row[f"attention_{metric}_std"] = s["std"]
-                    low, high = s["ci95"]
-                    row[f"attention_{metric}_ci_low"], row[f"attention_{metric}_ci_high"] = low, high
+                    row[f"attention_{metric}_ci_low"] = s["ci95"][0]
+                    row[f"attention_{metric}_ci_high"] = s["ci95"][1]
                 row["attention_base_rate"] = truth["base_rate"]
             rows.append(row)
         for skip in res.get("skipped", []):
@@ -136,8 +136,12 @@ def plot_mil(table: pd.DataFrame, out_png: str | Path) -> None:
     for ax, (metric, title) in zip(axes[0], panels, strict=True):
         mean = ok[f"{metric}_mean"].to_numpy(float)
         err = np.abs(
-            np.stack([mean - ok[f"{metric}_ci_low"].to_numpy(float),
-                      ok[f"{metric}_ci_high"].to_numpy(float) - mean])
+            np.stack(
+                [
+                    mean - ok[f"{metric}_ci_low"].to_numpy(float),
+                    ok[f"{metric}_ci_high"].to_numpy(float) - mean,
+                ]
+            )
         )
         ax.bar(x, mean, color=[colours[i % len(colours)] for i in range(len(ok))], width=0.6)
         ax.errorbar(x, mean, yerr=np.nan_to_num(err), fmt="none", ecolor="black", capsize=4)

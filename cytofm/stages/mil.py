@@ -84,7 +84,9 @@ def attention_truth_scores(
 
     missing = {"x", "y", "class"} - set(truth.columns)
     if missing:
-        raise InputDataError(f"cell truth table lacks column(s) {sorted(missing)} (needs x, y, class)")
+        raise InputDataError(
+            f"cell truth table lacks column(s) {sorted(missing)}; it needs x, y (level-0 px), class"
+        )
     pred_idx, truth_idx, _ = match_pairs(coords, truth[["x", "y"]].to_numpy(), tolerance_px)
     is_pos = truth["class"].astype(str).isin([str(p) for p in positive]).to_numpy()[truth_idx]
     att = np.asarray(attention, float)[pred_idx]
@@ -233,16 +235,14 @@ def run_mil(
             )
 
         truth_scores: dict[str, list[dict]] = {}
-        for r, s, (_, feat_rows) in zip(rows, slides, loaded, strict=True):
+        for i, (r, s, (_, feat_rows)) in enumerate(zip(rows, slides, loaded, strict=True)):
             store = open_store(r["instances"])
             coords = np.asarray(store["coords"][:])[feat_rows]
             first = attention[s][0]
             # read only the top-k patches, in store order, then draw them most attended first
             top = np.sort(np.argsort(-first, kind="stable")[: cfg.mil_top_k])
             order = np.argsort(feat_rows[top])
-            images = np.asarray(
-                store["images"].get_orthogonal_selection((feat_rows[top][order],))
-            )
+            images = np.asarray(store["images"].get_orthogonal_selection((feat_rows[top][order],)))
             top_cells_montage(
                 images, first[top][order], cfg.mil_top_k, out_dir / "montage" / f"{s}.png"
             )
@@ -255,7 +255,7 @@ def run_mil(
                     first,
                     down,
                     out_dir / "heatmap" / f"{s}.png",
-                    f"{s}  label {classes[y[slides.index(s)]]}  p={probas[0][slides.index(s)].max():.2f}",
+                    f"{s}  label {classes[y[i]]}  P(label)={probas[0][i, y[i]]:.2f}",
                 )
             if r.get("truth") and task.truth_positive:
                 if slide_mpp is None:
@@ -263,7 +263,11 @@ def run_mil(
                 table = pd.read_csv(r["truth"], sep=None, engine="python")
                 truth_scores[s] = [
                     attention_truth_scores(
-                        a, coords, table, task.truth_positive, tolerance_um / slide_mpp,
+                        a,
+                        coords,
+                        table,
+                        task.truth_positive,
+                        tolerance_um / slide_mpp,
                         cfg.mil_top_k,
                     )
                     for a in attention[s]

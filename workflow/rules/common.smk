@@ -195,7 +195,9 @@ def _slide_tasks():
         s = f"evaluate.slide_tasks.{name}"
         task = from_mapping(SlideTaskConfig, {"name": name, **entry}, s)
         if name in TASKS:
-            raise ValueError(f"{s}: the name is also a patch-level task; rename one of them")
+            raise ValueError(
+                f"{s}: the name is also a patch-level task; rename one of them"
+            )
         if task.slides == "demo" and not DEMO_ENABLED:
             continue
         if task.instances not in EMBED.sources:

@@ -1,4 +1,4 @@
-"""Adapter for rule `mil`: one slide task x backbone -> attention MIL result, attention, pictures."""
+"""Adapter for rule `mil`: slide task x backbone -> MIL result, attention, heatmaps, montages."""
 
 from cytofm.log import setup_logging
 
