@@ -7,10 +7,12 @@ from cytofm.sheet import load_sheet, validate_sheet
 
 def test_load_sheet_resolves_paths_and_mpp(tmp_path):
     (tmp_path / "slides.tsv").write_text(
-        "slide_id\tpath\tmpp\tsplit\nA-1\ta.svs\t\ttrain\nB.2\t/abs/b.svs\t0.5\ttest\n"
+        "slide_id\tpath\tmpp\tsplit\tcell_truth\n"
+        "A-1\ta.svs\t\ttrain\ttruth/a.tsv\nB.2\t/abs/b.svs\t0.5\ttest\t\n"
     )
     df = load_sheet(tmp_path / "slides.tsv")
     assert df["path"].tolist() == [str(tmp_path / "a.svs"), "/abs/b.svs"]
+    assert df["cell_truth"].tolist() == [str(tmp_path / "truth" / "a.tsv"), ""]
     assert pd.isna(df["mpp"][0]) and df["mpp"][1] == 0.5
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -55,11 +56,13 @@ def test_dry_run_lists_every_stage(tmp_path):
         "embed",
         "evaluate",
         "eval_summary",
+        "mil",
+        "mil_summary",
     ):
         assert rule in proc.stdout
 
 
-@pytest.mark.parametrize("name", ["real_data.yaml", "vits16.yaml"])
+@pytest.mark.parametrize("name", ["real_data.yaml", "vits16.yaml", "mil_demo.yaml"])
 def test_shipped_configs_plan(name, tmp_path):
     """Each shipped config builds its DAG (a dry run needs no data)."""
     exe = Path(sys.executable).with_name("snakemake")
@@ -75,6 +78,25 @@ def test_shipped_configs_plan(name, tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "pretrain" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("slide_task", "pattern"),
+    [
+        ({"label": "grade"}, r"label 'grade' is not a column of the sample sheet"),
+        ({"label": "abnormal", "instances": "tiles"}, r"add 'tiles' to embed.sources"),
+        ({"label": "stain"}, r"hold 1 class\(es\) \['papanicolaou'\]"),
+    ],
+)
+def test_slide_task_errors_before_any_job(slide_task, pattern, tmp_path):
+    """A slide task that cannot work fails the DAG build with the key and the fix."""
+    import yaml
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"evaluate": {"slide_tasks": {"bad": slide_task}}}))
+    proc = snakemake("-n", "--configfile", str(TINY), str(cfg), "--config", f"results={tmp_path}")
+    assert proc.returncode != 0
+    assert re.search(pattern, proc.stdout + proc.stderr), (proc.stdout + proc.stderr)[-2000:]
 
 
 def test_end_to_end_outputs(results):
@@ -96,7 +118,7 @@ def test_end_to_end_outputs(results):
     probe = json.loads((results / "pretrain" / "cytofm_vit_demo" / "probe.json").read_text())
     assert 0 <= probe["ssl_mean"] <= 1 and 0 <= probe["random_mean"] <= 1
     sheet = (results / "demo" / "slides.tsv").read_text().splitlines()
-    assert sheet[0].startswith("slide_id\tpath\tmpp") and len(sheet) == 3
+    assert sheet[0].startswith("slide_id\tpath\tmpp") and len(sheet) == 5
 
 
 def test_every_backbone_embeds_every_store_and_is_evaluated(results):
