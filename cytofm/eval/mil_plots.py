@@ -16,11 +16,15 @@ def attention_heatmap(
     downsample: float,
     out_png: str | Path,
     title: str = "",
+    highlight_px: np.ndarray | None = None,
+    highlight_label: str = "true abnormal cell",
 ) -> None:
     """Cells as dots on the thumbnail, coloured by attention relative to a uniform share.
 
     ``coords_px`` are level-0 cell centres (x, y); ``downsample`` maps level 0 to the thumbnail.
     The colour scale is attention x number of cells, so 1 means "an average cell".
+    ``highlight_px`` (level-0 x, y), when given, are circled: for example the true abnormal
+    cells, so a reader sees whether attention lands on them.
     """
     import matplotlib
 
@@ -42,6 +46,18 @@ def attention_heatmap(
         norm=matplotlib.colors.LogNorm(vmin=max(rel.min(), 1e-2), vmax=max(rel.max(), 1.0)),
         edgecolors="none",
     )
+    if highlight_px is not None and len(highlight_px):
+        hl = np.asarray(highlight_px, dtype=float).reshape(-1, 2) / downsample
+        ax.scatter(
+            hl[:, 0],
+            hl[:, 1],
+            s=90,
+            facecolors="none",
+            edgecolors="#00a0ff",
+            linewidths=1.2,
+            label=highlight_label,
+        )
+        ax.legend(loc="lower right", fontsize=7, framealpha=0.8)
     fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02, label="attention x cells (1 = average cell)")
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)

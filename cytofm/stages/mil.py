@@ -247,6 +247,9 @@ def run_mil(
                 images, first[top][order], cfg.mil_top_k, out_dir / "montage" / f"{s}.png"
             )
             slide_mpp = float(store.attrs.get("slide_mpp") or 0) or None
+            table = None
+            if r.get("truth") and task.truth_positive:
+                table = pd.read_csv(r["truth"], sep=None, engine="python")
             if r.get("path"):
                 thumb, down, slide_mpp = _thumbnail(r["path"], s, r.get("mpp"), thumbnail_mpp)
                 attention_heatmap(
@@ -256,11 +259,17 @@ def run_mil(
                     down,
                     out_dir / "heatmap" / f"{s}.png",
                     f"{s}  label {classes[y[i]]}  P(label)={probas[0][i, y[i]]:.2f}",
+                    highlight_px=None
+                    if table is None or not {"x", "y", "class"} <= set(table.columns)
+                    else table.loc[
+                        table["class"].astype(str).isin([str(c) for c in task.truth_positive]),
+                        ["x", "y"],
+                    ].to_numpy(),
+                    highlight_label=f"true {'/'.join(task.truth_positive)} cell",
                 )
-            if r.get("truth") and task.truth_positive:
+            if table is not None:
                 if slide_mpp is None:
                     raise InputDataError(f"slide '{s}': no mpp known to match cells to truth")
-                table = pd.read_csv(r["truth"], sep=None, engine="python")
                 truth_scores[s] = [
                     attention_truth_scores(
                         a,
