@@ -416,13 +416,23 @@ class EvalConfig(_Section):
     mil_lr: float = 0.0005
     mil_weight_decay: float = 0.0001
     mil_max_epochs: int = 100
+    mil_min_epochs: int = 20
     mil_patience: int = 10
-    mil_batch_bags: int = 4
+    mil_batch_bags: int = 1
     mil_hidden: int = 128
     mil_attn_dim: int = 64
     mil_dropout: float = 0.25
     mil_balance: bool = True
     mil_top_k: int = 16
+
+    def part(self, protocol: str) -> dict:
+        """The keys a protocol family reads: ``mil`` (attention MIL, plus ``bootstrap``) or
+        ``patch`` (everything else). Rules pass only these, so changing a MIL setting never
+        reruns a patch-level evaluation and vice versa."""
+        items = self.to_dict().items()
+        if protocol == "mil":
+            return {k: v for k, v in items if k.startswith("mil_") or k == "bootstrap"}
+        return {k: v for k, v in items if not k.startswith("mil_")}
 
     def mil_train_args(self) -> dict:
         """Keyword arguments of :func:`cytofm.eval.mil.train_mil`."""
@@ -430,6 +440,7 @@ class EvalConfig(_Section):
             "lr": self.mil_lr,
             "weight_decay": self.mil_weight_decay,
             "max_epochs": self.mil_max_epochs,
+            "min_epochs": self.mil_min_epochs,
             "patience": self.mil_patience,
             "batch_bags": self.mil_batch_bags,
             "hidden": self.mil_hidden,

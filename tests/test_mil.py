@@ -96,11 +96,16 @@ def test_training_is_deterministic_and_stops_early():
     ]
     feats = [f for _, f in bags]
     train, val = np.arange(16), np.arange(16, 24)
-    a, ha = train_mil(feats, labels, train, val, 2, seed=1, max_epochs=40, patience=3, lr=1e-2)
-    b, hb = train_mil(feats, labels, train, val, 2, seed=1, max_epochs=40, patience=3, lr=1e-2)
+    args = dict(max_epochs=40, min_epochs=6, patience=3, lr=1e-2, batch_bags=4)
+    a, ha = train_mil(feats, labels, train, val, 2, seed=1, **args)
+    b, hb = train_mil(feats, labels, train, val, 2, seed=1, **args)
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
     assert ha == hb and ha["epochs"] < 40  # stopped early on the validation loss
-    assert ha["val_loss"][ha["best_epoch"]] <= min(ha["val_loss"]) + 1e-6
+    assert ha["best_epoch"] >= 5  # chosen from min_epochs on, the lowest loss there
+    assert ha["val_loss"][ha["best_epoch"]] <= min(ha["val_loss"][5:]) + 1e-6
+    # the standardisation comes from the training bags only
+    train_feats = np.concatenate([feats[i] for i in train])
+    assert np.allclose(a.feat_mean.numpy(), train_feats.mean(0), atol=1e-5)
 
 
 def test_folds_never_split_a_patient():

@@ -37,6 +37,22 @@ class GatedABMIL(nn.Module):
         self.attn_u = nn.Linear(hidden, attn_dim)
         self.attn_w = nn.Linear(attn_dim, 1)
         self.head = nn.Linear(hidden, n_classes)
+        # instance standardisation, set from the training bags (identity until then)
+        self.register_buffer("feat_mean", torch.zeros(in_dim))
+        self.register_buffer("feat_std", torch.ones(in_dim))
+
+    def set_standardisation(self, bags: Sequence[np.ndarray]) -> None:
+        """Per-dimension mean/std over every instance of ``bags`` (the training bags)."""
+        n, total, total_sq = 0, 0.0, 0.0
+        for b in bags:
+            b = np.asarray(b, dtype=np.float64)
+            n += len(b)
+            total = total + b.sum(0)
+            total_sq = total_sq + (b**2).sum(0)
+        mean = total / n
+        std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
+        self.feat_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.feat_std.copy_(torch.as_tensor(np.where(std > 1e-6, std, 1.0), dtype=torch.float32))
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None = None
@@ -49,7 +65,7 @@ class GatedABMIL(nn.Module):
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         if not bool(mask.any(dim=1).all()):
             raise ValueError("every bag needs at least one instance (mask all False)")
-        h = self.embed(x)
+        h = self.embed((x - self.feat_mean) / self.feat_std)
         scores = self.attn_w(torch.tanh(self.attn_v(h)) * torch.sigmoid(self.attn_u(h)))
         scores = scores.squeeze(-1).masked_fill(~mask, float("-inf"))
         attention = torch.softmax(scores, dim=1)
@@ -140,8 +156,9 @@ def train_mil(
     lr: float = 2e-4,
     weight_decay: float = 1e-4,
     max_epochs: int = 100,
+    min_epochs: int = 20,
     patience: int = 10,
-    batch_bags: int = 4,
+    batch_bags: int = 1,
     hidden: int = 128,
     attn_dim: int = 64,
     dropout: float = 0.25,
@@ -149,13 +166,18 @@ def train_mil(
 ) -> tuple[GatedABMIL, dict]:
     """Train on the ``train`` bags, stop early on the validation loss (best epoch kept).
 
-    ``balance`` weights the loss by inverse class frequency of the training bags, so a rare
-    slide class is not ignored. Deterministic on CPU given ``seed``. Without validation bags it
-    trains ``max_epochs``.
+    Instances are standardised with the training bags' per-dimension mean and std. The best
+    epoch is chosen among epochs >= ``min_epochs`` and training stops ``patience`` epochs after
+    it: on a handful of validation slides the cross-entropy rises while the model is still
+    becoming confident, so an unbounded early stop would keep an untrained model. ``balance``
+    weights the loss by inverse class frequency of the training bags, so a rare slide class is
+    not ignored. Deterministic on CPU given ``seed``. Without validation bags it trains
+    ``max_epochs``.
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = GatedABMIL(bags[0].shape[1], n_classes, hidden, attn_dim, dropout)
+    model.set_standardisation([bags[i] for i in train])
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     train = np.asarray(train, dtype=np.int64)
@@ -185,6 +207,8 @@ def train_mil(
         model.eval()
         val_loss = _loss(model, bags, y, val, weight, batch_bags)
         history.append(val_loss)
+        if epoch + 1 < min(min_epochs, max_epochs):
+            continue
         if val_loss < best[0] - 1e-6:
             best = (val_loss, {k: v.clone() for k, v in model.state_dict().items()}, epoch)
         elif epoch - best[2] >= patience:

@@ -113,7 +113,7 @@ def run_evaluate(
     split = task_split(task, data)
     tr, va, te = split.train, split.val, split.test
     y_test = labels[te]
-    params = {"task": task.to_dict(), "evaluate": cfg.to_dict(), "backbone": spec.to_dict()}
+    params = {"task": task.to_dict(), "evaluate": cfg.part("patch"), "backbone": spec.to_dict()}
     with job.run("evaluate", {**params, "protocol": protocol}) as run:
         t0 = time.perf_counter()
         feats = None

@@ -177,7 +177,7 @@ def run_mil(
     out_dir = Path(out_dir)
     params = {
         "task": task.to_dict(),
-        "train": train_args,
+        "evaluate": cfg.part("mil"),
         "backbone": backbone,
         "n_slides": len(slides),
         "top_k": cfg.mil_top_k,
@@ -329,7 +329,7 @@ def run_mil(
             "attention_vs_truth": attention_eval,
             "seconds": seconds,
             "seconds_per_fold": float(np.mean(fold_seconds)),
-            "evaluate": cfg.to_dict(),
+            "evaluate": cfg.part("mil"),
             "provenance": provenance("mil", params),
         }
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)

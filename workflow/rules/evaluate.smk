@@ -38,7 +38,7 @@ rule evaluate:
         gpu=lambda wildcards: 1 if wildcards.protocol == "lora" else 0,
     params:
         task=lambda wildcards: TASKS[wildcards.task].to_dict(),
-        evaluate=EVAL.to_dict(),
+        evaluate=EVAL.part("patch"),
         backbone=lambda wildcards: BACKBONES[wildcards.backbone].to_dict(),
     script:
         "../scripts/evaluate.py"
@@ -78,7 +78,7 @@ rule mil:
         mem_mb=4000,
     params:
         task=lambda wildcards: SLIDE_TASKS[wildcards.stask].to_dict(),
-        evaluate=EVAL.to_dict(),
+        evaluate=EVAL.part("mil"),
         cohort=lambda wildcards: mil_cohort(wildcards.stask),
         tolerance_um=config["detection_eval"]["tolerance_um"],
         thumbnail_mpp=TILING.mask_mpp,
