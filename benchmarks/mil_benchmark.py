@@ -12,7 +12,7 @@
    cached), runs one training step (forward + backward + AdamW) and one inference pass, and
    reports its peak resident memory above the process's baseline, and the step time.
 
-Writes benchmarks/results/mil_cpu.{json,md}.
+Writes benchmarks/results/mil_<tag>.{json,md} (tag: cpu by default).
 """
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ def main() -> None:
     ap.add_argument("--config", default=str(REPO / "config.yaml"))
     ap.add_argument("--instances", type=int, default=100_000)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--tag", default="cpu", help="file name suffix: mil_<tag>.{json,md}")
     ap.add_argument("--case", nargs=2, type=int, help=argparse.SUPPRESS)  # internal: n dim
     args = ap.parse_args()
     config = yaml.safe_load(Path(args.config).read_text())
@@ -160,9 +161,9 @@ def main() -> None:
         result["bags"].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "mil_cpu.json").write_text(json.dumps(result, indent=2))
+    (out / f"mil_{args.tag}.json").write_text(json.dumps(result, indent=2))
     lines = [
-        "# Attention MIL on CPU",
+        f"# Attention MIL on CPU ({args.results})",
         "",
         f"Machine: {result['machine']}",
         "",
@@ -190,7 +191,7 @@ def main() -> None:
         f"{b['train_step_s']:.2f} | {b['inference_s']:.2f} |"
         for b in result["bags"]
     ]
-    (out / "mil_cpu.md").write_text("\n".join(lines) + "\n")
+    (out / f"mil_{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
