@@ -199,6 +199,71 @@ def test_rerun_has_nothing_to_do(results):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+def planned_jobs(output: str) -> dict[str, int]:
+    """Rule -> job count from the 'Job stats' table of a dry run ({} when nothing to do)."""
+    counts, in_table = {}, False
+    for line in output.splitlines():
+        if line.startswith("Job stats:"):
+            in_table = True
+            continue
+        parts = line.split()
+        if in_table and len(parts) == 2 and parts[1].isdigit():
+            if parts[0] == "total":
+                break
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def _add_slide_sheet(results, tmp_path, split):
+    """A sample sheet with one new slide (a copy of a demo slide under a new id)."""
+    shutil.copy(results / "demo" / "slides" / "demo_000.tif", tmp_path / "new.tif")
+    sheet = tmp_path / "slides.tsv"
+    sheet.write_text(f"slide_id\tpath\tmpp\tpatient_id\tsplit\nnew1\tnew.tif\t\tP9\t{split}\n")
+    return sheet
+
+
+def test_new_slide_plans_only_its_own_jobs(results, tmp_path):
+    """Adding a slide outside the pretraining splits runs its tiling, cells and embedding
+    (one per backbone) only: pretraining and every evaluation stay as they are."""
+    sheet = _add_slide_sheet(results, tmp_path, "test")
+    proc = snakemake("-n", "--config", f"results={results}", f"samples={sheet}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert planned_jobs(proc.stdout) == {"tile": 1, "cells": 1, "embed": 2, "all": 1}
+
+
+def test_new_pretraining_slide_retriggers_pretraining(results, tmp_path):
+    """A new slide in a pretraining split changes pretraining's input set, so it reruns."""
+    sheet = _add_slide_sheet(results, tmp_path, "train")
+    proc = snakemake("-n", "--config", f"results={results}", f"samples={sheet}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout)
+    assert jobs["pretrain"] == 1 and jobs["tile"] == 1 and jobs["cells"] == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({"knn_k": 5}, {"evaluate": 8, "eval_summary": 1, "all": 1}),
+        ({"mil_lr": 0.001}, {"mil": 2, "mil_summary": 1, "all": 1}),
+    ],
+)
+def test_evaluation_settings_reembed_nothing(results, tmp_path, override, expected):
+    """Changing evaluation settings reruns evaluations only; a MIL setting only MIL."""
+    import yaml
+
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["evaluate"].update(override)
+    changed = tmp_path / "c.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    exe = Path(sys.executable).with_name("snakemake")
+    cmd = [str(exe), "-n", "--cores", "2", "--configfile", str(changed)]
+    proc = subprocess.run(
+        [*cmd, "--config", f"results={results}"], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert planned_jobs(proc.stdout) == expected
+
+
 def test_slide_without_mpp_fails_alone(results, tmp_path):
     """--keep-going: the slide lacking a resolution fails its own job, the other finishes."""
     good = tmp_path / "good.tif"

@@ -12,9 +12,10 @@ rule cells:
         f"{RESULTS}/logs/cells/{{slide}}.log",
     conda:
         "../../envs/cytofm.yaml"
-    threads: 1
+    threads: threads_of("cells")
     resources:
-        mem_mb=2000,
+        mem_mb=mem_of("cells"),
+        runtime=runtime_of("cells"),
     params:
         mpp=slide_mpp,
         cells=CELLS.to_dict(),

@@ -40,6 +40,47 @@ PRETRAIN = from_mapping(
 )
 
 
+# Job resources per rule: (threads, mem_mb, runtime in minutes); config `resources` overrides.
+_RESOURCE_DEFAULTS = {
+    "demo_slide": (1, 3000, 30),
+    "demo_crops": (1, 1000, 30),
+    "tile": (1, 2000, 120),
+    "cells": (1, 2000, 240),
+    "import_dataset": (1, 2000, 60),
+    "pretrain": (8, 8000, 720),
+    "pretrain_probe": (2, 4000, 60),
+    "embed": (2, 4000, 120),
+    "evaluate": (2, 4000, 240),
+    "mil": (2, 4000, 120),
+}
+_RESOURCES = config.get("resources") or {}
+_unknown = sorted(set(_RESOURCES) - set(_RESOURCE_DEFAULTS) - {"gpu"})
+if _unknown:
+    raise ValueError(
+        f"resources: unknown rule(s) {_unknown}; rules with resources: {sorted(_RESOURCE_DEFAULTS)}"
+    )
+# GPU rules (pretrain, embed, LoRA evaluation) ask for one GPU with the 'gpu' resource: locally
+# the profile lets one run at a time; on SLURM the plugin requests a GPU for the job.
+GPU = 1 if _RESOURCES.get("gpu", True) else 0
+
+
+def _resource(rule, index, key):
+    value = (_RESOURCES.get(rule) or {}).get(key)
+    return int(value) if value is not None else _RESOURCE_DEFAULTS[rule][index]
+
+
+def threads_of(rule):
+    return _resource(rule, 0, "threads")
+
+
+def mem_of(rule):
+    return _resource(rule, 1, "mem_mb")
+
+
+def runtime_of(rule):
+    return _resource(rule, 2, "runtime")
+
+
 def _slide_table():
     frames = []
     if DEMO_ENABLED:

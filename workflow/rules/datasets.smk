@@ -10,9 +10,10 @@ rule import_dataset:
         f"{RESULTS}/logs/import_dataset/{{dataset}}.log",
     conda:
         "../../envs/cytofm.yaml"
-    threads: 1
+    threads: threads_of("import_dataset")
     resources:
-        mem_mb=2000,
+        mem_mb=mem_of("import_dataset"),
+        runtime=runtime_of("import_dataset"),
     params:
         dataset=lambda wildcards: DATASETS[wildcards.dataset],
     script:

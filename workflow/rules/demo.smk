@@ -9,9 +9,10 @@ rule demo_slide:
         f"{RESULTS}/logs/demo_slide/{{slide}}.log",
     conda:
         "../../envs/cytofm.yaml"
-    threads: 1
+    threads: threads_of("demo_slide")
     resources:
-        mem_mb=3000,
+        mem_mb=mem_of("demo_slide"),
+        runtime=runtime_of("demo_slide"),
     params:
         demo=DEMO.to_dict(),
     script:
@@ -38,9 +39,10 @@ rule demo_crops:
         f"{RESULTS}/logs/demo_crops.log",
     conda:
         "../../envs/cytofm.yaml"
-    threads: 1
+    threads: threads_of("demo_crops")
     resources:
-        mem_mb=1000,
+        mem_mb=mem_of("demo_crops"),
+        runtime=runtime_of("demo_crops"),
     params:
         demo=DEMO.to_dict(),
     script:

@@ -12,10 +12,11 @@ rule embed:
         f"{RESULTS}/logs/embed/{{backbone}}/{{kind}}/{{source}}.log",
     conda:
         "../../envs/cytofm.yaml"
-    threads: 2
+    threads: threads_of("embed")
     resources:
-        mem_mb=4000,
-        gpu=1,
+        mem_mb=mem_of("embed"),
+        runtime=runtime_of("embed"),
+        gpu=GPU,
     params:
         backbone=lambda wildcards: BACKBONES[wildcards.backbone].to_dict(),
         embed=EMBED.to_dict(),
@@ -32,10 +33,11 @@ rule evaluate:
         f"{RESULTS}/logs/evaluate/{{task}}/{{backbone}}/{{protocol}}.log",
     conda:
         "../../envs/cytofm.yaml"
-    threads: 2
+    threads: threads_of("evaluate")
     resources:
-        mem_mb=4000,
-        gpu=lambda wildcards: 1 if wildcards.protocol == "lora" else 0,
+        mem_mb=mem_of("evaluate"),
+        runtime=runtime_of("evaluate"),
+        gpu=lambda wildcards: GPU if wildcards.protocol == "lora" else 0,
     params:
         task=lambda wildcards: TASKS[wildcards.task].to_dict(),
         evaluate=EVAL.part("patch"),
@@ -73,9 +75,10 @@ rule mil:
         f"{RESULTS}/logs/mil/{{stask}}/{{backbone}}.log",
     conda:
         "../../envs/cytofm.yaml"
-    threads: 2
+    threads: threads_of("mil")
     resources:
-        mem_mb=4000,
+        mem_mb=mem_of("mil"),
+        runtime=runtime_of("mil"),
     params:
         task=lambda wildcards: SLIDE_TASKS[wildcards.stask].to_dict(),
         evaluate=EVAL.part("mil"),

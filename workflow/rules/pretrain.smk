@@ -11,10 +11,11 @@ rule pretrain:
         f"{RESULTS}/logs/pretrain/{{model}}.log",
     conda:
         "../../envs/cytofm.yaml"
-    threads: 8
+    threads: threads_of("pretrain")
     resources:
-        mem_mb=8000,
-        gpu=1,
+        mem_mb=mem_of("pretrain"),
+        runtime=runtime_of("pretrain"),
+        gpu=GPU,
     params:
         pretrain=PRETRAIN.to_dict(),
         nproc=config["pretrain"]["nproc"],
@@ -33,6 +34,9 @@ rule pretrain_probe:
         f"{RESULTS}/logs/pretrain_probe/{{model}}.log",
     conda:
         "../../envs/cytofm.yaml"
-    threads: 2
+    threads: threads_of("pretrain_probe")
+    resources:
+        mem_mb=mem_of("pretrain_probe"),
+        runtime=runtime_of("pretrain_probe"),
     script:
         "../scripts/pretrain_probe.py"

@@ -11,9 +11,10 @@ rule tile:
         f"{RESULTS}/logs/tile/{{slide}}.log",
     conda:
         "../../envs/cytofm.yaml"
-    threads: 1
+    threads: threads_of("tile")
     resources:
-        mem_mb=2000,
+        mem_mb=mem_of("tile"),
+        runtime=runtime_of("tile"),
     params:
         mpp=slide_mpp,
         tiling=TILING.to_dict(),

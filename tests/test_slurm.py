@@ -1,0 +1,120 @@
+"""The SLURM path, for real: a single-node SLURM cluster on localhost (with its accounting
+database, so the plugin's default `sacct` status path runs) executes the tiny workflow through
+`snakemake --profile profiles/slurm` (snakemake-executor-plugin-slurm), and SLURM itself
+(`sacct`) is asked whether the jobs ran, where, with what, and that they completed.
+
+Needs root and ../shared/tools/slurm-local.sh (it installs Debian's slurm-wlm and munge and
+starts the daemons); skipped with the reason otherwise. The cluster is stopped afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO.parent / "shared" / "tools" / "slurm-local.sh"
+pytestmark = [pytest.mark.workflow, pytest.mark.slow_ok]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if not SCRIPT.is_file():
+        pytest.skip(f"{SCRIPT} not found: the local SLURM cluster script lives in ../shared/tools")
+    if os.geteuid() != 0:
+        pytest.skip("starting a local SLURM cluster needs root")
+    if shutil.which("apt-get") is None and shutil.which("sbatch") is None:
+        pytest.skip("neither SLURM nor apt-get (to install it) is available")
+    state = tmp_path_factory.mktemp("slurm-local")
+    (state / "logs").mkdir()
+    env = {**os.environ, "SLURM_LOCAL_DIR": str(state), "SLURM_LOCAL_ACCOUNTING": "slurmdbd"}
+    start = subprocess.run(
+        ["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert start.returncode == 0, start.stdout[-3000:] + start.stderr[-3000:]
+    yield env
+    subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, timeout=300)
+
+
+def test_tiny_workflow_runs_as_slurm_jobs(cluster, tmp_path):
+    exe = Path(sys.executable).with_name("snakemake")
+    results = tmp_path / "results"
+    cmd = [
+        str(exe),
+        "--profile",
+        "profiles/slurm",
+        "--workflow-profile",
+        "none",
+        "--configfile",
+        ".test/config.yaml",
+        ".test/slurm.yaml",
+        "--config",
+        f"results={results}",
+        "--jobs",
+        "4",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        "--seconds-between-status-checks",
+        "2",
+        "--slurm-logdir",
+        str(tmp_path / "slurm-logs"),
+        "--default-resources",
+        "slurm_account=ci",  # the account slurm-local.sh creates in its accounting database
+        "slurm_partition=debug",
+        "mem_mb=2000",
+        "runtime=60",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=2400, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+
+    # SLURM job id -> rule, from the plugin's submissions (its log paths name the rule)
+    submitted = dict(re.findall(r"SLURM jobid (\d+) \(log: [^)]*/rule_(\w+?)/", out))
+    planned = int(re.search(r"(\d+) of (\d+) steps \(100%\) done", out).group(2))
+    assert len(submitted) == planned - 1  # every job but the local target rule went through sbatch
+    assert {"tile", "cells", "pretrain", "embed", "evaluate", "mil"} <= set(submitted.values())
+
+    # SLURM's own records: every job known to the accounting database, completed, on the
+    # partition asked for, with the CPUs the config's `resources:` gives the rule
+    acct = subprocess.run(
+        [
+            "sacct",
+            "-n",
+            "-X",
+            "-P",
+            "-j",
+            ",".join(submitted),
+            "-o",
+            "JobID,State,Partition,AllocCPUS,Account",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    records = {line.split("|")[0]: line.split("|")[1:] for line in acct}
+    assert set(records) == set(submitted), (sorted(records), sorted(submitted))
+    assert {r[0] for r in records.values()} == {"COMPLETED"}, records
+    assert {r[1] for r in records.values()} == {"debug"} and {r[3] for r in records.values()} == {
+        "ci"
+    }
+    pretrain = next(i for i, rule in submitted.items() if rule == "pretrain")
+    assert records[pretrain][2] == "2"  # threads from .test/slurm.yaml, not the default 8
+    tile = next(i for i, rule in submitted.items() if rule == "tile")
+    assert records[tile][2] == "1"
+    (tmp_path / "slurm_jobs.json").write_text(
+        json.dumps({i: [submitted[i], *records[i]] for i in submitted}, indent=1)
+    )
+
+    # and the outputs are those of a local run
+    summary = results / "eval" / "demo_abnormal" / "summary.csv"
+    assert summary.is_file() and (results / "eval" / "demo_cells" / "summary.csv").is_file()
+    res = json.loads((results / "eval" / "demo_abnormal" / "cytofm" / "abmil.json").read_text())
+    assert len(res["slides"]) == 4
