@@ -57,9 +57,19 @@ def from_mapping(cls: type[T], mapping: Mapping[str, Any] | None, section: str =
 
 class _Section:
     def to_dict(self) -> dict[str, Any]:
-        """Plain mapping (tuples as lists, as YAML and JSON hold them)."""
+        """Plain mapping (tuples as lists, as YAML and JSON hold them). Nested mappings have
+        sorted keys, so writing the same config in another key order changes nothing
+        downstream (Snakemake compares rule params as written)."""
         d = dataclasses.asdict(self)  # type: ignore[call-overload]
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+        return {k: _canonical(v) for k, v in d.items()}
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _canonical(value[k]) for k in sorted(value, key=str)}
+    return value
 
 
 @dataclasses.dataclass(frozen=True)

@@ -267,7 +267,11 @@ def _sheet_value(slide, column):
     if column not in SLIDES.columns:
         return ""
     value = SLIDES.loc[slide, column]
-    return "" if pd.isna(value) else str(value).strip()
+    if pd.isna(value):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # 1.0 after a merge with sheets that lack the column -> "1"
+    return str(value).strip()
 
 
 def mil_cohort(name, tasks=None):
