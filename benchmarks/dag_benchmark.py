@@ -1,0 +1,149 @@
+"""Workflow planning cost with many slides, and how much one new slide costs to add.
+
+    python benchmarks/dag_benchmark.py                      # 1,000-slide plan, then 100 + 1
+    python benchmarks/dag_benchmark.py --plan-slides 1000 --run-slides 100
+
+1. Plan: a sample sheet of N tiny synthetic slides (one small pyramidal TIFF, hard-linked N
+   times), split 80/10/10, with pretraining, two backbones and cell embedding configured; time
+   of `snakemake -n` (DAG build + dry run) and the number of jobs it plans.
+2. Rerun: M tiny slides really run through tiling and cell extraction (`--cores 2`); then the
+   time of a no-op `snakemake -n` ("Nothing to be done"), and the jobs planned after one slide
+   is added to the sheet.
+
+Writes benchmarks/results/dag_benchmark.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def _slide(path: Path) -> None:
+    from cytofm.synthetic.slide import write_pyramidal_tiff
+
+    rng = np.random.default_rng(0)
+    rgb = np.full((768, 768, 3), 236, np.uint8)
+    for _ in range(12):  # a few dark blobs so cell detection has something to find
+        y, x = rng.integers(40, 728, 2)
+        yy, xx = np.ogrid[:768, :768]
+        rgb[(yy - y) ** 2 + (xx - x) ** 2 < 14**2] = (70, 50, 120)
+    write_pyramidal_tiff(path, rgb, 0.5, quality=90)
+
+
+def _sheet(folder: Path, n: int, template: Path) -> Path:
+    rows = ["slide_id\tpath\tmpp\tpatient_id\tsplit"]
+    for i in range(n):
+        target = folder / f"s{i:05d}.tif"
+        if not target.exists():
+            os.link(template, target)
+        split = "train" if i % 10 < 8 else ("val" if i % 10 == 8 else "test")
+        rows.append(f"s{i:05d}\t{target.name}\t\tP{i // 2:05d}\t{split}")
+    sheet = folder / "slides.tsv"
+    sheet.write_text("\n".join(rows) + "\n")
+    return sheet
+
+
+def _config(folder: Path, sheet: Path, results: Path, pretrain: bool) -> Path:
+    cfg = folder / "config.yaml"
+    cfg.write_text(
+        f"results: {results}\nsamples: {sheet}\ndemo: {{enabled: false}}\n"
+        f"pretrain: {{enabled: {str(pretrain).lower()}, knn_dataset: ''}}\n"
+        "embed: {sources: [cells]}\nevaluate: {tasks: {}, slide_tasks: {}}\n"
+        "mlflow: {tracking_uri: none}\n"
+    )
+    return cfg
+
+
+def _snakemake(cfg: Path, *args: str) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [SNAKEMAKE, "--cores", "2", "--configfile", str(cfg), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
+    return seconds, proc.stdout + proc.stderr
+
+
+def _planned(output: str) -> dict[str, int]:
+    m = re.search(r"Job stats:\n(.*?)\n\s*total\s+(\d+)", output, re.S)
+    if not m:
+        return {}
+    return {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", m.group(1), re.M)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--plan-slides", type=int, default=1000)
+    ap.add_argument("--run-slides", type=int, default=100)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = ap.parse_args()
+    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        template = tmp / "template.tif"
+        _slide(template)
+
+        plan = tmp / "plan"
+        plan.mkdir()
+        cfg = _config(plan, _sheet(plan, args.plan_slides, template), plan / "results", True)
+        seconds, out = _snakemake(cfg, "-n")
+        jobs = _planned(out)
+        result["plan"] = {"slides": args.plan_slides, "dry_run_s": seconds, "jobs": jobs}
+        print(f"plan {args.plan_slides} slides: {seconds:.1f} s, {sum(jobs.values())} jobs")
+
+        run = tmp / "run"
+        run.mkdir()
+        cfg = _config(run, _sheet(run, args.run_slides, template), run / "results", False)
+        run_s, _ = _snakemake(cfg)
+        noop_s, out = _snakemake(cfg, "-n")
+        assert "Nothing to be done" in out, out[-2000:]
+        _sheet(run, args.run_slides + 1, template)
+        add_s, out = _snakemake(cfg, "-n")
+        result["rerun"] = {
+            "slides": args.run_slides,
+            "run_s": run_s,
+            "noop_dry_run_s": noop_s,
+            "after_adding_one_slide": {"dry_run_s": add_s, "jobs": _planned(out)},
+        }
+        print(f"run {args.run_slides}: {run_s:.0f} s; no-op {noop_s:.1f} s; +1: {_planned(out)}")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "dag_benchmark.json").write_text(json.dumps(result, indent=2))
+    p, r = result["plan"], result["rerun"]
+    lines = [
+        "# Workflow planning and reruns",
+        "",
+        f"Machine: {result['machine']}",
+        "",
+        f"- Plan of {p['slides']:,} slides (tile, cells, 2 backbones x cell embedding, "
+        f"pretraining): `snakemake -n` {p['dry_run_s']:.1f} s, {sum(p['jobs'].values()):,} "
+        f"jobs {p['jobs']}",
+        f"- {r['slides']} slides through tiling and cells (`--cores 2`): {r['run_s']:.0f} s; "
+        f"no-op `snakemake -n` afterwards: {r['noop_dry_run_s']:.1f} s",
+        f"- After adding one slide: {r['after_adding_one_slide']['jobs']} planned "
+        f"({r['after_adding_one_slide']['dry_run_s']:.1f} s)",
+    ]
+    (out_dir / "dag_benchmark.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
