@@ -270,7 +270,9 @@ def _sheet_value(slide, column):
     if pd.isna(value):
         return ""
     if isinstance(value, float) and value.is_integer():
-        return str(int(value))  # 1.0 after a merge with sheets that lack the column -> "1"
+        return str(
+            int(value)
+        )  # 1.0 after a merge with sheets that lack the column -> "1"
     return str(value).strip()
 
 
