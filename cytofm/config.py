@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from cytofm.errors import ConfigError
+from cytofm.provenance import canonical
 
 __all__ = [
     "CellsConfig",
@@ -61,15 +62,7 @@ class _Section:
         sorted keys, so writing the same config in another key order changes nothing
         downstream (Snakemake compares rule params as written)."""
         d = dataclasses.asdict(self)  # type: ignore[call-overload]
-        return {k: _canonical(v) for k, v in d.items()}
-
-
-def _canonical(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_canonical(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _canonical(value[k]) for k in sorted(value, key=str)}
-    return value
+        return {k: canonical(v) for k, v in d.items()}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from cytofm import __version__
 
-__all__ = ["config_hash", "file_sha256", "git_commit", "provenance", "tree_sha256"]
+__all__ = ["canonical", "config_hash", "file_sha256", "git_commit", "provenance", "tree_sha256"]
 
 _PKG_DIR = Path(__file__).resolve().parent
 
@@ -40,11 +40,13 @@ def git_commit(path: str | Path = _PKG_DIR) -> str:
     return f"{sha}-dirty" if dirty else sha
 
 
-def _canonical(obj: Any) -> Any:
+def canonical(obj: Any) -> Any:
+    """Plain, order-independent form: mappings with sorted string keys, tuples as lists, paths
+    as strings, numpy scalars as Python numbers."""
     if isinstance(obj, Mapping):
-        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+        return {str(k): canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
     if isinstance(obj, list | tuple):
-        return [_canonical(v) for v in obj]
+        return [canonical(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
@@ -56,7 +58,7 @@ def config_hash(config: Mapping[str, Any] | Any) -> str:
     """Short stable hash of a (nested) config mapping; key order does not matter."""
     if hasattr(config, "to_dict"):
         config = config.to_dict()
-    blob = json.dumps(_canonical(config), sort_keys=True, default=str).encode()
+    blob = json.dumps(canonical(config), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -87,10 +89,10 @@ def provenance(stage: str, config: Mapping[str, Any] | Any, **extra: Any) -> dic
         "stage": stage,
         "cytofm_version": __version__,
         "git_commit": git_commit(),
-        "config": _canonical(config),
+        "config": canonical(config),
         "config_hash": config_hash(config),
         "python": platform.python_version(),
         "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
-    record.update(_canonical(extra))
+    record.update(canonical(extra))
     return record

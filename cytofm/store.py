@@ -7,6 +7,7 @@ when complete, so an interrupted job never leaves a half-written store that look
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping
@@ -20,6 +21,7 @@ __all__ = [
     "PatchStoreWriter",
     "as_str_array",
     "atomic_group",
+    "atomic_json",
     "open_store",
     "read_table",
     "write_strings",
@@ -41,6 +43,17 @@ def atomic_group(path: str | Path) -> Iterator[zarr.Group]:
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
+
+
+def atomic_json(path: str | Path, obj: Any, default=None) -> None:
+    """Write ``obj`` as JSON through a temporary file renamed into place (never half-written).
+
+    ``default`` converts values json cannot (numpy scalars)."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_suffix(final.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=default))
+    tmp.replace(final)
 
 
 def open_store(path: str | Path) -> zarr.Group:

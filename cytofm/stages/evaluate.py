@@ -9,7 +9,6 @@ mean/std over seeds with a bootstrap 95% CI, and the resolved config.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from cytofm.eval.metrics import classification_metrics, summarise
 from cytofm.eval.splits import Split, given_split, make_split, sample_shots
 from cytofm.provenance import provenance
 from cytofm.stages.context import JobContext
-from cytofm.store import as_str_array, open_store
+from cytofm.store import as_str_array, atomic_json, open_store
 
 __all__ = ["load_task_data", "run_evaluate", "task_split"]
 
@@ -222,10 +221,7 @@ def run_evaluate(
                 features=_features_identity(features_store),
             ),
         }
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(out_json).with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=1, default=_json_default))
-        tmp.replace(out_json)
+        atomic_json(out_json, result, default=_json_default)
         for b in blocks:
             tag = protocol if b["shots"] is None else f"{protocol}.{b['shots']}shot"
             run.log_metrics(

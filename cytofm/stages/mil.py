@@ -13,7 +13,6 @@ scored against it: AUROC of attention for the ``truth_positive`` classes vs. all
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -31,7 +30,7 @@ from cytofm.eval.mil import check_bags, grouped_folds, predict_mil, train_mil
 from cytofm.eval.mil_plots import attention_heatmap, top_cells_montage
 from cytofm.provenance import provenance
 from cytofm.stages.context import JobContext
-from cytofm.store import atomic_group, open_store
+from cytofm.store import atomic_group, atomic_json, open_store
 
 __all__ = ["attention_truth_scores", "run_mil"]
 
@@ -332,10 +331,7 @@ def run_mil(
             "evaluate": cfg.part("mil"),
             "provenance": provenance("mil", params),
         }
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(out_json).with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(out_json)
+        atomic_json(out_json, result)
         metrics = {f"abmil.{m}": v["mean"] for m, v in block["summary"].items()}
         if attention_eval:
             metrics["attention.auroc"] = attention_eval["auroc"]["mean"]

@@ -93,7 +93,8 @@ def _slide_table():
         return pd.DataFrame(columns=["slide_id", "path", "mpp", "split"]).set_index(
             "slide_id", drop=False
         )
-    table = pd.concat(frames, ignore_index=True)
+    # object columns: a column one sheet lacks must not turn the other's integers into floats
+    table = pd.concat([f.astype(object) for f in frames], ignore_index=True)
     dups = table["slide_id"][table["slide_id"].duplicated()].tolist()
     if dups:
         raise ValueError(
@@ -269,10 +270,6 @@ def _sheet_value(slide, column):
     value = SLIDES.loc[slide, column]
     if pd.isna(value):
         return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(
-            int(value)
-        )  # 1.0 after a merge with sheets that lack the column -> "1"
     return str(value).strip()
 
 
