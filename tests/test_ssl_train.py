@@ -213,3 +213,29 @@ def test_torchrun_launch_from_the_stage(store, tmp_path, monkeypatch):
     assert (out / "backbone" / "model.safetensors").is_file()
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["step"] == 2
+
+
+@pytest.mark.parametrize(
+    ("setting", "job_gpus", "visible", "expected"),
+    [
+        ("auto", 0, 0, 1),  # CPU job
+        ("auto", 1, 0, 1),  # asked for a GPU, none visible: one CPU process
+        ("auto", 4, 8, 4),  # local box with 8 GPUs, job granted 4
+        ("auto", 4, 4, 4),  # SLURM: CUDA_VISIBLE_DEVICES holds the job's 4
+        ("auto", 4, 2, 2),  # fewer visible than asked: as many as exist (and a warning)
+        (2, 0, 0, 2),  # explicit count wins (gloo on CPU)
+    ],
+)
+def test_resolve_nproc(setting, job_gpus, visible, expected):
+    from cytofm.ssl.launch import resolve_nproc
+
+    assert resolve_nproc(setting, job_gpus, visible) == expected
+
+
+@pytest.mark.parametrize("setting", [0, "all", True])
+def test_resolve_nproc_refuses_bad_values(setting):
+    from cytofm.errors import CytofmError
+    from cytofm.ssl.launch import resolve_nproc
+
+    with pytest.raises(CytofmError, match="pretrain.nproc"):
+        resolve_nproc(setting, 1, 1)

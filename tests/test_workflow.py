@@ -99,6 +99,39 @@ def test_slide_task_errors_before_any_job(slide_task, pattern, tmp_path):
     assert re.search(pattern, proc.stdout + proc.stderr), (proc.stdout + proc.stderr)[-2000:]
 
 
+def _pretrain_resources(output: str) -> str:
+    block = output[output.index("rule pretrain:") :]
+    return next(line for line in block.splitlines() if line.strip().startswith("resources:"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ([], "gpu=1"),  # the local profile has one GPU: the job is granted what exists
+        (["--resources", "gpu=4"], "gpu=4"),  # a 4-GPU box: one job, 4 GPUs, 4 processes
+    ],
+)
+def test_pretraining_job_asks_for_its_gpus(extra, expected, tmp_path):
+    """`resources.pretrain.gpus` becomes the job's gpu resource (the SLURM plugin's --gpus,
+    torchrun's process count), capped by what the local machine declares."""
+    cfg = tmp_path / "gpus.yaml"
+    cfg.write_text("resources:\n  pretrain: {gpus: 4}\n")
+    proc = snakemake(
+        "-n", "--configfile", str(TINY), str(cfg), "--config", f"results={tmp_path}", *extra
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resources = _pretrain_resources(proc.stdout)
+    assert re.search(rf"\b{expected}\b", resources) and "tasks_per_gpu=0" in resources
+
+
+def test_gpus_for_a_single_gpu_rule_is_refused(tmp_path):
+    cfg = tmp_path / "gpus.yaml"
+    cfg.write_text("resources:\n  embed: {gpus: 2}\n")
+    proc = snakemake("-n", "--configfile", str(TINY), str(cfg), "--config", f"results={tmp_path}")
+    assert proc.returncode != 0
+    assert "'gpus' is read for pretrain only" in proc.stdout + proc.stderr
+
+
 def test_end_to_end_outputs(results):
     from cytofm.store import open_store
 

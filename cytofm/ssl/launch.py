@@ -3,12 +3,49 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
 from cytofm.config import PretrainConfig, TrackingConfig, from_mapping
 from cytofm.log import setup_logging
+from cytofm.errors import CytofmError
 from cytofm.stages.context import JobContext
+
+__all__ = ["main", "resolve_nproc"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_nproc(setting: int | str, job_gpus: int, visible_gpus: int | None = None) -> int:
+    """Processes for the pretraining job: one per GPU the job was given, or 1 on the CPU.
+
+    ``setting`` is ``pretrain.nproc``: an integer is taken as is (``2`` on a CPU runs two gloo
+    processes, useful to test DDP); ``"auto"`` means the job's ``gpu`` resource (what Snakemake
+    granted it locally, what SLURM allocated on a cluster), limited to the GPUs this process
+    can see. ``visible_gpus`` defaults to ``torch.cuda.device_count()``.
+    """
+    if isinstance(setting, int) and not isinstance(setting, bool):
+        if setting < 1:
+            raise CytofmError(f"pretrain.nproc must be >= 1 or 'auto', got {setting}")
+        return setting
+    if setting != "auto":
+        raise CytofmError(f"pretrain.nproc must be an integer >= 1 or 'auto', got {setting!r}")
+    if visible_gpus is None:
+        import torch
+
+        visible_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    job_gpus = int(job_gpus or 0)
+    if job_gpus <= 0 or visible_gpus == 0:
+        return 1
+    if visible_gpus < job_gpus:
+        log.warning(
+            "the job asked for %d GPUs but %d are visible; starting %d processes",
+            job_gpus,
+            visible_gpus,
+            visible_gpus,
+        )
+    return min(job_gpus, visible_gpus)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -69,6 +69,22 @@ def _resource(rule, index, key):
     return int(value) if value is not None else _RESOURCE_DEFAULTS[rule][index]
 
 
+def gpus_of(rule):
+    """GPUs a GPU rule's job asks for: `resources.<rule>.gpus`, else 1 (0 with gpu: false)."""
+    gpus = (_RESOURCES.get(rule) or {}).get("gpus")
+    return GPU if gpus is None or not GPU else int(gpus)
+
+
+_multi = sorted(
+    r for r, v in _RESOURCES.items() if r != "pretrain" and isinstance(v, dict) and "gpus" in v
+)
+if _multi:
+    raise ValueError(
+        f"resources: 'gpus' is read for pretrain only (one job, several GPUs under torchrun); "
+        f"remove it from {_multi}"
+    )
+
+
 def threads_of(rule):
     return _resource(rule, 0, "threads")
 

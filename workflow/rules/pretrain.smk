@@ -15,7 +15,8 @@ rule pretrain:
     resources:
         mem_mb=mem_of("pretrain"),
         runtime=runtime_of("pretrain"),
-        gpu=GPU,
+        gpu=gpus_of("pretrain"),
+        tasks_per_gpu=0,  # SLURM: one task; torchrun starts the per-GPU processes
     params:
         pretrain=PRETRAIN.to_dict(),
         nproc=config["pretrain"]["nproc"],

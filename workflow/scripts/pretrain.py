@@ -7,6 +7,7 @@ setup_logging(snakemake.log[0])  # noqa: F821 - injected by Snakemake
 import torch  # noqa: E402
 
 from cytofm.config import PretrainConfig, from_mapping  # noqa: E402
+from cytofm.ssl.launch import resolve_nproc  # noqa: E402
 from cytofm.stages.context import JobContext  # noqa: E402
 from cytofm.stages.pretrain import run_pretrain  # noqa: E402
 
@@ -18,5 +19,5 @@ run_pretrain(
     out_dir=sm.params.out_dir,
     knn_store=sm.input.knn[0] if sm.input.knn else None,
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards)),
-    nproc=sm.params.nproc,
+    nproc=resolve_nproc(sm.params.nproc, getattr(sm.resources, "gpu", 0)),
 )
