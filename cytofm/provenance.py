@@ -2,20 +2,65 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as _dt
 import hashlib
 import json
+import os
 import platform
 import subprocess
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from cytofm import __version__
 
-__all__ = ["canonical", "config_hash", "file_sha256", "git_commit", "provenance", "tree_sha256"]
+__all__ = [
+    "INVOCATION_ENV",
+    "bind_job",
+    "canonical",
+    "config_hash",
+    "file_sha256",
+    "git_commit",
+    "invocation_id",
+    "new_invocation_id",
+    "provenance",
+    "tree_sha256",
+]
 
 _PKG_DIR = Path(__file__).resolve().parent
+
+# One id per `snakemake` invocation, set by the main process (workflow/rules/common.smk) and
+# inherited by every job it starts, locally or through sbatch.
+INVOCATION_ENV = "CYTOFM_INVOCATION_ID"
+
+# The running job's MLflow run id and input lineage, so records written inside it carry them.
+_JOB: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "cytofm_job", default=None
+)
+
+
+def new_invocation_id() -> str:
+    """UTC start time plus a random suffix: sortable and unique across users."""
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+def invocation_id() -> str | None:
+    """The pipeline invocation this process belongs to (None outside a workflow run)."""
+    return os.environ.get(INVOCATION_ENV) or None
+
+
+@contextlib.contextmanager
+def bind_job(mlflow_run_id: str | None, inputs: Mapping[str, Any] | None) -> Iterator[None]:
+    """Within this block, :func:`provenance` records the job's run id and input lineage."""
+    token = _JOB.set({"mlflow_run_id": mlflow_run_id, "inputs": dict(inputs or {})})
+    try:
+        yield
+    finally:
+        _JOB.reset(token)
 
 
 def git_commit(path: str | Path = _PKG_DIR) -> str:
@@ -93,6 +138,11 @@ def provenance(stage: str, config: Mapping[str, Any] | Any, **extra: Any) -> dic
         "config_hash": config_hash(config),
         "python": platform.python_version(),
         "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "invocation_id": invocation_id(),
     }
+    job = _JOB.get()
+    if job is not None:
+        record["mlflow_run_id"] = job["mlflow_run_id"]
+        record["inputs"] = canonical(job["inputs"])
     record.update(canonical(extra))
     return record

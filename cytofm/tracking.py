@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from cytofm.config import TrackingConfig
-from cytofm.provenance import config_hash, git_commit
+from cytofm.lineage import compact, input_lineage, lineage_tags
+from cytofm.provenance import bind_job, config_hash, git_commit, invocation_id
 
 __all__ = ["RunLogger", "flatten", "job_run", "resolve_tracking_uri"]
 
@@ -116,6 +117,23 @@ class RunLogger:
             self._client.log_artifacts(self.run_id, str(folder), artifact_path)
 
 
+def _experiment_id(client: Any, name: str, artifact_root: str | None) -> str:
+    """The experiment's id, creating it if needed. Parallel jobs on a tracking server may race
+    to create it (no file lock there): the loser reads the winner's."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_root)
+    except MlflowException:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
 @contextlib.contextmanager
 def job_run(
     stage: str,
@@ -125,16 +143,21 @@ def job_run(
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, Any] | None = None,
     run_name: str | None = None,
+    inputs: Mapping[str, Any] | None = None,
 ) -> Iterator[RunLogger]:
     """Open one MLflow run for a job; it ends FINISHED, or FAILED if the body raises.
 
-    Tags always include the stage, config hash and git commit; callers add the rule and
-    wildcards. Params are the stage's resolved config, flattened.
+    Tags always include the stage, config hash, git commit and pipeline invocation id, plus the
+    run ids and checksums of the pipeline artifacts among ``inputs`` (name -> path or paths);
+    callers add the rule and wildcards. Params are the stage's resolved config, flattened.
+    Inside the block, every provenance record carries this run's id and the input lineage.
     """
     tracking = tracking or TrackingConfig()
     uri = resolve_tracking_uri(tracking, results_dir)
+    lineage = input_lineage(inputs or {})
     if uri.lower() == "none":
-        yield RunLogger()
+        with bind_job(None, compact(lineage)):
+            yield RunLogger()
         return
 
     from mlflow.tracking import MlflowClient
@@ -150,26 +173,26 @@ def job_run(
     bootstrap = RunLogger(lock=lock)
     with bootstrap._locked():
         client = MlflowClient(tracking_uri=uri)
-        experiment = client.get_experiment_by_name(tracking.experiment)
-        if experiment is None:
-            experiment_id = client.create_experiment(
-                tracking.experiment, artifact_location=artifact_root
-            )
-        else:
-            experiment_id = experiment.experiment_id
+        experiment_id = _experiment_id(client, tracking.experiment, artifact_root)
         all_tags = {
             "cytofm.stage": stage,
             "cytofm.git_commit": git_commit(),
             "cytofm.config_hash": config_hash(params or {}),
+            "cytofm.invocation_id": invocation_id() or "none",
+            **lineage_tags(lineage),
         }
         all_tags.update({k: str(v) for k, v in (tags or {}).items()})
         run = client.create_run(experiment_id, run_name=run_name or stage, tags=all_tags)
     logger = RunLogger(client, run.info.run_id, lock)
-    if params:
-        logger.log_params(params)
     status = "FAILED"
     try:
-        yield logger
+        if params:
+            logger.log_params(params)
+        if lineage:
+            with logger._locked():
+                client.log_dict(run.info.run_id, lineage, "lineage.json")
+        with bind_job(run.info.run_id, compact(lineage)):
+            yield logger
         status = "FINISHED"
     finally:
         try:

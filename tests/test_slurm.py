@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ def cluster(tmp_path_factory):
     subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, timeout=300)
 
 
-def test_tiny_workflow_runs_as_slurm_jobs(cluster, tmp_path):
+def test_tiny_workflow_runs_as_slurm_jobs(cluster, tmp_path, mlflow_server):
     exe = Path(sys.executable).with_name("snakemake")
     results = tmp_path / "results"
     cmd = [
@@ -71,7 +72,9 @@ def test_tiny_workflow_runs_as_slurm_jobs(cluster, tmp_path):
         "mem_mb=2000",
         "runtime=60",
     ]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}  # sbatch passes it on
+    env.pop("CYTOFM_INVOCATION_ID", None)
+    started = time.time()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=2400, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
@@ -112,6 +115,21 @@ def test_tiny_workflow_runs_as_slurm_jobs(cluster, tmp_path):
     (tmp_path / "slurm_jobs.json").write_text(
         json.dumps({i: [submitted[i], *records[i]] for i in submitted}, indent=1)
     )
+
+    # every SLURM job logged its run to the tracking server, under the invocation id the
+    # submitting Snakemake process set
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("cytofm-test")
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"attributes.start_time > {int(started * 1000)}",
+        max_results=1000,
+    )
+    assert len(runs) == len(submitted)
+    assert len({r.data.tags["cytofm.invocation_id"] for r in runs}) == 1
+    assert all(r.info.status == "FINISHED" for r in runs)
 
     # and the outputs are those of a local run
     summary = results / "eval" / "demo_abnormal" / "summary.csv"

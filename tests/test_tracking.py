@@ -50,3 +50,23 @@ def test_tracking_off_is_a_no_op(tmp_path):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+
+
+def test_parallel_jobs_racing_to_create_the_experiment(tmp_path, monkeypatch):
+    """Two jobs starting together against a server both see no experiment; the second
+    create fails and must fall back to the first one's experiment."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from cytofm import tracking
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    first = client.create_experiment("cytofm")
+    real = MlflowClient.get_experiment_by_name
+    calls = []
+
+    def stale_then_real(self, name):
+        calls.append(name)
+        return None if len(calls) == 1 else real(self, name)
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", stale_then_real)
+    assert tracking._experiment_id(client, "cytofm", None) == first
+    assert len(calls) == 2

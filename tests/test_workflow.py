@@ -22,17 +22,28 @@ pytestmark = pytest.mark.workflow
 def snakemake(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("snakemake")
     cmd = [str(exe), "--cores", "2", "--configfile", str(TINY), *args]
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("MLFLOW_TRACKING_URI", None)
+    full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full_env.update(env or {})
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=full_env, timeout=900)
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def results(tmp_path_factory, mlflow_server):
+    """The tiny workflow, tracked by a real MLflow server on localhost."""
     out = tmp_path_factory.mktemp("wf") / "results"
-    proc = snakemake("--config", f"results={out}")
+    proc = snakemake("--config", f"results={out}", env={"MLFLOW_TRACKING_URI": mlflow_server})
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def runs(results, mlflow_server):
+    """The tiny workflow's MLflow runs, by run id, read back from the server."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("cytofm-test")
+    return {r.info.run_id: r for r in client.search_runs([exp.experiment_id], max_results=1000)}
 
 
 def test_lint_is_clean():
@@ -208,12 +219,8 @@ def test_attention_mil_for_every_backbone(results):
     assert (results / "eval" / "demo_abnormal" / "slide_auroc.png").stat().st_size > 5000
 
 
-def test_every_job_logged_one_mlflow_run(results):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{results}/mlflow.db")
-    exp = client.get_experiment_by_name("cytofm-test")
-    runs = client.search_runs([exp.experiment_id])
+def test_every_job_logged_one_mlflow_run(results, runs):
+    runs = list(runs.values())
     stages = sorted(r.data.tags["cytofm.stage"] for r in runs)
     # 4 slides x (demo_slide, tile, cells) + sheet + crops + import + detection_eval
     # + pretrain + pretrain_probe + 2 backbones x 5 stores (embed) + 2 x 4 protocols
@@ -224,6 +231,45 @@ def test_every_job_logged_one_mlflow_run(results):
     assert tile.data.tags["snakemake.rule"] == "tile"
     assert "foreground_fraction" in tile.data.metrics and "slide_mpx_per_s" in tile.data.metrics
     assert "slide_path" not in tile.data.params  # file names stay out unless opted in
+    assert not (results / "mlflow.db").exists()  # everything went to the server
+
+
+def test_lineage_traces_a_result_to_its_backbone_run_and_slides(results, runs, mlflow_server):
+    """From an evaluation JSON, follow run ids through the server: evaluate -> embed ->
+    pretrain -> cells -> tile -> the slide's checksum; every run shares one invocation id."""
+    from mlflow.tracking import MlflowClient
+
+    from cytofm.provenance import file_sha256
+
+    assert len({r.data.tags["cytofm.invocation_id"] for r in runs.values()}) == 1
+    result = json.loads((results / "eval" / "demo_cells" / "cytofm" / "linear.json").read_text())
+    evaluate = runs[result["provenance"]["mlflow_run_id"]]
+    assert evaluate.data.tags["snakemake.wildcard.protocol"] == "linear"
+    features = runs[evaluate.data.tags["cytofm.input.features.run_id"]]
+    assert features.data.tags["cytofm.stage"] == "embed"
+    assert features.data.tags["snakemake.wildcard.backbone"] == "cytofm"
+    pretrain = runs[features.data.tags["cytofm.input.pretrained.run_id"]]
+    assert pretrain.data.tags["cytofm.stage"] == "pretrain"
+    weights = results / "pretrain" / "cytofm_vit_demo" / "backbone" / "model.safetensors"
+    assert features.data.tags["cytofm.input.pretrained.sha256"] == file_sha256(weights)
+
+    cells = [runs[i] for i in pretrain.data.tags["cytofm.input.stores.run_ids"].split(",")]
+    pretraining_slides = ["demo_000", "demo_001", "demo_002"]  # train/val of the tiny sheet
+    assert sorted(r.data.tags["snakemake.wildcard.slide"] for r in cells) == pretraining_slides
+    for run in cells:
+        tile = runs[run.data.tags["cytofm.input.tiles.run_id"]]
+        slide = results / "demo" / "slides" / f"{tile.data.tags['snakemake.wildcard.slide']}.tif"
+        assert tile.data.tags["cytofm.slide_sha256"] == file_sha256(slide)
+
+    # the same chain is written into the outputs, and the server serves lineage.json
+    store_prov = json.loads(
+        (results / "features" / "cytofm" / "datasets" / "demo_cells.zarr" / "zarr.json").read_text()
+    )["attributes"]["provenance"]
+    assert store_prov["mlflow_run_id"] == features.info.run_id
+    assert store_prov["inputs"]["pretrained"][0]["mlflow_run_id"] == pretrain.info.run_id
+    client = MlflowClient(mlflow_server)
+    names = [a.path for a in client.list_artifacts(evaluate.info.run_id)]
+    assert "lineage.json" in names
 
 
 def test_rerun_has_nothing_to_do(results):

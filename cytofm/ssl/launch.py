@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from cytofm.config import PretrainConfig, TrackingConfig, from_mapping
-from cytofm.log import setup_logging
 from cytofm.errors import CytofmError
+from cytofm.log import setup_logging
 from cytofm.stages.context import JobContext
 
 __all__ = ["main", "resolve_nproc"]
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         rule=j["rule"],
         wildcards=j["wildcards"],
         seed=j["seed"],
+        inputs=j.get("inputs", {}),
     )
     run_pretrain(
         from_mapping(PretrainConfig, args["cfg"], "pretrain"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -11,30 +11,51 @@ from typing import Any
 from cytofm.config import TrackingConfig, from_mapping
 from cytofm.tracking import RunLogger, job_run
 
-__all__ = ["JobContext"]
+__all__ = ["JobContext", "named_inputs"]
+
+
+def named_inputs(inputs: Mapping | Sequence | None) -> dict[str, str | list[str]]:
+    """name -> path or list of paths, from a mapping or a list with optional names."""
+    if inputs is None:
+        return {}
+    items = dict(inputs.items()) if hasattr(inputs, "items") else {}
+    if not items and not isinstance(inputs, Mapping):
+        items = {"input": list(inputs)}
+    return {
+        str(k): str(v) if isinstance(v, str | Path) else [str(x) for x in v]
+        for k, v in items.items()
+    }
 
 
 @dataclasses.dataclass(frozen=True)
 class JobContext:
-    """Results folder, tracking settings and the job's identity (rule, wildcards)."""
+    """Results folder, tracking settings, the job's identity (rule, wildcards) and its inputs
+    (name -> path or paths; their producers' run ids become the job's lineage)."""
 
     results_dir: Path = Path("results")
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
     rule: str = "interactive"
     wildcards: Mapping[str, str] = dataclasses.field(default_factory=dict)
     seed: int = 0
+    inputs: Mapping[str, str | list[str]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def create(
-        cls, config: Mapping[str, Any], rule: str = "interactive", wildcards: Mapping | None = None
+        cls,
+        config: Mapping[str, Any],
+        rule: str = "interactive",
+        wildcards: Mapping | None = None,
+        inputs: Mapping | Sequence | None = None,
     ) -> JobContext:
-        """Build from the workflow's config mapping."""
+        """Build from the workflow's config mapping. ``inputs`` may be a mapping or a job's
+        input list (named entries are kept by name, an unnamed list as ``input``)."""
         return cls(
             results_dir=Path(config.get("results", "results")),
             tracking=from_mapping(TrackingConfig, config.get("mlflow"), "mlflow"),
             rule=rule,
             wildcards=dict(wildcards or {}),
             seed=int(config.get("seed", 0)),
+            inputs=named_inputs(inputs),
         )
 
     @property
@@ -54,6 +75,7 @@ class JobContext:
             params=params,
             tags=self.tags,
             run_name=self.run_name,
+            inputs=self.inputs,
         )
 
     @property

@@ -152,6 +152,7 @@ def _launch_torchrun(cfg, stores, out_dir, knn_store, job, nproc) -> dict:
             "rule": job.rule,
             "wildcards": dict(job.wildcards),
             "seed": job.seed,
+            "inputs": dict(job.inputs),
         },
     }
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:

@@ -70,6 +70,7 @@ def run_tile(
                 n_tiles_total=grid.n_total,
                 foreground_fraction=float(mask.mean()),
             )
+            run.set_tags({"cytofm.slide_sha256": record["slide_sha256"]})
             with atomic_group(out_store) as g:
                 g.create_array("boxes", data=grid.boxes, chunks=(max(len(grid), 1), 4))
                 g.create_array("coords", data=grid.centres, chunks=(max(len(grid), 1), 2))

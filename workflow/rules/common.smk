@@ -1,4 +1,5 @@
 # Config and sample-sheet validation, the slide table, input functions and final targets.
+import os
 import re
 import sys
 from pathlib import Path
@@ -19,10 +20,15 @@ from cytofm.config import (
     from_mapping,
 )
 from cytofm.eval.backbones import BackboneSpec
+from cytofm.provenance import INVOCATION_ENV, new_invocation_id
 from cytofm.sheet import load_sheet
 from cytofm.synthetic.demo import make_demo_sheet
 
 validate(config, "../schemas/config.schema.yaml")
+
+# One id for this invocation, inherited by every job (locally and through sbatch) and tagged
+# on each job's MLflow run; set it yourself to group several invocations under one id.
+os.environ.setdefault(INVOCATION_ENV, new_invocation_id())
 
 RESULTS = config["results"]
 DEMO_ENABLED = config["demo"]["enabled"]

@@ -17,5 +17,5 @@ run_cells(
     cfg=from_mapping(CellsConfig, sm.params.cells, "cells"),
     out_store=sm.output.store,
     out_gallery=sm.output.gallery,
-    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards)),
+    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
 )

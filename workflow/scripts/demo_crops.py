@@ -14,5 +14,5 @@ sm = snakemake  # noqa: F821
 run_demo_crops(
     cfg=from_mapping(DemoConfig, sm.params.demo, "demo"),
     out_dir=Path(sm.output.table).parent,
-    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards)),
+    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
 )

@@ -12,5 +12,5 @@ sm = snakemake  # noqa: F821
 run_demo_sheet(
     cfg=from_mapping(DemoConfig, sm.params.demo, "demo"),
     out_tsv=sm.output[0],
-    job=JobContext.create(sm.config, sm.rule),
+    job=JobContext.create(sm.config, sm.rule, inputs=sm.input),
 )

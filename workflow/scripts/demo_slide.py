@@ -14,5 +14,5 @@ run_demo_slide(
     slide_id=sm.wildcards.slide,
     out_slide=sm.output.slide,
     out_truth=sm.output.truth,
-    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards)),
+    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
 )

@@ -13,5 +13,5 @@ run_detection_eval(
     truth_tables=list(sm.input.truth),
     tolerance_um=sm.params.tolerance_um,
     out_json=sm.output[0],
-    job=JobContext.create(sm.config, sm.rule),
+    job=JobContext.create(sm.config, sm.rule, inputs=sm.input),
 )

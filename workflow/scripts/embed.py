@@ -22,5 +22,5 @@ run_embed(
     batch_size=sm.params.embed["batch_size"],
     precision=sm.params.embed["precision"],
     device=sm.params.embed["device"],
-    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards)),
+    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
 )

@@ -14,5 +14,5 @@ run_summary(
     sm.output.png,
     task=dict(sm.wildcards).get("task") or dict(sm.wildcards)["stask"],
     plot=dict(sm.params).get("plot", "fewshot"),
-    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards)),
+    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
 )

@@ -23,5 +23,5 @@ run_evaluate(
     sm.output[0],
     features_store=sm.input.get("features"),
     pretrained_dir=sm.input.get("pretrained"),
-    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards)),
+    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
 )

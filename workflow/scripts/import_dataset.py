@@ -12,5 +12,5 @@ sm = snakemake  # noqa: F821
 run_import(
     cfg=from_mapping(DatasetConfig, {"name": sm.wildcards.dataset, **sm.params.dataset}),
     out_store=sm.output[0],
-    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards)),
+    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
 )

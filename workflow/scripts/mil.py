@@ -26,5 +26,5 @@ run_mil(
     sm.output.dir,
     tolerance_um=sm.params.tolerance_um,
     thumbnail_mpp=sm.params.thumbnail_mpp,
-    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards)),
+    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
 )

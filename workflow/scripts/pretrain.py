@@ -18,6 +18,6 @@ run_pretrain(
     stores=list(sm.input.stores),
     out_dir=sm.params.out_dir,
     knn_store=sm.input.knn[0] if sm.input.knn else None,
-    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards)),
+    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
     nproc=resolve_nproc(sm.params.nproc, getattr(sm.resources, "gpu", 0)),
 )

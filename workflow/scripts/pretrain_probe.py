@@ -12,5 +12,5 @@ run_probe(
     backbone_dir=sm.input.backbone,
     dataset_store=sm.input.dataset[0],
     out_json=sm.output[0],
-    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards)),
+    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
 )

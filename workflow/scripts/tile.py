@@ -16,5 +16,5 @@ run_tile(
     cfg=from_mapping(TilingConfig, sm.params.tiling, "tiling"),
     out_store=sm.output.store,
     out_qc=sm.output.qc,
-    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards)),
+    job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
 )
