@@ -82,7 +82,9 @@ def gpus_of(rule):
 
 
 _multi = sorted(
-    r for r, v in _RESOURCES.items() if r != "pretrain" and isinstance(v, dict) and "gpus" in v
+    r
+    for r, v in _RESOURCES.items()
+    if r != "pretrain" and isinstance(v, dict) and "gpus" in v
 )
 if _multi:
     raise ValueError(
