@@ -336,6 +336,7 @@ class TaskConfig(_Section):
     protocols: tuple = PROTOCOLS
     shots: tuple = (1, 2, 4, 8, 16, 50)
     seeds: tuple = (0, 1, 2)
+    fractions: tuple = ()
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     split_seed: int = 0
@@ -351,6 +352,11 @@ class TaskConfig(_Section):
             raise ConfigError(f"{s}.shots must be >= 1, got {list(self.shots)}")
         if not self.seeds:
             raise ConfigError(f"{s}.seeds must name at least one seed")
+        if any(not 0 < float(f) <= 1 for f in self.fractions):
+            raise ConfigError(
+                f"{s}.fractions are shares of the training split in (0, 1], "
+                f"got {list(self.fractions)}"
+            )
         if not 0 < self.test_fraction < 1 or not 0 <= self.val_fraction < 1:
             raise ConfigError(
                 f"{s}: test_fraction must be in (0, 1) and val_fraction in [0, 1), got "
@@ -360,7 +366,7 @@ class TaskConfig(_Section):
             raise ConfigError(f"{s}: val_fraction + test_fraction leave too little to train on")
         if self.split not in ("auto", "given", "derived"):
             raise ConfigError(f"{s}.split must be auto, given or derived, got {self.split!r}")
-        for key in ("protocols", "shots", "seeds"):
+        for key in ("protocols", "shots", "seeds", "fractions"):
             object.__setattr__(self, key, tuple(getattr(self, key)))
 
 
@@ -412,6 +418,7 @@ class EvalConfig(_Section):
     lora_max_steps: int = 300
     lora_weight_decay: float = 0.01
     lora_shots: tuple = ()
+    lora_fractions: tuple = ()
     select_metric: str = "balanced_accuracy"
     bootstrap: int = 1000
     device: str = "auto"
@@ -473,7 +480,12 @@ class EvalConfig(_Section):
             )
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"{s}.precision must be auto, fp32 or bf16, got {self.precision!r}")
-        for key in ("linear_Cs", "lora_target_modules", "lora_lrs", "lora_shots"):
+        if any(not 0 < float(f) <= 1 for f in self.lora_fractions):
+            raise ConfigError(
+                f"{s}.lora_fractions are shares of the training split in (0, 1], "
+                f"got {list(self.lora_fractions)}"
+            )
+        for key in ("linear_Cs", "lora_target_modules", "lora_lrs", "lora_shots", "lora_fractions"):
             object.__setattr__(self, key, tuple(getattr(self, key)))
 
 

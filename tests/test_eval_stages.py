@@ -154,6 +154,45 @@ def test_protocols_on_cached_features(setup, protocol, tmp_path):
     assert result["test_rows"] == saved["test_rows"]
 
 
+def test_linear_probe_on_fractions_of_the_training_split(setup, tmp_path):
+    """`fractions`: one linear block per share of the training split, nested per seed,
+    stratified (every class kept), after the full-data block."""
+    from cytofm.eval.splits import sample_fraction
+
+    out = tmp_path / "linear.json"
+    run_evaluate(
+        _task(fractions=[0.1, 0.5]),
+        CFG,
+        "linear",
+        setup["spec"],
+        setup["store"],
+        out,
+        features_store=setup["feats"],
+    )
+    saved = json.loads(out.read_text())
+    blocks = saved["results"]
+    assert [(b["shots"], b["fraction"]) for b in blocks] == [(None, None), (None, 0.1), (None, 0.5)]
+    n_train = saved["split"]["n_train"]
+    for block in blocks[1:]:
+        assert [r["seed"] for r in block["runs"]] == [0, 1]
+        for run in block["runs"]:
+            rows = np.array(run["train_rows"])
+            assert abs(len(rows) - block["fraction"] * n_train) <= 3
+            assert set(setup["labels"][rows]) == {0, 1, 2}
+    small, large = blocks[1]["runs"][0]["train_rows"], blocks[2]["runs"][0]["train_rows"]
+    assert set(small) <= set(large)  # nested for one seed
+    with pytest.raises(ValueError, match="fraction"):
+        sample_fraction(setup["labels"], np.arange(10), 0.0, 0)
+
+
+@pytest.mark.parametrize("bad", [[0.0], [1.5]])
+def test_fractions_out_of_range_are_refused(bad):
+    from cytofm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fractions"):
+        _task(fractions=bad)
+
+
 def test_results_are_reproducible(setup, tmp_path):
     a = run_evaluate(
         _task(),

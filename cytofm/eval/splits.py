@@ -16,7 +16,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from cytofm.errors import InputDataError
 from cytofm.store import as_str_array
 
-__all__ = ["Split", "given_split", "make_split", "sample_shots"]
+__all__ = ["Split", "given_split", "make_split", "sample_fraction", "sample_shots"]
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -138,3 +138,19 @@ def sample_shots(
         chosen.append(members[order[:k]])
     rows = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=int)
     return rows, short
+
+
+def sample_fraction(labels, pool, fraction: float, seed: int) -> np.ndarray:
+    """A class-stratified ``fraction`` of ``pool`` (at least one row per class present), nested
+    like :func:`sample_shots`: for one seed, a larger fraction contains the smaller ones."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    labels = np.asarray(labels)
+    pool = np.asarray(pool)
+    chosen = []
+    for c in np.unique(labels[pool]):
+        members = np.sort(pool[labels[pool] == c])
+        n = max(1, int(round(fraction * len(members))))
+        order = np.random.default_rng([seed, int(c), 2011]).permutation(len(members))
+        chosen.append(members[order[:n]])
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=int)

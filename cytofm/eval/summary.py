@@ -12,7 +12,7 @@ from cytofm.eval.metrics import SCALARS
 
 __all__ = ["plot_fewshot", "plot_mil", "summary_table"]
 
-COLUMNS = ["task", "backbone", "protocol", "shots"]
+COLUMNS = ["task", "backbone", "protocol", "shots", "fraction"]
 
 
 def summary_table(result_jsons: list[str | Path]) -> pd.DataFrame:
@@ -26,6 +26,7 @@ def summary_table(result_jsons: list[str | Path]) -> pd.DataFrame:
                 "backbone": res["backbone"],
                 "protocol": res["protocol"],
                 "shots": block["shots"] if block["shots"] is not None else "all",
+                "fraction": block.get("fraction"),
                 "n_seeds": len(block["runs"]),
                 "n_test": res["split"]["n_test"],
             }
@@ -55,6 +56,9 @@ def summary_table(result_jsons: list[str | Path]) -> pd.DataFrame:
                 }
             )
     table = pd.DataFrame(rows)
+    if "fraction" not in table:
+        table["fraction"] = None
+    table["fraction"] = pd.to_numeric(table["fraction"])
     if "skipped" not in table:
         table["skipped"] = ""
     table["skipped"] = table["skipped"].fillna("")
@@ -70,7 +74,7 @@ def plot_fewshot(table: pd.DataFrame, out_png: str | Path, metric: str = "balanc
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    ok = table[table["skipped"] == ""]
+    ok = table[(table["skipped"] == "") & table["fraction"].isna()]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     backbones = sorted(ok["backbone"].unique())
     styles = {"fewshot": "-o", "lora": "--s"}

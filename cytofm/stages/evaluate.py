@@ -22,7 +22,7 @@ from cytofm.errors import InputDataError
 from cytofm.eval.backbones import BackboneSpec
 from cytofm.eval.linear import fit_linear, full_proba, knn_proba, select_score
 from cytofm.eval.metrics import classification_metrics, summarise
-from cytofm.eval.splits import Split, given_split, make_split, sample_shots
+from cytofm.eval.splits import Split, given_split, make_split, sample_fraction, sample_shots
 from cytofm.provenance import provenance
 from cytofm.stages.context import JobContext
 from cytofm.store import as_str_array, atomic_json, open_store
@@ -82,9 +82,12 @@ def _lora_settings(cfg: EvalConfig):
     )
 
 
-def _block(y_test, probas, runs, cfg: EvalConfig, shots=None, seed_independent=False) -> dict:
+def _block(
+    y_test, probas, runs, cfg: EvalConfig, shots=None, seed_independent=False, fraction=None
+) -> dict:
     return {
         "shots": shots,
+        "fraction": fraction,
         "seed_independent": seed_independent,
         "summary": summarise(y_test, probas, n_boot=cfg.bootstrap, seed=0),
         "runs": runs,
@@ -151,7 +154,7 @@ def run_evaluate(
                 }
             ]
             blocks.append(_block(y_test, [p], runs, cfg, seed_independent=True))
-        elif protocol == "knn":
+        if protocol == "knn":
             p = knn_proba(feats[tr], labels[tr], feats[te], cfg.knn_k, n_classes)
             runs = [
                 {
@@ -161,26 +164,39 @@ def run_evaluate(
                 }
             ]
             blocks.append(_block(y_test, [p], runs, cfg, seed_independent=True))
-        else:
+        # label budgets: k shots per class (fewshot, lora) and fractions of the training split
+        # (linear, lora; seed 001's data-fraction curve), each over the task's seeds
+        budgets: list[tuple[str, Any]] = []
+        if protocol in ("fewshot", "lora"):
             shots = task.shots if protocol == "fewshot" else (cfg.lora_shots or task.shots)
+            budgets += [("shots", int(k)) for k in shots]
+        fractions = {"linear": task.fractions, "lora": cfg.lora_fractions}.get(protocol, ())
+        budgets += [("fraction", float(f)) for f in fractions]
+        if budgets:
             lora_ctx = (
                 _lora_context(spec, pretrained_dir, data, cfg, split)
                 if protocol == "lora"
                 else None
             )
-            grid = [(k, s) for k in shots for s in task.seeds]
-            bar = tqdm(total=len(grid), desc=f"{protocol} {spec.name} {task.name}", mininterval=5)
-            for k in shots:
+            bar = tqdm(
+                total=len(budgets) * len(task.seeds),
+                desc=f"{protocol} {spec.name} {task.name}",
+                mininterval=5,
+            )
+            for kind, amount in budgets:
                 probas, runs = [], []
                 for seed in task.seeds:
-                    rows, short = sample_shots(labels, tr, int(k), int(seed), n_classes)
+                    if kind == "shots":
+                        rows, short = sample_shots(labels, tr, amount, int(seed), n_classes)
+                    else:
+                        rows, short = sample_fraction(labels, tr, amount, int(seed)), []
                     bar.update(1)
                     if short:
                         break
-                    if protocol == "fewshot":
-                        p, chosen = linear_on(rows)
-                    else:
+                    if protocol == "lora":
                         p, chosen = _lora_run(lora_ctx, rows, va, te, int(seed), cfg, classes)
+                    else:
+                        p, chosen = linear_on(rows)
                     probas.append(p)
                     runs.append(
                         {
@@ -193,14 +209,16 @@ def run_evaluate(
                 if short:
                     skipped.append(
                         {
-                            "shots": int(k),
+                            "shots": amount,
                             "reason": f"class(es) {[classes[c] for c in short]} have fewer than "
-                            f"{k} training examples",
+                            f"{amount} training examples",
                         }
                     )
-                    log.warning("task %s: %s-shot skipped: %s", task.name, k, skipped[-1]["reason"])
+                    log.warning(
+                        "task %s: %s-shot skipped: %s", task.name, amount, skipped[-1]["reason"]
+                    )
                     continue
-                blocks.append(_block(y_test, probas, runs, cfg, shots=int(k)))
+                blocks.append(_block(y_test, probas, runs, cfg, **{kind: amount}))
             bar.close()
         seconds = time.perf_counter() - t0
         result = {
