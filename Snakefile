@@ -15,6 +15,7 @@ include: "workflow/rules/tile.smk"
 include: "workflow/rules/cells.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

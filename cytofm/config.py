@@ -21,6 +21,7 @@ __all__ = [
     "EmbedConfig",
     "EvalConfig",
     "PretrainConfig",
+    "ReportConfig",
     "SlideTaskConfig",
     "TaskConfig",
     "TilingConfig",
@@ -226,6 +227,23 @@ class TrackingConfig(_Section):
     tracking_uri: str = ""
     experiment: str = "cytofm"
     log_slide_paths: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportConfig(_Section):
+    """The results report (``results/report/``)."""
+
+    max_slides: int = 12
+    embedding: str = "auto"
+    max_points: int = 3000
+
+    def __post_init__(self) -> None:
+        if self.max_slides < 0:
+            raise ConfigError(f"report.max_slides must be >= 0, got {self.max_slides}")
+        if self.max_points < 10:
+            raise ConfigError(f"report.max_points must be >= 10, got {self.max_points}")
+        if self.embedding not in ("auto", "umap", "pca"):
+            raise ConfigError(f"report.embedding must be auto, umap or pca, got {self.embedding!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -224,8 +224,8 @@ def test_every_job_logged_one_mlflow_run(results, runs):
     stages = sorted(r.data.tags["cytofm.stage"] for r in runs)
     # 4 slides x (demo_slide, tile, cells) + sheet + crops + import + detection_eval
     # + pretrain + pretrain_probe + 2 backbones x 5 stores (embed) + 2 x 4 protocols
-    # (evaluate) + eval_summary + 2 backbones x abmil (mil) + mil_summary
-    assert len(runs) == 16 + 2 + 10 + 8 + 1 + 2 + 1, stages
+    # (evaluate) + eval_summary + 2 backbones x abmil (mil) + mil_summary + report
+    assert len(runs) == 16 + 2 + 10 + 8 + 1 + 2 + 1 + 1, stages
     assert all(r.info.status == "FINISHED" for r in runs)
     tile = next(r for r in runs if r.data.tags["cytofm.stage"] == "tile")
     assert tile.data.tags["snakemake.rule"] == "tile"
@@ -270,6 +270,111 @@ def test_lineage_traces_a_result_to_its_backbone_run_and_slides(results, runs, m
     client = MlflowClient(mlflow_server)
     names = [a.path for a in client.list_artifacts(evaluate.info.run_id)]
     assert "lineage.json" in names
+
+
+REPORT_FIGURES = [
+    "demo_cells_fewshot.png",
+    "demo_cells_fractions.png",
+    "demo_cells_confusion.png",
+    "demo_cells_embedding_cytofm.png",
+    "demo_cells_embedding_random.png",
+    "demo_abnormal_auroc.png",
+    "slides_embedding_cytofm.png",
+    "slides_embedding_random.png",
+    "pretrain_cytofm_vit_demo.png",
+    *[f"qc/demo_00{i}{s}.png" for i in range(4) for s in ("", ".cells")],
+    *[
+        f"mil/demo_abnormal/{b}/{kind}_demo_00{i}.png"
+        for b in ("cytofm", "random")
+        for kind in ("heatmap", "montage")
+        for i in range(4)
+    ],
+]
+
+
+def test_report_has_every_figure_and_table(results, runs):
+    report = results / "report"
+    tables = sorted(p.name for p in (report / "tables").iterdir())
+    assert tables == sorted(
+        f"{t}.{x}" for t in ("demo_cells", "demo_abnormal", "overview") for x in ("csv", "md")
+    )
+    figures = sorted(
+        p.relative_to(report / "figures").as_posix() for p in (report / "figures").rglob("*.png")
+    )
+    assert figures == sorted(REPORT_FIGURES)
+    page = (report / "index.html").read_text()
+    linked = re.findall(r'<img src="([^"]+)"', page)
+    assert sorted(linked) == sorted(f"figures/{f}" for f in REPORT_FIGURES)  # every figure shown
+    for f in REPORT_FIGURES:
+        assert (report / "figures" / f).stat().st_size > 2000, f
+    # and logged to the report job's MLflow run
+    run = next(r for r in runs.values() if r.data.tags["cytofm.stage"] == "report")
+    assert run.data.metrics["n_figures"] == len(REPORT_FIGURES)
+
+
+def test_report_tables_equal_the_result_jsons(results):
+    """Every number of every report table is the one its result JSON holds."""
+    import pandas as pd
+
+    from cytofm.report.tables import setting_label
+
+    checked = 0
+    for task, metric in (("demo_cells", "balanced_accuracy"), ("demo_abnormal", "auroc")):
+        table = pd.read_csv(results / "report" / "tables" / f"{task}.csv").set_index("setting")
+        for path in sorted((results / "eval" / task).glob("*/*.json")):
+            res = json.loads(path.read_text())
+            for block in res["results"]:
+                _, label = setting_label(res["protocol"], block["shots"], block.get("fraction"))
+                s = block["summary"][metric]
+                got = table.loc[label]
+                b = res["backbone"]
+                assert got[f"{b}_mean"] == pytest.approx(s["mean"], abs=1e-4), (task, label, b)
+                assert got[f"{b}_std"] == pytest.approx(s["std"], abs=1e-4)
+                assert got[f"{b}_ci_low"] == pytest.approx(s["ci95"][0], abs=1e-4)
+                assert got[f"{b}_ci_high"] == pytest.approx(s["ci95"][1], abs=1e-4)
+                checked += 1
+        best = table[[c for c in table if c.endswith("_mean")]].max(axis=1)
+        for label, row in table.iterrows():
+            for b in str(row["best"]).split(","):
+                assert row[f"{b}_mean"] == best[label]
+    assert (
+        checked == 2 * (1 + 1 + 2 + 2 + 2) + 2
+    )  # linear, knn, 2 fewshot, 2 lora, 2 fractions; abmil
+
+
+def test_report_renders_in_headless_chromium(results, tmp_path):
+    """The page opens in a browser and every image on it loads."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium package)")
+    page = (results / "report" / "index.html").resolve().as_uri()
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    dom = subprocess.run(
+        [*flags, "--virtual-time-budget=10000", "--dump-dom", page],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    ).stdout
+    n_images = len(re.findall(r"<img ", (results / "report" / "index.html").read_text()))
+    assert f'data-images="{n_images}"' in dom, dom[:500]
+    assert 'data-broken-images="0"' in dom
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [*flags, "--window-size=1280,2400", f"--screenshot={shot}", page],
+        capture_output=True,
+        timeout=180,
+    )
+    assert shot.stat().st_size > 50_000  # a rendered page, not a blank one
+
+
+def test_snakemake_report(results, tmp_path):
+    """`snakemake --report` collects the outputs marked with report() and their captions."""
+    out = tmp_path / "report.html"
+    proc = snakemake("--config", f"results={results}", "--report", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text(errors="replace")
+    assert out.stat().st_size > 100_000
+    assert "cytofm results report" in text  # the index.rst caption
 
 
 def test_rerun_has_nothing_to_do(results):

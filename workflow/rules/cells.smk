@@ -7,7 +7,12 @@ rule cells:
         tiles=f"{RESULTS}/tiles/{{slide}}.zarr",
     output:
         store=directory(f"{RESULTS}/cells/{{slide}}.zarr"),
-        gallery=f"{RESULTS}/qc/{{slide}}.cells.png",
+        gallery=report(
+            f"{RESULTS}/qc/{{slide}}.cells.png",
+            caption="../report/cells.rst",
+            category="Quality control",
+            labels={"slide": "{slide}", "figure": "detected cells"},
+        ),
     log:
         f"{RESULTS}/logs/cells/{{slide}}.log",
     conda:

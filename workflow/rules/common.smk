@@ -14,6 +14,7 @@ from cytofm.config import (
     EmbedConfig,
     EvalConfig,
     PretrainConfig,
+    ReportConfig,
     SlideTaskConfig,
     TaskConfig,
     TilingConfig,
@@ -412,6 +413,73 @@ def dataset_source(wildcards):
     return []
 
 
+REPORT_ENABLED = config["report"]["enabled"]
+REPORT = from_mapping(
+    ReportConfig,
+    {k: v for k, v in config["report"].items() if k != "enabled"},
+    "report",
+)
+
+
+def report_embeddings():
+    """task -> backbone -> the dataset's feature store and the dataset store."""
+    if "datasets" not in EMBED.sources:
+        return {}
+    return {
+        task.name: {
+            b: {
+                "features": f"{RESULTS}/features/{b}/datasets/{task.dataset}.zarr",
+                "dataset": f"{RESULTS}/datasets/{task.dataset}.zarr",
+            }
+            for b in BACKBONES
+        }
+        for task in TASKS.values()
+    }
+
+
+def report_slide_features():
+    """backbone -> slide -> cell feature store (when cells are embedded)."""
+    if "cells" not in EMBED.sources:
+        return {}
+    return {
+        b: {s: f"{RESULTS}/features/{b}/cells/{s}.zarr" for s in SLIDE_IDS}
+        for b in BACKBONES
+    }
+
+
+def report_slide_meta():
+    """slide -> the sheet's stain (the only metadata the report shows)."""
+    if "stain" not in SLIDES:
+        return {}
+    return {s: {"stain": _sheet_value(s, "stain")} for s in SLIDE_IDS}
+
+
+def report_inputs(wildcards):
+    results = [
+        f"{RESULTS}/eval/{task.name}/{b}/{protocol}.json"
+        for b in BACKBONES
+        for task in TASKS.values()
+        for protocol in task.protocols
+    ]
+    results += [
+        f"{RESULTS}/eval/{t}/{b}/abmil.json" for b in BACKBONES for t in SLIDE_TASKS
+    ]
+    files = {
+        "results": results,
+        "abmil": [
+            f"{RESULTS}/eval/{t}/{b}/abmil" for b in BACKBONES for t in SLIDE_TASKS
+        ],
+        "qc": expand(f"{RESULTS}/qc/{{slide}}.png", slide=SLIDE_IDS),
+        "features": [
+            e["features"] for t in report_embeddings().values() for e in t.values()
+        ]
+        + [p for d in report_slide_features().values() for p in d.values()],
+    }
+    if PRETRAIN_ENABLED:
+        files["pretrained"] = [f"{RESULTS}/pretrain/{PRETRAIN.name}/backbone"]
+    return files
+
+
 def all_targets():
     targets = expand(f"{RESULTS}/tiles/{{slide}}.zarr", slide=SLIDE_IDS)
     targets += expand(f"{RESULTS}/qc/{{slide}}.png", slide=SLIDE_IDS)
@@ -435,6 +503,8 @@ def all_targets():
             f"{RESULTS}/eval/{task}/{backbone}/abmil.json" for task in SLIDE_TASKS
         ]
     targets += [f"{RESULTS}/eval/{task}/summary.csv" for task in [*TASKS, *SLIDE_TASKS]]
+    if REPORT_ENABLED:
+        targets.append(f"{RESULTS}/report/index.html")
     if DEMO_ENABLED:
         targets.append(f"{RESULTS}/demo/slides.tsv")
         targets.append(f"{RESULTS}/qc/detection.json")

@@ -55,7 +55,12 @@ rule eval_summary:
         ],
     output:
         csv=f"{RESULTS}/eval/{{task}}/summary.csv",
-        png=f"{RESULTS}/eval/{{task}}/fewshot.png",
+        png=report(
+            f"{RESULTS}/eval/{{task}}/fewshot.png",
+            caption="../report/fewshot.rst",
+            category="Evaluation",
+            labels={"task": "{task}", "figure": "few-shot curves"},
+        ),
     log:
         f"{RESULTS}/logs/eval_summary/{{task}}.log",
     conda:
@@ -97,7 +102,12 @@ rule mil_summary:
         ],
     output:
         csv=f"{RESULTS}/eval/{{stask}}/summary.csv",
-        png=f"{RESULTS}/eval/{{stask}}/slide_auroc.png",
+        png=report(
+            f"{RESULTS}/eval/{{stask}}/slide_auroc.png",
+            caption="../report/mil.rst",
+            category="Evaluation",
+            labels={"task": "{stask}", "figure": "attention MIL AUROC"},
+        ),
     log:
         f"{RESULTS}/logs/eval_summary/{{stask}}.log",
     conda:

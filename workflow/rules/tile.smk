@@ -6,7 +6,12 @@ rule tile:
         slide=slide_path,
     output:
         store=directory(f"{RESULTS}/tiles/{{slide}}.zarr"),
-        qc=f"{RESULTS}/qc/{{slide}}.png",
+        qc=report(
+            f"{RESULTS}/qc/{{slide}}.png",
+            caption="../report/qc.rst",
+            category="Quality control",
+            labels={"slide": "{slide}", "figure": "tissue mask and tiles"},
+        ),
     log:
         f"{RESULTS}/logs/tile/{{slide}}.log",
     conda:

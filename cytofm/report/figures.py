@@ -1,0 +1,190 @@
+"""Report figures: confusion matrices, data-fraction curves and embedding maps.
+
+Few-shot curves and the MIL AUROC bars come from :mod:`cytofm.eval.summary`; the pretraining
+curves, QC thumbnails, heatmaps and montages are written by their own stages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["embedding_map", "plot_confusion", "plot_fractions", "project_2d"]
+
+log = logging.getLogger(__name__)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(result_jsons: list[str | Path], out_png: str | Path) -> Path | None:
+    """One panel per backbone: the full-label linear probe's test confusion matrix (summed
+    over runs), rows normalised to the share of each true class, counts written in."""
+    panels = []
+    for path in result_jsons:
+        res = json.loads(Path(path).read_text())
+        if res["protocol"] != "linear" or not res["results"]:
+            continue
+        block = res["results"][0]
+        cm = np.sum([np.asarray(r["test"]["confusion_matrix"]) for r in block["runs"]], axis=0)
+        panels.append((res["backbone"], res["classes"], cm, res["task"]))
+    if not panels:
+        return None
+    plt = _plt()
+    panels.sort(key=lambda p: p[0])
+    n_cls = len(panels[0][1])
+    size = 1.2 + 0.45 * n_cls
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels) + 1, size), squeeze=False)
+    for ax, (backbone, classes, cm, _task) in zip(axes[0], panels, strict=True):
+        share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        im = ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(
+                    j,
+                    i,
+                    str(int(cm[i, j])),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if share[i, j] > 0.5 else "black",
+                )
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(f"{backbone}", fontsize=9)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="share of the true class")
+    fig.suptitle(f"{panels[0][3]}: linear probe, test confusion matrix (counts)", fontsize=9)
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return Path(out_png)
+
+
+def plot_fractions(
+    summary: pd.DataFrame, out_png: str | Path, metric: str = "balanced_accuracy"
+) -> Path | None:
+    """Metric vs. share of the training labels, one line per backbone x protocol with the
+    95% CI band (seed 001, Fig. 2); None when the task has no fractions configured."""
+    part = summary[(summary["skipped"] == "") & summary["fraction"].notna()]
+    if part.empty:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, ((backbone, protocol), grp) in enumerate(part.groupby(["backbone", "protocol"])):
+        grp = grp.sort_values("fraction")
+        x = 100 * grp["fraction"].to_numpy(float)
+        colour = colours[i % len(colours)]
+        label = f"{backbone} {'linear probe' if protocol == 'linear' else 'LoRA'}"
+        ax.plot(x, grp[f"{metric}_mean"], "-o", color=colour, label=label, ms=4)
+        ax.fill_between(
+            x, grp[f"{metric}_ci_low"], grp[f"{metric}_ci_high"], color=colour, alpha=0.15, lw=0
+        )
+    ax.set_xlabel("training labels used (% of the training split)")
+    ax.set_ylabel(metric.replace("_", " ") + " (test)")
+    task = ", ".join(sorted(part["task"].unique()))
+    ax.set_title(f"{task}: data-fraction curve (mean over seeds, 95% CI)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def project_2d(features: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
+    """2-D map of the rows: UMAP when umap-learn is installed (or asked for), else PCA."""
+    x = np.asarray(features, dtype=np.float32)
+    x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)
+    if method in ("auto", "umap"):
+        try:
+            import umap
+
+            reducer = umap.UMAP(n_components=2, random_state=seed, n_neighbors=min(15, len(x) - 1))
+            with warnings.catch_warnings():  # "n_jobs overridden by random_state": wanted
+                warnings.simplefilter("ignore", UserWarning)
+                return reducer.fit_transform(x), "UMAP"
+        except ImportError:
+            if method == "umap":
+                raise ImportError(
+                    "report.embedding: umap needs umap-learn (pip install umap-learn); "
+                    "or set report.embedding: pca"
+                ) from None
+    from sklearn.decomposition import PCA
+
+    n = min(2, x.shape[1], len(x))
+    xy = PCA(n_components=n, random_state=seed).fit_transform(x)
+    if xy.shape[1] < 2:
+        xy = np.column_stack([xy, np.zeros(len(xy))])
+    return xy, "PCA"
+
+
+def _scatter(ax, xy, values, title, max_legend=12):
+    cats = pd.Categorical(values)
+    plt = _plt()
+    cmap = plt.get_cmap("tab20" if len(cats.categories) > 10 else "tab10")
+    for i, cat in enumerate(cats.categories):
+        sel = cats.codes == i
+        label = str(cat) if i < max_legend else None
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=6, alpha=0.7, color=cmap(i % cmap.N), label=label)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if len(cats.categories) <= max_legend:
+        ax.legend(fontsize=6, markerscale=2, loc="best", frameon=False)
+    else:
+        ax.text(0.01, 0.01, f"{len(cats.categories)} groups", transform=ax.transAxes, fontsize=7)
+
+
+def embedding_map(
+    panels: list[tuple[np.ndarray, np.ndarray, str]],
+    out_png: str | Path,
+    title: str,
+    method: str = "auto",
+    max_points: int = 3000,
+    seed: int = 0,
+) -> tuple[Path, str] | None:
+    """One projection per feature set, drawn once per colouring.
+
+    ``panels``: (features, values to colour by, panel title); panels that share a feature array
+    (the same object) share one projection, so "by class" and "by slide" show the same points.
+    """
+    if not panels:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
+    cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    used = "PCA"
+    rng = np.random.default_rng(seed)
+    for ax, (feats, values, panel_title) in zip(axes[0], panels, strict=True):
+        key = id(feats)
+        if key not in cache:
+            take = np.arange(len(feats))
+            if len(take) > max_points:
+                take = np.sort(rng.choice(len(feats), max_points, replace=False))
+            xy, used = project_2d(feats[take], method, seed)
+            cache[key] = (xy, take)
+        xy, take = cache[key]
+        _scatter(ax, xy, np.asarray(values)[take], panel_title)
+        ax.set_xlabel(f"{used} 1", fontsize=7)
+        ax.set_ylabel(f"{used} 2", fontsize=7)
+    fig.suptitle(f"{title} ({used} of the features)", fontsize=10)
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png), used

@@ -1,0 +1,289 @@
+"""Stage ``report``: every result of a run -> ``results/report/`` (tables, figures, index.html).
+
+It answers "which backbone for my cytology task, and with how many labels?": per task a table
+of backbones x protocol settings (mean ± std over seeds, bootstrap 95% CI, best marked), the
+few-shot and data-fraction curves, confusion matrices, embedding maps coloured by class and by
+slide/group (biology or batch?), and for slide tasks the AUROC bars, attention heatmaps and
+top-cell montages; then pretraining curves and QC thumbnails. Tables and figures are logged to
+the job's MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cytofm import __version__
+from cytofm.config import ReportConfig
+from cytofm.eval.summary import plot_fewshot, plot_mil, summary_table
+from cytofm.provenance import git_commit, invocation_id
+from cytofm.report.figures import embedding_map, plot_confusion, plot_fractions
+from cytofm.report.html import Figure, Section, render_page
+from cytofm.report.tables import main_metric, overview_table, results_table, to_html, write_table
+from cytofm.stages.context import JobContext
+from cytofm.store import as_str_array, open_store
+
+__all__ = ["run_report"]
+
+log = logging.getLogger(__name__)
+
+EXPLAIN = {
+    False: "Cells: mean ± standard deviation over seeds [bootstrap 95% CI over test items]; "
+    "the best backbone of each row is in bold. Metric: balanced accuracy on the test split.",
+    True: "Cells: mean ± standard deviation over seeds [bootstrap 95% CI over slides]; the best "
+    "backbone is in bold. Metric: AUROC of the out-of-fold slide predictions (patient-grouped "
+    "folds). Heatmaps and montages: slides with the highest predicted abnormality first.",
+}
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    return dst
+
+
+def _embedding_panels(entry: Mapping[str, str]) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """A task's dataset features, coloured by class and by group."""
+    ds = open_store(entry["dataset"])
+    feats = np.asarray(open_store(entry["features"])["features"][:], dtype=np.float32)
+    classes = [str(c) for c in ds.attrs.get("classes", [])]
+    labels = np.asarray(ds["labels"][:]).astype(int)
+    names = np.array([classes[i] if i < len(classes) else str(i) for i in labels])
+    panels = [(feats, names, "coloured by class")]
+    if "groups" in ds:
+        panels.append((feats, as_str_array(ds["groups"][:]), "coloured by group (slide/patient)"))
+    return panels
+
+
+def _slide_panels(
+    stores: Mapping[str, str], meta: Mapping[str, Mapping[str, str]], max_points: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """Cells of every slide (an equal share each), coloured by slide and by stain."""
+    if not stores:
+        return []
+    per_slide = max(10, max_points // len(stores))
+    rng = np.random.default_rng(seed)
+    feats, slides = [], []
+    for slide, path in sorted(stores.items()):
+        f = open_store(path)["features"]
+        n = f.shape[0]
+        if n == 0:
+            continue
+        take = np.sort(rng.choice(n, min(n, per_slide), replace=False))
+        feats.append(np.asarray(f[:], dtype=np.float32)[take])
+        slides += [slide] * len(take)
+    if not feats:
+        return []
+    x, slides = np.concatenate(feats), np.array(slides)
+    panels = [(x, slides, "slide cells, coloured by slide")]
+    stains = np.array([str(meta.get(s, {}).get("stain", "")) for s in slides])
+    if len(set(stains) - {""}) > 1:
+        panels.append((x, stains, "slide cells, coloured by stain"))
+    return panels
+
+
+def run_report(
+    eval_jsons: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    embeddings: Mapping[str, Mapping[str, Mapping[str, str]]] | None = None,
+    slide_features: Mapping[str, Mapping[str, str]] | None = None,
+    slide_meta: Mapping[str, Mapping[str, str]] | None = None,
+    pretrain_dirs: Sequence[str | Path] = (),
+    qc: Sequence[tuple[str, str | Path]] = (),
+    cfg: ReportConfig | None = None,
+    job: JobContext | None = None,
+) -> dict[str, Any]:
+    """Build the report folder from the run's result JSONs and the files beside them.
+
+    ``embeddings``: task -> backbone -> {"features", "dataset"} stores; ``slide_features``:
+    backbone -> slide -> cell feature store; ``slide_meta``: slide -> sheet metadata (stain);
+    ``pretrain_dirs``: exported backbone folders (``training.png`` sits beside each);
+    ``qc``: (slide id, QC thumbnail) pairs. Returns what was written.
+    """
+    cfg = cfg or ReportConfig()
+    job = job or JobContext()
+    out = Path(out_dir)
+    figs, tabs = out / "figures", out / "tables"
+    for folder in (figs, tabs):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    by_task: dict[str, list[Path]] = defaultdict(list)
+    for path in eval_jsons:
+        by_task[json.loads(Path(path).read_text())["task"]].append(Path(path))
+
+    with job.run("report", {"report": cfg.to_dict(), "n_results": len(eval_jsons)}) as run:
+        sections: list[Section] = []
+        tables: dict[str, pd.DataFrame] = {}
+        written: dict[str, list[str]] = {"tables": [], "figures": []}
+
+        def fig(path: Path | None, caption: str, section: Section, thumb: bool = False) -> None:
+            if path is not None and Path(path).is_file():
+                rel = Path(path).relative_to(out).as_posix()
+                (section.thumbs if thumb else section.figures).append(Figure(rel, caption))
+                written["figures"].append(rel)
+
+        summaries = {task: summary_table(sorted(paths)) for task, paths in by_task.items()}
+        # patch-level tasks first, then slide-level ones, each alphabetically
+        for task in sorted(summaries, key=lambda t: (main_metric(summaries[t]) == "auroc", t)):
+            jsons = sorted(by_task[task])
+            summary = summaries[task]
+            metric = main_metric(summary)
+            table = results_table(summary, metric)
+            tables[task] = table
+            paths = write_table(table, tabs / task)
+            written["tables"] += [p.relative_to(out).as_posix() for p in paths.values()]
+            is_mil = metric == "auroc"
+            sec = Section(
+                anchor=f"task-{task}",
+                title=f"{'Slide' if is_mil else 'Patch'}-level task: {task}",
+                intro=EXPLAIN[is_mil],
+                tables_html=[to_html(table)],
+                links=[(p.relative_to(out).as_posix(), p.name) for p in paths.values()],
+            )
+            if is_mil:
+                plot_mil(summary, figs / f"{task}_auroc.png")
+                fig(figs / f"{task}_auroc.png", "slide AUROC and attention vs. truth", sec)
+                _mil_pictures(jsons, figs / "mil" / task, cfg.max_slides, sec, fig)
+            else:
+                if (summary["protocol"].isin(["fewshot", "lora"])).any():
+                    plot_fewshot(summary, figs / f"{task}_fewshot.png")
+                    fig(figs / f"{task}_fewshot.png", "few-shot curves", sec)
+                fig(
+                    plot_fractions(summary, figs / f"{task}_fractions.png"),
+                    "data-fraction curve",
+                    sec,
+                )
+                fig(
+                    plot_confusion(jsons, figs / f"{task}_confusion.png"), "confusion matrices", sec
+                )
+                for backbone, entry in sorted(((embeddings or {}).get(task) or {}).items()):
+                    panels = _embedding_panels(entry)
+                    made = embedding_map(
+                        panels,
+                        figs / f"{task}_embedding_{backbone}.png",
+                        f"{task}: {backbone}",
+                        cfg.embedding,
+                        cfg.max_points,
+                    )
+                    if made:
+                        fig(made[0], f"{backbone} embeddings ({made[1]}) by class and group", sec)
+            sections.append(sec)
+
+        if tables:
+            overview = overview_table(tables)
+            if not overview.empty:
+                paths = write_table(overview, tabs / "overview", first="task")
+                written["tables"] += [p.relative_to(out).as_posix() for p in paths.values()]
+                sections.insert(
+                    0,
+                    Section(
+                        anchor="overview",
+                        title="Overview: tasks x backbones",
+                        intro="Full-label linear probe (balanced accuracy) per patch task and "
+                        "attention MIL (AUROC) per slide task; mean ± std [95% CI], best in bold.",
+                        tables_html=[to_html(overview, first="task")],
+                        links=[(p.relative_to(out).as_posix(), p.name) for p in paths.values()],
+                    ),
+                )
+
+        if slide_features:
+            sec = Section("slides-embedding", "Slide cells: biology or batch?")
+            sec.intro = (
+                "Cells of every slide in one map per backbone. Points that cluster by slide or "
+                "stain rather than mixing show a backbone that encodes the batch."
+            )
+            for backbone, stores in sorted(slide_features.items()):
+                panels = _slide_panels(stores, slide_meta or {}, cfg.max_points, 0)
+                made = embedding_map(
+                    panels, figs / f"slides_embedding_{backbone}.png", backbone, cfg.embedding
+                )
+                if made:
+                    fig(made[0], f"{backbone}: slide cells ({made[1]})", sec)
+            sections.append(sec)
+
+        if pretrain_dirs:
+            sec = Section("pretraining", "Pretraining")
+            sec.intro = (
+                "Losses, teacher collapse monitors (entropy, effective rank) and the kNN probe."
+            )
+            for d in pretrain_dirs:
+                curve = Path(d).parent / "training.png"
+                if curve.is_file():
+                    name = Path(d).parent.name
+                    fig(
+                        _copy(curve, figs / f"pretrain_{name}.png"), f"{name}: training curves", sec
+                    )
+            sections.append(sec)
+
+        if qc:
+            sec = Section("qc", "Quality control")
+            shown = list(qc)[: cfg.max_slides] if cfg.max_slides else []
+            sec.intro = (
+                f"Tissue mask and tile grid, and detected cells, for {len(shown)} of {len(qc)} "
+                "slides (all are in results/qc/)."
+            )
+            for slide, png in shown:
+                fig(_copy(Path(png), figs / "qc" / f"{slide}.png"), f"{slide}: tiles", sec, True)
+                cells = Path(png).with_suffix(".cells.png")
+                if cells.is_file():
+                    fig(
+                        _copy(cells, figs / "qc" / f"{slide}.cells.png"),
+                        f"{slide}: cells",
+                        sec,
+                        True,
+                    )
+            sections.append(sec)
+
+        meta = {
+            "cytofm": __version__,
+            "git commit": git_commit(),
+            "invocation": invocation_id() or "-",
+            "results": str(len(eval_jsons)),
+        }
+        index = render_page("cytofm results report", meta, sections, out / "index.html")
+        run.log_artifact(index, "report")
+        run.log_artifacts(tabs, "report/tables")
+        run.log_artifacts(figs, "report/figures")
+        run.log_metrics({"n_figures": len(written["figures"]), "n_tables": len(written["tables"])})
+    log.info(
+        "report: %d tables, %d figures -> %s",
+        len(written["tables"]),
+        len(written["figures"]),
+        index,
+    )
+    return written
+
+
+def _mil_pictures(jsons, dest: Path, max_slides: int, sec: Section, fig) -> None:
+    """Heatmaps and montages of up to ``max_slides`` slides per backbone (highest predicted
+    abnormality first), copied next to the page."""
+    for path in jsons:
+        res = json.loads(path.read_text())
+        src = path.with_suffix("")  # <backbone>/abmil.json -> <backbone>/abmil/
+        slides = list(res.get("slides", []))
+        proba = np.asarray(res.get("oof_proba") or [], dtype=float)  # (seeds, slides, classes)
+        if proba.ndim == 3 and proba.shape[1] == len(slides):
+            order = np.argsort(-proba[0][:, -1], kind="stable")  # most abnormal first
+        else:
+            order = np.arange(len(slides))
+        for i in order[:max_slides]:
+            slide = slides[int(i)]
+            for kind in ("heatmap", "montage"):
+                png = src / kind / f"{slide}.png"
+                if png.is_file():
+                    label = res["labels"][int(i)] if "labels" in res else "?"
+                    fig(
+                        _copy(png, dest / res["backbone"] / f"{kind}_{slide}.png"),
+                        f"{res['backbone']} {kind}: {slide} (label {label})",
+                        sec,
+                        thumb=True,
+                    )
