@@ -180,8 +180,8 @@ def test_every_backbone_embeds_every_store_and_is_evaluated(results):
             )
             assert res["results"] and res["backbone"] == backbone
     summary = (results / "eval" / "demo_cells" / "summary.csv").read_text().splitlines()
-    # 2 backbones x (linear + knn + 2 shot counts x (fewshot + lora)) rows
-    assert len(summary) == 1 + 2 * (2 + 2 * 2)
+    # 2 backbones x (linear + knn + 2 shot counts x (fewshot + lora) + 2 linear fractions) rows
+    assert len(summary) == 1 + 2 * (2 + 2 * 2 + 2)
     assert (results / "eval" / "demo_cells" / "fewshot.png").stat().st_size > 5000
 
 
@@ -294,7 +294,7 @@ REPORT_FIGURES = [
 
 def test_report_has_every_figure_and_table(results, runs):
     report = results / "report"
-    tables = sorted(p.name for p in (report / "tables").iterdir())
+    tables = sorted(p.name for p in (report / "tables").iterdir() if not p.name.startswith("."))
     assert tables == sorted(
         f"{t}.{x}" for t in ("demo_cells", "demo_abnormal", "overview") for x in ("csv", "md")
     )
@@ -408,11 +408,11 @@ def _add_slide_sheet(results, tmp_path, split):
 
 def test_new_slide_plans_only_its_own_jobs(results, tmp_path):
     """Adding a slide outside the pretraining splits runs its tiling, cells and embedding
-    (one per backbone) only: pretraining and every evaluation stay as they are."""
+    (one per backbone) and the report: pretraining and every evaluation stay as they are."""
     sheet = _add_slide_sheet(results, tmp_path, "test")
     proc = snakemake("-n", "--config", f"results={results}", f"samples={sheet}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert planned_jobs(proc.stdout) == {"tile": 1, "cells": 1, "embed": 2, "all": 1}
+    assert planned_jobs(proc.stdout) == {"tile": 1, "cells": 1, "embed": 2, "report": 1, "all": 1}
 
 
 def test_new_pretraining_slide_retriggers_pretraining(results, tmp_path):
@@ -427,12 +427,13 @@ def test_new_pretraining_slide_retriggers_pretraining(results, tmp_path):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ({"knn_k": 5}, {"evaluate": 8, "eval_summary": 1, "all": 1}),
-        ({"mil_lr": 0.001}, {"mil": 2, "mil_summary": 1, "all": 1}),
+        ({"knn_k": 5}, {"evaluate": 8, "eval_summary": 1, "report": 1, "all": 1}),
+        ({"mil_lr": 0.001}, {"mil": 2, "mil_summary": 1, "report": 1, "all": 1}),
     ],
 )
 def test_evaluation_settings_reembed_nothing(results, tmp_path, override, expected):
-    """Changing evaluation settings reruns evaluations only; a MIL setting only MIL."""
+    """Changing evaluation settings reruns evaluations (and the report) only; a MIL setting
+    only MIL."""
     import yaml
 
     cfg = yaml.safe_load(TINY.read_text())
