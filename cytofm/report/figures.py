@@ -46,7 +46,7 @@ def plot_confusion(result_jsons: list[str | Path], out_png: str | Path) -> Path 
     n_cls = len(panels[0][1])
     size = 1.2 + 0.45 * n_cls
     fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels) + 1, size), squeeze=False)
-    for ax, (backbone, classes, cm, _task) in zip(axes[0], panels, strict=True):
+    for k, (ax, (backbone, classes, cm, _task)) in enumerate(zip(axes[0], panels, strict=True)):
         share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
         im = ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
         for i in range(cm.shape[0]):
@@ -61,9 +61,10 @@ def plot_confusion(result_jsons: list[str | Path], out_png: str | Path) -> Path 
                     color="white" if share[i, j] > 0.5 else "black",
                 )
         ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        ax.set_yticks(range(len(classes)), classes if k == 0 else [], fontsize=7)
         ax.set_xlabel("predicted class")
-        ax.set_ylabel("true class")
+        if k == 0:  # the classes read along the first panel's rows for all of them
+            ax.set_ylabel("true class")
         ax.set_title(f"{backbone}", fontsize=9)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="share of the true class")
     fig.suptitle(f"{panels[0][3]}: linear probe, test confusion matrix (counts)", fontsize=9)
@@ -145,7 +146,7 @@ def _scatter(ax, xy, values, title, max_legend=12):
     ax.set_xticks([])
     ax.set_yticks([])
     if len(cats.categories) <= max_legend:
-        ax.legend(fontsize=6, markerscale=2, loc="best", frameon=False)
+        ax.legend(fontsize=6, markerscale=2, loc="upper left", bbox_to_anchor=(1, 1), frameon=False)
     else:
         ax.text(0.01, 0.01, f"{len(cats.categories)} groups", transform=ax.transAxes, fontsize=7)
 
@@ -166,7 +167,7 @@ def embedding_map(
     if not panels:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False)
     cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     used = "PCA"
     rng = np.random.default_rng(seed)
