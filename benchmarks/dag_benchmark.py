@@ -96,6 +96,17 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args()
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
+    # Fixed start-up cost of every snakemake command, before any DAG work: imports, plus the
+    # SLURM executor plugin's probe of the cluster (it runs `scontrol` when SLURM's client
+    # tools are installed, which waits ~9 s for a controller that is not running).
+    t0 = time.perf_counter()
+    subprocess.run([SNAKEMAKE, "--version"], capture_output=True, check=True)
+    result["startup_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import snakemake_executor_plugin_slurm"], check=True)
+    result["slurm_plugin_import_s"] = time.perf_counter() - t0
+    startup, probe = result["startup_s"], result["slurm_plugin_import_s"]
+    print(f"start-up {startup:.1f} s (SLURM plugin {probe:.1f} s)")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         template = tmp / "template.tif"
@@ -132,6 +143,13 @@ def main() -> None:
         "# Workflow planning and reruns",
         "",
         f"Machine: {result['machine']}",
+        "",
+        "Every figure includes the start-up of the `snakemake` command: "
+        f"{result['startup_s']:.1f} s for `snakemake --version`, of which "
+        f"{result['slurm_plugin_import_s']:.1f} s is the import "
+        "of the SLURM executor plugin (it probes the cluster with `scontrol`, which waits about "
+        "9 s when SLURM's client tools are installed but no controller answers, as on this "
+        "machine; about 1 s where SLURM is absent or up).",
         "",
         f"- Plan of {p['slides']:,} slides (tile, cells, 2 backbones x cell embedding, "
         f"pretraining): `snakemake -n` {p['dry_run_s']:.1f} s, {sum(p['jobs'].values()):,} "
