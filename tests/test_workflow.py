@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ def snakemake(*args: str, env: dict | None = None) -> subprocess.CompletedProces
 def results(tmp_path_factory, mlflow_server):
     """The tiny workflow, tracked by a real MLflow server on localhost."""
     out = tmp_path_factory.mktemp("wf") / "results"
+    (out.parent / "started").write_text(str(int(time.time() * 1000)))
     proc = snakemake("--config", f"results={out}", env={"MLFLOW_TRACKING_URI": mlflow_server})
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
@@ -38,12 +40,19 @@ def results(tmp_path_factory, mlflow_server):
 
 @pytest.fixture(scope="module")
 def runs(results, mlflow_server):
-    """The tiny workflow's MLflow runs, by run id, read back from the server."""
+    """The tiny workflow's MLflow runs, by run id, read back from the server (which other
+    tests of the session, e.g. the SLURM one, also log to: only runs started after ours)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("cytofm-test")
-    return {r.info.run_id: r for r in client.search_runs([exp.experiment_id], max_results=1000)}
+    started = int((results.parent / "started").read_text())
+    found = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"attributes.start_time >= {started}",
+        max_results=1000,
+    )
+    return {r.info.run_id: r for r in found}
 
 
 def test_lint_is_clean():
