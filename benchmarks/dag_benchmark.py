@@ -149,7 +149,7 @@ def main() -> None:
         f"{result['slurm_plugin_import_s']:.1f} s is the import "
         "of the SLURM executor plugin (it probes the cluster with `scontrol`, which waits about "
         "9 s when SLURM's client tools are installed but no controller answers, as on this "
-        "machine; about 1 s where SLURM is absent or up).",
+        "machine).",
         "",
         f"- Plan of {p['slides']:,} slides (tile, cells, 2 backbones x cell embedding, "
         f"pretraining): `snakemake -n` {p['dry_run_s']:.1f} s, {sum(p['jobs'].values()):,} "
