@@ -199,6 +199,7 @@ class DatasetConfig(_Section):
     group_column: str = "group"
     split_column: str = "split"
     chunk: int = 256
+    classes: tuple = ()
 
     def __post_init__(self) -> None:
         s = f"datasets.{self.name}"
@@ -218,6 +219,7 @@ class DatasetConfig(_Section):
             )
         if self.mpp is not None:
             _positive(s, mpp=self.mpp, patch_um=self.patch_um)  # type: ignore[arg-type]
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +229,7 @@ class TrackingConfig(_Section):
     tracking_uri: str = ""
     experiment: str = "cytofm"
     log_slide_paths: bool = False
+    log_slide_metadata: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,6 +404,7 @@ class SlideTaskConfig(_Section):
     folds: int = 3
     seeds: tuple = (0, 1, 2)
     truth_positive: tuple = ()
+    classes: tuple = ()
 
     def __post_init__(self) -> None:
         s = f"evaluate.slide_tasks.{self.name}"
@@ -414,8 +418,11 @@ class SlideTaskConfig(_Section):
             raise ConfigError(f"{s}.folds must be >= 2, got {self.folds!r}")
         if not self.seeds:
             raise ConfigError(f"{s}.seeds must name at least one seed")
-        for key in ("seeds", "truth_positive"):
-            object.__setattr__(self, key, tuple(getattr(self, key)))
+        for key in ("seeds", "truth_positive", "classes"):
+            values = getattr(self, key)
+            object.__setattr__(
+                self, key, tuple(str(c) for c in values) if key == "classes" else tuple(values)
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ import pandas as pd
 
 from cytofm.config import DatasetConfig
 from cytofm.errors import InputDataError
+from cytofm.labels import check_labels
 
 __all__ = ["IMAGE_SUFFIXES", "decode_image", "fit_patch", "list_collection"]
 
@@ -75,6 +76,13 @@ def list_collection(cfg: DatasetConfig) -> pd.DataFrame:
         )
     if table.empty:
         raise InputDataError(f"dataset '{cfg.name}': no images found under {root}")
+    check_labels(
+        table["label"].tolist(),
+        table["path"].tolist(),
+        source=f"dataset '{cfg.name}' ({root})",
+        key=f"datasets.{cfg.name}",
+        declared=cfg.classes,
+    )
     absent = [p for p in table["path"] if not Path(p).is_file()]
     if absent:
         raise InputDataError(
@@ -88,7 +96,17 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise InputDataError(f"cannot decode image {name}: not a readable PNG/JPEG/TIFF/BMP")
-    if img.dtype != np.uint8:  # 16-bit images: scale to 8 bits
+    if img.dtype.kind == "f":  # float images (exports of normalised arrays): 0-1 or 0-255
+        finite = np.isfinite(img)
+        if not finite.all():
+            raise InputDataError(
+                f"image {name}: {100 * (1 - finite.mean()):.0f}% of its pixels are NaN or "
+                "infinite (a failed export or a normalisation that divided by zero). Re-export "
+                "it as 8-bit PNG/TIFF, or remove it from the collection."
+            )
+        top = 1.0 if img.max() <= 1.0 else 255.0
+        img = np.clip(np.round(img * (255.0 / top)), 0, 255).astype(np.uint8)
+    elif img.dtype != np.uint8:  # 16-bit images: scale to 8 bits
         img = (img / (np.iinfo(img.dtype).max / 255.0)).astype(np.uint8)
     if img.ndim == 2:
         return np.repeat(img[..., None], 3, axis=2)

@@ -12,7 +12,12 @@ from cytofm.errors import InputDataError
 __all__ = ["RESERVED_COLUMNS", "load_sheet", "validate_sheet"]
 
 RESERVED_COLUMNS = ("slide_id", "path", "mpp", "patient_id", "split", "cell_truth")
-_ID = re.compile(r"^[A-Za-z0-9._-]+$")
+_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+
+
+def _valid_id(value: str) -> bool:
+    """Letters, digits, '._-'; not '.', '..' or hidden; never a path."""
+    return bool(_ID.match(value)) and value not in (".", "..") and ".." not in value
 
 
 def validate_sheet(df: pd.DataFrame, source: str = "sample sheet") -> pd.DataFrame:
@@ -25,16 +30,25 @@ def validate_sheet(df: pd.DataFrame, source: str = "sample sheet") -> pd.DataFra
         )
     df = df.copy()
     df["slide_id"] = df["slide_id"].astype(str)
-    bad = [s for s in df["slide_id"] if not _ID.match(s)]
+    # Ids become file and folder names: validated before any path is built from them.
+    bad = [(i + 2, s) for i, s in enumerate(df["slide_id"]) if not _valid_id(s)]
     if bad:
+        listed = ", ".join(f"line {line}: {s!r}" for line, s in bad[:5])
         raise InputDataError(
-            f"{source}: slide_id value(s) {bad[:5]} may hold only letters, digits and '._-' "
-            "(they become file names)"
+            f"{source}: invalid slide_id ({listed}{' ...' if len(bad) > 5 else ''}). Ids become "
+            "file names, so they may hold only letters, digits and '._-', must not start with "
+            "'.' or '-', and are at most 128 characters; rename them in the sheet (e.g. "
+            "'case 01' -> 'case_01')."
         )
-    dups = df["slide_id"][df["slide_id"].duplicated()].unique().tolist()
-    if dups:
+    dup_mask = df["slide_id"].duplicated(keep=False)
+    if dup_mask.any():
+        lines = {}
+        for i, s in zip(df.index[dup_mask], df["slide_id"][dup_mask], strict=True):
+            lines.setdefault(s, []).append(int(i) + 2)
+        listed = "; ".join(f"{s!r} on lines {v}" for s, v in list(lines.items())[:5])
         raise InputDataError(
-            f"{source}: duplicate slide_id value(s) {dups[:5]}; ids must be unique"
+            f"{source}: duplicate slide_id ({listed}). Every slide needs its own id: rename "
+            "one of them (e.g. append the scan number) or delete the repeated row."
         )
     if "mpp" not in df.columns:
         df["mpp"] = float("nan")

@@ -17,8 +17,11 @@ from typing import Any
 import numpy as np
 import zarr
 
+from cytofm.errors import CytofmError
+
 __all__ = [
     "PatchStoreWriter",
+    "StoreError",
     "as_str_array",
     "atomic_group",
     "atomic_json",
@@ -33,6 +36,10 @@ def atomic_group(path: str | Path) -> Iterator[zarr.Group]:
     """Create a zarr group at a temporary path; move it to ``path`` on success only."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    # Leftovers of a writer killed before its rename (SIGKILL, node failure): never read as
+    # a store (their name is not the output's), removed when the output is written again.
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
     group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
     try:
@@ -56,15 +63,96 @@ def atomic_json(path: str | Path, obj: Any, default=None) -> None:
     tmp.replace(final)
 
 
+class StoreError(CytofmError, RuntimeError):
+    """A store exists but cannot be read (damaged metadata or chunk files)."""
+
+
+def _corrupt(path: Path, what: str, exc: BaseException) -> StoreError:
+    return StoreError(
+        f"zarr store {path} is corrupt: {what} ({type(exc).__name__}: {exc}). Delete it and "
+        "rerun snakemake, which rebuilds it from its inputs (or run the producing rule with "
+        "--forcerun)."
+    )
+
+
+class _CheckedArray:
+    """A read-only zarr array whose read errors name the store and the fix."""
+
+    _READS = ("get_orthogonal_selection", "get_basic_selection", "get_coordinate_selection")
+
+    def __init__(self, array: zarr.Array, store: Path, name: str):
+        self._array, self._store, self._name = array, store, name
+
+    def __getitem__(self, selection):
+        return self._read(self._array.__getitem__, selection)
+
+    def _read(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (IndexError, KeyError, TypeError):  # the caller's selection, not the store
+            raise
+        except Exception as exc:  # codec errors on damaged chunk files, unreadable files
+            raise _corrupt(self._store, f"reading array '{self._name}' failed", exc) from exc
+
+    def __getattr__(self, attr):
+        value = getattr(self._array, attr)
+        if attr in self._READS:
+            return lambda *a, **k: self._read(value, *a, **k)
+        return value
+
+    def __len__(self) -> int:
+        return self._array.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        data = self[...]
+        return data if dtype is None else data.astype(dtype)
+
+
+class _CheckedGroup:
+    """A read-only zarr group handing out :class:`_CheckedArray` members."""
+
+    def __init__(self, group: zarr.Group, path: Path):
+        self._group, self._path = group, path
+
+    def __getitem__(self, name: str):
+        try:
+            member = self._group[name]
+        except KeyError:
+            raise
+        except Exception as exc:
+            raise _corrupt(self._path, f"the metadata of '{name}' cannot be read", exc) from exc
+        if isinstance(member, zarr.Array):
+            return _CheckedArray(member, self._path, name)
+        return _CheckedGroup(member, self._path / name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._group
+
+    def __iter__(self):
+        return iter(self._group)
+
+    def __getattr__(self, attr):
+        return getattr(self._group, attr)
+
+
 def open_store(path: str | Path) -> zarr.Group:
-    """Open a finished store read-only, with a clear error when it is missing."""
+    """Open a finished store read-only, with a clear error when it is missing or damaged.
+
+    Stores are renamed into place only when complete, so a store without ``zarr.json`` is
+    never a finished one. Reads of damaged chunks raise :class:`StoreError` naming the store.
+    """
     p = Path(path)
     if not (p / "zarr.json").is_file():
         raise FileNotFoundError(
             f"{p} is not a cytofm zarr store (no zarr.json). Re-run the stage that writes it "
             "(Snakemake does this when you ask for the file as a target)."
         )
-    return zarr.open_group(str(p), mode="r")
+    try:
+        group = zarr.open_group(str(p), mode="r")
+        group.attrs.asdict()
+    except Exception as exc:
+        raise _corrupt(p, "its zarr.json cannot be parsed", exc) from exc
+    return _CheckedGroup(group, p)  # type: ignore[return-value]
 
 
 def write_strings(group: zarr.Group, name: str, values: list[str]) -> zarr.Array:

@@ -109,6 +109,13 @@ class RunLogger:
         with self._locked():
             self._client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_dict(self, obj: Mapping[str, Any], name: str) -> None:
+        """A JSON artifact ``name`` holding ``obj``."""
+        if not self.active:
+            return
+        with self._locked():
+            self._client.log_dict(self.run_id, dict(obj), name)
+
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
         """Every file under ``folder`` (PNG sets such as heatmaps), keeping the layout."""
         if not self.active:

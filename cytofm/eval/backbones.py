@@ -77,6 +77,10 @@ class BackboneSpec(_Section):
                 if len(v) != 3:
                     raise ConfigError(f"{s}.{key} must hold 3 numbers (RGB), got {v!r}")
                 object.__setattr__(self, key, tuple(float(x) for x in v))
+        if self.std is not None and min(self.std) <= 0:
+            raise ConfigError(
+                f"{s}.std must be positive (images are divided by it), got {list(self.std)}"
+            )
 
 
 @dataclasses.dataclass

@@ -9,6 +9,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from cytofm.errors import InputDataError
 from cytofm.eval.backbones import LoadedBackbone
 
 __all__ = ["batches", "embed_array", "pick_device", "preprocess"]
@@ -61,6 +62,15 @@ def embed_array(
     with tqdm(total=n, desc=desc, unit="img", mininterval=5) as bar:
         for start, rows in batches(images, batch_size):
             x = preprocess(rows, bb, device)
+            finite = torch.isfinite(x).flatten(1).all(1)
+            if not bool(finite.all()):
+                bad = start + torch.nonzero(~finite).flatten().cpu().numpy()
+                raise InputDataError(
+                    f"{desc}: {len(bad)} image(s) (rows {bad[:5].tolist()}) are not finite after "
+                    f"normalisation with mean {list(bb.mean)} and std {list(bb.std)}; the "
+                    "backbone's std must be positive (check its config.json or the backbone's "
+                    "'std' in config.yaml)"
+                )
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 f = bb.model(x)
             out[start : start + len(rows)] = f.float().cpu().numpy()

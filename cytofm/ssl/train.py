@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cytofm.config import PretrainConfig
-from cytofm.errors import CytofmError
+from cytofm.errors import CytofmError, InputDataError
 from cytofm.ssl.augment import AugmentConfig, MultiCrop
 from cytofm.ssl.data import PatchSource
 from cytofm.ssl.heads import DINOHead
@@ -191,7 +191,16 @@ class Trainer:
         """Resume from ``checkpoint.pt`` if present (tensors and plain values only)."""
         if not self.checkpoint_path.is_file():
             return False
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        try:
+            state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        except Exception as exc:  # pickled code (refused by weights_only), truncation, garbage
+            raise InputDataError(
+                f"{self.checkpoint_path} cannot be loaded as a training checkpoint "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). Checkpoints are "
+                "read with torch.load(weights_only=True), which refuses pickled code; a file "
+                "that fails this is damaged or not one cytofm wrote. Move it away (or delete "
+                "it) to start pretraining from scratch."
+            ) from exc
         if state["config"] != self.cfg.to_dict():
             changed = sorted(
                 k for k in state["config"] if state["config"][k] != self.cfg.to_dict().get(k)

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from cytofm.cells.detect import make_detector
 from cytofm.cells.extract import iter_tile_cells
 from cytofm.config import CellsConfig
+from cytofm.errors import InputDataError
 from cytofm.provenance import provenance
 from cytofm.stages.context import JobContext
 from cytofm.store import PatchStoreWriter, atomic_group, open_store, write_strings
@@ -100,6 +101,15 @@ def run_cells(
                     elif (j := int(rng.integers(seen))) < gallery_size:
                         reservoir[j] = img
             n = writer.close()
+            if n == 0:
+                raise InputDataError(
+                    f"slide '{slide_id}': no nuclei found in its {len(boxes)} foreground tiles "
+                    f"(cells.detector={cfg.detector!r}, threshold={cfg.threshold}, "
+                    f"min_darkness={cfg.min_darkness}, slide mpp {slide.mpp:g} from "
+                    f"{slide.mpp_source}). Check the QC image, the slide's mpp and stain; lower "
+                    "cells.threshold or cells.min_darkness, or remove the slide (e.g. an "
+                    "acellular, unsatisfactory specimen) from the sample sheet."
+                )
             write_strings(g, "ids", [f"{slide_id}:{i}" for i in range(n)])
             elapsed = time.perf_counter() - t0
             w, h = slide.dimensions

@@ -56,14 +56,38 @@ def task_split(task: TaskConfig, data: dict[str, Any]) -> Split:
                 f"task '{task.name}' asks for the given split but dataset '{task.dataset}' has no "
                 "split column; add one to its CSV (split_column) or set split: derived"
             )
-        return given_split(data["splits"])
-    return make_split(
-        data["labels"],
-        data["groups"],
-        val_fraction=task.val_fraction,
-        test_fraction=task.test_fraction,
-        seed=task.split_seed,
-    )
+        split = given_split(data["splits"])
+    else:
+        split = make_split(
+            data["labels"],
+            data["groups"],
+            val_fraction=task.val_fraction,
+            test_fraction=task.test_fraction,
+            seed=task.split_seed,
+        )
+    _check_classes_in_parts(task, data, split)
+    return split
+
+
+def _check_classes_in_parts(task: TaskConfig, data: dict[str, Any], split: Split) -> None:
+    """Every class needs training and test examples (and validation ones when there is a
+    validation part); a class too small for that is an error, not a silently missing class."""
+    labels, classes = data["labels"], data["classes"]
+    parts = {"train": split.train, "test": split.test}
+    if len(split.val):
+        parts["val"] = split.val
+    short = []
+    for c, name in enumerate(classes):
+        absent = [p for p, rows in parts.items() if not (labels[rows] == c).any()]
+        if absent:
+            short.append(f"'{name}' ({int((labels == c).sum())} images; none in {absent})")
+    if short:
+        raise InputDataError(
+            f"task '{task.name}': class(es) {', '.join(short)} of dataset '{task.dataset}' are "
+            f"too small to have examples in every part of the {split.source} split. Add images "
+            "of those classes, merge or drop them (the dataset's 'query' filters CSV rows), or "
+            "give a split column that places them."
+        )
 
 
 def _lora_settings(cfg: EvalConfig):
@@ -210,8 +234,12 @@ def run_evaluate(
                     skipped.append(
                         {
                             "shots": amount,
-                            "reason": f"class(es) {[classes[c] for c in short]} have fewer than "
-                            f"{amount} training examples",
+                            "reason": "class(es) "
+                            + ", ".join(
+                                f"'{classes[c]}' ({int((labels[tr] == c).sum())})" for c in short
+                            )
+                            + f" have fewer than {amount} training examples; add images or "
+                            f"remove {amount} from evaluate.tasks.{task.name}.shots",
                         }
                     )
                     log.warning(

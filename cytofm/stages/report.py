@@ -10,6 +10,7 @@ the job's MLflow run.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import shutil
@@ -142,11 +143,27 @@ def run_report(
             paths = write_table(table, tabs / task)
             written["tables"] += [p.relative_to(out).as_posix() for p in paths.values()]
             is_mil = metric == "auroc"
+            skipped = sorted(
+                {
+                    f"{r['protocol']} {r['shots']}-shot ({r['backbone']}): {r['skipped']}"
+                    for _, r in summary.iterrows()
+                    if r["skipped"]
+                }
+            )
+            notes = (
+                [
+                    '<p class="skipped">Not evaluated: '
+                    + "; ".join(html.escape(t) for t in skipped)
+                    + "</p>"
+                ]
+                if skipped
+                else []
+            )
             sec = Section(
                 anchor=f"task-{task}",
                 title=f"{'Slide' if is_mil else 'Patch'}-level task: {task}",
                 intro=EXPLAIN[is_mil],
-                tables_html=[to_html(table)],
+                tables_html=[to_html(table), *notes],
                 links=[(p.relative_to(out).as_posix(), p.name) for p in paths.values()],
             )
             if is_mil:

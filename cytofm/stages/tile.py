@@ -10,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cytofm.config import TilingConfig
+from cytofm.errors import InputDataError
 from cytofm.provenance import file_sha256, provenance
 from cytofm.stages.context import JobContext
 from cytofm.store import atomic_group
@@ -53,6 +54,15 @@ def run_tile(
                 dilate_um=cfg.dilate_um,
             )
             grid = tile_grid(slide, mask, cfg.mask_mpp, cfg.tile_px, cfg.mpp, cfg.min_foreground)
+            if len(grid) == 0:
+                raise InputDataError(
+                    f"slide '{slide_id}': no foreground found (tissue covers "
+                    f"{100 * mask.mean():.2f}% of the thumbnail, no tile reaches "
+                    f"tiling.min_foreground={cfg.min_foreground}). The slide looks like empty "
+                    f"glass or its stain is fainter than tiling.od_threshold={cfg.od_threshold}: "
+                    "check the scan, lower tiling.od_threshold, or remove the slide from the "
+                    "sample sheet."
+                )
             log.info(
                 "%s: %d of %d tiles hold foreground (%.1f%% of the slide)",
                 slide_id,
@@ -71,6 +81,8 @@ def run_tile(
                 foreground_fraction=float(mask.mean()),
             )
             run.set_tags({"cytofm.slide_sha256": record["slide_sha256"]})
+            if job.tracking.log_slide_metadata:  # opt-in: may hold personal data
+                run.log_dict(slide.properties(), "slide_properties.json")
             with atomic_group(out_store) as g:
                 g.create_array("boxes", data=grid.boxes, chunks=(max(len(grid), 1), 4))
                 g.create_array("coords", data=grid.centres, chunks=(max(len(grid), 1), 2))

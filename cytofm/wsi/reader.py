@@ -19,7 +19,7 @@ import numpy as np
 
 from cytofm.errors import InputDataError, MissingResolutionError
 
-__all__ = ["BACKENDS", "Slide", "open_slide", "register_backend"]
+__all__ = ["BACKENDS", "Slide", "check_slide_file", "open_slide", "register_backend", "sniff"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,11 @@ class Slide:
             "backend": self.backend,
         }
 
+    def properties(self) -> dict[str, str]:
+        """Every metadata field the file holds (vendor tags: may include scan dates,
+        barcodes, operator names). Logged only when ``mlflow.log_slide_metadata`` is set."""
+        return {}
+
     def best_level(self, downsample: float) -> int:
         """Coarsest level whose downsample does not exceed ``downsample`` (never upsample)."""
         best = 0
@@ -139,22 +144,94 @@ class Slide:
             borderMode=cv2.BORDER_REPLICATE,
         )
 
+    def _read_level_checked(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
+        try:
+            return self._read_level(x, y, w, h, level)
+        except InputDataError:
+            raise
+        except Exception as exc:  # OpenSlideError, tifffile/zarr decode errors, OSError, ...
+            raise InputDataError(
+                f"slide '{self.slide_id}': reading level {level} at ({x}, {y}) size {w}x{h} of "
+                f"{self.path} failed ({type(exc).__name__}: {exc}). The file is truncated or "
+                "corrupt: copy it again from the scanner or archive, or remove its row from "
+                "the sample sheet."
+            ) from exc
+
     def _read_level_padded(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
         """Read a level region, clipping to the level's bounds and padding with white."""
         lw, lh = self.level_dimensions[level]
         cx0, cy0 = max(x, 0), max(y, 0)
         cx1, cy1 = min(x + w, lw), min(y + h, lh)
         if cx0 == x and cy0 == y and cx1 == x + w and cy1 == y + h:
-            return self._read_level(x, y, w, h, level)
+            return self._read_level_checked(x, y, w, h, level)
         out = np.full((h, w, 3), 255, np.uint8)
         if cx1 > cx0 and cy1 > cy0:
-            out[cy0 - y : cy1 - y, cx0 - x : cx1 - x] = self._read_level(
+            out[cy0 - y : cy1 - y, cx0 - x : cx1 - x] = self._read_level_checked(
                 cx0, cy0, cx1 - cx0, cy1 - cy0, level
             )
         return out
 
     def _read_level(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
         raise NotImplementedError
+
+
+# Leading bytes of file types a slide is sometimes confused with, for a clear error.
+_SIGNATURES = (
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "BigTIFF"),
+    (b"MM\x00+", "BigTIFF"),
+    (b"\x89PNG\r\n\x1a\n", "PNG image"),
+    (b"\xff\xd8\xff", "JPEG image"),
+    (b"GIF8", "GIF image"),
+    (b"BM", "BMP image"),
+    (b"PK\x03\x04", "ZIP archive"),
+    (b"\x1f\x8b", "gzip archive"),
+    (b"%PDF", "PDF document"),
+    (b"<", "text (HTML/XML)"),
+)
+# Extensions whose files are TIFF containers (SVS, NDPI, SCN, BIF, Philips and generic TIFF).
+_TIFF_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".svslide", ".qptiff"}
+
+
+def sniff(path: Path) -> str:
+    """What the file's first bytes say it is ('TIFF', 'PNG image', 'text', 'empty', 'unknown')."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if not head:
+        return "empty"
+    for magic, kind in _SIGNATURES:
+        if head.startswith(magic):
+            return kind
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unknown"
+    return "text"
+
+
+def check_slide_file(path: Path, slide_id: str) -> None:
+    """Refuse empty files and files whose content contradicts their extension, before a
+    reader library gets them (their own errors rarely name the file or the fix)."""
+    size = path.stat().st_size
+    if size == 0:
+        raise InputDataError(
+            f"slide '{slide_id}': {path} is empty (0 bytes). The copy or download did not "
+            "finish; copy the slide again, or remove its row from the sample sheet."
+        )
+    kind = sniff(path)
+    suffix = path.suffix.lower()
+    if suffix in _TIFF_SUFFIXES and kind not in ("TIFF", "BigTIFF"):
+        raise InputDataError(
+            f"slide '{slide_id}': {path} is named {suffix} but holds {kind}, not a TIFF-based "
+            f"slide. Point the sample sheet's 'path' at the real slide file"
+            + (
+                "; a plain image can be used if renamed to its type and given an 'mpp'"
+                if kind.endswith("image")
+                else ""
+            )
+            + "."
+        )
 
 
 def _check_mpp(slide_id: str, path: Path, mpp_override: float | None, mpp_meta: float | None):
@@ -218,6 +295,9 @@ class OpenSlideSlide(Slide):
     def close(self) -> None:
         self._osr.close()
 
+    def properties(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self._osr.properties.items()}
+
     def _read_level(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
         ds = self.level_downsamples[level]
         loc = (int(round(x * ds)), int(round(y * ds)))
@@ -268,8 +348,11 @@ class TiatoolboxSlide(Slide):
             info = self._reader.info
         except Exception as exc:
             raise InputDataError(
-                f"slide '{slide_id}': tiatoolbox cannot read {path} ({exc}). Check the file and "
-                "its format."
+                f"slide '{slide_id}': neither OpenSlide nor tiatoolbox can read {path} "
+                f"({type(exc).__name__}: {exc}). If it is a {sniff(path)} file, it is probably "
+                "truncated or corrupt: copy it again from the scanner or archive. Readable "
+                "formats: SVS, NDPI, MRXS, SCN, BIF, pyramidal TIFF (OpenSlide); OME-TIFF, "
+                "DICOM, JPEG 2000, plain images (tiatoolbox)."
             ) from exc
         mpp_meta = float(info.mpp[0]) if info.mpp is not None else None
         mpp, source = _check_mpp(slide_id, path, mpp_override, mpp_meta)
@@ -284,6 +367,10 @@ class TiatoolboxSlide(Slide):
             objective_power=info.objective_power,
             vendor=info.vendor,
         )
+
+    def properties(self) -> dict[str, str]:
+        raw = getattr(self._reader.info, "raw", None) or {}
+        return {str(k): str(v) for k, v in dict(raw).items()}
 
     def _read_level(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
         ds = self.level_downsamples[level]
@@ -318,6 +405,7 @@ def open_slide(
             f"slide '{slide_id}': file not found: {path}. Fix the 'path' column of the sample "
             "sheet (relative paths are resolved from the working directory)."
         )
+    check_slide_file(path, slide_id)
     if backend == "auto":
         import openslide
 

@@ -22,6 +22,7 @@ rule cells:
         mem_mb=mem_of("cells"),
         runtime=runtime_of("cells"),
     params:
+        path=slide_file,
         mpp=slide_mpp,
         cells=CELLS.to_dict(),
     script:

@@ -21,6 +21,7 @@ from cytofm.config import (
     from_mapping,
 )
 from cytofm.eval.backbones import BackboneSpec
+from cytofm.labels import check_labels
 from cytofm.provenance import INVOCATION_ENV, new_invocation_id
 from cytofm.sheet import load_sheet
 from cytofm.synthetic.demo import make_demo_sheet
@@ -279,7 +280,15 @@ def _slide_tasks():
                 f"{[c for c in SLIDES.columns]}"
             )
         tasks[name] = task
-        labels = {row["label"] for row in mil_cohort(name, tasks)}
+        cohort = mil_cohort(name, tasks)
+        check_labels(
+            [row["label"] for row in cohort],
+            [row["slide_id"] for row in cohort],
+            source=f"column {task.label!r} of {config['samples'] or 'the demo sheet'}",
+            key=s,
+            declared=task.classes,
+        )
+        labels = {row["label"] for row in cohort}
         if len(labels) < 2:
             raise ValueError(
                 f"{s}: the labelled slides hold {len(labels)} class(es) {sorted(labels)} in "
@@ -333,7 +342,7 @@ def mil_inputs(wildcards):
             for r in cohort
         ],
         "instances": [f"{RESULTS}/{kind}/{r['slide_id']}.zarr" for r in cohort],
-        "slides": [r["path"] for r in cohort],
+        "slides": [r["path"] for r in cohort if r["slide_id"] not in MISSING_SLIDES],
         "truth": [r["truth"] for r in cohort if r["truth"]],
     }
 
@@ -395,8 +404,35 @@ wildcard_constraints:
     source="|".join(re.escape(s) for s in [*SLIDE_IDS, *DATASETS]) or "(?!)",
 
 
-def slide_path(wildcards):
+# Slides of the sheet whose file is missing: their tile job fails with the path and the fix,
+# and with --keep-going (the default profile's setting) every other slide is still processed.
+MISSING_SLIDES = [
+    s
+    for s in SLIDE_IDS
+    if s not in DEMO_IDS and not os.path.isfile(SLIDES.loc[s, "path"])
+]
+if MISSING_SLIDES:
+    print(
+        f"{len(MISSING_SLIDES)} slide file(s) of {config['samples']} not found: "
+        + ", ".join(
+            f"{s} ({SLIDES.loc[s, 'path']})" for s in MISSING_SLIDES[:10]
+        )
+        + (" ..." if len(MISSING_SLIDES) > 10 else "")
+        + "; their jobs will fail, the other slides run. Fix the 'path' column or remove "
+        "the rows.",
+        file=sys.stderr,
+    )
+
+
+def slide_file(wildcards):
     return SLIDES.loc[wildcards.slide, "path"]
+
+
+def slide_path(wildcards):
+    """The slide file as a job input, or none when it is missing (the job then fails alone,
+    naming the file, instead of the whole workflow failing to build)."""
+    path = SLIDES.loc[wildcards.slide, "path"]
+    return [] if wildcards.slide in MISSING_SLIDES else path
 
 
 def slide_mpp(wildcards):

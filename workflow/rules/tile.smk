@@ -21,6 +21,7 @@ rule tile:
         mem_mb=mem_of("tile"),
         runtime=runtime_of("tile"),
     params:
+        path=slide_file,
         mpp=slide_mpp,
         tiling=TILING.to_dict(),
     script:

@@ -10,7 +10,7 @@ from cytofm.stages.context import JobContext  # noqa: E402
 
 sm = snakemake  # noqa: F821
 run_cells(
-    slide_path=sm.input.slide,
+    slide_path=sm.params.path,
     slide_id=sm.wildcards.slide,
     mpp=sm.params.mpp,
     tiles_store=sm.input.tiles,

@@ -10,7 +10,7 @@ from cytofm.stages.tile import run_tile  # noqa: E402
 
 sm = snakemake  # noqa: F821
 run_tile(
-    slide_path=sm.input.slide,
+    slide_path=sm.params.path,
     slide_id=sm.wildcards.slide,
     mpp=sm.params.mpp,
     cfg=from_mapping(TilingConfig, sm.params.tiling, "tiling"),
