@@ -3,7 +3,8 @@
 A typo in a label column ('abnromal' for 'abnormal') would silently become a class of its own
 and skew every metric, so labels are checked before any job trains on them: against the
 classes the config declares, or, when none are declared, for names that look like a
-misspelling of a much more frequent class.
+misspelling of a much more frequent class (one typed edit away, or the same name in another
+case or spelling of separators).
 """
 
 from __future__ import annotations
@@ -16,27 +17,47 @@ from cytofm.errors import InputDataError
 
 __all__ = ["check_labels", "suspected_typos"]
 
-# Similarity (difflib ratio) above which a rare class is taken for a misspelling of a common
-# one; Bethesda-style names that differ in one letter class ('LSIL'/'HSIL', 0.75) stay below.
-SIMILAR = 0.85
-# A suspected typo is at most this share of the class it resembles.
+# A rare class one edit away from a class at least 1/RARE times as frequent is a suspected typo.
 RARE = 0.2
+# Names shorter than this are too close by nature ('LSIL'/'HSIL', 'CIN1'/'CIN2') to guess.
+MIN_LEN = 5
 
 
 def _norm(label: str) -> str:
     return " ".join(label.casefold().replace("_", " ").replace("-", " ").split())
 
 
+def _one_edit(a: str, b: str) -> bool:
+    """True when ``b`` is ``a`` with one character inserted, deleted, replaced, or two
+    neighbours swapped (optimal string alignment distance 1)."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+        if len(diff) == 1:
+            return True
+        i = diff[0]
+        return len(diff) == 2 and diff[1] == i + 1 and a[i] == b[i + 1] and a[i + 1] == b[i]
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    i = next((k for k, (x, y) in enumerate(zip(short, long, strict=False)) if x != y), len(short))
+    return short[i:] == long[i + 1 :]
+
+
 def suspected_typos(counts: Counter) -> dict[str, str]:
-    """label -> the class it probably misspells: same name up to case, spaces, '_' and '-',
-    or a close spelling (ratio >= SIMILAR) of a class at least 1/RARE times as frequent."""
+    """label -> the class it probably misspells: the same name up to case, spaces, '_' and
+    '-'; or, for names of MIN_LEN or more letters, one edit (not of a digit: 'grade1' and
+    'grade2' are different classes) from a class at least 1/RARE times as frequent."""
     found = {}
     for label, n in counts.items():
         for other, m in counts.items():
             if other == label or m < n:
                 continue
-            same = _norm(label) == _norm(other)
-            close = difflib.SequenceMatcher(None, _norm(label), _norm(other)).ratio() >= SIMILAR
+            a, b = _norm(label), _norm(other)
+            same = a == b
+            digits_only = "".join(c for c in a if not c.isdigit()) == "".join(
+                c for c in b if not c.isdigit()
+            )
+            close = min(len(a), len(b)) >= MIN_LEN and _one_edit(a, b) and not digits_only
             if same or (close and n <= RARE * m):
                 found[label] = other
                 break
