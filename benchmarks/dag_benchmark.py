@@ -1,14 +1,22 @@
-"""Workflow planning cost with many slides, and how much one new slide costs to add.
+"""Workflow planning cost with many slides, a load run, and how much one new slide costs.
 
-    python benchmarks/dag_benchmark.py                      # 1,000-slide plan, then 100 + 1
+    python benchmarks/dag_benchmark.py                      # 1,000-slide plan, then 1,000 + 1
     python benchmarks/dag_benchmark.py --plan-slides 1000 --run-slides 100
+    SLURM_CONF=/dev/null python benchmarks/dag_benchmark.py # see "start-up" below
 
 1. Plan: a sample sheet of N tiny synthetic slides (one small pyramidal TIFF, hard-linked N
    times), split 80/10/10, with pretraining, two backbones and cell embedding configured; time
    of `snakemake -n` (DAG build + dry run) and the number of jobs it plans.
-2. Rerun: M tiny slides really run through tiling and cell extraction (`--cores 2`); then the
-   time of a no-op `snakemake -n` ("Nothing to be done"), and the jobs planned after one slide
-   is added to the sheet.
+2. Load and rerun: M tiny slides really run through tiling and cell extraction (`--cores 2`),
+   every job checked to have succeeded; then the time of a no-op rerun (`snakemake`, DAG build
+   included, "Nothing to be done") and of a no-op dry run, and the jobs planned after one
+   slide is added to the sheet.
+
+Start-up: the SLURM executor plugin, when installed, runs `scontrol` while snakemake starts.
+On a machine with SLURM's client tools but no controller answering (a CI machine after the
+local-cluster test), that waits ~9 s on every command; `SLURM_CONF=/dev/null` makes it fail
+at once, as on a workstation without SLURM or a login node whose controller answers. The
+start-up with and without the probe is recorded either way.
 
 Writes benchmarks/results/dag_benchmark.{json,md}.
 """
@@ -92,7 +100,7 @@ def _planned(output: str) -> dict[str, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--plan-slides", type=int, default=1000)
-    ap.add_argument("--run-slides", type=int, default=100)
+    ap.add_argument("--run-slides", type=int, default=1000)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args()
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
@@ -102,6 +110,11 @@ def main() -> None:
     t0 = time.perf_counter()
     subprocess.run([SNAKEMAKE, "--version"], capture_output=True, check=True)
     result["startup_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    env = {**os.environ, "SLURM_CONF": "/dev/null"}
+    subprocess.run([SNAKEMAKE, "--version"], capture_output=True, check=True, env=env)
+    result["startup_without_slurm_probe_s"] = time.perf_counter() - t0
+    result["slurm_conf"] = os.environ.get("SLURM_CONF", "")
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import snakemake_executor_plugin_slurm"], check=True)
     result["slurm_plugin_import_s"] = time.perf_counter() - t0
@@ -123,15 +136,25 @@ def main() -> None:
         run = tmp / "run"
         run.mkdir()
         cfg = _config(run, _sheet(run, args.run_slides, template), run / "results", False)
-        run_s, _ = _snakemake(cfg)
-        noop_s, out = _snakemake(cfg, "-n")
+        run_s, out = _snakemake(cfg)
+        done = re.findall(r"(\d+) of (\d+) steps \(100%\) done", out)
+        stores = {
+            k: len(list((run / "results" / k).glob("*.zarr/zarr.json"))) for k in ("tiles", "cells")
+        }
+        assert stores == {"tiles": args.run_slides, "cells": args.run_slides}, stores
+        noop_s, out = _snakemake(cfg)
+        assert "Nothing to be done" in out, out[-2000:]
+        noop_dry_s, out = _snakemake(cfg, "-n")
         assert "Nothing to be done" in out, out[-2000:]
         _sheet(run, args.run_slides + 1, template)
         add_s, out = _snakemake(cfg, "-n")
         result["rerun"] = {
             "slides": args.run_slides,
             "run_s": run_s,
-            "noop_dry_run_s": noop_s,
+            "steps_done": done[-1][0] if done else None,
+            "stores": stores,
+            "noop_rerun_s": noop_s,
+            "noop_dry_run_s": noop_dry_s,
             "after_adding_one_slide": {"dry_run_s": add_s, "jobs": _planned(out)},
         }
         print(f"run {args.run_slides}: {run_s:.0f} s; no-op {noop_s:.1f} s; +1: {_planned(out)}")
@@ -139,23 +162,31 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "dag_benchmark.json").write_text(json.dumps(result, indent=2))
     p, r = result["plan"], result["rerun"]
+    probe = result["startup_s"] - result["startup_without_slurm_probe_s"]
     lines = [
-        "# Workflow planning and reruns",
+        "# Workflow planning, a 1,000-slide load run, and reruns",
         "",
         f"Machine: {result['machine']}",
         "",
-        "Every figure includes the start-up of the `snakemake` command: "
-        f"{result['startup_s']:.1f} s for `snakemake --version`, of which "
-        f"{result['slurm_plugin_import_s']:.1f} s is the import "
-        "of the SLURM executor plugin (it probes the cluster with `scontrol`, which waits about "
-        "9 s when SLURM's client tools are installed but no controller answers, as on this "
-        "machine).",
+        "Every figure includes the start-up of the `snakemake` command "
+        f"({result['startup_without_slurm_probe_s']:.1f} s for `snakemake --version`). "
+        + (
+            "SLURM_CONF=/dev/null was set: this machine has SLURM's client tools but no "
+            "controller, and the SLURM executor plugin's `scontrol` probe would add "
+            f"{probe:.1f} s to every command (as it does on any such machine; not on a "
+            "workstation without SLURM or a cluster whose controller answers)."
+            if result["slurm_conf"] == "/dev/null"
+            else f"The SLURM executor plugin's `scontrol` probe took {probe:.1f} s of it."
+        ),
         "",
         f"- Plan of {p['slides']:,} slides (tile, cells, 2 backbones x cell embedding, "
         f"pretraining): `snakemake -n` {p['dry_run_s']:.1f} s, {sum(p['jobs'].values()):,} "
         f"jobs {p['jobs']}",
-        f"- {r['slides']} slides through tiling and cells (`--cores 2`): {r['run_s']:.0f} s; "
-        f"no-op `snakemake -n` afterwards: {r['noop_dry_run_s']:.1f} s",
+        f"- Load: {r['slides']:,} tiny slides through tiling and cells (`--cores 2`): "
+        f"{r['run_s']:.0f} s, {r['steps_done']} steps done, stores written {r['stores']}",
+        f"- **No-op rerun** afterwards (`snakemake --cores 2`, DAG build included, nothing to "
+        f"do): **{r['noop_rerun_s']:.1f} s**; no-op dry run `snakemake -n`: "
+        f"{r['noop_dry_run_s']:.1f} s",
         f"- After adding one slide: {r['after_adding_one_slide']['jobs']} planned "
         f"({r['after_adding_one_slide']['dry_run_s']:.1f} s)",
     ]
