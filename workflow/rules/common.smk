@@ -414,9 +414,7 @@ MISSING_SLIDES = [
 if MISSING_SLIDES:
     print(
         f"{len(MISSING_SLIDES)} slide file(s) of {config['samples']} not found: "
-        + ", ".join(
-            f"{s} ({SLIDES.loc[s, 'path']})" for s in MISSING_SLIDES[:10]
-        )
+        + ", ".join(f"{s} ({SLIDES.loc[s, 'path']})" for s in MISSING_SLIDES[:10])
         + (" ..." if len(MISSING_SLIDES) > 10 else "")
         + "; their jobs will fail, the other slides run. Fix the 'path' column or remove "
         "the rows.",
