@@ -102,24 +102,31 @@ def main() -> None:
     ap.add_argument("--plan-slides", type=int, default=1000)
     ap.add_argument("--run-slides", type=int, default=1000)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--startup-only", action="store_true", help="only re-measure start-up")
     args = ap.parse_args()
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
     # Fixed start-up cost of every snakemake command, before any DAG work: imports, plus the
     # SLURM executor plugin's probe of the cluster (it runs `scontrol` when SLURM's client
     # tools are installed, which waits ~9 s for a controller that is not running).
-    t0 = time.perf_counter()
-    subprocess.run([SNAKEMAKE, "--version"], capture_output=True, check=True)
-    result["startup_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    env = {**os.environ, "SLURM_CONF": "/dev/null"}
-    subprocess.run([SNAKEMAKE, "--version"], capture_output=True, check=True, env=env)
-    result["startup_without_slurm_probe_s"] = time.perf_counter() - t0
+    machine_env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
+    for key, env in (
+        ("startup_s", machine_env),
+        ("startup_without_slurm_probe_s", {**machine_env, "SLURM_CONF": "/dev/null"}),
+    ):
+        t0 = time.perf_counter()
+        subprocess.run([SNAKEMAKE, "--version"], capture_output=True, check=True, env=env)
+        result[key] = time.perf_counter() - t0
     result["slurm_conf"] = os.environ.get("SLURM_CONF", "")
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import snakemake_executor_plugin_slurm"], check=True)
-    result["slurm_plugin_import_s"] = time.perf_counter() - t0
-    startup, probe = result["startup_s"], result["slurm_plugin_import_s"]
-    print(f"start-up {startup:.1f} s (SLURM plugin {probe:.1f} s)")
+    print(
+        f"start-up {result['startup_s']:.1f} s, {result['startup_without_slurm_probe_s']:.1f} s "
+        "without the SLURM plugin's probe"
+    )
+    if args.startup_only:  # refresh the start-up figures of an earlier full run
+        old = json.loads((Path(args.out) / "dag_benchmark.json").read_text())
+        old.update({k: result[k] for k in result if k.startswith("startup") or k == "machine"})
+        old.pop("slurm_plugin_import_s", None)
+        _write(old, Path(args.out))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         template = tmp / "template.tif"
@@ -158,7 +165,10 @@ def main() -> None:
             "after_adding_one_slide": {"dry_run_s": add_s, "jobs": _planned(out)},
         }
         print(f"run {args.run_slides}: {run_s:.0f} s; no-op {noop_s:.1f} s; +1: {_planned(out)}")
-    out_dir = Path(args.out)
+    _write(result, Path(args.out))
+
+
+def _write(result: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "dag_benchmark.json").write_text(json.dumps(result, indent=2))
     p, r = result["plan"], result["rerun"]
@@ -171,10 +181,10 @@ def main() -> None:
         "Every figure includes the start-up of the `snakemake` command "
         f"({result['startup_without_slurm_probe_s']:.1f} s for `snakemake --version`). "
         + (
-            "SLURM_CONF=/dev/null was set: this machine has SLURM's client tools but no "
-            "controller, and the SLURM executor plugin's `scontrol` probe would add "
-            f"{probe:.1f} s to every command (as it does on any such machine; not on a "
-            "workstation without SLURM or a cluster whose controller answers)."
+            "Measured with SLURM_CONF=/dev/null: this machine has SLURM's client tools but no "
+            "controller, so the SLURM executor plugin's `scontrol` probe adds "
+            f"{probe:.1f} s to every command here (on any such machine; not on a "
+            "workstation without SLURM, nor on a cluster whose controller answers)."
             if result["slurm_conf"] == "/dev/null"
             else f"The SLURM executor plugin's `scontrol` probe took {probe:.1f} s of it."
         ),
