@@ -36,3 +36,16 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO)
     # Third-party libraries that configure logging on import are kept quiet.
     for noisy in ("tiatoolbox", "PIL", "matplotlib", "alembic", "urllib3", "numcodecs"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if log_file is not None:
+        sys.excepthook = _report_input_errors
+
+
+def _report_input_errors(exc_type, exc, tb) -> None:
+    """In a job: an error about the user's input (a :class:`CytofmError`) ends the job with its
+    message alone, which Snakemake shows from the log; anything else keeps its traceback."""
+    from cytofm.errors import CytofmError
+
+    if isinstance(exc, CytofmError):
+        logging.getLogger("cytofm").error("%s: %s", exc_type.__name__, exc)
+        return
+    sys.__excepthook__(exc_type, exc, tb)

@@ -403,7 +403,7 @@ def open_slide(
     if not path.is_file():
         raise InputDataError(
             f"slide '{slide_id}': file not found: {path}. Fix the 'path' column of the sample "
-            "sheet (relative paths are resolved from the working directory)."
+            "sheet (relative paths there are taken from the sheet's folder), or remove the row."
         )
     check_slide_file(path, slide_id)
     if backend == "auto":
