@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import socket
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,41 @@ def _experiment_id(client: Any, name: str, artifact_root: str | None) -> str:
         return experiment.experiment_id
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def close_dead_runs(client: Any, experiment_id: str, run_name: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of this job (same run name) whose process, on this host,
+    no longer exists: what a job killed by SIGKILL or a lost node leaves behind. Runs of other
+    hosts are left alone (their processes cannot be checked from here). Returns their ids."""
+    if "'" in run_name:
+        return []
+    host, closed = socket.gethostname(), []
+    try:
+        found = client.search_runs(
+            [experiment_id],
+            filter_string=f"attributes.run_name = '{run_name}' and attributes.status = 'RUNNING'",
+            max_results=100,
+        )
+        for r in found:
+            pid = int(r.data.tags.get("cytofm.pid", "0") or 0)
+            if r.data.tags.get("cytofm.host") == host and pid > 0 and not _alive(pid):
+                client.set_terminated(r.info.run_id, status="KILLED")
+                closed.append(r.info.run_id)
+    except Exception:  # housekeeping never fails a job
+        log.exception("could not check for runs of killed jobs")
+    if closed:
+        log.info("marked %d run(s) of killed earlier attempts KILLED: %s", len(closed), closed)
+    return closed
+
+
 @contextlib.contextmanager
 def job_run(
     stage: str,
@@ -186,9 +222,12 @@ def job_run(
             "cytofm.git_commit": git_commit(),
             "cytofm.config_hash": config_hash(params or {}),
             "cytofm.invocation_id": invocation_id() or "none",
+            "cytofm.host": socket.gethostname(),
+            "cytofm.pid": str(os.getpid()),
             **lineage_tags(lineage),
         }
         all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+        close_dead_runs(client, experiment_id, run_name or stage)
         run = client.create_run(experiment_id, run_name=run_name or stage, tags=all_tags)
     logger = RunLogger(client, run.info.run_id, lock)
     status = "FAILED"

@@ -563,3 +563,35 @@ def test_slide_names_and_vendor_metadata_stay_out_of_mlflow_unless_asked(tmp_pat
     leaks = _leaks(shared)
     assert set(leaks) == set(SECRETS), leaks
     assert any("slide_properties.json" in f for f in leaks[C.PHI["Barcode"]])
+
+
+def test_runs_of_killed_jobs_are_closed_when_the_job_reruns(tmp_path, monkeypatch):
+    """A job killed with SIGKILL leaves its MLflow run RUNNING; the job's next run marks it
+    KILLED when its process is gone, and leaves a live process's run alone."""
+    import os
+    import socket
+    import subprocess
+
+    from mlflow.tracking import MlflowClient
+
+    from cytofm.tracking import job_run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("cytofm")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    runs = {
+        name: client.create_run(exp, run_name="tile:s1", tags={"cytofm.host": h, "cytofm.pid": p})
+        for name, h, p in (
+            ("dead", host, str(dead.pid)),
+            ("live", host, str(os.getpid())),
+            ("elsewhere", "another-node", str(dead.pid)),
+        )
+    }
+    with job_run("tile", tracking=TrackingConfig(tracking_uri=uri), run_name="tile:s1"):
+        pass
+    status = {k: client.get_run(r.info.run_id).info.status for k, r in runs.items()}
+    assert status == {"dead": "KILLED", "live": "RUNNING", "elsewhere": "RUNNING"}

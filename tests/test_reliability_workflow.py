@@ -364,13 +364,17 @@ def test_rerun_after_kills_equals_an_uninterrupted_run(interrupted):
     assert not [p for p in b.rglob(".*.tmp-*")]
 
 
-def test_killed_runs_are_visible_in_mlflow(interrupted):
+def test_killed_runs_are_marked_killed_in_mlflow(interrupted):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{interrupted['root'] / 'killed' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("cytofm-test")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    finished = {r.info.run_name for r in runs if r.info.status == "FINISHED"}
-    stale = [r for r in runs if r.info.status != "FINISHED"]
-    assert stale  # the killed jobs' runs: never marked finished
-    assert {r.info.run_name for r in stale} <= finished  # each was redone by a finished run
+    status = {}
+    for r in runs:
+        status.setdefault(r.info.run_name, []).append(r.info.status)
+    killed = {name for name, s in status.items() if "KILLED" in s}
+    assert len(killed) >= len(STAGES)  # at least one job of each stage was killed
+    assert not [r for r in runs if r.info.status == "RUNNING"]  # none left dangling
+    for name in killed:
+        assert "FINISHED" in status[name], (name, status[name])  # each was redone

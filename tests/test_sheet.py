@@ -21,7 +21,10 @@ def test_load_sheet_resolves_paths_and_mpp(tmp_path):
     [
         ({"slide_id": ["a"]}, r"missing required column\(s\) \['path'\]"),
         ({"slide_id": ["a b"], "path": ["x"]}, r"invalid slide_id \(line 2: 'a b'\)"),
-        ({"slide_id": ["a", "a"], "path": ["x", "y"]}, r"duplicate slide_id \('a' on lines \[2, 3\]\)"),
+        (
+            {"slide_id": ["a", "a"], "path": ["x", "y"]},
+            r"duplicate slide_id \('a' on lines \[2, 3\]\)",
+        ),
         ({"slide_id": ["a"], "path": ["x"], "mpp": ["fast"]}, r"'mpp' of slide\(s\) \['a'\]"),
         ({"slide_id": ["a"], "path": ["x"], "mpp": [-1]}, r"'mpp' values must be in"),
         ({"slide_id": ["a"], "path": ["x"], "split": ["dev"]}, r"'split' values \['dev'\]"),
