@@ -418,11 +418,9 @@ class SlideTaskConfig(_Section):
             raise ConfigError(f"{s}.folds must be >= 2, got {self.folds!r}")
         if not self.seeds:
             raise ConfigError(f"{s}.seeds must name at least one seed")
-        for key in ("seeds", "truth_positive", "classes"):
-            values = getattr(self, key)
-            object.__setattr__(
-                self, key, tuple(str(c) for c in values) if key == "classes" else tuple(values)
-            )
+        for key in ("seeds", "truth_positive"):
+            object.__setattr__(self, key, tuple(getattr(self, key)))
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
 
 
 @dataclasses.dataclass(frozen=True)

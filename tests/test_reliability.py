@@ -323,24 +323,28 @@ def _features(src: Path, path: Path, counts: dict[str, int]) -> Path:
     return path
 
 
-def test_class_with_fewer_than_k_images_skips_that_k_with_the_reason(tmp_path):
+def _evaluate_toy(tmp_path: Path, counts: dict[str, int], protocol: str, **task) -> Path:
+    """run_evaluate of ``protocol`` on a toy dataset with ``counts`` images per class."""
     from cytofm.stages.evaluate import run_evaluate
 
-    counts = {"common": 40, "rare": 9}
     ds = _toy_dataset(tmp_path / "ds.zarr", counts)
     fs = _features(ds, tmp_path / "f.zarr", counts)
-    task = TaskConfig(name="t", dataset="ds", protocols=("fewshot",), shots=(1, 2, 16), seeds=(0,))
-    out = tmp_path / "fewshot.json"
+    out = tmp_path / f"{protocol}.json"
     run_evaluate(
-        task,
+        TaskConfig(name="t", dataset="ds", protocols=(protocol,), seeds=(0,), **task),
         EvalConfig(bootstrap=20),
-        "fewshot",
+        protocol,
         BackboneSpec("b", "random", arch="vit_small_patch16_224"),
         ds,
         out,
         features_store=fs,
         job=OFF,
     )
+    return out
+
+
+def test_class_with_fewer_than_k_images_skips_that_k_with_the_reason(tmp_path):
+    out = _evaluate_toy(tmp_path, {"common": 40, "rare": 9}, "fewshot", shots=(1, 2, 16))
     result = json.loads(out.read_text())
     assert [b["shots"] for b in result["results"]] == [1, 2]
     (skip,) = result["skipped"]
@@ -350,27 +354,11 @@ def test_class_with_fewer_than_k_images_skips_that_k_with_the_reason(tmp_path):
 
 
 def test_class_too_small_for_a_split_is_an_error(tmp_path):
-    from cytofm.stages.evaluate import run_evaluate
-
-    counts = {"common": 40, "rare": 2}
-    ds = _toy_dataset(tmp_path / "ds.zarr", counts)
-    fs = _features(ds, tmp_path / "f.zarr", counts)
-    task = TaskConfig(name="t", dataset="ds", protocols=("linear",), seeds=(0,))
-    out = tmp_path / "linear.json"
     with pytest.raises(InputDataError) as err:
-        run_evaluate(
-            task,
-            EvalConfig(bootstrap=20),
-            "linear",
-            BackboneSpec("b", "random", arch="vit_small_patch16_224"),
-            ds,
-            out,
-            features_store=fs,
-            job=OFF,
-        )
+        _evaluate_toy(tmp_path, {"common": 40, "rare": 2}, "linear")
     msg = str(err.value)
     assert "task 't'" in msg and "'rare' (2 images; none in" in msg and "Add images" in msg
-    assert not out.exists()
+    assert not (tmp_path / "linear.json").exists()
 
 
 # -- stores ----------------------------------------------------------------------------
@@ -515,9 +503,9 @@ SECRETS = [C.PHI_FILE_STEM, *(v for k, v in C.PHI.items() if k != "Filename"), "
 
 
 def _leaks(root: Path) -> dict[str, list[str]]:
-    """secret -> files under ``root`` (the MLflow store's database and artifacts) holding it."""
+    """secret -> files at or under ``root`` (the MLflow database, artifacts...) holding it."""
     found: dict[str, list[str]] = {}
-    for f in root.rglob("*"):
+    for f in [root] if root.is_file() else root.rglob("*"):
         if not f.is_file():
             continue
         data = f.read_bytes()
@@ -532,7 +520,7 @@ def _leaks(root: Path) -> dict[str, list[str]]:
             con.close()
         for s in SECRETS:
             if s.encode() in data:
-                found.setdefault(s, []).append(str(f.relative_to(root)))
+                found.setdefault(s, []).append(str(f.relative_to(root.parent)))
     return found
 
 
