@@ -356,6 +356,7 @@ class TaskConfig(_Section):
     split: str = "auto"
     protocols: tuple = PROTOCOLS
     shots: tuple = (1, 2, 4, 8, 16, 50)
+    lora_shots: tuple = ()
     seeds: tuple = (0, 1, 2)
     fractions: tuple = ()
     val_fraction: float = 0.2
@@ -369,8 +370,11 @@ class TaskConfig(_Section):
         bad = sorted(set(self.protocols) - set(PROTOCOLS))
         if bad:
             raise ConfigError(f"{s}.protocols: unknown {bad}; choose from {list(PROTOCOLS)}")
-        if any(int(k) < 1 for k in self.shots):
-            raise ConfigError(f"{s}.shots must be >= 1, got {list(self.shots)}")
+        if any(int(k) < 1 for k in (*self.shots, *self.lora_shots)):
+            raise ConfigError(
+                f"{s}.shots and lora_shots must be >= 1, got {list(self.shots)}, "
+                f"{list(self.lora_shots)}"
+            )
         if not self.seeds:
             raise ConfigError(f"{s}.seeds must name at least one seed")
         if any(not 0 < float(f) <= 1 for f in self.fractions):
@@ -387,7 +391,7 @@ class TaskConfig(_Section):
             raise ConfigError(f"{s}: val_fraction + test_fraction leave too little to train on")
         if self.split not in ("auto", "given", "derived"):
             raise ConfigError(f"{s}.split must be auto, given or derived, got {self.split!r}")
-        for key in ("protocols", "shots", "seeds", "fractions"):
+        for key in ("protocols", "shots", "lora_shots", "seeds", "fractions"):
             object.__setattr__(self, key, tuple(getattr(self, key)))
 
 
@@ -433,14 +437,15 @@ class EvalConfig(_Section):
     lora_rank: int = 2
     lora_alpha: float = 1.0
     lora_dropout: float = 0.25
-    lora_target_modules: tuple = ("qkv",)
-    lora_lrs: tuple = (0.0005, 0.002)
+    lora_target_modules: tuple = ("q", "v")
+    lora_lrs: tuple = (0.01, 0.003, 0.001, 0.0003, 0.0001)
     lora_batch_size: int = 32
-    lora_epochs: int = 20
-    lora_min_steps: int = 30
-    lora_max_steps: int = 300
+    lora_iters_per_shot: int = 100
+    lora_fraction_epochs: int = 100
+    lora_warmup_steps: int = 50
+    lora_min_lr: float = 1e-6
+    lora_max_steps: int = 0
     lora_weight_decay: float = 0.01
-    lora_shots: tuple = ()
     lora_fractions: tuple = ()
     select_metric: str = "balanced_accuracy"
     bootstrap: int = 1000
@@ -496,6 +501,20 @@ class EvalConfig(_Section):
             raise ConfigError(f"{s}.lora_lrs must be positive numbers, got {self.lora_lrs!r}")
         if self.knn_k < 1 or self.lora_rank < 1:
             raise ConfigError(f"{s}.knn_k and lora_rank must be >= 1")
+        if "qkv" in self.lora_target_modules:
+            raise ConfigError(
+                f"{s}.lora_target_modules: 'qkv' is split into separate 'q', 'k' and 'v' "
+                "projections before the adapters go on; list those instead (the protocol: "
+                "[q, v]; all of attention: [q, k, v, proj])"
+            )
+        for key in ("lora_iters_per_shot", "lora_fraction_epochs", "lora_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{s}.{key} must be >= 1, got {getattr(self, key)!r}")
+        if self.lora_warmup_steps < 0 or self.lora_max_steps < 0:
+            raise ConfigError(
+                f"{s}.lora_warmup_steps and lora_max_steps must be >= 0 (lora_max_steps 0 = the "
+                f"protocol's schedule), got {self.lora_warmup_steps}, {self.lora_max_steps}"
+            )
         if self.select_metric not in ("accuracy", "balanced_accuracy", "macro_f1", "auroc"):
             raise ConfigError(
                 f"{s}.select_metric must be accuracy, balanced_accuracy, macro_f1 or auroc, "
@@ -508,7 +527,7 @@ class EvalConfig(_Section):
                 f"{s}.lora_fractions are shares of the training split in (0, 1], "
                 f"got {list(self.lora_fractions)}"
             )
-        for key in ("linear_Cs", "lora_target_modules", "lora_lrs", "lora_shots", "lora_fractions"):
+        for key in ("linear_Cs", "lora_target_modules", "lora_lrs", "lora_fractions"):
             object.__setattr__(self, key, tuple(getattr(self, key)))
 
 

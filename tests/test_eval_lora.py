@@ -1,22 +1,37 @@
-"""LoRA wiring: only adapters (and the head) train, merging is exact, runs are reproducible."""
+"""LoRA as the protocol does it: separate q/v adapters on every block, exact at initialisation,
+only adapters and head train, the step schedule grows with the shots, runs are reproducible."""
+
+import copy
 
 import numpy as np
 import pytest
 import timm
 import torch
 
+from cytofm.config import EvalConfig
+from cytofm.errors import ConfigError
 from cytofm.eval.backbones import LoadedBackbone
 from cytofm.eval.features import preprocess
-from cytofm.eval.lora import LoraClassifier, LoraSettings, n_steps, train_lora
+from cytofm.eval.lora import (
+    LoraClassifier,
+    LoraSettings,
+    budget,
+    lr_factor,
+    protocol_steps,
+    train_lora,
+)
+from cytofm.eval.qkv import split_qkv
+
+DEPTH = 3
 
 
-def _backbone():
+def _backbone(depth=DEPTH):
     torch.manual_seed(0)
     model = timm.create_model(
         "vit_small_patch16_224",
         num_classes=0,
         embed_dim=32,
-        depth=2,
+        depth=depth,
         num_heads=2,
         patch_size=8,
         img_size=32,
@@ -33,26 +48,67 @@ def _data(n=24, seed=0):
     return images, labels
 
 
-SETTINGS = LoraSettings(rank=2, alpha=4.0, dropout=0.0, min_steps=4, max_steps=4, batch_size=8)
+SETTINGS = LoraSettings(rank=2, alpha=4.0, dropout=0.0, batch_size=8)
 
 
-def test_only_adapter_and_head_weights_are_trainable():
+def _train(bb, images, labels, lr=1e-2, seed=0, steps=4, settings=SETTINGS):
+    return train_lora(bb, images, labels, 3, settings, lr=lr, seed=seed, steps=steps)
+
+
+def test_split_qkv_is_bit_identical():
     bb = _backbone()
-    model = LoraClassifier(bb.model, 3, SETTINGS)
+    split = copy.deepcopy(bb.model)
+    names = split_qkv(split)
+    assert names == [f"blocks.{i}.attn" for i in range(DEPTH)]
+    assert "qkv" not in dict(split.named_modules())["blocks.0.attn"]._modules
+    x = preprocess(_data()[0], bb, "cpu")
+    with torch.no_grad():
+        assert torch.equal(bb.model(x), split(x))
+    # a copy runs its own projections, not the original's
+    clone = copy.deepcopy(split)
+    with torch.no_grad():
+        clone.blocks[0].attn.v.weight.zero_()
+        assert not torch.equal(clone(x), split(x))
+        assert torch.equal(bb.model(x), split(x))
+
+
+def test_adapters_are_on_q_and_v_of_every_block_and_exact_at_init():
+    bb = _backbone()
+    x = preprocess(_data()[0][:6], bb, "cpu")
+    with torch.no_grad():
+        plain = bb.model(x)
+    model = LoraClassifier(copy.deepcopy(bb.model), 3, LoraSettings()).eval()
+    expected = [f"blocks.{i}.attn.{p}" for i in range(DEPTH) for p in ("q", "v")]
+    assert model.adapted_modules() == expected
+    # rank 2: A (2 x 32) and B (32 x 2) per adapted layer; the head is the only other weight
     names = model.trainable_names()
-    assert names, "nothing trains"
-    assert all("lora_" in n or n.startswith("head.") for n in names), names
-    # rank 2 on every block's fused qkv projection: A (2 x 32) and B (96 x 2) per block
     adapters = [n for n in names if "lora_" in n]
-    assert len(adapters) == 2 * 2
-    assert all(".attn.qkv." in n for n in adapters)
+    assert len(adapters) == 2 * len(expected)
+    assert all("lora_" in n or n.startswith("head.") for n in names), names
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if "lora_" in n}
+    assert {s for n, s in shapes.items() if "lora_A" in n} == {(2, 32)}
+    assert {s for n, s in shapes.items() if "lora_B" in n} == {(32, 2)}
+    with torch.no_grad():  # B starts at zero: the adapted backbone is the backbone
+        assert torch.equal(model.backbone(x), plain)
+
+
+def test_other_target_modules_are_honoured():
+    bb = _backbone(depth=1)
+    s = LoraSettings(target_modules=("q", "k", "v", "proj"))
+    model = LoraClassifier(copy.deepcopy(bb.model), 3, s)
+    assert sorted(model.adapted_modules()) == [f"blocks.0.attn.{p}" for p in ("k", "proj", "q", "v")]
+
+
+def test_fused_qkv_target_is_refused_with_the_fix():
+    with pytest.raises(ConfigError, match=r"'qkv' is split .* \[q, v\]"):
+        EvalConfig(lora_target_modules=("qkv",))
 
 
 def test_training_changes_adapters_but_not_base_weights():
     bb = _backbone()
     before = {k: v.clone() for k, v in bb.model.state_dict().items()}
     images, labels = _data()
-    model = train_lora(bb, images, labels, 3, SETTINGS, lr=1e-2, seed=0)
+    model = _train(bb, images, labels)
     # the caller's backbone is untouched (train_lora works on a copy)
     for k, v in bb.model.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -63,15 +119,19 @@ def test_training_changes_adapters_but_not_base_weights():
         if "lora_" not in k
     }
     for k, v in before.items():
-        assert torch.equal(base[k], v), f"base weight {k} changed"
+        if ".attn.qkv." in k:  # the fused weight lives on as the rows of q, k and v
+            w = torch.cat([base[k.replace("qkv", p)] for p in "qkv"])
+            assert torch.equal(w, v), f"base weight {k} changed"
+        else:
+            assert torch.equal(base[k], v), f"base weight {k} changed"
     lora_b = [v for k, v in state.items() if "lora_B" in k]
-    assert any(v.abs().sum() > 0 for v in lora_b), "adapters did not train (B still zero)"
+    assert all(v.abs().sum() > 0 for v in lora_b), "adapters did not train (B still zero)"
 
 
 def test_merged_weights_give_the_same_outputs():
     bb = _backbone()
     images, labels = _data()
-    model = train_lora(bb, images, labels, 3, SETTINGS, lr=1e-2, seed=0)
+    model = _train(bb, images, labels)
     merged = model.merged()
     assert not any("lora_" in n for n, _ in merged.named_parameters())
     x = preprocess(images[:6], bb, "cpu")
@@ -82,9 +142,7 @@ def test_merged_weights_give_the_same_outputs():
 def test_same_seed_same_weights_other_seed_differs():
     bb = _backbone()
     images, labels = _data()
-    a = train_lora(bb, images, labels, 3, SETTINGS, lr=1e-2, seed=1)
-    b = train_lora(bb, images, labels, 3, SETTINGS, lr=1e-2, seed=1)
-    c = train_lora(bb, images, labels, 3, SETTINGS, lr=1e-2, seed=2)
+    a, b, c = (_train(bb, images, labels, seed=s) for s in (1, 1, 2))
     sa, sb, sc = (m.state_dict() for m in (a, b, c))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
@@ -93,8 +151,8 @@ def test_same_seed_same_weights_other_seed_differs():
 def test_lora_learns_a_simple_signal():
     bb = _backbone()
     images, labels = _data(n=48)
-    settings = LoraSettings(rank=4, alpha=8.0, dropout=0.0, min_steps=60, max_steps=60)
-    model = train_lora(bb, images, labels, 3, settings, lr=3e-3, seed=0)
+    settings = LoraSettings(rank=4, alpha=8.0, dropout=0.0)
+    model = _train(bb, images, labels, lr=3e-3, steps=60, settings=settings)
     test_images, test_labels = _data(n=30, seed=1)
     with torch.no_grad():
         pred = model(preprocess(test_images, bb, "cpu")).argmax(1).numpy()
@@ -102,7 +160,34 @@ def test_lora_learns_a_simple_signal():
     assert ((pred == 1) == (test_labels == 1)).mean() >= 0.9
 
 
-@pytest.mark.parametrize("n,expected", [(8, 30), (64, 40), (4000, 300)])
-def test_step_budget(n, expected):
-    s = LoraSettings(batch_size=32, epochs=20, min_steps=30, max_steps=300)
-    assert n_steps(n, s) == expected
+@pytest.mark.parametrize("shots,expected", [(1, 150), (2, 250), (16, 1650), (50, 5050)])
+def test_step_schedule_grows_with_the_shots(shots, expected):
+    assert protocol_steps(LoraSettings(), shots=shots) == expected
+    plan = budget(LoraSettings(), shots=shots)
+    assert plan["steps"] == expected and plan["warmup_steps"] == 50 and not plan["reduced"]
+
+
+def test_data_share_runs_take_epochs_of_batches():
+    # 100 epochs of ceil(70 / 32) = 3 batches, after the warm-up
+    assert protocol_steps(LoraSettings(), n_train=70) == 50 + 300
+
+
+def test_a_cap_is_a_reduced_budget_with_the_same_shape():
+    plan = budget(LoraSettings(max_steps=75), shots=1)
+    assert plan == {
+        "steps": 75,
+        "warmup_steps": 25,
+        "protocol_steps": 150,
+        "protocol_warmup_steps": 50,
+        "reduced": True,
+    }
+    assert not budget(LoraSettings(max_steps=500), shots=1)["reduced"]
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    f = [lr_factor(t, 150, 50, 1e-3, 1e-6) for t in range(150)]
+    assert f[0] == pytest.approx(1 / 50) and f[49] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(f[:49], f[1:50], strict=True))  # linear warm-up
+    assert all(a >= b for a, b in zip(f[50:-1], f[51:], strict=True))  # cosine decay
+    assert f[-1] == pytest.approx(1e-3 + (1 - 1e-3) * 0.5 * (1 + np.cos(np.pi * 99 / 100)))
+    assert lr_factor(150, 150, 50, 1e-3, 1e-6) == pytest.approx(1e-3)

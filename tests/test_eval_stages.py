@@ -116,7 +116,6 @@ CFG = EvalConfig(
     linear_Cs=(0.1, 1.0),
     bootstrap=100,
     lora_lrs=(0.003,),
-    lora_min_steps=3,
     lora_max_steps=3,
     lora_batch_size=8,
     device="cpu",
@@ -230,6 +229,14 @@ def test_lora_protocol_writes_results(setup, tmp_path):
     (block,) = saved["results"]
     assert block["shots"] == 2 and [r["lr"] for r in block["runs"]] == [0.003, 0.003]
     assert all(len(r["train_rows"]) == 6 for r in block["runs"])
+    # the config capped the steps: the result says so, against the protocol's 50 + 100 x 2
+    assert block["budget"] == {
+        "steps": 3,
+        "warmup_steps": 1,
+        "protocol_steps": 250,
+        "protocol_warmup_steps": 50,
+        "reduced": True,
+    }
 
 
 def test_stale_features_are_refused(setup, tmp_path):

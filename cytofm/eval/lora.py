@@ -1,9 +1,15 @@
 """LoRA fine-tuning of a backbone with peft, trained from images (not cached features).
 
-Low-rank adapters (rank, alpha, dropout and target modules from config; the default is rank 2
-on the fused query/key/value projection of every attention block) are the only backbone weights
-that train; a linear classification head trains with them. The learning rate is chosen on the
-validation rows, as in the few-shot protocol this follows.
+The protocol is the one of the cytology LoRA study cytofm follows (Dausort et al. 2024, built on
+CLIP-LoRA): timm's fused ``qkv`` is split into separate query, key and value projections
+(:mod:`cytofm.eval.qkv`) and a rank-2 adapter (alpha 1, dropout 0.25) goes on the query and on
+the value projection of every block; keys, output projection and MLPs stay frozen. A linear head
+trains with the adapters (AdamW, weight decay 0.01, batch 32). A k-shot run takes
+``warmup + iters_per_shot * k`` steps (50 + 100 k: 150 steps at 1 shot, 5,050 at 50) with a
+linear warm-up and a cosine decay to ``min_lr``; a run on a share of the training split takes
+``warmup + epochs * batches_per_epoch``. The learning rate is chosen on the validation rows from
+a five-value grid. A config may cap the steps (``max_steps``) for a CPU demo: the run then keeps
+the schedule's shape, and :func:`budget` reports the steps taken against the protocol's.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 
 import numpy as np
 import torch
@@ -19,8 +26,18 @@ from torch.nn import functional as F
 
 from cytofm.eval.backbones import LoadedBackbone
 from cytofm.eval.features import preprocess
+from cytofm.eval.qkv import split_qkv
 
-__all__ = ["LoraClassifier", "LoraSettings", "predict_proba", "train_lora"]
+__all__ = [
+    "LoraClassifier",
+    "LoraSettings",
+    "budget",
+    "lr_factor",
+    "predict_proba",
+    "protocol_steps",
+    "target_pattern",
+    "train_lora",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,12 +45,28 @@ class LoraSettings:
     rank: int = 2
     alpha: float = 1.0
     dropout: float = 0.25
-    target_modules: tuple = ("qkv",)
+    target_modules: tuple = ("q", "v")
     batch_size: int = 32
-    epochs: int = 20
-    min_steps: int = 30
-    max_steps: int = 300
+    iters_per_shot: int = 100
+    fraction_epochs: int = 100
+    warmup_steps: int = 50
+    min_lr: float = 1e-6
+    max_steps: int = 0  # 0: the protocol's full schedule
     weight_decay: float = 0.01
+
+
+_SCOPES = {"q": "attn", "k": "attn", "v": "attn", "proj": "attn", "fc1": "mlp", "fc2": "mlp"}
+
+
+def target_pattern(names) -> str:
+    """peft's ``target_modules`` as one regular expression: attention and MLP layer names are
+    scoped to their block part (``proj`` alone would also match the patch embedding's
+    convolution), any other name matches a module of that name anywhere."""
+    parts = []
+    for name in names:
+        scope = _SCOPES.get(name)
+        parts.append(rf".*\.{scope}\.{name}" if scope else rf"(?:.*\.)?{re.escape(name)}")
+    return "^(?:" + "|".join(parts) + ")$"
 
 
 class LoraClassifier(nn.Module):
@@ -43,11 +76,12 @@ class LoraClassifier(nn.Module):
         super().__init__()
         from peft import LoraConfig, get_peft_model
 
+        split_qkv(backbone)
         config = LoraConfig(
             r=s.rank,
             lora_alpha=s.alpha,
             lora_dropout=s.dropout,
-            target_modules=list(s.target_modules),
+            target_modules=target_pattern(s.target_modules),
             bias="none",
         )
         self.backbone = get_peft_model(backbone, config)
@@ -58,6 +92,17 @@ class LoraClassifier(nn.Module):
 
     def trainable_names(self) -> list[str]:
         return [n for n, p in self.named_parameters() if p.requires_grad]
+
+    def adapted_modules(self) -> list[str]:
+        """Names (in the plain backbone) of the layers that carry an adapter."""
+        from peft.tuners.lora import LoraLayer
+
+        prefix = "base_model.model."
+        return [
+            n.removeprefix(prefix)
+            for n, m in self.backbone.named_modules()
+            if isinstance(m, LoraLayer)
+        ]
 
     def merged(self) -> nn.Module:
         """A plain backbone+head with the adapters folded into the weights (a copy)."""
@@ -87,9 +132,38 @@ def predict_proba(model: nn.Module, bb: LoadedBackbone, images, device, batch: i
     return np.concatenate(out) if out else np.zeros((0, model.head.out_features))
 
 
-def n_steps(n_train: int, s: LoraSettings) -> int:
-    per_epoch = math.ceil(n_train / min(s.batch_size, n_train))
-    return int(min(max(s.epochs * per_epoch, s.min_steps), s.max_steps))
+def protocol_steps(s: LoraSettings, *, shots: int | None = None, n_train: int = 0) -> int:
+    """Optimisation steps the protocol prescribes: warm-up plus ``iters_per_shot`` per shot for
+    a k-shot run, plus ``fraction_epochs`` passes over the rows for a run on a data share."""
+    if shots is not None:
+        return s.warmup_steps + s.iters_per_shot * int(shots)
+    per_epoch = math.ceil(n_train / min(s.batch_size, max(n_train, 1)))
+    return s.warmup_steps + s.fraction_epochs * per_epoch
+
+
+def budget(s: LoraSettings, *, shots: int | None = None, n_train: int = 0) -> dict:
+    """Steps run against the protocol's: ``reduced`` when a ``max_steps`` cap cuts them."""
+    full = protocol_steps(s, shots=shots, n_train=n_train)
+    steps = min(full, s.max_steps) if s.max_steps > 0 else full
+    warmup = round(s.warmup_steps * steps / full)
+    return {
+        "steps": int(steps),
+        "warmup_steps": int(warmup),
+        "protocol_steps": int(full),
+        "protocol_warmup_steps": int(s.warmup_steps),
+        "reduced": bool(steps < full),
+    }
+
+
+def lr_factor(step: int, steps: int, warmup: int, lr: float, min_lr: float) -> float:
+    """Multiplier of the peak rate at ``step``: linear warm-up over ``warmup`` steps, then a
+    cosine from 1 to ``min_lr / lr`` over the remaining steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(steps - warmup, 1)
+    floor = min(min_lr / lr, 1.0)
+    t = min(step - warmup, span) / span
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 def train_lora(
@@ -100,17 +174,22 @@ def train_lora(
     s: LoraSettings,
     lr: float,
     seed: int,
+    *,
+    steps: int,
+    warmup_steps: int = 0,
     device: str | torch.device = "cpu",
     precision: str = "auto",
 ) -> LoraClassifier:
-    """Train adapters + head on ``images`` (uint8 N,H,W,3); deterministic on CPU given seed."""
+    """Train adapters + head on ``images`` (uint8 N,H,W,3) for ``steps`` steps; deterministic
+    on CPU given seed."""
     device = torch.device(device)
     torch.manual_seed(seed)
     model = LoraClassifier(copy.deepcopy(bb.model), n_classes, s).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=s.weight_decay)
-    steps = n_steps(len(labels), s)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: lr_factor(t, steps, warmup_steps, lr, s.min_lr)
+    )
     gen = torch.Generator().manual_seed(seed)
     y_all = torch.as_tensor(labels, dtype=torch.long)
     batch = min(s.batch_size, len(labels))

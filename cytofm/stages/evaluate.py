@@ -99,8 +99,10 @@ def _lora_settings(cfg: EvalConfig):
         dropout=cfg.lora_dropout,
         target_modules=tuple(cfg.lora_target_modules),
         batch_size=cfg.lora_batch_size,
-        epochs=cfg.lora_epochs,
-        min_steps=cfg.lora_min_steps,
+        iters_per_shot=cfg.lora_iters_per_shot,
+        fraction_epochs=cfg.lora_fraction_epochs,
+        warmup_steps=cfg.lora_warmup_steps,
+        min_lr=cfg.lora_min_lr,
         max_steps=cfg.lora_max_steps,
         weight_decay=cfg.lora_weight_decay,
     )
@@ -192,7 +194,7 @@ def run_evaluate(
         # (linear, lora; seed 001's data-fraction curve), each over the task's seeds
         budgets: list[tuple[str, Any]] = []
         if protocol in ("fewshot", "lora"):
-            shots = task.shots if protocol == "fewshot" else (cfg.lora_shots or task.shots)
+            shots = task.shots if protocol == "fewshot" else (task.lora_shots or task.shots)
             budgets += [("shots", int(k)) for k in shots]
         fractions = {"linear": task.fractions, "lora": cfg.lora_fractions}.get(protocol, ())
         budgets += [("fraction", float(f)) for f in fractions]
@@ -218,7 +220,16 @@ def run_evaluate(
                     if short:
                         break
                     if protocol == "lora":
-                        p, chosen = _lora_run(lora_ctx, rows, va, te, int(seed), cfg, classes)
+                        p, chosen = _lora_run(
+                            lora_ctx,
+                            rows,
+                            va,
+                            te,
+                            int(seed),
+                            cfg,
+                            classes,
+                            shots=amount if kind == "shots" else None,
+                        )
                     else:
                         p, chosen = linear_on(rows)
                     probas.append(p)
@@ -247,6 +258,10 @@ def run_evaluate(
                     )
                     continue
                 blocks.append(_block(y_test, probas, runs, cfg, **{kind: amount}))
+                if protocol == "lora":  # steps run against the protocol's (max over seeds)
+                    blocks[-1]["budget"] = max(
+                        (r["budget"] for r in runs), key=lambda b: b["protocol_steps"]
+                    )
             bar.close()
         seconds = time.perf_counter() - t0
         result = {
@@ -337,12 +352,14 @@ def _rows(array, rows: np.ndarray) -> np.ndarray:
     return np.asarray(array.get_orthogonal_selection((np.asarray(rows),)))
 
 
-def _lora_run(ctx, rows, val, test, seed, cfg: EvalConfig, names):
-    """Train one adapter per learning rate, keep the best on val, score it on test."""
-    from cytofm.eval.lora import predict_proba, train_lora
+def _lora_run(ctx, rows, val, test, seed, cfg: EvalConfig, names, shots=None):
+    """Train one adapter per learning rate for the protocol's steps (k-shot: by ``shots``;
+    data share: by the rows' batches), keep the best on val, score it on test."""
+    from cytofm.eval.lora import budget, predict_proba, train_lora
 
     labels, bb, device = ctx["labels"], ctx["bb"], ctx["device"]
     train_images = _rows(ctx["images"], rows)
+    plan = budget(ctx["settings"], shots=shots, n_train=len(rows))
     best, val_scores = None, {}
     for lr in cfg.lora_lrs:
         model = train_lora(
@@ -353,6 +370,8 @@ def _lora_run(ctx, rows, val, test, seed, cfg: EvalConfig, names):
             ctx["settings"],
             float(lr),
             seed,
+            steps=plan["steps"],
+            warmup_steps=plan["warmup_steps"],
             device=device,
             precision=cfg.precision,
         )
@@ -364,4 +383,4 @@ def _lora_run(ctx, rows, val, test, seed, cfg: EvalConfig, names):
         if best is None or val_scores[lr] > val_scores[best[0]]:
             best = (float(lr), model)
     p = predict_proba(best[1], bb, ctx["test_images"], device)
-    return p, {"lr": best[0], "val": _fmt(val_scores)}
+    return p, {"lr": best[0], "val": _fmt(val_scores), "budget": plan}
