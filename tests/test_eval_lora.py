@@ -2,6 +2,7 @@
 only adapters and head train, the step schedule grows with the shots, runs are reproducible."""
 
 import copy
+import itertools
 
 import numpy as np
 import pytest
@@ -96,7 +97,9 @@ def test_other_target_modules_are_honoured():
     bb = _backbone(depth=1)
     s = LoraSettings(target_modules=("q", "k", "v", "proj"))
     model = LoraClassifier(copy.deepcopy(bb.model), 3, s)
-    assert sorted(model.adapted_modules()) == [f"blocks.0.attn.{p}" for p in ("k", "proj", "q", "v")]
+    assert sorted(model.adapted_modules()) == [
+        f"blocks.0.attn.{p}" for p in ("k", "proj", "q", "v")
+    ]
 
 
 def test_fused_qkv_target_is_refused_with_the_fix():
@@ -187,7 +190,7 @@ def test_a_cap_is_a_reduced_budget_with_the_same_shape():
 def test_learning_rate_warms_up_then_decays_to_the_floor():
     f = [lr_factor(t, 150, 50, 1e-3, 1e-6) for t in range(150)]
     assert f[0] == pytest.approx(1 / 50) and f[49] == pytest.approx(1.0)
-    assert all(a < b for a, b in zip(f[:49], f[1:50], strict=True))  # linear warm-up
-    assert all(a >= b for a, b in zip(f[50:-1], f[51:], strict=True))  # cosine decay
+    assert all(a < b for a, b in itertools.pairwise(f[:50]))  # linear warm-up
+    assert all(a >= b for a, b in itertools.pairwise(f[50:]))  # cosine decay
     assert f[-1] == pytest.approx(1e-3 + (1 - 1e-3) * 0.5 * (1 + np.cos(np.pi * 99 / 100)))
     assert lr_factor(150, 150, 50, 1e-3, 1e-6) == pytest.approx(1e-3)

@@ -7,6 +7,7 @@ from cytofm.eval.metrics import (
     _scalars,
     classification_metrics,
     macro_auroc,
+    paired_difference,
     summarise,
 )
 
@@ -61,8 +62,85 @@ def test_summary_mean_std_and_interval():
     per_seed = [balanced_accuracy_score(y, p.argmax(1)) for p in (p1, p2)]
     assert bal["per_seed"] == pytest.approx(per_seed)
     assert bal["mean"] == pytest.approx(np.mean(per_seed))
-    assert bal["std"] == pytest.approx(np.std(per_seed))
+    assert bal["std"] == pytest.approx(np.std(per_seed, ddof=1))
     lo, hi = bal["ci95"]
-    assert lo < bal["mean"] < hi and hi - lo < 0.2
+    t_lo, t_hi = bal["ci95_test_only"]
+    # two very different seeds: the interval is far wider than the test rows alone make it
+    assert 0 <= lo < t_lo < bal["mean"] < t_hi < hi <= 1
+    assert t_hi - t_lo < 0.2
     again = summarise(y, [p1, p2], n_boot=200, seed=0)
     assert again["balanced_accuracy"]["ci95"] == bal["ci95"]  # deterministic
+
+
+def _seed_varied_results(rng, mu, sigma, n_seeds, n_test, y=None):
+    """Binary predictions whose accuracy is mu + a seed effect of std sigma: seed s is right on
+    each test row with probability mu + delta_s (the expected accuracy over seeds is mu)."""
+    y = rng.integers(0, 2, n_test) if y is None else y
+    probas = []
+    for _ in range(n_seeds):
+        p_right = np.clip(mu + rng.normal(0, sigma), 0, 1)
+        right = rng.random(n_test) < p_right
+        pred = np.where(right, y, 1 - y)
+        conf = 0.5 + 0.5 * rng.random(n_test)
+        proba = np.zeros((n_test, 2))
+        proba[np.arange(n_test), pred] = conf
+        proba[np.arange(n_test), 1 - pred] = 1 - conf
+        probas.append(proba)
+    return y, probas
+
+
+def test_interval_covers_the_expected_value_under_seed_variance():
+    """Known seed variance (std 0.06 across 3 seeds, as on PBC at 1 shot): the 95% interval
+    covers the expected accuracy in at least 90% of repeats, where the test-rows-only
+    bootstrap (the former interval) misses it far more often."""
+    rng = np.random.default_rng(7)
+    mu, hits, hits_test_only, repeats = 0.7, 0, 0, 60
+    for r in range(repeats):
+        y, probas = _seed_varied_results(rng, mu, 0.06, 3, 300)
+        acc = summarise(y, probas, n_boot=100, seed=r)["accuracy"]
+        hits += acc["ci95"][0] <= mu <= acc["ci95"][1]
+        hits_test_only += acc["ci95_test_only"][0] <= mu <= acc["ci95_test_only"][1]
+    assert hits / repeats >= 0.9
+    assert hits_test_only / repeats <= 0.8
+
+
+def test_grouped_bootstrap_widens_the_interval_when_groups_share_errors():
+    """Rows of one patient that are all right or all wrong carry less information than as
+    many independent rows: resampling patients makes the interval wider."""
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(30), 10)
+    y = rng.integers(0, 2, 300)
+    right = np.repeat(rng.random(30) < 0.7, 10)
+    pred = np.where(right, y, 1 - y)
+    proba = np.eye(2)[pred] * 0.8 + 0.1
+    rows = summarise(y, [proba], n_boot=300)["accuracy"]
+    grouped = summarise(y, [proba], n_boot=300, groups=groups)["accuracy"]
+    width = lambda s: s["ci95"][1] - s["ci95"][0]  # noqa: E731
+    assert grouped["resampled"] == "groups" and rows["resampled"] == "rows"
+    assert width(grouped) > 2 * width(rows)
+
+
+def test_paired_difference_finds_a_real_gap_and_not_a_null_one():
+    rng = np.random.default_rng(11)
+    y, better = _seed_varied_results(rng, 0.85, 0.01, 3, 400)
+    _, worse = _seed_varied_results(rng, 0.65, 0.01, 3, 400, y)
+    d = paired_difference(y, better, worse, n_boot=300)["accuracy"]
+    assert d["difference"] == pytest.approx(0.2, abs=0.06)
+    assert d["excludes_zero"] and d["p_value"] < 0.01 and d["ci95"][0] > 0
+    _, same = _seed_varied_results(rng, 0.85, 0.01, 3, 400, y)
+    null = paired_difference(y, better, same, n_boot=300)["accuracy"]
+    assert null["ci95"][0] < 0 < null["ci95"][1] or abs(null["difference"]) < 0.05
+    # identical predictions: no difference, p = 1
+    same_again = paired_difference(y, better, better, n_boot=50)["accuracy"]
+    assert same_again["difference"] == 0 and same_again["p_value"] == 1.0
+    assert not same_again["excludes_zero"]
+
+
+def test_paired_difference_false_positive_rate_is_near_nominal():
+    rng = np.random.default_rng(5)
+    false_pos = 0
+    for r in range(40):
+        y, a = _seed_varied_results(rng, 0.75, 0.03, 3, 300)
+        _, b = _seed_varied_results(rng, 0.75, 0.03, 3, 300, y)
+        false_pos += paired_difference(y, a, b, n_boot=60, seed=r)["accuracy"]["excludes_zero"]
+    assert false_pos / 40 <= 0.1

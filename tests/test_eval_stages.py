@@ -11,6 +11,8 @@ from cytofm.config import EvalConfig, TaskConfig
 from cytofm.errors import InputDataError
 from cytofm.eval.backbones import BackboneSpec, load_backbone_spec
 from cytofm.eval.features import embed_array
+from cytofm.eval.metrics import classification_metrics
+from cytofm.eval.predictions import load_predictions
 from cytofm.ssl.export import export_backbone
 from cytofm.stages.embed import run_embed
 from cytofm.stages.evaluate import run_evaluate
@@ -100,6 +102,10 @@ def test_feature_store_round_trip(setup):
     assert prov["stage"] == "embed"
 
 
+def labels_of(store):
+    return np.asarray(open_store(store)["labels"][:]).astype(int)
+
+
 def _task(**kw):
     base = dict(
         name="toy",
@@ -126,19 +132,43 @@ CFG = EvalConfig(
 def test_protocols_on_cached_features(setup, protocol, tmp_path):
     out = tmp_path / f"{protocol}.json"
     result = run_evaluate(
-        _task(), CFG, protocol, setup["spec"], setup["store"], out, features_store=setup["feats"]
+        _task(),
+        CFG,
+        protocol,
+        setup["spec"],
+        setup["store"],
+        out,
+        out_predictions=tmp_path / f"{protocol}.predictions.npz",
+        features_store=setup["feats"],
     )
     saved = json.loads(out.read_text())
     assert saved["classes"] == CLASSES and saved["protocol"] == protocol
     assert saved["split"]["source"] == "grouped"
     blocks = saved["results"]
     assert blocks
+    preds = load_predictions(tmp_path / f"{protocol}.predictions.npz")
+    y_test = labels_of(setup["store"])[saved["test_rows"]]
+    assert preds["y_test"].tolist() == y_test.tolist()
     for block in blocks:
-        s = block["summary"]["balanced_accuracy"]
-        assert s["ci95"][0] <= s["mean"] <= s["ci95"][1] or s["std"] > 0
         assert set(block["summary"]) == {"accuracy", "balanced_accuracy", "macro_f1", "auroc"}
-        run = block["runs"][0]
-        assert np.array(run["test"]["confusion_matrix"]).sum() == saved["split"]["n_test"]
+        s = block["summary"]["balanced_accuracy"]
+        per_run = [r["test"]["balanced_accuracy"] for r in block["runs"]]
+        # the summary is the runs' numbers: mean and sample std over seeds
+        assert s["per_seed"] == pytest.approx(per_run)
+        assert s["mean"] == pytest.approx(np.mean(per_run))
+        assert s["std"] == pytest.approx(np.std(per_run, ddof=1) if len(per_run) > 1 else 0.0)
+        # the interval has width, is at least the test-only bootstrap, and resampled patients
+        lo, hi = s["ci95"]
+        t_lo, t_hi = s["ci95_test_only"]
+        assert lo <= t_lo <= s["mean"] <= t_hi <= hi and s["resampled"] == "groups"
+        if len(per_run) > 1 and s["std"] > 0:
+            assert hi - lo > t_hi - t_lo  # seed spread widens it
+        # the stored predictions reproduce every run's metrics
+        key = "all" if block["shots"] is None else f"shots={block['shots']}"
+        for run, proba in zip(block["runs"], preds["blocks"][key], strict=True):
+            assert np.array(run["test"]["confusion_matrix"]).sum() == saved["split"]["n_test"]
+            again = classification_metrics(y_test, proba, CLASSES)["balanced_accuracy"]
+            assert again == pytest.approx(run["test"]["balanced_accuracy"], abs=1e-6)
     if protocol == "fewshot":
         assert [b["shots"] for b in blocks] == [1, 4]
         assert (

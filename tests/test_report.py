@@ -8,7 +8,13 @@ import pytest
 
 from cytofm.report.figures import embedding_map, plot_confusion, plot_fractions, project_2d
 from cytofm.report.html import Figure, Section, render_page
-from cytofm.report.tables import overview_table, results_table, to_html, to_markdown
+from cytofm.report.tables import (
+    overview_table,
+    results_table,
+    sentence,
+    to_html,
+    to_markdown,
+)
 
 
 def _row(backbone, protocol, shots, mean, fraction=None, task="t", std=0.01):
@@ -49,23 +55,81 @@ def summary():
     )
 
 
-def test_results_table_rows_numbers_and_best(summary):
-    table = results_table(summary)
+def _comparison(protocol, block, diff, lo, hi, a="a", b="b", metric="balanced_accuracy"):
+    return {
+        "task": "t",
+        "protocol": protocol,
+        "block": block,
+        "backbone": a,
+        "versus": b,
+        "versus_is_control": True,
+        "metric": metric,
+        "difference": diff,
+        "ci_low": lo,
+        "ci_high": hi,
+        "p_value": 0.0004 if lo > 0 or hi < 0 else 0.4,
+        "verdict": "better" if lo > 0 else "worse" if hi < 0 else "no difference",
+    }
+
+
+@pytest.fixture
+def comparisons():
+    return pd.DataFrame(
+        [
+            _comparison("linear", "all", 0.1, 0.04, 0.16),  # a ahead: bold
+            _comparison("fewshot", "shots=1", 0.0, -0.05, 0.05),  # tie
+            _comparison("fewshot", "shots=4", -0.1, -0.15, -0.05),  # b ahead: bold b
+            _comparison("linear", "fraction=0.25", 0.05, -0.02, 0.12),  # higher mean, CI spans 0
+        ]
+    )
+
+
+def test_results_table_rows_numbers_and_best(summary, comparisons):
+    table = results_table(summary, comparisons=comparisons)
     assert table["setting"].tolist() == [
         "linear probe, all labels",
         "few-shot linear, 1 per class",
         "few-shot linear, 4 per class",
         "linear probe, 25% of training labels",
     ]  # skipped settings are left out, shots ascending
-    assert table["best"].tolist() == ["a", "a,b", "b", "a"]  # ties mark both
+    # bold only where the paired difference excludes zero, not for the higher mean alone
+    assert table["best"].tolist() == ["a", "", "b", ""]
+    assert table["verdict"].iloc[3].startswith("a vs b: no difference (+0.050 [-0.020, +0.120]")
+    assert table["verdict"].iloc[0] == "a ahead of b: +0.100 [+0.040, +0.160], p < 0.001"
     row = table.iloc[0]
     assert (row["a_mean"], row["a_std"], row["a_ci_low"], row["a_ci_high"]) == pytest.approx(
         (0.8, 0.01, 0.7, 0.9)
     )
     md = to_markdown(table)
     assert "| linear probe, all labels | **0.800 ± 0.010 [0.700, 0.900]** | 0.700 ±" in md
-    assert md.count("**") == 2 * 5
-    assert to_html(table).count('class="best"') == 5
+    assert md.count("**") == 2 * 2
+    assert to_html(table).count('class="best"') == 2
+    # without comparisons nothing is bolded: a higher mean is not a win
+    assert set(results_table(summary)["best"]) == {""}
+
+
+def test_reduced_budget_cells_say_so(summary):
+    lora = pd.DataFrame(
+        [
+            {**_row("a", "lora", 1, 0.5), "budget": "60 of 150 steps"},
+            {**_row("b", "lora", 1, 0.4), "budget": ""},
+        ]
+    )
+    md = to_markdown(results_table(lora))
+    assert "0.500 ± 0.010 [0.400, 0.600] (reduced budget: 60 of 150 steps)" in md
+    assert md.count("reduced budget") == 1
+
+
+def test_sentence_says_what_the_comparison_supports(summary, comparisons):
+    table = results_table(summary, comparisons=comparisons)
+    ahead = sentence("t", table.iloc[0], comparisons)
+    assert ahead == (
+        "t: on the linear probe, all labels, a is ahead of b in balanced accuracy by "
+        "+0.100 [+0.040, +0.160], p < 0.001."
+    )
+    tie = sentence("t", table.iloc[1], comparisons)
+    assert "shows no difference" in tie and "do not rank them" in tie
+    assert "no paired comparison" in sentence("t", table.iloc[0], None)
 
 
 def test_slide_tasks_use_auroc_and_the_average_skips_them(summary):

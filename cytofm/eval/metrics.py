@@ -2,17 +2,21 @@
 
 Every protocol ends in the same thing: for each seed, the true labels of the test rows and a
 probability per class. :func:`classification_metrics` scores one such prediction;
-:func:`summarise` pools the seeds: mean and standard deviation over seeds, and a bootstrap CI
-of the seed-mean that resamples test rows (the same resample for every seed, so the interval
-reflects the finite test set, not seed noise counted twice).
+:func:`summarise` pools the seeds: mean and standard deviation over seeds, and a 95% CI of the
+seed-mean that covers both sources of variation, the finite test set (a bootstrap of test rows,
+or of whole patients where the task has groups; every seed scored on the same resample) and the
+seeds (Student's t on the seed-to-seed spread). :func:`paired_difference` does the same for the
+difference between two backbones on the same rows and seeds, with a p-value.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
+from scipy.stats import t as student_t
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -22,7 +26,14 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-__all__ = ["SCALARS", "classification_metrics", "macro_auroc", "summarise"]
+__all__ = [
+    "SCALARS",
+    "classification_metrics",
+    "interval",
+    "macro_auroc",
+    "paired_difference",
+    "summarise",
+]
 
 SCALARS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
 
@@ -107,13 +118,63 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: l
     return out
 
 
+def _resample_rows(n: int, groups: np.ndarray | None, n_boot: int, rng) -> list[np.ndarray]:
+    """Bootstrap row sets: rows drawn with replacement, or whole groups (patients) when the
+    task has them, so rows of one patient move together."""
+    if groups is None:
+        return [rng.integers(0, n, size=n) for _ in range(n_boot)]
+    _, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
+    out = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(members), size=len(members))
+        out.append(np.concatenate([members[i] for i in pick]))
+    return out
+
+
+def interval(
+    centre: float, boot: np.ndarray, per_seed: np.ndarray, bounds=(0.0, 1.0)
+) -> dict[str, Any]:
+    """95% interval of a seed-mean from its two sources of variation.
+
+    Test items: the percentile bootstrap of the seed-mean over resampled rows (or groups), every
+    seed scored on the same resample. Seeds (the shot sampling, initialisation and order): the
+    standard error of the mean over seeds, scaled by Student's t with n_seeds - 1 degrees of
+    freedom (wide for 3 seeds, as it should be). The two are added in quadrature on each side,
+    so the interval reduces to the plain bootstrap when there is one seed. It is clipped to the
+    metric's range ``bounds``.
+    """
+    boot = boot[np.isfinite(boot)]
+    n = len(per_seed)
+    se_seed = float(np.std(per_seed, ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+    t_seed = float(student_t.ppf(0.975, n - 1)) if n > 1 else 0.0
+    if len(boot):
+        lo_t = max(centre - float(np.percentile(boot, 2.5)), 0.0)
+        hi_t = max(float(np.percentile(boot, 97.5)) - centre, 0.0)
+        se_test = float(np.std(boot, ddof=1)) if len(boot) > 1 else 0.0
+    else:
+        lo_t = hi_t = se_test = float("nan")
+    seed_part = t_seed * se_seed
+    low = max(centre - float(np.hypot(lo_t, seed_part)), bounds[0])
+    high = min(centre + float(np.hypot(hi_t, seed_part)), bounds[1])
+    return {
+        "ci95": [low, high],
+        "ci95_test_only": [centre - lo_t, centre + hi_t],
+        "se_test": se_test,
+        "se_seed": se_seed,
+    }
+
+
 def summarise(
     y_true: np.ndarray,
     probas: list[np.ndarray],
     n_boot: int = 1000,
     seed: int = 0,
-) -> dict[str, dict[str, float]]:
-    """Mean and std over seeds of each scalar, and a percentile bootstrap 95% CI of the mean.
+    groups: np.ndarray | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Mean and std over seeds of each scalar, and a 95% CI of the mean that covers both the
+    test items (bootstrap; whole ``groups`` resampled when given) and the seeds (t on the
+    seed-to-seed spread); see :func:`interval`.
 
     ``probas`` holds one (n_test, n_classes) array per seed, all on the same test rows.
     """
@@ -121,23 +182,76 @@ def summarise(
     per_seed = [_scalars(y_true, p) for p in probas]
     rng = np.random.default_rng([seed, 4242])
     boot = {k: [] for k in SCALARS}
-    n = len(y_true)
-    for _ in range(n_boot):
-        rows = rng.integers(0, n, size=n)
+    for rows in _resample_rows(len(y_true), groups, n_boot, rng):
         vals = [_fast_scalars(y_true[rows], p[rows]) for p in probas]
         for k in SCALARS:
             boot[k].append(np.nanmean([v[k] for v in vals]))
     out = {}
     for k in SCALARS:
         vals = np.array([s[k] for s in per_seed], dtype=float)
-        b = np.array(boot[k], dtype=float)
-        b = b[np.isfinite(b)]
+        mean = float(np.mean(vals))
         out[k] = {
-            "mean": float(np.mean(vals)),
-            "std": float(np.std(vals)),
-            "ci95": [float(np.percentile(b, 2.5)), float(np.percentile(b, 97.5))]
-            if len(b)
-            else [float("nan"), float("nan")],
+            "mean": mean,
+            "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+            **interval(mean, np.array(boot[k], dtype=float), vals),
             "per_seed": vals.tolist(),
+            "n_seeds": len(vals),
+            "resampled": "groups" if groups is not None else "rows",
+        }
+    return out
+
+
+def paired_difference(
+    y_true: np.ndarray,
+    probas_a: list[np.ndarray],
+    probas_b: list[np.ndarray],
+    n_boot: int = 1000,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Backbone A minus backbone B on the same test rows and seeds (seed i of A paired with
+    seed i of B: the same training rows): mean difference, 95% CI (both sources of variation,
+    as in :func:`summarise`) and a two-sided p-value from the difference over its standard
+    error (t with Welch-Satterthwaite degrees of freedom; normal when seeds add nothing).
+    """
+    if len(probas_a) != len(probas_b):
+        raise ValueError(f"{len(probas_a)} vs {len(probas_b)} seeds: pair the same seeds")
+    y_true = np.asarray(y_true)
+    diff_seed = {
+        k: np.array(
+            [
+                _scalars(y_true, a)[k] - _scalars(y_true, b)[k]
+                for a, b in zip(probas_a, probas_b, strict=True)
+            ]
+        )
+        for k in SCALARS
+    }
+    rng = np.random.default_rng([seed, 4243])
+    boot = {k: [] for k in SCALARS}
+    for rows in _resample_rows(len(y_true), groups, n_boot, rng):
+        va = [_fast_scalars(y_true[rows], p[rows]) for p in probas_a]
+        vb = [_fast_scalars(y_true[rows], p[rows]) for p in probas_b]
+        for k in SCALARS:
+            boot[k].append(np.nanmean([x[k] - z[k] for x, z in zip(va, vb, strict=True)]))
+    out = {}
+    n = len(probas_a)
+    for k in SCALARS:
+        d = float(np.mean(diff_seed[k]))
+        iv = interval(d, np.array(boot[k], dtype=float), diff_seed[k], bounds=(-1.0, 1.0))
+        se = float(np.hypot(iv["se_test"], iv["se_seed"]))
+        if not np.isfinite(se):
+            p = float("nan")
+        elif se == 0:
+            p = 1.0 if d == 0 else 0.0
+        else:
+            df = se**4 / (iv["se_seed"] ** 4 / (n - 1)) if n > 1 and iv["se_seed"] > 0 else np.inf
+            p = float(2 * student_t.sf(abs(d) / se, df))
+        lo, hi = iv["ci95"]
+        out[k] = {
+            "difference": d,
+            **iv,
+            "p_value": p,
+            "excludes_zero": bool(lo > 0 or hi < 0),
+            "per_seed": diff_seed[k].tolist(),
         }
     return out

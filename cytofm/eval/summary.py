@@ -29,6 +29,7 @@ def summary_table(result_jsons: list[str | Path]) -> pd.DataFrame:
                 "fraction": block.get("fraction"),
                 "n_seeds": len(block["runs"]),
                 "n_test": res["split"]["n_test"],
+                "budget": _budget_text(block.get("budget")),
             }
             for metric in SCALARS:
                 s = block["summary"][metric]
@@ -59,10 +60,18 @@ def summary_table(result_jsons: list[str | Path]) -> pd.DataFrame:
     if "fraction" not in table:
         table["fraction"] = None
     table["fraction"] = pd.to_numeric(table["fraction"])
-    if "skipped" not in table:
-        table["skipped"] = ""
-    table["skipped"] = table["skipped"].fillna("")
+    for column in ("skipped", "budget"):
+        if column not in table:
+            table[column] = ""
+        table[column] = table[column].fillna("")
     return table
+
+
+def _budget_text(budget: dict | None) -> str:
+    """'' at the protocol's budget, else 'S of P steps' (a config capped the steps)."""
+    if not budget or not budget.get("reduced"):
+        return ""
+    return f"{budget['steps']} of {budget['protocol_steps']} steps"
 
 
 def plot_fewshot(table: pd.DataFrame, out_png: str | Path, metric: str = "balanced_accuracy"):

@@ -1,7 +1,10 @@
 """Results tables: one row per protocol setting, one column per backbone (seed 001, Table 1).
 
-Each cell holds the mean over seeds, the standard deviation and the bootstrap 95% CI of the
-task's main metric, exactly as the result JSONs give them; the best mean of each row is marked.
+Each cell holds the mean over seeds, the standard deviation and the 95% CI (test items and
+seeds) of the task's main metric, exactly as the result JSONs give them. A backbone is marked
+best in a row only when the paired comparisons (:mod:`cytofm.eval.compare`) show it ahead of
+every other backbone with an interval that excludes zero; otherwise the row reads "no
+difference". LoRA cells run on a capped budget say so.
 """
 
 from __future__ import annotations
@@ -11,7 +14,14 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["main_metric", "overview_table", "results_table", "setting_label", "write_table"]
+__all__ = [
+    "main_metric",
+    "overview_table",
+    "results_table",
+    "sentence",
+    "setting_label",
+    "write_table",
+]
 
 
 def main_metric(summary: pd.DataFrame) -> str:
@@ -39,15 +49,23 @@ def setting_label(protocol: str, shots, fraction) -> tuple[tuple, str]:
     return (9, str(shots)), f"{protocol} {shots}"
 
 
-def results_table(summary: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
+def results_table(
+    summary: pd.DataFrame, metric: str | None = None, comparisons: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Long summary (one row per backbone x setting) -> wide table with per-backbone columns
-    ``<backbone>_mean/_std/_ci_low/_ci_high`` and ``best`` (backbones with the top mean)."""
+    ``<backbone>_mean/_std/_ci_low/_ci_high`` (and ``_budget`` for capped LoRA runs), ``best``
+    (the backbone the comparisons show ahead of all others, else empty) and ``verdict`` (what
+    the paired differences support, in words)."""
+    from cytofm.eval.compare import verdicts
+    from cytofm.eval.predictions import block_key
+
     metric = metric or main_metric(summary)
     ok = summary[summary["skipped"] == ""]
     backbones = sorted(ok["backbone"].unique())
     rows: dict[str, dict] = {}
     for _, r in ok.iterrows():
         fraction = r.get("fraction")
+        fraction = None if fraction is None or pd.isna(fraction) else float(fraction)
         shots = None if r["shots"] == "all" else r["shots"]
         key, label = setting_label(r["protocol"], shots, fraction)
         row = rows.setdefault(
@@ -58,20 +76,71 @@ def results_table(summary: pd.DataFrame, metric: str | None = None) -> pd.DataFr
                 "protocol": r["protocol"],
                 "shots": r["shots"],
                 "fraction": fraction,
+                "block": block_key(shots, fraction),
                 "metric": metric,
             },
         )
         for stat in ("mean", "std", "ci_low", "ci_high"):
             row[f"{r['backbone']}_{stat}"] = float(r[f"{metric}_{stat}"])
+        budget = r.get("budget")
+        if isinstance(budget, str) and budget:
+            row[f"{r['backbone']}_budget"] = budget
     table = pd.DataFrame(sorted(rows.values(), key=lambda r: r["_key"])).drop(columns="_key")
-    means = table[[f"{b}_mean" for b in backbones]]
-    top = means.max(axis=1)
-    table["best"] = [
-        ",".join(b for b in backbones if row[f"{b}_mean"] == best)
-        for (_, row), best in zip(table.iterrows(), top, strict=True)
-    ]
+    found = verdicts(comparisons, metric) if comparisons is not None else {}
+    best, words = [], []
+    for _, row in table.iterrows():
+        v = found.get((row["protocol"], row["block"]))
+        best.append(v["winner"] or "" if v else "")
+        words.append(_verdict_words(v, metric) if v else "not compared")
+    table["best"] = best
+    table["verdict"] = words
     table.attrs["backbones"] = backbones
     return table
+
+
+def _fmt_diff(r) -> str:
+    p = r["p_value"]
+    ptxt = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+    return f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}], {ptxt}"
+
+
+def _verdict_words(v: dict, metric: str) -> str:
+    """'a ahead of b: +0.12 [...]' / 'no difference' for the row's paired comparisons."""
+    pairs = v["pairs"]
+    if pairs.empty:
+        return "not compared"
+    parts = []
+    for _, r in pairs.iterrows():
+        if r["verdict"] == "no difference":
+            parts.append(f"{r['backbone']} vs {r['versus']}: no difference ({_fmt_diff(r)})")
+        else:
+            word = "ahead of" if r["verdict"] == "better" else "behind"
+            parts.append(f"{r['backbone']} {word} {r['versus']}: {_fmt_diff(r)}")
+    return "; ".join(parts)
+
+
+def sentence(task: str, row: pd.Series, comparisons: pd.DataFrame | None) -> str:
+    """One sentence per task: what the paired comparison of the headline row supports."""
+    from cytofm.eval.compare import verdicts
+
+    metric = row["metric"].replace("_", " ")
+    v = verdicts(comparisons, row["metric"]).get((row["protocol"], row["block"]))
+    if not v or v["pairs"].empty:
+        return f"{task}: no paired comparison is available for the {row['setting']}."
+    out = []
+    for _, r in v["pairs"].iterrows():
+        if r["verdict"] == "no difference":
+            out.append(
+                f"the {row['setting']} shows no difference in {metric} between {r['backbone']} "
+                f"and {r['versus']} ({_fmt_diff(r)}); these numbers do not rank them"
+            )
+        else:
+            word = "ahead of" if r["verdict"] == "better" else "behind"
+            out.append(
+                f"on the {row['setting']}, {r['backbone']} is {word} {r['versus']} in {metric} "
+                f"by {_fmt_diff(r)}"
+            )
+    return f"{task}: " + "; ".join(out) + "."
 
 
 def overview_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -83,7 +152,15 @@ def overview_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         if first.empty:
             continue
         row = first.iloc[0]
-        entry = {"task": task, "setting": row["setting"], "metric": row["metric"]}
+        entry = {
+            "task": task,
+            "setting": row["setting"],
+            "metric": row["metric"],
+            "protocol": row["protocol"],
+            "block": row["block"],
+            "best": row["best"],
+            "verdict": row["verdict"],
+        }
         for b in table.attrs["backbones"]:
             for stat in ("mean", "std", "ci_low", "ci_high"):
                 entry[f"{b}_{stat}"] = row.get(f"{b}_{stat}")
@@ -95,16 +172,18 @@ def overview_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     out.attrs["backbones"] = backbones
     patch = out[out["metric"] == "balanced_accuracy"]
     if len(patch) > 1:  # the average is over patch tasks only: one metric, comparable
-        avg = {"task": "average (patch tasks)", "setting": "", "metric": "balanced_accuracy"}
+        avg = {
+            "task": "average (patch tasks)",
+            "setting": "",
+            "metric": "balanced_accuracy",
+            "best": "",
+            "verdict": "an average over tasks is not tested",
+        }
         for b in backbones:
             avg[f"{b}_mean"] = patch[f"{b}_mean"].mean()
         out = pd.concat([out, pd.DataFrame([avg])], ignore_index=True)
         out.attrs["backbones"] = backbones
-    means = out[[f"{b}_mean" for b in backbones]]
-    out["best"] = [
-        ",".join(b for b in backbones if row[f"{b}_mean"] == best)
-        for (_, row), best in zip(out.iterrows(), means.max(axis=1), strict=True)
-    ]
+    out["best"] = out["best"].fillna("")
     return out
 
 
@@ -119,25 +198,30 @@ def _cell(row: pd.Series, backbone: str) -> str:
     std, lo, hi = (row.get(f"{backbone}_{s}") for s in ("std", "ci_low", "ci_high"))
     if std is None or pd.isna(std):
         return f"{mean:.3f}"
-    return f"{mean:.3f} ± {std:.3f} [{lo:.3f}, {hi:.3f}]"
+    text = f"{mean:.3f} ± {std:.3f} [{lo:.3f}, {hi:.3f}]"
+    budget = row.get(f"{backbone}_budget")
+    if isinstance(budget, str) and budget:
+        text += f" (reduced budget: {budget})"
+    return text
 
 
 def to_markdown(table: pd.DataFrame, first: str = "setting") -> str:
     backbones = table.attrs["backbones"]
     lines = [
-        f"| {first} | " + " | ".join(backbones) + " |",
-        "|---|" + "---|" * len(backbones),
+        f"| {first} | " + " | ".join(backbones) + " | paired difference |",
+        "|---|" + "---|" * (len(backbones) + 1),
     ]
     for _, row in table.iterrows():
         best = set(str(row["best"]).split(","))
         cells = [f"**{_cell(row, b)}**" if b in best else _cell(row, b) for b in backbones]
-        lines.append(f"| {row[first]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row[first]} | " + " | ".join(cells) + f" | {row.get('verdict', '')} |")
     return "\n".join(lines) + "\n"
 
 
 def to_html(table: pd.DataFrame, first: str = "setting") -> str:
     backbones = table.attrs["backbones"]
     head = "".join(f"<th>{html.escape(b)}</th>" for b in backbones)
+    head += "<th>paired difference</th>"
     body = []
     for _, row in table.iterrows():
         best = set(str(row["best"]).split(","))
@@ -145,6 +229,7 @@ def to_html(table: pd.DataFrame, first: str = "setting") -> str:
             f'<td class="best">{_cell(row, b)}</td>' if b in best else f"<td>{_cell(row, b)}</td>"
             for b in backbones
         )
+        cells += f'<td class="verdict">{html.escape(str(row.get("verdict", "")))}</td>'
         body.append(f"<tr><th>{html.escape(str(row[first]))}</th>{cells}</tr>")
     return (
         f'<table class="results"><thead><tr><th>{first}</th>{head}</tr></thead>'

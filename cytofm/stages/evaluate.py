@@ -22,14 +22,20 @@ from cytofm.errors import InputDataError
 from cytofm.eval.backbones import BackboneSpec
 from cytofm.eval.linear import fit_linear, full_proba, knn_proba, select_score
 from cytofm.eval.metrics import classification_metrics, summarise
+from cytofm.eval.predictions import block_key, save_predictions
 from cytofm.eval.splits import Split, given_split, make_split, sample_fraction, sample_shots
 from cytofm.provenance import provenance
 from cytofm.stages.context import JobContext
 from cytofm.store import as_str_array, atomic_json, open_store
 
-__all__ = ["load_task_data", "run_evaluate", "task_split"]
+__all__ = ["load_task_data", "run_evaluate", "task_split", "test_groups"]
 
 log = logging.getLogger(__name__)
+
+INTERVAL_NOTE = (
+    "ci95 covers test items (bootstrap of the seed-mean) and seeds (t on the seed-to-seed "
+    "standard error), added in quadrature; ci95_test_only is the bootstrap part alone."
+)
 
 
 def load_task_data(task: TaskConfig, dataset_store: str | Path) -> dict[str, Any]:
@@ -109,15 +115,32 @@ def _lora_settings(cfg: EvalConfig):
 
 
 def _block(
-    y_test, probas, runs, cfg: EvalConfig, shots=None, seed_independent=False, fraction=None
+    y_test,
+    probas,
+    runs,
+    cfg: EvalConfig,
+    shots=None,
+    seed_independent=False,
+    fraction=None,
+    groups=None,
 ) -> dict:
     return {
         "shots": shots,
         "fraction": fraction,
         "seed_independent": seed_independent,
-        "summary": summarise(y_test, probas, n_boot=cfg.bootstrap, seed=0),
+        "summary": summarise(y_test, probas, n_boot=cfg.bootstrap, seed=0, groups=groups),
         "runs": runs,
     }
+
+
+def test_groups(data: dict[str, Any], test_rows: np.ndarray) -> np.ndarray | None:
+    """Groups (patients) of the test rows when the task has them, else None: the bootstrap
+    then resamples whole groups."""
+    groups = data["groups"]
+    if groups is None:
+        return None
+    g = groups[test_rows]
+    return g if len(np.unique(g)) > 1 and not (g == "").any() else None
 
 
 def run_evaluate(
@@ -128,6 +151,7 @@ def run_evaluate(
     dataset_store: str | Path,
     out_json: str | Path,
     *,
+    out_predictions: str | Path | None = None,
     features_store: str | Path | None = None,
     pretrained_dir: str | Path | None = None,
     job: JobContext | None = None,
@@ -141,6 +165,7 @@ def run_evaluate(
     split = task_split(task, data)
     tr, va, te = split.train, split.val, split.test
     y_test = labels[te]
+    g_test = test_groups(data, te)
     params = {"task": task.to_dict(), "evaluate": cfg.part("patch"), "backbone": spec.to_dict()}
     with job.run("evaluate", {**params, "protocol": protocol}) as run:
         t0 = time.perf_counter()
@@ -155,6 +180,11 @@ def run_evaluate(
                 )
         blocks: list[dict] = []
         skipped: list[dict] = []
+        predictions: dict[str, list[np.ndarray]] = {}
+
+        def add_block(probas, runs, **kw):
+            blocks.append(_block(y_test, probas, runs, cfg, groups=g_test, **kw))
+            predictions[block_key(kw.get("shots"), kw.get("fraction"))] = probas
 
         def linear_on(rows):
             """Logistic regression on ``rows``, C chosen on val; test probabilities."""
@@ -179,7 +209,7 @@ def run_evaluate(
                     "test": classification_metrics(y_test, p, classes),
                 }
             ]
-            blocks.append(_block(y_test, [p], runs, cfg, seed_independent=True))
+            add_block([p], runs, seed_independent=True)
         if protocol == "knn":
             p = knn_proba(feats[tr], labels[tr], feats[te], cfg.knn_k, n_classes)
             runs = [
@@ -189,7 +219,7 @@ def run_evaluate(
                     "test": classification_metrics(y_test, p, classes),
                 }
             ]
-            blocks.append(_block(y_test, [p], runs, cfg, seed_independent=True))
+            add_block([p], runs, seed_independent=True)
         # label budgets: k shots per class (fewshot, lora) and fractions of the training split
         # (linear, lora; seed 001's data-fraction curve), each over the task's seeds
         budgets: list[tuple[str, Any]] = []
@@ -257,7 +287,7 @@ def run_evaluate(
                         "task %s: %s-shot skipped: %s", task.name, amount, skipped[-1]["reason"]
                     )
                     continue
-                blocks.append(_block(y_test, probas, runs, cfg, **{kind: amount}))
+                add_block(probas, runs, **{kind: amount})
                 if protocol == "lora":  # steps run against the protocol's (max over seeds)
                     blocks[-1]["budget"] = max(
                         (r["budget"] for r in runs), key=lambda b: b["protocol_steps"]
@@ -272,6 +302,9 @@ def run_evaluate(
             "classes": classes,
             "split": split.to_dict(),
             "test_rows": te.tolist(),
+            "backbone_kind": spec.kind,
+            "interval": INTERVAL_NOTE
+            + (" Test rows are resampled by group." if g_test is not None else ""),
             "results": blocks,
             "skipped": skipped,
             "seconds": seconds,
@@ -282,6 +315,8 @@ def run_evaluate(
                 features=_features_identity(features_store),
             ),
         }
+        if out_predictions:
+            save_predictions(out_predictions, y_test, g_test, predictions)
         atomic_json(out_json, result, default=_json_default)
         for b in blocks:
             tag = protocol if b["shots"] is None else f"{protocol}.{b['shots']}shot"

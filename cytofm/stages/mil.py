@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from cytofm.config import EvalConfig, SlideTaskConfig
 from cytofm.errors import InputDataError
-from cytofm.eval.metrics import classification_metrics, summarise
+from cytofm.eval.metrics import classification_metrics, interval, summarise
 from cytofm.eval.mil import check_bags, grouped_folds, predict_mil, train_mil
 from cytofm.eval.mil_plots import attention_heatmap, top_cells_montage
+from cytofm.eval.predictions import save_predictions
 from cytofm.provenance import provenance
 from cytofm.stages.context import JobContext
 from cytofm.store import atomic_group, atomic_json, open_store
@@ -126,8 +127,8 @@ def _thumbnail(path, slide_id, mpp, thumb_mpp):
 
 
 def _seed_block(values: list[list[float]], n_boot: int, seed: int = 0) -> dict[str, Any]:
-    """Mean/std over seeds of the per-seed mean over slides, and a bootstrap 95% CI that
-    resamples slides (the same resample for every seed)."""
+    """Mean/std over seeds of the per-seed mean over slides, and a 95% CI over slides (the same
+    bootstrap resample for every seed) and seeds, as :func:`cytofm.eval.metrics.summarise`."""
     arr = np.array(values, dtype=float)  # (seeds, slides)
     per_seed = np.nanmean(arr, axis=1) if arr.size else np.array([np.nan])
     rng = np.random.default_rng([seed, 4243])
@@ -136,13 +137,12 @@ def _seed_block(values: list[list[float]], n_boot: int, seed: int = 0) -> dict[s
     for _ in range(n_boot if n else 0):
         cols = rng.integers(0, n, size=n)
         boot.append(np.nanmean(arr[:, cols]))
-    boot = np.array([b for b in boot if np.isfinite(b)])
+    finite = per_seed[np.isfinite(per_seed)]
+    mean = float(np.mean(finite)) if len(finite) else float("nan")
     return {
-        "mean": float(np.nanmean(per_seed)) if np.isfinite(per_seed).any() else float("nan"),
-        "std": float(np.nanstd(per_seed)) if np.isfinite(per_seed).any() else float("nan"),
-        "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
-        if len(boot)
-        else [float("nan"), float("nan")],
+        "mean": mean,
+        "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0,
+        **interval(mean, np.array(boot, dtype=float), finite),
         "per_seed": per_seed.tolist(),
         "n_slides": int(n),
     }
@@ -158,6 +158,7 @@ def run_mil(
     *,
     tolerance_um: float = 6.0,
     thumbnail_mpp: float = 4.0,
+    backbone_kind: str = "",
     job: JobContext | None = None,
 ) -> dict[str, Any]:
     """Cross-validated ABMIL on ``cohort`` rows (``slide_id``, ``label``, ``group``,
@@ -216,12 +217,15 @@ def run_mil(
         block = {
             "shots": None,
             "seed_independent": False,
-            "summary": summarise(y, probas, n_boot=cfg.bootstrap, seed=0),
+            "summary": summarise(
+                y, probas, n_boot=cfg.bootstrap, seed=0, groups=g if len(set(g)) > 1 else None
+            ),
             "runs": [
                 {"seed": int(s), "test": m} for s, m in zip(task.seeds, per_seed, strict=True)
             ],
         }
 
+        save_predictions(out_dir / "predictions.npz", y, g, {"all": probas})
         # per-instance attention beside the features: (seeds, n) per slide, rows of the store
         with atomic_group(out_dir / "attention.zarr") as grp:
             for s, (_, feat_rows) in zip(slides, loaded, strict=True):
@@ -309,6 +313,7 @@ def run_mil(
             "dataset": None,
             "level": "slide",
             "backbone": backbone,
+            "backbone_kind": backbone_kind,
             "protocol": "abmil",
             "classes": classes,
             "split": {

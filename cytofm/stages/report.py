@@ -28,7 +28,14 @@ from cytofm.eval.summary import plot_fewshot, plot_mil, summary_table
 from cytofm.provenance import git_commit, invocation_id
 from cytofm.report.figures import embedding_map, plot_confusion, plot_fractions
 from cytofm.report.html import Figure, Section, render_page
-from cytofm.report.tables import main_metric, overview_table, results_table, to_html, write_table
+from cytofm.report.tables import (
+    main_metric,
+    overview_table,
+    results_table,
+    sentence,
+    to_html,
+    write_table,
+)
 from cytofm.stages.context import JobContext
 from cytofm.store import as_str_array, open_store
 
@@ -37,11 +44,16 @@ __all__ = ["run_report"]
 log = logging.getLogger(__name__)
 
 EXPLAIN = {
-    False: "Cells: mean ± standard deviation over seeds [bootstrap 95% CI over test items]; "
-    "the best backbone of each row is in bold. Metric: balanced accuracy on the test split.",
-    True: "Cells: mean ± standard deviation over seeds [bootstrap 95% CI over slides]; the best "
-    "backbone is in bold. Metric: AUROC of the out-of-fold slide predictions (patient-grouped "
-    "folds). Heatmaps and montages: slides with the highest predicted abnormality first.",
+    False: "Cells: mean ± standard deviation over seeds [95% CI over test items (patients where "
+    "the task has them) and seeds]. A backbone is in bold only when its paired difference "
+    "against every other backbone (same test items and seeds) has a CI above zero; the last "
+    "column gives the differences and says 'no difference' otherwise. Metric: balanced "
+    "accuracy on the test split.",
+    True: "Cells: mean ± standard deviation over seeds [95% CI over slides (whole patients) and "
+    "seeds]. A backbone is in bold only when its paired difference against every other "
+    "backbone has a CI above zero; the last column gives the differences. Metric: AUROC of the "
+    "out-of-fold slide predictions (patient-grouped folds). Heatmaps and montages: slides with "
+    "the highest predicted abnormality first.",
 }
 
 
@@ -100,6 +112,7 @@ def run_report(
     slide_meta: Mapping[str, Mapping[str, str]] | None = None,
     pretrain_dirs: Sequence[str | Path] = (),
     qc: Sequence[tuple[str, str | Path]] = (),
+    comparisons: Sequence[str | Path] = (),
     cfg: ReportConfig | None = None,
     job: JobContext | None = None,
 ) -> dict[str, Any]:
@@ -108,7 +121,8 @@ def run_report(
     ``embeddings``: task -> backbone -> {"features", "dataset"} stores; ``slide_features``:
     backbone -> slide -> cell feature store; ``slide_meta``: slide -> sheet metadata (stain);
     ``pretrain_dirs``: exported backbone folders (``training.png`` sits beside each);
-    ``qc``: (slide id, QC thumbnail) pairs. Returns what was written.
+    ``qc``: (slide id, QC thumbnail) pairs; ``comparisons``: the tasks' paired-comparison
+    CSVs (``eval/<task>/comparisons.csv``). Returns what was written.
     """
     cfg = cfg or ReportConfig()
     job = job or JobContext()
@@ -133,12 +147,13 @@ def run_report(
                 written["figures"].append(rel)
 
         summaries = {task: summary_table(sorted(paths)) for task, paths in by_task.items()}
+        compared = _load_comparisons(comparisons)
         # patch-level tasks first, then slide-level ones, each alphabetically
         for task in sorted(summaries, key=lambda t: (main_metric(summaries[t]) == "auroc", t)):
             jsons = sorted(by_task[task])
             summary = summaries[task]
             metric = main_metric(summary)
-            table = results_table(summary, metric)
+            table = results_table(summary, metric, compared.get(task))
             tables[task] = table
             paths = write_table(table, tabs / task)
             written["tables"] += [p.relative_to(out).as_posix() for p in paths.values()]
@@ -206,8 +221,18 @@ def run_report(
                         anchor="overview",
                         title="Overview: tasks x backbones",
                         intro="Full-label linear probe (balanced accuracy) per patch task and "
-                        "attention MIL (AUROC) per slide task; mean ± std [95% CI], best in bold.",
-                        tables_html=[to_html(overview, first="task")],
+                        "attention MIL (AUROC) per slide task; mean ± std [95% CI over test "
+                        "items and seeds]; bold only where the paired difference excludes zero. "
+                        "What the numbers support:",
+                        tables_html=[
+                            '<ul class="verdicts">'
+                            + "".join(
+                                f"<li>{html.escape(sentence(task, tables[task].iloc[i], c))}</li>"
+                                for task, i, c in _headline_rows(tables, compared)
+                            )
+                            + "</ul>",
+                            to_html(overview, first="task"),
+                        ],
                         links=[(p.relative_to(out).as_posix(), p.name) for p in paths.values()],
                     ),
                 )
@@ -278,6 +303,27 @@ def run_report(
         index,
     )
     return written
+
+
+def _load_comparisons(paths: Sequence[str | Path]) -> dict[str, pd.DataFrame]:
+    """task -> its paired comparisons (rows of every comparisons CSV)."""
+    frames = [pd.read_csv(p) for p in paths if Path(p).is_file()]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return {}
+    allc = pd.concat(frames, ignore_index=True)
+    return {str(t): part for t, part in allc.groupby("task")}
+
+
+def _headline_rows(tables: Mapping[str, pd.DataFrame], compared: Mapping[str, pd.DataFrame]):
+    """(task, row index, comparisons) of each task's headline row: the full-label linear
+    probe, or attention MIL for a slide task."""
+    for task, table in tables.items():
+        settings = table["setting"].tolist()
+        for i, setting in enumerate(settings):
+            if setting == "linear probe, all labels" or setting.startswith("attention MIL"):
+                yield task, i, compared.get(task)
+                break
 
 
 def _mil_pictures(jsons, dest: Path, max_slides: int, sec: Section, fig) -> None:

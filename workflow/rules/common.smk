@@ -504,6 +504,9 @@ def report_inputs(wildcards):
             f"{RESULTS}/eval/{t}/{b}/abmil" for b in BACKBONES for t in SLIDE_TASKS
         ],
         "qc": expand(f"{RESULTS}/qc/{{slide}}.png", slide=SLIDE_IDS),
+        "comparisons": [
+            f"{RESULTS}/eval/{t}/comparisons.csv" for t in [*TASKS, *SLIDE_TASKS]
+        ],
         "features": [
             e["features"] for t in report_embeddings().values() for e in t.values()
         ]

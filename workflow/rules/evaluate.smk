@@ -28,7 +28,8 @@ rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        f"{RESULTS}/eval/{{task}}/{{backbone}}/{{protocol}}.json",
+        json=f"{RESULTS}/eval/{{task}}/{{backbone}}/{{protocol}}.json",
+        predictions=f"{RESULTS}/eval/{{task}}/{{backbone}}/{{protocol}}.predictions.npz",
     log:
         f"{RESULTS}/logs/evaluate/{{task}}/{{backbone}}/{{protocol}}.log",
     conda:
@@ -55,6 +56,7 @@ rule eval_summary:
         ],
     output:
         csv=f"{RESULTS}/eval/{{task}}/summary.csv",
+        comparisons=f"{RESULTS}/eval/{{task}}/comparisons.csv",
         png=report(
             f"{RESULTS}/eval/{{task}}/fewshot.png",
             caption="../report/fewshot.rst",
@@ -66,6 +68,8 @@ rule eval_summary:
     conda:
         "../../envs/cytofm.yaml"
     threads: 1
+    params:
+        bootstrap=EVAL.bootstrap,
     script:
         "../scripts/eval_summary.py"
 
@@ -90,6 +94,7 @@ rule mil:
         cohort=lambda wildcards: mil_cohort(wildcards.stask),
         tolerance_um=config["detection_eval"]["tolerance_um"],
         thumbnail_mpp=TILING.mask_mpp,
+        backbone_kind=lambda wildcards: BACKBONES[wildcards.backbone].kind,
     script:
         "../scripts/mil.py"
 
@@ -102,6 +107,7 @@ rule mil_summary:
         ],
     output:
         csv=f"{RESULTS}/eval/{{stask}}/summary.csv",
+        comparisons=f"{RESULTS}/eval/{{stask}}/comparisons.csv",
         png=report(
             f"{RESULTS}/eval/{{stask}}/slide_auroc.png",
             caption="../report/mil.rst",
@@ -115,5 +121,6 @@ rule mil_summary:
     threads: 1
     params:
         plot="mil",
+        bootstrap=EVAL.bootstrap,
     script:
         "../scripts/eval_summary.py"

@@ -14,5 +14,7 @@ run_summary(
     sm.output.png,
     task=dict(sm.wildcards).get("task") or dict(sm.wildcards)["stask"],
     plot=dict(sm.params).get("plot", "fewshot"),
+    out_comparisons=sm.output.comparisons,
+    n_boot=sm.params.bootstrap,
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
 )

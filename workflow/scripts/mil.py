@@ -26,5 +26,6 @@ run_mil(
     sm.output.dir,
     tolerance_um=sm.params.tolerance_um,
     thumbnail_mpp=sm.params.thumbnail_mpp,
+    backbone_kind=sm.params.backbone_kind,
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
 )

@@ -19,6 +19,7 @@ run_report(
     slide_meta=sm.params.slide_meta,
     pretrain_dirs=list(sm.input.get("pretrained", [])),
     qc=[tuple(q) for q in sm.params.qc],
+    comparisons=list(sm.input.comparisons),
     cfg=from_mapping(ReportConfig, sm.params.report, "report"),
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
 )

@@ -1,0 +1,81 @@
+"""Paired comparisons from the files evaluation jobs write: JSON + predictions side by side."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cytofm.eval.compare import compare_results, predictions_path, verdicts
+from cytofm.eval.predictions import load_predictions, save_predictions
+
+
+def _job(tmp_path, backbone, kind, probas, y, groups=None, shots=None):
+    folder = tmp_path / "eval" / "t" / backbone
+    folder.mkdir(parents=True, exist_ok=True)
+    protocol = "linear" if shots is None else "fewshot"
+    out = folder / f"{protocol}.json"
+    key = "all" if shots is None else f"shots={shots}"
+    save_predictions(predictions_path(out), y, groups, {key: probas})
+    out.write_text(
+        json.dumps(
+            {
+                "task": "t",
+                "backbone": backbone,
+                "backbone_kind": kind,
+                "protocol": protocol,
+                "results": [{"shots": shots, "fraction": None}],
+            }
+        )
+    )
+    return out
+
+
+def _probas(y, right_rate, rng):
+    right = rng.random(len(y)) < right_rate
+    pred = np.where(right, y, (y + 1) % 3)
+    return np.eye(3)[pred] * 0.7 + 0.1
+
+
+def test_predictions_round_trip(tmp_path):
+    y = np.array([0, 1, 2, 1])
+    p = [np.full((4, 3), 1 / 3), np.eye(3)[[0, 1, 2, 0]]]
+    path = save_predictions(tmp_path / "x.predictions.npz", y, np.array(list("aabb")), {"all": p})
+    back = load_predictions(path)
+    assert back["y_test"].tolist() == y.tolist() and back["groups"].tolist() == list("aabb")
+    assert np.allclose(back["blocks"]["all"][1], p[1])
+    assert predictions_path(tmp_path / "abmil.json") == tmp_path / "abmil" / "predictions.npz"
+
+
+def test_backbones_are_compared_with_the_control_on_the_same_rows(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    paths = [
+        _job(tmp_path, "ssl", "pretrained", [_probas(y, 0.9, rng) for _ in range(3)], y, shots=4),
+        _job(tmp_path, "rnd", "random", [_probas(y, 0.5, rng) for _ in range(3)], y, shots=4),
+        _job(tmp_path, "uni", "timm", [_probas(y, 0.9, rng) for _ in range(3)], y, shots=4),
+    ]
+    table = compare_results(paths, n_boot=200)
+    bal = table[table.metric == "balanced_accuracy"]
+    pairs = set(zip(bal.backbone, bal.versus, strict=True))
+    # each backbone against the control, and the two non-control backbones against each other
+    assert pairs == {("ssl", "rnd"), ("uni", "rnd"), ("ssl", "uni")}
+    vs_control = bal[bal.versus == "rnd"]
+    assert (vs_control.verdict == "better").all() and (vs_control.p_value < 0.01).all()
+    assert vs_control.difference.to_numpy() == pytest.approx([0.4, 0.4], abs=0.08)
+    (tie,) = bal[bal.versus == "uni"].itertuples()
+    assert tie.verdict == "no difference" and tie.ci_low < 0 < tie.ci_high
+    # two backbones ahead of the control but not of each other: no winner, no bold
+    assert verdicts(table, "balanced_accuracy")[("fewshot", "shots=4")]["winner"] is None
+
+
+def test_a_clear_winner_and_grouped_resampling(tmp_path):
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 200)
+    groups = np.repeat([f"p{i}" for i in range(40)], 5)
+    paths = [
+        _job(tmp_path, "ssl", "pretrained", [_probas(y, 0.95, rng)], y, groups),
+        _job(tmp_path, "rnd", "random", [_probas(y, 0.4, rng)], y, groups),
+    ]
+    table = compare_results(paths, n_boot=200)
+    assert set(table.resampled) == {"groups"}
+    assert verdicts(table, "balanced_accuracy")[("linear", "all")]["winner"] == "ssl"
