@@ -71,6 +71,7 @@ class DemoConfig(_Section):
     """The synthetic cytology demo: slides, ground truth and a labelled crop collection."""
 
     n_slides: int = 12
+    pretrain_slides: int = 4
     width_px: int = 3072
     height_px: int = 3072
     mpp: float = 0.25
@@ -88,6 +89,11 @@ class DemoConfig(_Section):
         s = "demo"
         if self.n_slides < 1:
             raise ConfigError(f"{s}.n_slides must be >= 1, got {self.n_slides!r}")
+        if not 0 <= self.pretrain_slides < self.n_slides:
+            raise ConfigError(
+                f"{s}.pretrain_slides must be in [0, n_slides) = [0, {self.n_slides}), got "
+                f"{self.pretrain_slides!r}: the rest of the slides are the slide task's cohort"
+            )
         if min(self.width_px, self.height_px) < 512:
             raise ConfigError(
                 f"{s}.width_px/height_px must be >= 512, got {self.width_px}x{self.height_px}"
@@ -262,6 +268,7 @@ class PretrainConfig(_Section):
     drop_path: float = 0.0
     sources: tuple = ("cells",)
     splits: tuple = ("train", "val")
+    transductive: bool = False
     global_size: int = 64
     local_size: int = 32
     n_local: int = 2

@@ -17,7 +17,7 @@ from cytofm.synthetic.morphology import CELL_CLASSES, sample_cell
 from cytofm.synthetic.slide import write_pyramidal_tiff
 from cytofm.synthetic.stain import SlideStain
 
-TINY = DemoConfig(n_slides=4, width_px=1024, height_px=1024, crops_per_class=3)
+TINY = DemoConfig(n_slides=4, pretrain_slides=2, width_px=1024, height_px=1024, crops_per_class=3)
 
 
 def test_pyramidal_tiff_opens_in_openslide_with_mpp(tmp_path):
@@ -63,9 +63,14 @@ def test_abnormal_slides_and_only_they_hold_dysplastic_cells(tmp_path):
 
 
 def test_sheet_columns_and_splits():
-    sheet = make_demo_sheet(DemoConfig(n_slides=10), "slides")
+    sheet = make_demo_sheet(DemoConfig(n_slides=10, pretrain_slides=4), "slides")
     assert list(sheet.columns[:5]) == ["slide_id", "path", "mpp", "patient_id", "split"]
-    assert sheet["split"].value_counts().to_dict() == {"train": 6, "val": 2, "test": 2}
+    # pretraining slides: split train, unlabelled; the cohort: split test, labelled, balanced
+    assert sheet["split"].tolist() == ["train"] * 4 + ["test"] * 6
+    assert (sheet["abnormal"].iloc[:4] == "").all()
+    assert sorted(sheet["abnormal"].iloc[4:]) == [0, 0, 0, 1, 1, 1]
+    pre, cohort = set(sheet["patient_id"].iloc[:4]), set(sheet["patient_id"].iloc[4:])
+    assert not pre & cohort and len(cohort) == 3
     assert (sheet["mpp"] == "").all()
     assert sheet["cell_truth"].iloc[3] == str(Path("ground_truth") / "demo_003.tsv")
 

@@ -20,7 +20,16 @@ __all__ = ["PatchSource"]
 
 
 class PatchSource:
-    def __init__(self, stores: list[str | Path], window_chunks: int = 8, cache_chunks: int = 16):
+    """``exclude``: store index -> rows of that store never to be read (an evaluation task's
+    test rows); they are left out of every epoch and of the channel statistics."""
+
+    def __init__(
+        self,
+        stores: list[str | Path],
+        window_chunks: int = 8,
+        cache_chunks: int = 16,
+        exclude: dict[int, np.ndarray] | None = None,
+    ):
         if not stores:
             raise InputDataError("pretraining has no patch stores; check pretrain.sources")
         self.paths = [Path(p) for p in stores]
@@ -44,11 +53,19 @@ class PatchSource:
         self.window = window_chunks
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cache_size = cache_chunks
+        self.keep = np.ones(int(self.offsets[-1]), bool)  # global rows pretraining may read
+        for s, rows in (exclude or {}).items():
+            self.keep[self.offsets[s] + np.asarray(rows, np.int64)] = False
+        self.n_excluded = int((~self.keep).sum())
         if len(self) == 0:
-            raise InputDataError(f"the pretraining stores hold no patches: {self.paths}")
+            raise InputDataError(
+                "the pretraining stores hold no patches"
+                + (f" once {self.n_excluded} test rows are left out" if self.n_excluded else "")
+                + f": {self.paths}"
+            )
 
     def __len__(self) -> int:
-        return int(self.offsets[-1])
+        return int(self.keep.sum())
 
     def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
         """Global sample indices of one epoch: shuffled chunks, shuffled within windows."""
@@ -66,7 +83,8 @@ class PatchSource:
                 s, c = chunks[k]
                 start = self.offsets[s] + c * self.chunk_sizes[s]
                 stop = min(start + self.chunk_sizes[s], self.offsets[s + 1])
-                idx.append(np.arange(start, stop))
+                rows = np.arange(start, stop)
+                idx.append(rows[self.keep[start:stop]])
             block = np.concatenate(idx)
             out.append(block[rng.permutation(len(block))])
         return np.concatenate(out)
@@ -96,6 +114,7 @@ class PatchSource:
     def channel_stats(self, n: int = 2048, seed: int = 0) -> tuple[list[float], list[float]]:
         """Per-channel mean and std (in [0, 1]) from a sample: the backbone's normalisation."""
         rng = np.random.default_rng([seed, 5])
-        idx = np.sort(rng.choice(len(self), size=min(n, len(self)), replace=False))
+        allowed = np.flatnonzero(self.keep)
+        idx = np.sort(rng.choice(allowed, size=min(n, len(allowed)), replace=False))
         x = self.read(idx).reshape(-1, 3).astype(np.float64) / 255.0
         return x.mean(0).tolist(), np.maximum(x.std(0), 1e-3).tolist()

@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         args["out_dir"],
         args["knn_store"],
         job,
+        held_out=args.get("held_out") or {},
     )
 
 

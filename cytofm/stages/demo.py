@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from cytofm.config import DemoConfig
 from cytofm.provenance import provenance
 from cytofm.stages.context import JobContext
@@ -42,7 +44,14 @@ def run_demo_sheet(cfg: DemoConfig, out_tsv: str | Path, job: JobContext | None 
         sheet = make_demo_sheet(cfg, "slides")
         out.parent.mkdir(parents=True, exist_ok=True)
         sheet.to_csv(out, sep="\t", index=False)
-        run.log_metrics({"n_slides": len(sheet), "n_abnormal": int(sheet["abnormal"].sum())})
+        labelled = pd.to_numeric(sheet["abnormal"], errors="coerce")
+        run.log_metrics(
+            {
+                "n_slides": len(sheet),
+                "n_cohort": int(labelled.notna().sum()),
+                "n_abnormal": int(labelled.sum()),
+            }
+        )
     return out
 
 

@@ -9,6 +9,7 @@ mean/std over seeds with a bootstrap 95% CI, and the resolved config.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from cytofm.eval.linear import fit_linear, full_proba, knn_proba, select_score
 from cytofm.eval.metrics import classification_metrics, summarise
 from cytofm.eval.predictions import block_key, save_predictions
 from cytofm.eval.splits import Split, given_split, make_split, sample_fraction, sample_shots
+from cytofm.inductive import exposure
 from cytofm.provenance import provenance
 from cytofm.stages.context import JobContext
 from cytofm.store import as_str_array, atomic_json, open_store
@@ -303,6 +305,7 @@ def run_evaluate(
             "split": split.to_dict(),
             "test_rows": te.tolist(),
             "backbone_kind": spec.kind,
+            "exposure": exposure(_backbone_provenance(pretrained_dir), spec.kind, task.dataset),
             "interval": INTERVAL_NOTE
             + (" Test rows are resampled by group." if g_test is not None else ""),
             "results": blocks,
@@ -335,6 +338,16 @@ def run_evaluate(
             seconds,
         )
     return result
+
+
+def _backbone_provenance(pretrained_dir) -> dict | None:
+    """The provenance an exported backbone carries (what its pretraining read), if any."""
+    if not pretrained_dir:
+        return None
+    config = Path(pretrained_dir) / "config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text()).get("provenance")
 
 
 def _fmt(scores: dict) -> dict[str, float]:

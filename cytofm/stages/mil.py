@@ -159,6 +159,7 @@ def run_mil(
     tolerance_um: float = 6.0,
     thumbnail_mpp: float = 4.0,
     backbone_kind: str = "",
+    exposure: dict | None = None,
     job: JobContext | None = None,
 ) -> dict[str, Any]:
     """Cross-validated ABMIL on ``cohort`` rows (``slide_id``, ``label``, ``group``,
@@ -314,6 +315,7 @@ def run_mil(
             "level": "slide",
             "backbone": backbone,
             "backbone_kind": backbone_kind,
+            "exposure": exposure or {},
             "protocol": "abmil",
             "classes": classes,
             "split": {

@@ -35,14 +35,17 @@ def run_pretrain(
     knn_store: str | Path | None = None,
     job: JobContext | None = None,
     nproc: int = 1,
+    held_out: dict[str, list[dict]] | None = None,
 ) -> dict:
     """Pretrain, resuming from ``out_dir/checkpoint.pt`` when present; export the teacher.
 
-    With ``nproc > 1`` the same function runs under ``torchrun`` (DDP) in this job.
+    ``held_out``: dataset store -> the evaluation tasks (TaskConfig mappings) on it; their
+    test rows are never read (unless ``cfg.transductive``). With ``nproc > 1`` the same
+    function runs under ``torchrun`` (DDP) in this job.
     """
     job = job or JobContext()
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
-        return _launch_torchrun(cfg, stores, out_dir, knn_store, job, nproc)
+        return _launch_torchrun(cfg, stores, out_dir, knn_store, job, nproc, held_out)
     from cytofm.ssl.data import PatchSource
     from cytofm.ssl.export import export_backbone
     from cytofm.ssl.monitor import KnnSet
@@ -50,7 +53,8 @@ def run_pretrain(
 
     out = Path(out_dir)
     stores = [Path(s) for s in stores]
-    source = PatchSource(stores)
+    exclude, inductive = _exclusions(cfg, stores, held_out or {})
+    source = PatchSource(stores, exclude=exclude)
     trainer = Trainer(cfg, source, out)
     resumed_from = trainer.step if trainer.load_checkpoint() else 0
     knn = None
@@ -80,6 +84,7 @@ def run_pretrain(
             sources=[str(s) for s in stores],
             steps=trainer.step,
             resumed_from_step=resumed_from,
+            inductive=inductive,
         )
         export_backbone(
             trainer.teacher.backbone.vit,
@@ -140,8 +145,35 @@ def plot_history(history: list[dict], out_png: Path, title: str) -> Path:
     return out_png
 
 
-def _launch_torchrun(cfg, stores, out_dir, knn_store, job, nproc) -> dict:
+def _exclusions(cfg: PretrainConfig, stores: list[Path], held_out: dict) -> tuple[dict, dict]:
+    """Rows to leave out per store index, and the record of it for provenance."""
+    from cytofm.config import TaskConfig, from_mapping
+    from cytofm.inductive import held_out_rows
+
+    record = {
+        "transductive": bool(cfg.transductive),
+        "datasets": [p.stem for p in stores if p.parent.name == "datasets"],
+        "excluded_rows": {},
+    }
+    exclude = {}
+    if cfg.transductive:
+        return exclude, record
+    by_path = {Path(k).resolve(): v for k, v in held_out.items()}
+    for i, path in enumerate(stores):
+        tasks = by_path.get(path.resolve())
+        if not tasks:
+            continue
+        typed = [from_mapping(TaskConfig, t, f"evaluate.tasks.{t['name']}") for t in tasks]
+        rows, per_task = held_out_rows(path, typed)
+        exclude[i] = rows
+        record["excluded_rows"][path.stem] = {"rows": len(rows), "tasks": per_task}
+        log.info("pretraining leaves out %d test rows of %s (tasks %s)", len(rows), path, per_task)
+    return exclude, record
+
+
+def _launch_torchrun(cfg, stores, out_dir, knn_store, job, nproc, held_out=None) -> dict:
     args = {
+        "held_out": held_out or {},
         "cfg": cfg.to_dict(),
         "stores": [str(s) for s in stores],
         "out_dir": str(out_dir),

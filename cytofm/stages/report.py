@@ -177,7 +177,7 @@ def run_report(
             sec = Section(
                 anchor=f"task-{task}",
                 title=f"{'Slide' if is_mil else 'Patch'}-level task: {task}",
-                intro=EXPLAIN[is_mil],
+                intro=EXPLAIN[is_mil] + _exposure_note(jsons),
                 tables_html=[to_html(table), *notes],
                 links=[(p.relative_to(out).as_posix(), p.name) for p in paths.values()],
             )
@@ -303,6 +303,30 @@ def run_report(
         index,
     )
     return written
+
+
+def _exposure_note(jsons: Sequence[Path]) -> str:
+    """What pretraining saw of the task, from the results of this config's pretrained
+    backbones: inductive (test rows left out, or never read) or transductive."""
+    notes = set()
+    for path in jsons:
+        res = json.loads(Path(path).read_text())
+        exp = res.get("exposure") or {}
+        if exp.get("pretraining") != "this config's pretraining":
+            continue
+        if exp.get("transductive"):
+            notes.add(
+                f"{res['backbone']}: transductive (pretrain.transductive: true), pretraining "
+                "may have read this task's test items"
+            )
+        elif exp.get("test_rows_excluded"):
+            notes.add(
+                f"{res['backbone']}: inductive, pretraining left out this task's "
+                f"{exp['test_rows_excluded']} test rows"
+            )
+        else:
+            notes.add(f"{res['backbone']}: inductive, pretraining never read this task's data")
+    return (" Pretraining exposure: " + "; ".join(sorted(notes)) + ".") if notes else ""
 
 
 def _load_comparisons(paths: Sequence[str | Path]) -> dict[str, pd.DataFrame]:

@@ -42,35 +42,45 @@ def demo_slide_ids(cfg: DemoConfig) -> list[str]:
 
 
 def demo_slide_labels(cfg: DemoConfig) -> dict[str, int]:
-    """Slide-level label ``abnormal`` (1 = holds dysplastic cells), fixed by seed and count."""
+    """Slide-level label ``abnormal`` (1 = holds dysplastic cells), fixed by seed and count.
+
+    The first ``pretrain_slides`` slides feed pretraining only; the rest are the slide task's
+    cohort. Each part gets its own share of abnormal slides, so the cohort is balanced however
+    the slides are divided."""
     ids = demo_slide_ids(cfg)
-    n_abnormal = int(round(cfg.n_slides * cfg.abnormal_slide_fraction))
-    order = np.random.default_rng([cfg.seed, 7]).permutation(cfg.n_slides)
-    abnormal = set(order[:n_abnormal].tolist())
-    return {sid: int(i in abnormal) for i, sid in enumerate(ids)}
-
-
-def _split(i: int, n: int) -> str:
-    """Deterministic 60/20/20 train/val/test split by slide index."""
-    frac = (i + 0.5) / n
-    return "train" if frac < 0.6 else ("val" if frac < 0.8 else "test")
+    n_pre = cfg.pretrain_slides
+    labels = {}
+    for part, (start, stop) in enumerate(((0, n_pre), (n_pre, cfg.n_slides))):
+        n = stop - start
+        n_abnormal = int(round(n * cfg.abnormal_slide_fraction))
+        order = np.random.default_rng([cfg.seed, 7, part]).permutation(n)
+        abnormal = set(order[:n_abnormal].tolist())
+        labels.update({ids[start + j]: int(j in abnormal) for j in range(n)})
+    return labels
 
 
 def make_demo_sheet(cfg: DemoConfig, slide_dir: str | Path) -> pd.DataFrame:
     """The demo's sample sheet; ``mpp`` is left empty so it is read from the files, and
-    ``cell_truth`` names each slide's table of true cells (written beside the slides)."""
+    ``cell_truth`` names each slide's table of true cells (written beside the slides).
+
+    Pretraining slides (the first ``pretrain_slides``) have split ``train`` and no
+    ``abnormal`` label; the labelled cohort of the slide task has split ``test``, so
+    pretraining (``pretrain.splits: [train, val]``) never reads a slide the task tests on.
+    Two slides per patient, and no patient in both parts."""
     labels = demo_slide_labels(cfg)
     rows = []
     truth_dir = Path(slide_dir).parent / "ground_truth"
     for i, sid in enumerate(demo_slide_ids(cfg)):
+        pretrain = i < cfg.pretrain_slides
+        j = i if pretrain else i - cfg.pretrain_slides
         rows.append(
             {
                 "slide_id": sid,
                 "path": str(Path(slide_dir) / f"{sid}.tif"),
                 "mpp": "",
-                "patient_id": f"patient_{i // 2:03d}",
-                "split": _split(i, cfg.n_slides),
-                "abnormal": labels[sid],
+                "patient_id": f"{'pre' if pretrain else 'patient'}_{j // 2:03d}",
+                "split": "train" if pretrain else "test",
+                "abnormal": "" if pretrain else labels[sid],
                 "stain": "papanicolaou",
                 "cell_truth": str(truth_dir / f"{sid}.tsv"),
             }

@@ -20,7 +20,9 @@ from cytofm.config import (
     TilingConfig,
     from_mapping,
 )
+from cytofm.errors import InputDataError
 from cytofm.eval.backbones import BackboneSpec
+from cytofm.inductive import exposure, leak_message, slide_leaks
 from cytofm.labels import check_labels
 from cytofm.provenance import INVOCATION_ENV, new_invocation_id
 from cytofm.sheet import load_sheet
@@ -161,12 +163,21 @@ if not SLIDE_IDS and not DATASETS:
     )
 
 
+def _pretrain_slides():
+    """Slides whose cells/tiles pretraining reads: those of the chosen splits."""
+    if not {"cells", "tiles"} & set(PRETRAIN.sources):
+        return []
+    if "split" in SLIDES.columns and PRETRAIN.splits and SLIDE_IDS:
+        return [s for s in SLIDE_IDS if SLIDES.loc[s, "split"] in PRETRAIN.splits]
+    return SLIDE_IDS
+
+
+PRETRAIN_SLIDES = _pretrain_slides() if PRETRAIN_ENABLED else []
+
+
 def _pretrain_stores():
     """Patch stores pretraining reads: per-slide cells/tiles of the chosen splits, datasets."""
-    if "split" in SLIDES.columns and PRETRAIN.splits and SLIDE_IDS:
-        ids = [s for s in SLIDE_IDS if SLIDES.loc[s, "split"] in PRETRAIN.splits]
-    else:
-        ids = SLIDE_IDS
+    ids = PRETRAIN_SLIDES
     stores = []
     for source in PRETRAIN.sources:
         if source in ("cells", "tiles"):
@@ -350,6 +361,54 @@ def mil_inputs(wildcards):
 SLIDE_TASKS = _slide_tasks() if BACKBONES else {}
 
 
+def _check_inductive():
+    """Refuse, before any job, a config whose pretraining reads slides a slide task
+    cross-validates (unless pretrain.transductive); dataset test rows are left out of
+    pretraining by the pretraining job itself (pretrain_held_out)."""
+    if not PRETRAIN_ENABLED or PRETRAIN.transductive or not PRETRAIN_SLIDES:
+        return
+    cohorts = {t: [r["slide_id"] for r in mil_cohort(t)] for t in SLIDE_TASKS}
+    leaks = slide_leaks(PRETRAIN_SLIDES, cohorts)
+    if leaks:
+        kinds = [k for k in ("cells", "tiles") if k in PRETRAIN.sources]
+        stores = {
+            s: f"{RESULTS}/{kinds[0]}/{s}.zarr"
+            for slides in leaks.values()
+            for s in slides
+        }
+        raise InputDataError(leak_message(leaks, stores, PRETRAIN.sources))
+
+
+_check_inductive()
+
+
+def mil_exposure(wildcards):
+    """What the backbone's pretraining saw of a slide task's cohort, for its result JSON."""
+    spec = BACKBONES[wildcards.backbone]
+    if spec.kind != "pretrained":
+        return exposure(None, spec.kind, None)
+    cohort = [r["slide_id"] for r in mil_cohort(wildcards.stask)]
+    seen = slide_leaks(PRETRAIN_SLIDES, {"t": cohort}).get("t", [])
+    return {
+        "pretraining": "this config's pretraining",
+        "transductive": PRETRAIN.transductive,
+        "cohort_slides_pretrained_on": len(seen),
+    }
+
+
+def pretrain_held_out():
+    """Dataset store -> the tasks evaluated on it, whose test rows pretraining leaves out."""
+    if PRETRAIN.transductive:
+        return {}
+    out = {}
+    for source in PRETRAIN.sources:
+        if source in DATASETS:
+            tasks = [t.to_dict() for t in TASKS.values() if t.dataset == source]
+            if tasks:
+                out[f"{RESULTS}/datasets/{source}.zarr"] = tasks
+    return out
+
+
 def _embed_sources():
     """(kind, name) of every store that gets features."""
     out = []
@@ -383,9 +442,9 @@ def backbone_inputs(wildcards):
 def evaluate_inputs(wildcards):
     task = TASKS[wildcards.task]
     files = {"dataset": f"{RESULTS}/datasets/{task.dataset}.zarr"}
-    if wildcards.protocol == "lora":
-        files.update(backbone_inputs(wildcards))
-    else:
+    # the backbone's files: LoRA trains from them; every protocol reads what pretraining saw
+    files.update(backbone_inputs(wildcards))
+    if wildcards.protocol != "lora":
         files["features"] = (
             f"{RESULTS}/features/{wildcards.backbone}/datasets/{task.dataset}.zarr"
         )

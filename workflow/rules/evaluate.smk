@@ -95,6 +95,7 @@ rule mil:
         tolerance_um=config["detection_eval"]["tolerance_um"],
         thumbnail_mpp=TILING.mask_mpp,
         backbone_kind=lambda wildcards: BACKBONES[wildcards.backbone].kind,
+        exposure=mil_exposure,
     script:
         "../scripts/mil.py"
 

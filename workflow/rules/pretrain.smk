@@ -20,6 +20,7 @@ rule pretrain:
     params:
         pretrain=PRETRAIN.to_dict(),
         nproc=config["pretrain"]["nproc"],
+        held_out=pretrain_held_out(),
         out_dir=lambda wildcards: f"{RESULTS}/pretrain/{wildcards.model}",
     script:
         "../scripts/pretrain.py"

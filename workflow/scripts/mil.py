@@ -27,5 +27,6 @@ run_mil(
     tolerance_um=sm.params.tolerance_um,
     thumbnail_mpp=sm.params.thumbnail_mpp,
     backbone_kind=sm.params.backbone_kind,
+    exposure=sm.params.exposure,
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
 )

@@ -20,4 +20,5 @@ run_pretrain(
     knn_store=sm.input.knn[0] if sm.input.knn else None,
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
     nproc=resolve_nproc(sm.params.nproc, getattr(sm.resources, "gpu", 0)),
+    held_out=sm.params.held_out,
 )
