@@ -70,8 +70,8 @@ class _Section:
 class DemoConfig(_Section):
     """The synthetic cytology demo: slides, ground truth and a labelled crop collection."""
 
-    n_slides: int = 12
-    pretrain_slides: int = 4
+    n_slides: int = 40
+    pretrain_slides: int = 8
     width_px: int = 3072
     height_px: int = 3072
     mpp: float = 0.25
@@ -80,7 +80,7 @@ class DemoConfig(_Section):
     abnormal_slide_fraction: float = 0.5
     abnormal_cell_fraction: float = 0.08
     debris_per_mm2: float = 60.0
-    crops_per_class: int = 60
+    crops_per_class: int = 300
     crop_um: float = 48.0
     jpeg_quality: int = 90
     seed: int = 0

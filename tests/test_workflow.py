@@ -82,7 +82,16 @@ def test_dry_run_lists_every_stage(tmp_path):
         assert rule in proc.stdout
 
 
-@pytest.mark.parametrize("name", ["real_data.yaml", "vits16.yaml", "mil_demo.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "real_data.yaml",
+        "vits16.yaml",
+        "mil_demo.yaml",
+        "transfer_cric_to_pbc.yaml",
+        "transfer_pbc_to_cric.yaml",
+    ],
+)
 def test_shipped_configs_plan(name, tmp_path):
     """Each shipped config builds its DAG (a dry run needs no data)."""
     exe = Path(sys.executable).with_name("snakemake")

@@ -118,6 +118,13 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: l
     return out
 
 
+def _mean_or_nan(values) -> float:
+    """Mean of the finite values, NaN (without a warning) when there are none."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else float("nan")
+
+
 def _resample_rows(n: int, groups: np.ndarray | None, n_boot: int, rng) -> list[np.ndarray]:
     """Bootstrap row sets: rows drawn with replacement, or whole groups (patients) when the
     task has them, so rows of one patient move together."""
@@ -184,8 +191,8 @@ def summarise(
     boot = {k: [] for k in SCALARS}
     for rows in _resample_rows(len(y_true), groups, n_boot, rng):
         vals = [_fast_scalars(y_true[rows], p[rows]) for p in probas]
-        for k in SCALARS:
-            boot[k].append(np.nanmean([v[k] for v in vals]))
+        for k in SCALARS:  # AUROC is NaN on a resample with one class: left out below
+            boot[k].append(_mean_or_nan([v[k] for v in vals]))
     out = {}
     for k in SCALARS:
         vals = np.array([s[k] for s in per_seed], dtype=float)
@@ -232,7 +239,7 @@ def paired_difference(
         va = [_fast_scalars(y_true[rows], p[rows]) for p in probas_a]
         vb = [_fast_scalars(y_true[rows], p[rows]) for p in probas_b]
         for k in SCALARS:
-            boot[k].append(np.nanmean([x[k] - z[k] for x, z in zip(va, vb, strict=True)]))
+            boot[k].append(_mean_or_nan([x[k] - z[k] for x, z in zip(va, vb, strict=True)]))
     out = {}
     n = len(probas_a)
     for k in SCALARS:
