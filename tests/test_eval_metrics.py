@@ -144,3 +144,15 @@ def test_paired_difference_false_positive_rate_is_near_nominal():
         _, b = _seed_varied_results(rng, 0.75, 0.03, 3, 300, y)
         false_pos += paired_difference(y, a, b, n_boot=60, seed=r)["accuracy"]["excludes_zero"]
     assert false_pos / 40 <= 0.1
+
+
+def test_paired_interval_and_p_value_agree():
+    """One t statistic gives both: the CI excludes zero exactly when p < 0.05."""
+    rng = np.random.default_rng(2)
+    for gap in (0.0, 0.03, 0.06, 0.1):
+        y, a = _seed_varied_results(rng, 0.7 + gap, 0.03, 3, 200)
+        _, b = _seed_varied_results(rng, 0.7, 0.03, 3, 200, y)
+        d = paired_difference(y, a, b, n_boot=80)["accuracy"]
+        assert d["excludes_zero"] == (d["p_value"] < 0.05), d
+        lo, hi = d["ci95"]
+        assert lo < d["difference"] < hi

@@ -217,9 +217,12 @@ def paired_difference(
     groups: np.ndarray | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Backbone A minus backbone B on the same test rows and seeds (seed i of A paired with
-    seed i of B: the same training rows): mean difference, 95% CI (both sources of variation,
-    as in :func:`summarise`) and a two-sided p-value from the difference over its standard
-    error (t with Welch-Satterthwaite degrees of freedom; normal when seeds add nothing).
+    seed i of B: the same training rows): mean difference, its standard error from both
+    sources of variation (bootstrap of test rows or groups; seed-to-seed spread of the paired
+    differences), and from one t statistic (Welch-Satterthwaite degrees of freedom; normal when
+    seeds add nothing) a two-sided p-value and the 95% CI, which therefore agree: the CI
+    excludes zero exactly when p < 0.05. ``ci95_bootstrap`` is the percentile construction of
+    :func:`summarise`, for comparison.
     """
     if len(probas_a) != len(probas_b):
         raise ValueError(f"{len(probas_a)} vs {len(probas_b)} seeds: pair the same seeds")
@@ -246,17 +249,26 @@ def paired_difference(
         d = float(np.mean(diff_seed[k]))
         iv = interval(d, np.array(boot[k], dtype=float), diff_seed[k], bounds=(-1.0, 1.0))
         se = float(np.hypot(iv["se_test"], iv["se_seed"]))
-        if not np.isfinite(se):
-            p = float("nan")
-        elif se == 0:
-            p = 1.0 if d == 0 else 0.0
+        if n > 1 and iv["se_seed"] > 0:  # Welch-Satterthwaite: the seed part has n - 1 df
+            df = se**4 / (iv["se_seed"] ** 4 / (n - 1))
         else:
-            df = se**4 / (iv["se_seed"] ** 4 / (n - 1)) if n > 1 and iv["se_seed"] > 0 else np.inf
+            df = np.inf
+        if not np.isfinite(se):
+            p, lo, hi = float("nan"), float("nan"), float("nan")
+        elif se == 0:
+            p, lo, hi = (1.0 if d == 0 else 0.0), d, d
+        else:
+            # CI and p-value from one t statistic, so the CI excludes zero iff p < 0.05
             p = float(2 * student_t.sf(abs(d) / se, df))
-        lo, hi = iv["ci95"]
+            q = float(student_t.ppf(0.975, df))
+            lo, hi = max(d - q * se, -1.0), min(d + q * se, 1.0)
         out[k] = {
             "difference": d,
-            **iv,
+            "ci95": [lo, hi],
+            "ci95_bootstrap": iv["ci95"],
+            "se_test": iv["se_test"],
+            "se_seed": iv["se_seed"],
+            "df": float(df),
             "p_value": p,
             "excludes_zero": bool(lo > 0 or hi < 0),
             "per_seed": diff_seed[k].tolist(),
