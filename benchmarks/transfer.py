@@ -127,6 +127,22 @@ def _md_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _lora_minus_linear(out: Path, backbone: str, shots: int) -> dict:
+    """Paired difference of LoRA and the few-shot linear head: same test rows, and seed i of
+    both trained on the same k rows per class."""
+    from cytofm.eval.metrics import paired_difference
+    from cytofm.eval.predictions import load_predictions
+
+    folder = out / "eval" / "pbc" / backbone
+    lora = load_predictions(folder / "lora.predictions.npz")
+    linear = load_predictions(folder / "fewshot.predictions.npz")
+    key = f"shots={shots}"
+    d = paired_difference(lora["y_test"], lora["blocks"][key], linear["blocks"][key], n_boot=1000)[
+        "balanced_accuracy"
+    ]
+    return {k: d[k] for k in ("difference", "ci95", "p_value", "excludes_zero")}
+
+
 def lora_vs_linear(out: Path) -> tuple[str, list[dict]]:
     summary = pd.read_csv(out / "eval" / "pbc" / "summary.csv", keep_default_na=False)
     summary = summary[(summary.skipped == "") & (summary.fraction == "")]
@@ -140,10 +156,12 @@ def lora_vs_linear(out: Path) -> tuple[str, list[dict]]:
         ]
         if lin.empty:
             continue
+        diff = _lora_minus_linear(out, r.backbone, int(r.shots))
         rows.append(
             {
                 "backbone": r.backbone,
                 "shots": int(r.shots),
+                "lora_minus_linear": diff,
                 "lora": _fmt(
                     lora[(lora.backbone == r.backbone) & (lora.shots == r.shots)].iloc[0],
                     r.backbone,
@@ -156,12 +174,17 @@ def lora_vs_linear(out: Path) -> tuple[str, list[dict]]:
         )
     rows.sort(key=lambda x: (x["backbone"], x["shots"]))
     lines = [
-        "| backbone | shots per class | LoRA (q, v; rank 2) | few-shot linear head | LoRA budget |",
-        "|---|---|---|---|---|",
+        "| backbone | shots per class | LoRA (q, v; rank 2) | few-shot linear head "
+        "| LoRA minus linear [95% CI], p | LoRA budget |",
+        "|---|---|---|---|---|---|",
     ]
     for x in rows:
+        d = x["lora_minus_linear"]
+        lo, hi = d["ci95"]
+        diff = f"{d['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}], p = {d['p_value']:.3g}"
         lines.append(
-            f"| {x['backbone']} | {x['shots']} | {x['lora']} | {x['linear']} | {x['budget']} |"
+            f"| {x['backbone']} | {x['shots']} | {x['lora']} | {x['linear']} | {diff} "
+            f"| {x['budget']} |"
         )
     return "\n".join(lines) + "\n", rows
 
