@@ -308,8 +308,13 @@ def interrupted(tmp_path_factory):
     root = tmp_path_factory.mktemp("kill") / NASTY
     root.mkdir(parents=True)
     extra = root / "extra.yaml"
-    # more pretraining steps than the tiny config, so a checkpoint exists mid-training
-    extra.write_text(yaml.safe_dump({"pretrain": {"steps": 12, "checkpoint_every": 3}}))
+    # more pretraining steps than the tiny config, so a checkpoint exists mid-training, and
+    # three pretraining slides, so tiling and cell jobs run side by side to be caught mid-way
+    extra.write_text(
+        yaml.safe_dump(
+            {"pretrain": {"steps": 12, "checkpoint_every": 3}, "demo": {"pretrain_slides": 3}}
+        )
+    )
     out = {"root": root, "kills": {}}
     for name in ("straight", "killed"):
         cfg = root / f"{name}.yaml"
