@@ -16,7 +16,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from cytofm.errors import InputDataError
 from cytofm.store import as_str_array
 
-__all__ = ["Split", "given_split", "make_split", "sample_fraction", "sample_shots"]
+__all__ = ["Split", "given_split", "has_groups", "make_split", "sample_fraction", "sample_shots"]
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -55,7 +55,7 @@ def given_split(splits) -> Split:
     return Split(parts["train"], parts["val"], parts["test"], "given")
 
 
-def _has_groups(groups: np.ndarray) -> bool:
+def has_groups(groups: np.ndarray) -> bool:
     return len(np.unique(groups)) > 1 and not (groups == "").any()
 
 
@@ -64,7 +64,7 @@ def _holdout(labels, groups, idx, fraction, seed) -> tuple[np.ndarray, np.ndarra
     and, when groups are given, with no group on both sides."""
     n_splits = max(2, int(round(1.0 / fraction)))
     y, g = labels[idx], groups[idx]
-    if _has_groups(g):
+    if has_groups(g):
         n_groups = len(np.unique(g))
         if n_groups < n_splits:
             raise InputDataError(
@@ -112,7 +112,7 @@ def make_split(
         train, val = _holdout(labels, groups, rest, val_fraction / (1 - test_fraction), seed + 1)
     else:
         train, val = rest, idx[:0]
-    source = "grouped" if _has_groups(groups) else "stratified"
+    source = "grouped" if has_groups(groups) else "stratified"
     return Split(np.sort(train), np.sort(val), np.sort(test), source)
 
 

@@ -24,13 +24,20 @@ from cytofm.eval.backbones import BackboneSpec
 from cytofm.eval.linear import fit_linear, full_proba, knn_proba, select_score
 from cytofm.eval.metrics import classification_metrics, summarise
 from cytofm.eval.predictions import block_key, save_predictions
-from cytofm.eval.splits import Split, given_split, make_split, sample_fraction, sample_shots
+from cytofm.eval.splits import (
+    Split,
+    given_split,
+    has_groups,
+    make_split,
+    sample_fraction,
+    sample_shots,
+)
 from cytofm.inductive import exposure
 from cytofm.provenance import provenance
 from cytofm.stages.context import JobContext
 from cytofm.store import as_str_array, atomic_json, open_store
 
-__all__ = ["load_task_data", "run_evaluate", "task_split", "test_groups"]
+__all__ = ["load_task_data", "run_evaluate", "task_split"]
 
 log = logging.getLogger(__name__)
 
@@ -135,14 +142,13 @@ def _block(
     }
 
 
-def test_groups(data: dict[str, Any], test_rows: np.ndarray) -> np.ndarray | None:
-    """Groups (patients) of the test rows when the task has them, else None: the bootstrap
-    then resamples whole groups."""
-    groups = data["groups"]
-    if groups is None:
+def _groups_of(data: dict[str, Any], rows: np.ndarray) -> np.ndarray | None:
+    """Groups (patients) of ``rows`` when the task has them (as the split decides), else
+    None: the bootstrap then resamples whole groups."""
+    if data["groups"] is None:
         return None
-    g = groups[test_rows]
-    return g if len(np.unique(g)) > 1 and not (g == "").any() else None
+    g = data["groups"][rows]
+    return g if has_groups(g) else None
 
 
 def run_evaluate(
@@ -167,7 +173,7 @@ def run_evaluate(
     split = task_split(task, data)
     tr, va, te = split.train, split.val, split.test
     y_test = labels[te]
-    g_test = test_groups(data, te)
+    g_test = _groups_of(data, te)
     params = {"task": task.to_dict(), "evaluate": cfg.part("patch"), "backbone": spec.to_dict()}
     with job.run("evaluate", {**params, "protocol": protocol}) as run:
         t0 = time.perf_counter()
