@@ -25,6 +25,15 @@ def _no_tracking(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "none")
 
 
+@pytest.fixture(autouse=True)
+def _no_slurm_probe(monkeypatch, request):
+    """On a machine with SLURM's client tools but no controller, the SLURM executor plugin
+    waits on `scontrol` for ~10 s at every `snakemake` start; tests that do not test SLURM
+    point it at an empty config so it fails at once (tests marked `slurm` keep the real one)."""
+    if request.node.get_closest_marker("slurm") is None:
+        monkeypatch.setenv("SLURM_CONF", "/dev/null")
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real ``mlflow server`` on localhost (SQLite backend, proxied artifacts); its URI."""

@@ -4,7 +4,9 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from cytofm.eval.metrics import (
     _fast_scalars,
+    _resample_weights,
     _scalars,
+    _weighted_scalars,
     classification_metrics,
     macro_auroc,
     paired_difference,
@@ -43,6 +45,21 @@ def test_fast_bootstrap_metrics_equal_reference(drop_class):
         fast, ref = _fast_scalars(y, p), _scalars(y, p)
         for key in ref:
             assert fast[key] == pytest.approx(ref[key], abs=1e-12), key
+
+
+@pytest.mark.parametrize("groups", [None, np.arange(60) // 4])
+def test_weighted_resamples_equal_scoring_the_resampled_rows(groups):
+    """The batched bootstrap scores a resample given as draw counts exactly as scikit-learn
+    scores the rows it stands for (ties, duplicated rows and absent classes included)."""
+    y, p = _predictions(n=60, seed=7, drop_class=1)
+    p = np.round(p, 1)
+    weights = _resample_weights(len(y), groups, 40, np.random.default_rng(3))
+    scored = _weighted_scalars(y, p, weights)
+    for b, w in enumerate(weights):
+        rows = np.repeat(np.arange(len(y)), w.astype(int))
+        ref = _scalars(y[rows], p[rows])
+        for key in ref:
+            assert scored[key][b] == pytest.approx(ref[key], abs=1e-12, nan_ok=True), key
 
 
 def test_auroc_with_a_missing_class_uses_present_classes():

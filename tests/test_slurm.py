@@ -22,7 +22,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO.parent / "shared" / "tools" / "slurm-local.sh"
-pytestmark = [pytest.mark.workflow, pytest.mark.slow_ok]
+pytestmark = [pytest.mark.workflow, pytest.mark.slow_ok, pytest.mark.slurm]
 
 
 @pytest.fixture(scope="module")

@@ -164,13 +164,29 @@ def test_pretraining_job_asks_for_its_gpus(extra, expected, tmp_path):
     """`resources.pretrain.gpus` becomes the job's gpu resource (the SLURM plugin's --gpus,
     torchrun's process count), capped by what the local machine declares."""
     cfg = tmp_path / "gpus.yaml"
-    cfg.write_text("resources:\n  pretrain: {gpus: 4}\n")
+    cfg.write_text("resources:\n  gpu: true\n  pretrain: {gpus: 4}\n")
     proc = snakemake(
         "-n", "--configfile", str(TINY), str(cfg), "--config", f"results={tmp_path}", *extra
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     resources = _pretrain_resources(proc.stdout)
     assert re.search(rf"\b{expected}\b", resources) and "tasks_per_gpu=0" in resources
+
+
+def test_cpu_only_machine_runs_gpu_rules_side_by_side(tmp_path):
+    """`resources.gpu: auto` (the default) on a machine without an NVIDIA device asks for no
+    GPU, and embed jobs take one thread each, so two run at once on two cores."""
+    from cytofm.hardware import visible_gpus
+
+    if visible_gpus():
+        pytest.skip("this machine has a GPU: auto asks for it")
+    proc = snakemake("-n", "--config", f"results={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    block = proc.stdout[proc.stdout.index("rule embed:") :]
+    resources = next(ln for ln in block.splitlines() if ln.strip().startswith("resources:"))
+    assert re.search(r"\bgpu=0\b", resources), resources
+    threads = next(ln for ln in block.splitlines() if ln.strip().startswith("threads:"))
+    assert threads.split(":")[1].strip() == "1", threads
 
 
 def test_gpus_for_a_single_gpu_rule_is_refused(tmp_path):

@@ -15,7 +15,6 @@ import warnings
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 from scipy.stats import t as student_t
 from sklearn.metrics import (
     accuracy_score,
@@ -71,31 +70,74 @@ def _quiet(fn, *args, **kwargs):
 
 
 def _fast_scalars(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """The same four scalars in plain numpy, for the thousands of bootstrap resamples.
+    """The same four scalars in plain numpy (one resample; see :func:`_weighted_scalars`)."""
+    scored = _weighted_scalars(np.asarray(y_true), proba, np.ones((1, len(y_true))))
+    return {k: float(v[0]) for k, v in scored.items()}
 
-    Tested equal to :func:`_scalars`. Balanced accuracy and macro-F1 average over the classes
-    present in ``y_true``; AUROC is the Mann-Whitney statistic with tied scores counted half.
+
+def _weighted_scalars(
+    y_true: np.ndarray, proba: np.ndarray, weights: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The four scalars on many bootstrap resamples at once.
+
+    A resample is a row of ``weights`` (B, n): how often each test row was drawn. Scoring the
+    weighted rows equals scoring the resampled rows (tested equal to :func:`_scalars`, the
+    scikit-learn reference). Balanced accuracy and macro-F1 average over the classes present in
+    the resample; AUROC is the Mann-Whitney statistic with tied scores counted half, from one
+    sort per class for all resamples.
     """
-    n = proba.shape[1]
+    y_true = np.asarray(y_true)
+    proba = np.asarray(proba, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    k = proba.shape[1]
     y_pred = proba.argmax(1)
-    cm = np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
-    rows, cols, tp = cm.sum(1), cm.sum(0), np.diag(cm)
+    cell = np.zeros((len(y_true), k * k))
+    cell[np.arange(len(y_true)), y_true * k + y_pred] = 1.0
+    cm = (weights @ cell).reshape(-1, k, k)  # (B, truth, prediction)
+    rows, cols = cm.sum(2), cm.sum(1)
+    tp = np.diagonal(cm, axis1=1, axis2=2)
     present = rows > 0
-    recall = tp[present] / rows[present]
-    f1 = 2 * tp[present] / (rows[present] + cols[present])
-    aucs = []
-    if present.sum() >= 2:
-        for c in np.flatnonzero(present):
-            ranks = rankdata(proba[:, c])
-            pos = y_true == c
-            n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-            aucs.append((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-    return {
-        "accuracy": float(tp.sum() / len(y_true)),
-        "balanced_accuracy": float(recall.mean()),
-        "macro_f1": float(f1.mean()),
-        "auroc": float(np.mean(aucs)) if aucs else float("nan"),
-    }
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(present, tp / rows, 0.0)
+        f1 = np.where(present, 2 * tp / (rows + cols), 0.0)
+    n_present = present.sum(1)
+    auc_sum = np.zeros(len(weights))
+    for c in range(k):
+        pos = y_true == c
+        if not pos.any():
+            continue
+        _, inverse = np.unique(proba[:, c], return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
+        w_sorted = weights[:, order]
+        w_pos = np.add.reduceat(w_sorted * pos[order], starts, axis=1)  # (B, distinct scores)
+        w_neg = np.add.reduceat(w_sorted * ~pos[order], starts, axis=1)
+        below = np.cumsum(w_neg, axis=1) - w_neg  # negatives scored strictly lower
+        n_pos, n_neg = w_pos.sum(1), w_neg.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            auc = (w_pos * (below + 0.5 * w_neg)).sum(1) / (n_pos * n_neg)
+        auc_sum += np.where(present[:, c], auc, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "accuracy": tp.sum(1) / weights.sum(1),
+            "balanced_accuracy": recall.sum(1) / n_present,
+            "macro_f1": f1.sum(1) / n_present,
+            "auroc": np.where(n_present >= 2, auc_sum / np.maximum(n_present, 1), np.nan),
+        }
+
+
+def _boot_scalars(
+    y_true: np.ndarray, probas: list[np.ndarray], weights: np.ndarray, block: int = 250
+) -> list[dict[str, np.ndarray]]:
+    """:func:`_weighted_scalars` of every seed's prediction, in blocks of resamples (memory)."""
+    out = []
+    for p in probas:
+        parts = [
+            _weighted_scalars(y_true, p, weights[i : i + block])
+            for i in range(0, len(weights), block)
+        ]
+        out.append({k: np.concatenate([part[k] for part in parts]) for k in SCALARS})
+    return out
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str]) -> dict:
@@ -118,25 +160,28 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: l
     return out
 
 
-def _mean_or_nan(values) -> float:
-    """Mean of the finite values, NaN (without a warning) when there are none."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    return float(v.mean()) if len(v) else float("nan")
+def _nanmean_rows(values: np.ndarray) -> np.ndarray:
+    """Column means of (seeds, resamples) over the finite values; NaN where there are none."""
+    finite = np.isfinite(values)
+    count = finite.sum(0)
+    total = np.where(finite, values, 0.0).sum(0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def _resample_rows(n: int, groups: np.ndarray | None, n_boot: int, rng) -> list[np.ndarray]:
-    """Bootstrap row sets: rows drawn with replacement, or whole groups (patients) when the
-    task has them, so rows of one patient move together."""
+def _resample_weights(n: int, groups: np.ndarray | None, n_boot: int, rng) -> np.ndarray:
+    """Bootstrap resamples as draw counts per row (n_boot, n): rows drawn with replacement, or
+    whole groups (patients) when the task has them, so rows of one patient move together."""
+    weights = np.zeros((n_boot, n))
     if groups is None:
-        return [rng.integers(0, n, size=n) for _ in range(n_boot)]
+        for b in range(n_boot):
+            weights[b] = np.bincount(rng.integers(0, n, size=n), minlength=n)
+        return weights
     _, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
-    out = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(members), size=len(members))
-        out.append(np.concatenate([members[i] for i in pick]))
-    return out
+    n_groups = inverse.max() + 1
+    for b in range(n_boot):
+        picked = np.bincount(rng.integers(0, n_groups, size=n_groups), minlength=n_groups)
+        weights[b] = picked[inverse]
+    return weights
 
 
 def interval(
@@ -188,11 +233,9 @@ def summarise(
     y_true = np.asarray(y_true)
     per_seed = [_scalars(y_true, p) for p in probas]
     rng = np.random.default_rng([seed, 4242])
-    boot = {k: [] for k in SCALARS}
-    for rows in _resample_rows(len(y_true), groups, n_boot, rng):
-        vals = [_fast_scalars(y_true[rows], p[rows]) for p in probas]
-        for k in SCALARS:  # AUROC is NaN on a resample with one class: left out below
-            boot[k].append(_mean_or_nan([v[k] for v in vals]))
+    scored = _boot_scalars(y_true, probas, _resample_weights(len(y_true), groups, n_boot, rng))
+    # the seed-mean on each resample; AUROC is NaN on a resample with one class (left out)
+    boot = {k: _nanmean_rows(np.stack([v[k] for v in scored])) for k in SCALARS}
     out = {}
     for k in SCALARS:
         vals = np.array([s[k] for s in per_seed], dtype=float)
@@ -237,12 +280,12 @@ def paired_difference(
         for k in SCALARS
     }
     rng = np.random.default_rng([seed, 4243])
-    boot = {k: [] for k in SCALARS}
-    for rows in _resample_rows(len(y_true), groups, n_boot, rng):
-        va = [_fast_scalars(y_true[rows], p[rows]) for p in probas_a]
-        vb = [_fast_scalars(y_true[rows], p[rows]) for p in probas_b]
-        for k in SCALARS:
-            boot[k].append(_mean_or_nan([x[k] - z[k] for x, z in zip(va, vb, strict=True)]))
+    weights = _resample_weights(len(y_true), groups, n_boot, rng)
+    va, vb = _boot_scalars(y_true, probas_a, weights), _boot_scalars(y_true, probas_b, weights)
+    boot = {
+        k: _nanmean_rows(np.stack([x[k] - z[k] for x, z in zip(va, vb, strict=True)]))
+        for k in SCALARS
+    }
     out = {}
     n = len(probas_a)
     for k in SCALARS:

@@ -21,6 +21,7 @@ from cytofm.config import (
     from_mapping,
 )
 from cytofm.errors import InputDataError
+from cytofm.hardware import gpu_request
 from cytofm.eval.backbones import BackboneSpec
 from cytofm.inductive import exposure, leak_message, slide_leaks
 from cytofm.labels import check_labels
@@ -61,7 +62,7 @@ _RESOURCE_DEFAULTS = {
     "pretrain_probe": (2, 4000, 60),
     "embed": (2, 4000, 120),
     "evaluate": (2, 4000, 240),
-    "mil": (2, 4000, 120),
+    "mil": (1, 4000, 120),
 }
 _RESOURCES = config.get("resources") or {}
 _unknown = sorted(set(_RESOURCES) - set(_RESOURCE_DEFAULTS) - {"gpu"})
@@ -70,8 +71,13 @@ if _unknown:
         f"resources: unknown rule(s) {_unknown}; rules with resources: {sorted(_RESOURCE_DEFAULTS)}"
     )
 # GPU rules (pretrain, embed, LoRA evaluation) ask for one GPU with the 'gpu' resource: locally
-# the profile lets one run at a time; on SLURM the plugin requests a GPU for the job.
-GPU = 1 if _RESOURCES.get("gpu", True) else 0
+# the profile lets one run at a time; on SLURM the plugin requests a GPU for the job. `auto`:
+# a GPU on a cluster or where this machine has one, none on a CPU-only machine run locally.
+GPU = gpu_request(_RESOURCES.get("gpu", "auto"), local=workflow.local_exec)
+# Jobs that feed a GPU get threads for data loading; on CPU, one thread per job lets small
+# jobs (dominated by start-up) run side by side instead of one at a time.
+for _rule in ("embed", "evaluate"):
+    _RESOURCE_DEFAULTS[_rule] = (4 if GPU else 1, *_RESOURCE_DEFAULTS[_rule][1:])
 
 
 def _resource(rule, index, key):

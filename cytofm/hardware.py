@@ -1,0 +1,42 @@
+"""What the machine offers, found without importing torch (the Snakefile asks on every start)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["gpu_request", "visible_gpus"]
+
+
+def visible_gpus(environ: Mapping[str, str] | None = None, dev: str | Path = "/dev") -> int:
+    """NVIDIA GPUs a process started here could use: the ``/dev/nvidia<N>`` device nodes,
+    narrowed by ``CUDA_VISIBLE_DEVICES`` when it is set (an empty value hides them all)."""
+    environ = os.environ if environ is None else environ
+    try:
+        nodes = [p.name for p in Path(dev).iterdir() if re.fullmatch(r"nvidia\d+", p.name)]
+    except OSError:
+        return 0
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return len(nodes)
+    wanted = [v for v in visible.split(",") if v.strip() not in ("", "-1")]
+    return min(len(wanted), len(nodes)) if nodes else 0
+
+
+def gpu_request(setting: bool | str, *, local: bool, gpus_here: int | None = None) -> int:
+    """GPUs a GPU rule's job asks for (0 or 1) under ``resources.gpu``.
+
+    ``true``/``false`` are taken as given. ``auto`` asks for a GPU when jobs go to a cluster
+    (its nodes have the GPUs, the submitting host need not) or when this machine has one; on a
+    CPU-only machine running jobs locally it asks for none, so those jobs are not queued one
+    at a time behind a GPU that does not exist.
+    """
+    if setting is True or setting is False:
+        return int(setting)
+    if setting != "auto":
+        raise ValueError(f"resources.gpu: {setting!r} is not one of auto, true, false")
+    if not local:
+        return 1
+    return int((visible_gpus() if gpus_here is None else gpus_here) > 0)
