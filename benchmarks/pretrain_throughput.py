@@ -35,9 +35,13 @@ def _peak_rss_mb() -> float:
 
 
 def _config(name: str) -> dict:
-    base = yaml.safe_load((REPO / "config.yaml").read_text())["pretrain"]
+    """The pretrain section as Snakemake merges it (nested keys merge; its own update_config)."""
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
     if name == "vits16":
-        base.update(yaml.safe_load((REPO / "configs" / "vits16.yaml").read_text())["pretrain"])
+        update_config(config, yaml.safe_load((REPO / "configs" / "vits16.yaml").read_text()))
+    base = config["pretrain"]
     base.pop("enabled")
     base.pop("nproc")
     base["knn_dataset"] = ""

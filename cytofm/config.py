@@ -260,10 +260,8 @@ class PretrainConfig(_Section):
     """iBOT pretraining of a timm ViT (the demo default is a tiny ViT sized for a CPU)."""
 
     name: str = "cytofm_vit_demo"
-    arch: str = "vit_small_patch16_224"
-    model_args: dict = dataclasses.field(
-        default_factory=lambda: {"embed_dim": 128, "depth": 4, "num_heads": 4}
-    )
+    arch: str = "cytofm_vit_demo"
+    model_args: dict = dataclasses.field(default_factory=dict)
     patch_size: int = 8
     drop_path: float = 0.0
     sources: tuple = ("cells",)
@@ -308,10 +306,17 @@ class PretrainConfig(_Section):
     knn_every: int = 100
     knn_k: int = 10
     precision: str = "auto"
+    num_workers: int | str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
         s = "pretrain"
+        if self.num_workers != "auto" and not (
+            isinstance(self.num_workers, int) and self.num_workers >= 0
+        ):
+            raise ConfigError(
+                f"{s}.num_workers must be 'auto' or an integer >= 0, got {self.num_workers!r}"
+            )
         for key in ("global_size", "local_size"):
             v = getattr(self, key)
             if v % self.patch_size:

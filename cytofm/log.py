@@ -11,11 +11,14 @@ __all__ = ["setup_logging"]
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
+def setup_logging(
+    log_file: str | Path | None = None, level: int = logging.INFO, tag: str = ""
+) -> None:
     """Send log records (and, for a file, stderr such as progress bars) to ``log_file``.
 
     Snakemake scripts call this first so that everything a job prints lands in the rule's
-    ``log:`` file, which Snakemake keeps next to the job's outputs.
+    ``log:`` file, which Snakemake keeps next to the job's outputs. ``tag`` starts every record
+    (``[rank 1]`` for a torchrun worker, whose lines share the job's log with the others).
     """
     handlers: list[logging.Handler] = []
     if log_file is not None:
@@ -30,7 +33,7 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO)
     for handler in list(root.handlers):
         root.removeHandler(handler)
     for handler in handlers:
-        handler.setFormatter(logging.Formatter(_FORMAT))
+        handler.setFormatter(logging.Formatter(f"{tag} {_FORMAT}" if tag else _FORMAT))
         root.addHandler(handler)
     root.setLevel(level)
     # Third-party libraries that configure logging on import are kept quiet.

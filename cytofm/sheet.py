@@ -70,6 +70,14 @@ def validate_sheet(df: pd.DataFrame, source: str = "sample sheet") -> pd.DataFra
     return df
 
 
+REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_remote(path: str) -> bool:
+    """A URL (``s3://``, ``https://``, ``gs://`` ...): a file a Snakemake storage plugin fetches."""
+    return bool(REMOTE.match(str(path)))
+
+
 def load_sheet(path: str | Path) -> pd.DataFrame:
     """Read and validate a TSV sample sheet; relative file paths (``path``, ``cell_truth``) are
     taken from its folder."""
@@ -84,7 +92,7 @@ def load_sheet(path: str | Path) -> pd.DataFrame:
     for column in ("path", "cell_truth"):  # file columns; relative = from the sheet's folder
         if column in df.columns:
             df[column] = [
-                p if (not p or Path(p).is_absolute()) else str(path.parent / p)
+                p if (not p or is_remote(p) or Path(p).is_absolute()) else str(path.parent / p)
                 for p in df[column].astype(str)
             ]
     return df

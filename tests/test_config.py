@@ -1,9 +1,11 @@
+import copy
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 import yaml
-from snakemake.utils import validate
+from snakemake.utils import update_config, validate
 
 from cytofm.config import (
     CellsConfig,
@@ -31,11 +33,43 @@ SHIPPED = [
 
 
 def _merge(base: dict, over: dict) -> dict:
-    """Snakemake's --configfile semantics: later files update nested mappings."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    """What `snakemake --configfile ...` does: Snakemake's own update_config, which merges
+    nested mappings key by key (so an overlay's `{}` changes nothing)."""
+    out = copy.deepcopy(base)
+    update_config(out, copy.deepcopy(over))
     return out
+
+
+def _merged(*overlays: dict) -> dict:
+    """config.yaml, then each overlay in command-line order, validated (defaults filled)."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    for over in overlays:
+        config = _merge(config, over)
+    validate(config, str(SCHEMA))
+    return config
+
+
+def _readme_yaml_recipes() -> list[tuple[int, dict]]:
+    """Every ```yaml block of README.md (its line number, its mapping)."""
+    text = (REPO / "README.md").read_text()
+    out = []
+    for m in re.finditer(r"^( *)```yaml\n(.*?)^\1```", text, flags=re.S | re.M):
+        body = "\n".join(ln[len(m.group(1)) :] for ln in m.group(2).splitlines())
+        out.append((text[: m.start()].count("\n") + 1, yaml.safe_load(body)))
+    return out
+
+
+def _noop_mappings(base, over, path=""):
+    """Places where an overlay writes `{}` over a non-empty mapping: Snakemake keeps the base's
+    keys there, so the overlay does not mean what it says."""
+    found = []
+    for key, value in (over or {}).items():
+        here = f"{path}.{key}" if path else key
+        if isinstance(value, dict) and isinstance(base, dict) and isinstance(base.get(key), dict):
+            if not value and base[key]:
+                found.append(here)
+            found += _noop_mappings(base[key], value, here)
+    return found
 
 
 SECTIONS = {
@@ -64,6 +98,65 @@ def test_every_shipped_config_validates_and_builds(path):
         from_mapping(SlideTaskConfig, {"name": name, **task}, f"evaluate.slide_tasks.{name}")
     for name, spec in config["backbones"].items():
         from_mapping(BackboneSpec, {"name": name, **spec}, f"backbones.{name}")
+
+
+RECIPES = [
+    *[(p.name, yaml.safe_load(p.read_text())) for p in sorted(REPO.glob("configs/*.yaml"))],
+    *[(f"README.md:{line}", body) for line, body in _readme_yaml_recipes()],
+]
+
+
+def test_readme_has_its_recipes():
+    assert len(_readme_yaml_recipes()) >= 6  # the regex finds the blocks (indented ones too)
+
+
+@pytest.mark.parametrize(("name", "overlay"), RECIPES, ids=[n for n, _ in RECIPES])
+def test_recipes_mean_what_they_say_when_merged_as_snakemake_merges(name, overlay):
+    """Every shipped overlay and README recipe, merged over config.yaml exactly as Snakemake
+    merges: no `{}` that would silently keep the base's keys, every value it sets arrives,
+    and the result validates and builds."""
+    base = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert not _noop_mappings(base, overlay), f"{name}: {{}} keeps config.yaml's keys there"
+    config = _merged(overlay)
+
+    def arrives(over, merged, path):
+        for key, value in over.items():
+            if isinstance(value, dict):
+                arrives(value, merged[key], f"{path}{key}.")
+            else:
+                assert merged[key] == value, f"{name}: {path}{key}"
+
+    arrives(overlay, config, "")
+    for key, cls in SECTIONS.items():
+        from_mapping(cls, {k: v for k, v in config[key].items() if k not in NOT_IN_DATACLASS}, key)
+
+
+def _built(config: dict):
+    from cytofm.ssl.model import build_backbone, resolve_arch
+
+    section = {k: v for k, v in config["pretrain"].items() if k not in NOT_IN_DATACLASS}
+    cfg = from_mapping(PretrainConfig, section, "pretrain")
+    vit = build_backbone(cfg.arch, cfg.global_size, cfg.patch_size, cfg.model_args)
+    return cfg, vit, resolve_arch(cfg.arch, cfg.model_args)[0]
+
+
+def test_vits16_overlay_trains_a_vit_s16():
+    """README: `snakemake --configfile my_config.yaml configs/vits16.yaml` on a user config
+    copied from config.yaml (README's step 2) builds ViT-S/16 itself, not the demo's model."""
+    my_config = {"samples": "/data/project/slides.tsv", "demo": {"enabled": False}}
+    vits16 = yaml.safe_load((REPO / "configs" / "vits16.yaml").read_text())
+    cfg, vit, timm_arch = _built(_merged(my_config, vits16))
+    n_params = sum(p.numel() for p in vit.parameters())
+    assert timm_arch == "vit_small_patch16_224"
+    assert (len(vit.blocks), vit.embed_dim, vit.patch_embed.patch_size) == (12, 384, (16, 16))
+    assert round(n_params / 1e6, 1) == 21.7, n_params
+    assert (cfg.global_size, cfg.local_size, cfg.n_local) == (224, 96, 8)
+
+
+def test_demo_config_trains_the_small_vit():
+    cfg, vit, timm_arch = _built(_merged())
+    assert (len(vit.blocks), vit.embed_dim, vit.patch_embed.patch_size) == (4, 128, (8, 8))
+    assert cfg.arch == "cytofm_vit_demo" and timm_arch == "vit_small_patch16_224"
 
 
 def test_schema_defaults_match_dataclass_defaults():

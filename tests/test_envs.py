@@ -19,7 +19,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 RULES = sorted((REPO / "workflow" / "rules").glob("*.smk"))
 # run by Snakemake itself (outside the job environment), not by the rule scripts
-OUTSIDE_ENV = {"snakemake", "snakemake-executor-plugin-slurm"}
+OUTSIDE_ENV = {"snakemake", "snakemake-executor-plugin-slurm", "snakemake-storage-plugin-http"}
 
 
 def _norm(name: str) -> str:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO.parent / "shared" / "tools" / "slurm-local.sh"
@@ -44,40 +45,50 @@ def cluster(tmp_path_factory):
     subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, timeout=300)
 
 
+def _my_config(tmp_path, mlflow_server, *overlays: dict) -> Path:
+    """The user's config file: the tiny test config, the SLURM overlay (2 CPUs, no GPUs) and
+    the results folder and tracking server, merged as Snakemake merges config files."""
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
+    for over in (
+        yaml.safe_load((REPO / ".test" / "slurm.yaml").read_text()),
+        {"results": str(tmp_path / "results"), "mlflow": {"tracking_uri": mlflow_server}},
+        *overlays,
+    ):
+        update_config(config, over)
+    path = tmp_path / "my_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _readme_command(config: Path) -> list[str]:
+    """README.md's SLURM command, with this cluster's partition and account and the test's
+    config file in place of the user's; nothing else added."""
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"```bash\n\s*(snakemake --profile profiles/slurm.*?)\n\s*```", text, re.S)
+    assert block, "README.md lost its SLURM command"
+    words = block.group(1).replace("\\\n", " ").split()
+    assert words[:3] == ["snakemake", "--profile", "profiles/slurm"], words
+    exe = str(Path(sys.executable).with_name("snakemake"))
+    swap = {
+        "my_config.yaml": str(config),
+        "slurm_partition=cpu": "slurm_partition=debug",
+        "slurm_account=mylab": "slurm_account=ci",  # the account slurm-local.sh creates
+    }
+    return [exe, *(swap.get(w, w) for w in words[1:])]
+
+
 def test_tiny_workflow_runs_as_slurm_jobs(cluster, tmp_path, mlflow_server):
-    exe = Path(sys.executable).with_name("snakemake")
     results = tmp_path / "results"
-    cmd = [
-        str(exe),
-        "--profile",
-        "profiles/slurm",
-        "--workflow-profile",
-        "none",
-        "--configfile",
-        ".test/config.yaml",
-        ".test/slurm.yaml",
-        "--config",
-        f"results={results}",
-        "--jobs",
-        "4",
-        "--slurm-init-seconds-before-status-checks",
-        "1",
-        "--seconds-between-status-checks",
-        "2",
-        "--slurm-logdir",
-        str(tmp_path / "slurm-logs"),
-        "--default-resources",
-        "slurm_account=ci",  # the account slurm-local.sh creates in its accounting database
-        "slurm_partition=debug",
-        "mem_mb=2000",
-        "runtime=60",
-    ]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}  # sbatch passes it on
+    cmd = _readme_command(_my_config(tmp_path, mlflow_server))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.pop("CYTOFM_INVOCATION_ID", None)
     started = time.time()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=2400, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
+    assert "--workflow-profile" not in " ".join(cmd)
 
     # SLURM job id -> rule, from the plugin's submissions (its log paths name the rule)
     submitted = dict(re.findall(r"SLURM jobid (\d+) \(log: [^)]*/rule_(\w+?)/", out))
@@ -136,3 +147,53 @@ def test_tiny_workflow_runs_as_slurm_jobs(cluster, tmp_path, mlflow_server):
     assert summary.is_file() and (results / "eval" / "demo_cells" / "summary.csv").is_file()
     res = json.loads((results / "eval" / "demo_abnormal" / "cytofm" / "abmil.json").read_text())
     assert len(res["slides"]) == 4
+
+
+def test_a_job_asking_for_gpus_is_submitted_with_them(cluster, tmp_path, mlflow_server):
+    """`resources: {gpu: true, pretrain: {gpus: 4}}` under README's command: SLURM is asked for
+    4 GPUs for the pretraining job (profiles/default, loaded as the workflow profile, must not
+    cap it). This cluster has no GPUs, so the request is read back from SLURM, or from its
+    refusal, and the job is cancelled."""
+    config = _my_config(
+        tmp_path, mlflow_server, {"resources": {"gpu": True, "pretrain": {"gpus": 4}}}
+    )
+    cmd = _readme_command(config)
+    results = tmp_path / "results"
+    # only the pretraining job: the slides it reads are made by the earlier, GPU-free jobs
+    target = str(results / "pretrain" / "cytofm_vit_demo" / "backbone")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    log = tmp_path / "snakemake.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen(
+            [*cmd, target], cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env, text=True
+        )
+    request = None
+    deadline = time.time() + 900
+    try:
+        while time.time() < deadline and proc.poll() is None and request is None:
+            time.sleep(3)
+            jobs = subprocess.run(
+                ["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, timeout=30
+            ).stdout.split("\n")
+            for line in jobs:
+                parts = line.split()
+                if len(parts) == 2:
+                    show = subprocess.run(
+                        ["scontrol", "show", "job", parts[0]],
+                        capture_output=True, text=True, timeout=30,
+                    ).stdout  # fmt: skip
+                    if "rule_pretrain" in show or "pretrain" in parts[1]:
+                        request = show
+            if request is None and "rule_pretrain" in log.read_text():
+                text = log.read_text()
+                if "gres" in text.lower() or "gpus" in text.lower():
+                    request = text  # SLURM refused the submission: its reason names the request
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        subprocess.run(["scancel", "--user", os.environ.get("USER", "root")], timeout=60)
+    assert request is not None, log.read_text()[-4000:]
+    assert re.search(r"gpu[:=]4\b|--gpus[= ]4\b", request), request[-3000:]

@@ -200,6 +200,74 @@ def test_ddp_two_processes_gloo(store, tmp_path):
     assert (tmp_path / "checkpoint.pt").is_file()
 
 
+JOB_SCRIPT = """
+import json, sys
+from cytofm.log import setup_logging
+setup_logging(sys.argv[2])  # as a Snakemake job's script does
+from cytofm.config import PretrainConfig
+from cytofm.stages.context import JobContext
+from cytofm.stages.pretrain import run_pretrain
+a = json.loads(open(sys.argv[1]).read())
+run_pretrain(PretrainConfig(**a["cfg"]), [a["store"]], a["out"],
+             job=JobContext(results_dir=a["results"]), nproc=2)
+"""
+
+RANK1_FAILS = """
+import os
+if os.environ.get("RANK") == "1":  # a torchrun worker of rank 1 only
+    import cytofm.ssl.train as train
+    def _fail(self, *args, **kwargs):
+        raise RuntimeError("CUDA out of memory (injected on this rank)")
+    train.Trainer.train_step = _fail
+"""
+
+
+def _run_job(store, tmp_path, hook: str | None):
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": "none"}
+    if hook:
+        (tmp_path / "hook").mkdir()
+        (tmp_path / "hook" / "sitecustomize.py").write_text(hook)
+        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "hook"), env.get("PYTHONPATH", "")])
+    args = {
+        "cfg": {**TINY, "steps": 2, "knn_dataset": ""},
+        "store": str(store),
+        "out": str(tmp_path / "model"),
+        "results": str(tmp_path),
+    }
+    (tmp_path / "args.json").write_text(json.dumps(args))
+    (tmp_path / "job.py").write_text(JOB_SCRIPT)
+    log = tmp_path / "logs" / "pretrain.log"
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "job.py"), str(tmp_path / "args.json"), str(log)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    return proc, log.read_text()
+
+
+def test_torchrun_workers_log_to_the_jobs_log(store, tmp_path):
+    """Under torchrun, both workers' records land in the job's log file, tagged by rank, and
+    nothing is left on the console."""
+    proc, log = _run_job(store, tmp_path, hook=None)
+    assert proc.returncode == 0, log[-3000:]
+    assert "[rank 0]" in log and "[rank 1]" in log
+    assert "[rank" not in proc.stdout + proc.stderr
+
+
+def test_a_failing_rank_ends_the_job_with_its_message(store, tmp_path):
+    proc, log = _run_job(store, tmp_path, hook=RANK1_FAILS)
+    assert proc.returncode != 0
+    assert "pretraining failed on rank 1 of 2" in log
+    assert "CUDA out of memory (injected on this rank)" in log
+    assert not (tmp_path / "model" / "backbone").exists()
+
+
 def test_torchrun_launch_from_the_stage(store, tmp_path, monkeypatch):
     """``pretrain.nproc: 2`` runs the stage under torchrun (2 CPU processes, gloo)."""
     from cytofm.stages.context import JobContext
@@ -239,3 +307,22 @@ def test_resolve_nproc_refuses_bad_values(setting):
 
     with pytest.raises(CytofmError, match="pretrain.nproc"):
         resolve_nproc(setting, 1, 1)
+
+
+def test_loader_workers_make_the_same_batches(store, tmp_path):
+    """Batches from DataLoader worker processes equal the ones made in the training process
+    (a pure function of seed, step and rank), so the worker count changes no result."""
+    cfg = PretrainConfig(**{**TINY, "knn_dataset": "", "num_workers": 2})
+    tr = Trainer(cfg, PatchSource([store]), tmp_path / "out")
+    assert tr.num_workers == 2
+    for step, batch in zip(range(1, 5), tr.loader(1, 5), strict=True):
+        for got, want in zip(batch, tr.make_batch(step), strict=True):
+            assert torch.equal(got, want)
+
+
+def test_loader_workers_auto():
+    from cytofm.ssl.train import loader_workers
+
+    assert loader_workers("auto", torch.device("cpu")) == 0
+    assert loader_workers(3, torch.device("cpu")) == 3
+    assert 1 <= loader_workers("auto", torch.device("cuda"), nproc=64) <= 8

@@ -6,14 +6,17 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / ".test" / "config.yaml"
@@ -547,3 +550,68 @@ def test_slide_without_mpp_fails_alone(results, tmp_path):
     assert not (out / "tiles" / "nores.zarr").exists()
     log = (out / "logs" / "tile" / "nores.log").read_text()
     assert "slide 'nores'" in log and "'mpp' column" in log
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A read-only HTTP server on 127.0.0.1 serving a folder outside the working directory."""
+    root = tmp_path / "remote"
+    root.mkdir()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield root, url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_slides_behind_a_storage_plugin_are_tiled(http_server, synthetic_slide, tmp_path):
+    """A sheet row that names a URL: Snakemake's storage plugin (http here; s3, gcs ... alike)
+    fetches the slide for the job, tile and cells read that copy, and the copy is removed."""
+    from cytofm.provenance import file_sha256
+    from cytofm.store import open_store
+
+    root, url = http_server
+    shutil.copy(synthetic_slide[0], root / "case_remote.tif")
+    sheet = tmp_path / "slides.tsv"
+    sheet.write_text(f"slide_id\tpath\tmpp\nremote1\t{url}/case_remote.tif\t0.25\n")
+    cfg = tmp_path / "my_config.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "results": str(tmp_path / "results"),
+                "samples": str(sheet),
+                "demo": {"enabled": False},
+                "pretrain": {"enabled": False},
+            }
+        )
+    )
+    exe = Path(sys.executable).with_name("snakemake")
+    proc = subprocess.run(
+        [str(exe), "--cores", "2", "--configfile", str(cfg)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "results"
+    tiles = open_store(out / "tiles" / "remote1.zarr")
+    cells = open_store(out / "cells" / "remote1.zarr")
+    assert tiles["boxes"].shape[0] > 0 and cells["images"].shape[0] >= 20
+    assert tiles.attrs["provenance"]["slide_sha256"] == file_sha256(root / "case_remote.tif")
+    assert not list((REPO / ".snakemake" / "storage").rglob("case_remote.tif"))  # copy removed

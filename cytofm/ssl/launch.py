@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from cytofm.config import PretrainConfig, TrackingConfig, from_mapping
@@ -12,7 +14,14 @@ from cytofm.errors import CytofmError
 from cytofm.log import setup_logging
 from cytofm.stages.context import JobContext
 
-__all__ = ["main", "resolve_nproc"]
+__all__ = ["RankFailed", "main", "rank_failure", "resolve_nproc"]
+
+ERRORS_ENV = "CYTOFM_RANK_ERRORS"  # folder where a failing worker leaves its error
+
+
+class RankFailed(RuntimeError):
+    """A torchrun worker failed; the message is that rank's own error."""
+
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +57,32 @@ def resolve_nproc(setting: int | str, job_gpus: int, visible_gpus: int | None = 
     return min(job_gpus, visible_gpus)
 
 
+def rank_failure(errors_dir: str | Path, nproc: int) -> RankFailed | None:
+    """The first worker error left in ``errors_dir`` (by time), as the job's error."""
+    found = sorted(Path(errors_dir).glob("rank*.txt"), key=lambda p: p.stat().st_mtime_ns)
+    if not found:
+        return None
+    rank = found[0].stem.removeprefix("rank")
+    return RankFailed(
+        f"pretraining failed on rank {rank} of {nproc} (torchrun stopped the others): "
+        f"{found[0].read_text().strip()}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
+    rank = os.environ.get("RANK", "0")
+    setup_logging(tag=f"[rank {rank}]")
+    try:
+        _run(argv)
+    except BaseException as e:
+        errors = os.environ.get(ERRORS_ENV)
+        if errors and not isinstance(e, KeyboardInterrupt):
+            tb = "".join(traceback.format_exception(e)[-6:])
+            (Path(errors) / f"rank{rank}.txt").write_text(f"{type(e).__name__}: {e}\n{tb}")
+        raise
+
+
+def _run(argv: list[str] | None) -> None:
     args = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
     from cytofm.stages.pretrain import run_pretrain
 

@@ -8,7 +8,23 @@ from torch import nn
 
 from cytofm.ssl.heads import DINOHead
 
-__all__ = ["MaskableViT", "MultiCropStudent", "build_backbone"]
+__all__ = ["ARCH_PRESETS", "MaskableViT", "MultiCropStudent", "build_backbone", "resolve_arch"]
+
+# Named architectures beyond timm's own: name -> (timm architecture, its keyword arguments).
+# A config picks one with a single scalar (`pretrain.arch`), so an overlay that names another
+# architecture replaces it whole; Snakemake merges nested mappings key by key, so an overlay's
+# `model_args: {}` could never undo the demo's sizes.
+ARCH_PRESETS: dict[str, tuple[str, dict]] = {
+    # the demo's laptop-sized ViT: 4 blocks of width 128 (use with patch_size 8 on 64-px patches)
+    "cytofm_vit_demo": ("vit_small_patch16_224", {"embed_dim": 128, "depth": 4, "num_heads": 4}),
+}
+
+
+def resolve_arch(arch: str, model_args: dict | None = None) -> tuple[str, dict]:
+    """The timm architecture and keyword arguments a name stands for: a cytofm preset's, with
+    ``model_args`` on top, or a timm name with ``model_args`` as given."""
+    base, preset = ARCH_PRESETS.get(arch, (arch, {}))
+    return base, {**preset, **(model_args or {})}
 
 
 def build_backbone(
@@ -18,7 +34,9 @@ def build_backbone(
     model_args: dict | None = None,
     drop_path: float = 0.0,
 ) -> nn.Module:
-    """A timm ViT without classifier (``num_classes=0``) that accepts any crop size."""
+    """A timm ViT without classifier (``num_classes=0``) that accepts any crop size; ``arch`` is
+    a timm name or a cytofm preset (:data:`ARCH_PRESETS`)."""
+    arch, model_args = resolve_arch(arch, model_args)
     return timm.create_model(
         arch,
         pretrained=False,

@@ -30,9 +30,60 @@ from cytofm.ssl.model import MaskableViT, MultiCropStudent, build_backbone
 from cytofm.ssl.monitor import effective_rank, knn_probe, teacher_entropies
 from cytofm.ssl.schedules import cosine_schedule, linear_warmup_then_constant
 
-__all__ = ["NonFiniteLossError", "Trainer"]
+__all__ = ["NonFiniteLossError", "StepBatches", "Trainer", "loader_workers"]
 
 log = logging.getLogger(__name__)
+
+
+def loader_workers(setting: int | str, device: torch.device, nproc: int = 1) -> int:
+    """DataLoader worker processes of one training process. ``auto``: on a GPU, the cores
+    this process may use (its share when several share the machine) less one for the training
+    loop, at most 8; on the CPU none, since workers would take cores from the model itself."""
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(8, (cores or 2) // max(nproc, 1) - 1))
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``step`` is this rank's share of the global batch of that step, augmented into
+    multi-crop views, with its iBOT masks: reading, decoding and augmentation happen in
+    DataLoader workers. Every item is a pure function of (seed, step, rank), so which worker
+    makes it does not matter, and a resumed run sees exactly the batches it would have seen."""
+
+    def __init__(self, source: PatchSource, augment: MultiCrop, masker: BlockMasker, cfg,
+                 rank: int, world: int, steps_per_epoch: int):  # fmt: skip
+        self.source, self.augment, self.masker, self.cfg = source, augment, masker, cfg
+        self.rank, self.world, self.steps_per_epoch = rank, world, steps_per_epoch
+        self._orders: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return int(self.cfg.steps)
+
+    def indices(self, step: int) -> np.ndarray:
+        """Global rows of this rank's share of the batch of ``step``."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        if epoch not in self._orders:
+            self._orders = {epoch: self.source.epoch_order(self.cfg.seed, epoch)}
+        order = self._orders[epoch]
+        b = self.cfg.batch_size
+        idx = order[pos * b : (pos + 1) * b]
+        if len(idx) < b:  # fewer samples than a batch: wrap around
+            idx = np.resize(order, b)
+        per_rank = b // self.world
+        return idx[self.rank * per_rank : (self.rank + 1) * per_rank]
+
+    def __getitem__(self, step: int):
+        seed = int(self.cfg.seed) * 1_000_003 + int(step) * 7919 + self.rank
+        g = torch.Generator().manual_seed(seed)
+        raw = torch.from_numpy(self.source.read(self.indices(int(step))))
+        global_crops, local_crops = self.augment(raw, g)
+        masks = self.masker.batch(
+            len(global_crops), tuple(self.cfg.mask_ratio), self.cfg.mask_probability, g
+        )
+        return global_crops, local_crops, masks
 
 
 class NonFiniteLossError(CytofmError, FloatingPointError):
@@ -137,9 +188,23 @@ class Trainer:
             self.mean,
             self.std,
         )
+        self.batches = StepBatches(
+            source, self.augment, self.masker, cfg, self.rank, self.world, self.steps_per_epoch
+        )
+        self.num_workers = loader_workers(cfg.num_workers, self.device, self.world)
+        log.info(
+            "process %d of %d on %s (%s): %d patches, batch %d of %d, %d loader worker(s)",
+            self.rank,
+            self.world,
+            self.device,
+            "bf16" if self.autocast_dtype is not None else "fp32",
+            len(source),
+            cfg.batch_size // self.world,
+            cfg.batch_size,
+            self.num_workers,
+        )
         self.step = 0
         self.history: list[dict[str, float]] = []  # metrics at every log step, for plots
-        self._orders: dict[int, np.ndarray] = {}
         self.model = self.student
         if self.world > 1:
             self.model = nn.parallel.DistributedDataParallel(
@@ -228,25 +293,24 @@ class Trainer:
     # -- one step -------------------------------------------------------------------------
     def batch_indices(self, step: int) -> np.ndarray:
         """This rank's share of the global batch of ``step`` (a pure function of step)."""
-        epoch, pos = divmod(step, self.steps_per_epoch)
-        if epoch not in self._orders:
-            self._orders = {epoch: self.source.epoch_order(self.cfg.seed, epoch)}
-        order = self._orders[epoch]
-        b = self.cfg.batch_size
-        idx = order[pos * b : (pos + 1) * b]
-        if len(idx) < b:  # fewer samples than a batch: wrap around
-            idx = np.resize(order, b)
-        per_rank = b // self.world
-        return idx[self.rank * per_rank : (self.rank + 1) * per_rank]
+        return self.batches.indices(step)
 
     def make_batch(self, step: int):
-        g = torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + step * 7919 + self.rank)
-        raw = torch.from_numpy(self.source.read(self.batch_indices(step)))
-        global_crops, local_crops = self.augment(raw, g)
-        masks = self.masker.batch(
-            len(global_crops), tuple(self.cfg.mask_ratio), self.cfg.mask_probability, g
+        """The batch of ``step`` made here, as a DataLoader worker would make it."""
+        return self.batches[step]
+
+    def loader(self, start: int, end: int) -> torch.utils.data.DataLoader:
+        """Batches of steps ``start`` .. ``end - 1`` from worker processes, pinned for the GPU."""
+        workers = self.num_workers
+        return torch.utils.data.DataLoader(
+            self.batches,
+            batch_size=None,
+            sampler=range(start, end),
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if workers else None,
+            persistent_workers=False,
         )
-        return global_crops, local_crops, masks
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -334,17 +398,23 @@ class Trainer:
             mininterval=5,
             disable=self.rank != 0,
         )
+        batches = iter(self.loader(self.step, end)) if self.step < end else iter(())
+        window_wait = 0.0
         while self.step < end:
-            batch = self.make_batch(self.step)
+            t0 = time.perf_counter()
+            batch = next(batches)
+            window_wait += time.perf_counter() - t0
             last = self.train_step(batch)
             window_n += len(batch[0]) // 2 * self.world
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == end:
                 dt = time.perf_counter() - window_t
                 last["images_per_s"] = window_n / max(dt, 1e-9)
+                # share of the step time spent waiting for the loader (0 = never the bottleneck)
+                last["data_wait_fraction"] = min(window_wait / max(dt, 1e-9), 1.0)
                 if self.device.type == "cuda":
                     last["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
-                window_t, window_n = time.perf_counter(), 0
+                window_t, window_n, window_wait = time.perf_counter(), 0, 0.0
                 self.history.append({"step": self.step, **last})
                 if logger is not None and self.rank == 0:
                     logger.log_metrics(last, step=self.step)

@@ -48,6 +48,7 @@ def run_pretrain(
         return _launch_torchrun(cfg, stores, out_dir, knn_store, job, nproc, held_out)
     from cytofm.ssl.data import PatchSource
     from cytofm.ssl.export import export_backbone
+    from cytofm.ssl.model import resolve_arch
     from cytofm.ssl.monitor import KnnSet
     from cytofm.ssl.train import Trainer
 
@@ -86,11 +87,12 @@ def run_pretrain(
             resumed_from_step=resumed_from,
             inductive=inductive,
         )
-        export_backbone(
+        timm_arch, timm_args = resolve_arch(cfg.arch, cfg.model_args)
+        export_backbone(  # written as timm names it, so timm alone can load the folder
             trainer.teacher.backbone.vit,
             out / "backbone",
-            arch=cfg.arch,
-            model_args=dict(cfg.model_args),
+            arch=timm_arch,
+            model_args=timm_args,
             img_size=cfg.global_size,
             patch_size=cfg.patch_size,
             mean=trainer.mean,
@@ -200,5 +202,25 @@ def _launch_torchrun(cfg, stores, out_dir, knn_store, job, nproc, held_out=None)
         fh.name,
     ]
     log.info("launching %s", " ".join(cmd))
-    subprocess.run(cmd, check=True)
+    from cytofm.ssl.launch import ERRORS_ENV, rank_failure
+
+    # every worker's output (and torchrun's) goes where this job logs: its log file in a job
+    try:
+        sys.stderr.flush()
+        sink = sys.stderr if sys.stderr.fileno() >= 0 else None
+    except (AttributeError, OSError, ValueError):  # not a real file (e.g. captured in tests)
+        sink = None
+    with tempfile.TemporaryDirectory(prefix="cytofm-ranks-") as errors:
+        proc = subprocess.run(
+            cmd,
+            stdout=sink,
+            stderr=subprocess.STDOUT if sink is not None else None,
+            env={**os.environ, ERRORS_ENV: errors},
+        )
+        if proc.returncode:
+            failure = rank_failure(errors, nproc)
+            if failure is not None:
+                raise failure
+            raise subprocess.CalledProcessError(proc.returncode, cmd)
+    Path(fh.name).unlink(missing_ok=True)
     return {"nproc": nproc}

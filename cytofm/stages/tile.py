@@ -34,12 +34,17 @@ def run_tile(
     out_store: str | Path,
     out_qc: str | Path,
     job: JobContext | None = None,
+    source: str | None = None,
 ) -> dict:
-    """Tile one slide: ``out_store`` (zarr: boxes, centres, mask, optional images) + QC PNG."""
+    """Tile one slide: ``out_store`` (zarr: boxes, centres, mask, optional images) + QC PNG.
+
+    ``slide_path`` is the file read (for a URL in the sheet, the copy Snakemake fetched);
+    ``source`` is what the sheet names, logged as the slide's path when paths are logged.
+    """
     job = job or JobContext()
     params = {"tiling": cfg.to_dict(), "slide_id": slide_id}
     if job.tracking.log_slide_paths:
-        params["slide_path"] = str(slide_path)
+        params["slide_path"] = str(source or slide_path)
     with job.run("tile", params) as run:
         t0 = time.perf_counter()
         with open_slide(slide_path, slide_id, mpp, cfg.backend) as slide:

@@ -21,12 +21,12 @@ from cytofm.config import (
     from_mapping,
 )
 from cytofm.errors import InputDataError
-from cytofm.hardware import gpu_request
+from cytofm.hardware import gpu_request, visible_gpus
 from cytofm.eval.backbones import BackboneSpec
 from cytofm.inductive import exposure, leak_message, slide_leaks
 from cytofm.labels import check_labels
 from cytofm.provenance import INVOCATION_ENV, new_invocation_id
-from cytofm.sheet import load_sheet
+from cytofm.sheet import is_remote, load_sheet
 from cytofm.synthetic.demo import make_demo_sheet
 
 validate(config, "../schemas/config.schema.yaml")
@@ -74,6 +74,11 @@ if _unknown:
 # the profile lets one run at a time; on SLURM the plugin requests a GPU for the job. `auto`:
 # a GPU on a cluster or where this machine has one, none on a CPU-only machine run locally.
 GPU = gpu_request(_RESOURCES.get("gpu", "auto"), local=workflow.local_exec)
+# The local GPU limit is set here, not in a profile: a workflow profile is also loaded under
+# `--profile profiles/slurm`, where a limit would cap what each job asks the cluster for.
+# Locally the machine's GPUs are the limit (GPU jobs queue for them); `--resources gpu=N` wins.
+if workflow.local_exec and GPU and "gpu" not in workflow.global_resources:
+    workflow.register_resource("gpu", max(visible_gpus(), 1))
 # Jobs that feed a GPU get threads for data loading; on CPU, one thread per job lets small
 # jobs (dominated by start-up) run side by side instead of one at a time.
 for _rule in ("embed", "evaluate"):
@@ -474,7 +479,9 @@ wildcard_constraints:
 MISSING_SLIDES = [
     s
     for s in SLIDE_IDS
-    if s not in DEMO_IDS and not os.path.isfile(SLIDES.loc[s, "path"])
+    if s not in DEMO_IDS
+    and not is_remote(SLIDES.loc[s, "path"])
+    and not os.path.isfile(SLIDES.loc[s, "path"])
 ]
 if MISSING_SLIDES:
     print(
@@ -491,11 +498,26 @@ def slide_file(wildcards):
     return SLIDES.loc[wildcards.slide, "path"]
 
 
+def _remote(path):
+    """A URL in the sheet: the storage plugin for its scheme fetches it for the job."""
+    try:
+        return storage(path)
+    except Exception as e:  # no plugin for the scheme, or a malformed URL
+        raise InputDataError(
+            f"{config['samples']}: cannot read slide {path}: {e}. Install the Snakemake "
+            "storage plugin for its scheme (e.g. pip install snakemake-storage-plugin-s3) "
+            "or give a local path"
+        ) from None
+
+
 def slide_path(wildcards):
-    """The slide file as a job input, or none when it is missing (the job then fails alone,
-    naming the file, instead of the whole workflow failing to build)."""
+    """The slide file as a job input (a URL becomes a storage input that Snakemake fetches
+    for the job), or none when a local file is missing (the job then fails alone, naming the
+    file, instead of the whole workflow failing to build)."""
     path = SLIDES.loc[wildcards.slide, "path"]
-    return [] if wildcards.slide in MISSING_SLIDES else path
+    if wildcards.slide in MISSING_SLIDES:
+        return []
+    return _remote(path) if is_remote(path) else path
 
 
 def slide_mpp(wildcards):

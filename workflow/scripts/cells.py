@@ -9,8 +9,11 @@ from cytofm.stages.cells import run_cells  # noqa: E402
 from cytofm.stages.context import JobContext  # noqa: E402
 
 sm = snakemake  # noqa: F821
+# the file Snakemake localised (a URL in the sheet is fetched by its storage plugin); a missing
+# local file has no input, and the path itself then fails with the fix
+slide = sm.input.get("slide") or sm.params.path
 run_cells(
-    slide_path=sm.params.path,
+    slide_path=slide,
     slide_id=sm.wildcards.slide,
     mpp=sm.params.mpp,
     tiles_store=sm.input.tiles,

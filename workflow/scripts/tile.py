@@ -9,12 +9,16 @@ from cytofm.stages.context import JobContext  # noqa: E402
 from cytofm.stages.tile import run_tile  # noqa: E402
 
 sm = snakemake  # noqa: F821
+# the file Snakemake localised (a URL in the sheet is fetched by its storage plugin); a missing
+# local file has no input, and the path itself then fails with the fix
+slide = sm.input.get("slide") or sm.params.path
 run_tile(
-    slide_path=sm.params.path,
+    slide_path=slide,
     slide_id=sm.wildcards.slide,
     mpp=sm.params.mpp,
     cfg=from_mapping(TilingConfig, sm.params.tiling, "tiling"),
     out_store=sm.output.store,
     out_qc=sm.output.qc,
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
+    source=sm.params.path,
 )

@@ -1,0 +1,383 @@
+"""The GPU path, measured: pretraining, embedding and LoRA on CUDA, with MFU and a bf16 check.
+
+    python benchmarks/gpu_check.py           # a CUDA machine; about 5 minutes on one H100
+    python benchmarks/gpu_check.py --smoke   # the CPU: tiny sizes, checks that it all runs
+
+Writes benchmarks/results/gpu_check.{md,json} (``--smoke``: benchmarks/out/gpu_check_smoke/):
+
+* **pretraining** of ``configs/vits16.yaml`` merged over config.yaml exactly as Snakemake merges
+  (ViT-S/16, 2 x 224 px global + 8 x 96 px local crops, batch 256): images/s, model FLOPs
+  utilisation (FLOPs of one training step counted by ``torch.utils.flop_counter`` over the
+  GPU's dense bf16 peak), peak memory, and the share of step time spent waiting for the
+  DataLoader. On one GPU, and on every visible GPU under ``torchrun`` (NCCL) when there are
+  several.
+* **embedding** with ViT-S/16 and ViT-B/16 in bf16: images/s and MFU of the forward pass, and
+  the share of the stage's time spent writing the features to zarr.
+* **LoRA** (q and v adapters, rank 2, batch 32, as the evaluation runs it): steps/s.
+* **bf16 vs fp32**: cosine similarity of the same images' embeddings.
+
+Goals: pretraining >= 40% MFU with the loader never the bottleneck (wait share < 5%); embedding
+>= 60% MFU with zarr writes never the bottleneck (write share < 5%). The figures are written as
+measured, goals met or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+# dense (no sparsity) bf16 tensor-core peaks, TFLOPS, by device name
+BF16_PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100 SXM": 989.0,
+    "H100 80GB HBM3": 989.0,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10G": 70.0,
+    "L4": 121.0,
+}
+
+
+def peak_tflops(name: str) -> float | None:
+    for key, value in BF16_PEAK_TFLOPS.items():  # most specific names first
+        if key in name:
+            return value
+    return None
+
+
+def merged_vits16(smoke: bool) -> dict:
+    """configs/vits16.yaml over config.yaml with Snakemake's own merge."""
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    update_config(config, yaml.safe_load((REPO / "configs" / "vits16.yaml").read_text()))
+    pre = {k: v for k, v in config["pretrain"].items() if k not in ("enabled", "nproc")}
+    pre["knn_dataset"] = ""
+    pre["checkpoint_every"] = 10**9
+    if smoke:  # same code path, laptop sizes
+        pre.update(
+            arch="cytofm_vit_demo",
+            model_args={"embed_dim": 64, "depth": 2, "num_heads": 2},
+            global_size=64,
+            local_size=32,
+            n_local=2,
+            batch_size=8,
+            out_dim=256,
+            patch_out_dim=256,
+            head_hidden_dim=64,
+            head_bottleneck_dim=32,
+        )
+    return pre
+
+
+def patch_store(path: Path, n: int, px: int) -> Path:
+    """A patch store of dark round 'nuclei' on pale noise (compresses like real patches)."""
+    from cytofm.store import PatchStoreWriter, atomic_group
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:px, :px]
+    with atomic_group(path) as g:
+        w = PatchStoreWriter(g, px, 256, {})
+        for start in range(0, n, 256):
+            m = min(256, n - start)
+            imgs = rng.integers(200, 240, (m, px, px, 3), dtype=np.uint8)
+            r = rng.uniform(px / 10, px / 4, m)
+            inside = (yy[None] - px / 2) ** 2 + (xx[None] - px / 2) ** 2 < r[:, None, None] ** 2
+            imgs[inside] = (80, 40, 120)
+            w.append(imgs)
+        w.close()
+    return path
+
+
+def step_flops(trainer) -> float:
+    """FLOPs of one training step (forward and backward), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = trainer.make_batch(trainer.step)
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_step(batch)
+    return float(counter.get_total_flops())
+
+
+def pretrain_one(pre: dict, store: Path, steps: int, warmup: int, workdir: Path) -> dict:
+    import torch
+
+    from cytofm.config import PretrainConfig, from_mapping
+    from cytofm.ssl.data import PatchSource
+    from cytofm.ssl.train import Trainer
+
+    cfg = from_mapping(PretrainConfig, {**pre, "steps": steps + warmup + 1}, "pretrain")
+    tr = Trainer(cfg, PatchSource([store]), workdir)
+    flops = step_flops(tr) * tr.world  # every rank does the same work on its share
+    tr.fit(stop_at=tr.step + warmup)
+    if tr.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    tr.history.clear()
+    last = tr.fit(stop_at=tr.step + steps)
+    if tr.device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    waits = [h["data_wait_fraction"] for h in tr.history if "data_wait_fraction" in h]
+    out = {
+        "world": tr.world,
+        "batch_size": cfg.batch_size,
+        "num_workers": tr.num_workers,
+        "steps": steps,
+        "images_per_s": steps * cfg.batch_size / dt,
+        "step_s": dt / steps,
+        "flops_per_step": flops,
+        "achieved_tflops": flops * steps / dt / 1e12,
+        "data_wait_fraction": float(np.mean(waits)) if waits else float("nan"),
+        "loss": last.get("loss"),
+        "params_m": sum(p.numel() for p in tr.student.backbone.parameters()) / 1e6,
+    }
+    if tr.device.type == "cuda":
+        out["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    return out
+
+
+def pretrain_ddp(pre: dict, store: Path, steps: int, warmup: int, n: int, workdir: Path) -> dict:
+    """The same measurement under torchrun with ``n`` processes (NCCL on GPUs)."""
+    args = workdir / "ddp_args.json"
+    result = workdir / "ddp_result.json"
+    args.write_text(json.dumps({"pre": pre, "store": str(store), "steps": steps,
+                                "warmup": warmup, "out": str(result)}))  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={n}", __file__, "--ddp-child", str(args)]  # fmt: skip
+    subprocess.run(cmd, check=True, timeout=900)
+    return json.loads(result.read_text())
+
+
+def ddp_child(args_path: str) -> None:
+    a = json.loads(Path(args_path).read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        out = pretrain_one(a["pre"], Path(a["store"]), a["steps"], a["warmup"], Path(tmp))
+    if int(os.environ.get("RANK", "0")) == 0:
+        Path(a["out"]).write_text(json.dumps(out))
+
+
+def embedding(arch: str, n: int, batch: int, device, smoke: bool, workdir: Path) -> dict:
+    """Forward throughput of a ViT in bf16 and the stage's share of time writing zarr."""
+    import timm
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cytofm.eval.backbones import LoadedBackbone
+    from cytofm.eval.features import embed_array
+    from cytofm.store import atomic_group
+
+    kwargs = {"embed_dim": 64, "depth": 2, "num_heads": 2, "img_size": 64} if smoke else {}
+    size = 64 if smoke else 224
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+    bb = LoadedBackbone(model, size, (0.5,) * 3, (0.25,) * 3, {"name": arch})
+    images = np.random.default_rng(0).integers(0, 255, (n, size, size, 3), dtype=np.uint8)
+    model.to(device).eval()
+    x = torch.randn(batch, 3, size, size, device=device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    flops_per_image = counter.get_total_flops() / batch
+    embed_array(bb, images[: batch * 2], batch_size=batch, device=device, precision="bf16")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    feats = embed_array(bb, images, batch_size=batch, device=device, precision="bf16")
+    sync()
+    t_embed = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    with atomic_group(workdir / f"{arch}.zarr") as g:  # as the embed stage stores them
+        g.create_array("features", data=feats.astype(np.float16), chunks=(4096, feats.shape[1]))
+    t_write = time.perf_counter() - t1
+    return {
+        "arch": arch,
+        "images": n,
+        "batch_size": batch,
+        "images_per_s": n / t_embed,
+        "flops_per_image": flops_per_image,
+        "achieved_tflops": flops_per_image * n / t_embed / 1e12,
+        "zarr_write_fraction": t_write / (t_embed + t_write),
+    }
+
+
+def bf16_agreement(device, smoke: bool) -> dict:
+    import timm
+    import torch
+
+    from cytofm.eval.backbones import LoadedBackbone
+    from cytofm.eval.features import embed_array
+
+    kwargs = {"embed_dim": 64, "depth": 2, "num_heads": 2, "img_size": 64} if smoke else {}
+    size = 64 if smoke else 224
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0, **kwargs)
+    bb = LoadedBackbone(model, size, (0.5,) * 3, (0.25,) * 3, {"name": "vits16"})
+    images = np.random.default_rng(1).integers(0, 255, (256, size, size, 3), dtype=np.uint8)
+    a = embed_array(bb, images, batch_size=128, device=device, precision="fp32")
+    b = embed_array(bb, images, batch_size=128, device=device, precision="bf16")
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return {
+        "cosine_min": float(cos.min()),
+        "cosine_mean": float(cos.mean()),
+        "relative_error": float(np.linalg.norm(a - b) / np.linalg.norm(a)),
+        "ok": bool(cos.min() > 0.99),
+    }
+
+
+def lora_speed(device, smoke: bool) -> dict:
+    import timm
+    import torch
+
+    from cytofm.eval.backbones import LoadedBackbone
+    from cytofm.eval.lora import LoraSettings, train_lora
+
+    kwargs = {"embed_dim": 64, "depth": 2, "num_heads": 2, "img_size": 64} if smoke else {}
+    size = 64 if smoke else 224
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 255, (256, size, size, 3), dtype=np.uint8)
+    labels = rng.integers(0, 4, 256)
+    times = {}
+    for steps in (5, 25) if smoke else (10, 60):
+        torch.manual_seed(0)
+        model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0,
+                                  **kwargs)  # fmt: skip
+        bb = LoadedBackbone(model, size, (0.5,) * 3, (0.25,) * 3, {"name": "vits16"})
+        t0 = time.perf_counter()
+        train_lora(bb, images, labels, 4, LoraSettings(), 1e-3, 0, steps=steps, device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times[steps] = time.perf_counter() - t0
+    (s0, t0), (s1, t1) = sorted(times.items())
+    return {"batch_size": LoraSettings().batch_size, "steps_per_s": (s1 - s0) / (t1 - t0)}
+
+
+def write_md(res: dict, path: Path) -> None:
+    env = res["environment"]
+    peak = env.get("bf16_peak_tflops")
+
+    def mfu(tflops, n=1):
+        return f"{tflops / (peak * n):.1%}" if peak else "n/a (unknown peak)"
+
+    lines = [
+        "# GPU check",
+        "",
+        f"`python benchmarks/gpu_check.py{' --smoke' if res['smoke'] else ''}` on "
+        f"{env['device']} x {env['n_gpus']} (torch {env['torch']}, bf16 dense peak "
+        f"{peak or 'unknown'} TFLOPS per GPU), {res['seconds']:.0f} s.",
+        "",
+        "## Pretraining (configs/vits16.yaml)",
+        "",
+        "| GPUs | batch | loader workers | images/s | step s | TFLOPS | MFU | loader wait "
+        "| peak memory GB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in res["pretrain"]:
+        lines.append(
+            f"| {p['world']} | {p['batch_size']} | {p['num_workers']} | {p['images_per_s']:.0f} "
+            f"| {p['step_s']:.3f} | {p['achieved_tflops']:.1f} | "
+            f"{mfu(p['achieved_tflops'], p['world'])} | {p['data_wait_fraction']:.1%} | "
+            f"{p.get('peak_memory_gb', float('nan')):.1f} |"
+        )
+    lines += ["", "Goal: MFU >= 40%, loader wait < 5%.", "", "## Embedding (bf16)", "",
+              "| model | batch | images/s | TFLOPS | MFU | zarr write share |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for e in res["embedding"]:
+        lines.append(
+            f"| {e['arch']} | {e['batch_size']} | {e['images_per_s']:.0f} | "
+            f"{e['achieved_tflops']:.1f} | {mfu(e['achieved_tflops'])} | "
+            f"{e['zarr_write_fraction']:.1%} |"
+        )
+    b, lo = res["bf16_vs_fp32"], res["lora"]
+    lines += [
+        "",
+        "Goal: MFU >= 60%, zarr write share < 5%.",
+        "",
+        f"## LoRA\n\n{lo['steps_per_s']:.1f} steps/s (ViT-S/16, q and v adapters, rank 2, "
+        f"batch {lo['batch_size']}).",
+        "",
+        f"## bf16 vs fp32 embeddings\n\ncosine similarity min {b['cosine_min']:.4f}, mean "
+        f"{b['cosine_mean']:.4f}; relative error {b['relative_error']:.3%} "
+        f"({'within' if b['ok'] else 'outside'} the tolerance, cosine > 0.99).",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
+    ap.add_argument("--ddp-child", help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    if args.ddp_child:
+        ddp_child(args.ddp_child)
+        return
+    import torch
+
+    t_start = time.perf_counter()
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.smoke:
+        raise SystemExit("no CUDA device: run on a GPU machine, or --smoke on the CPU")
+    device = torch.device("cuda" if cuda else "cpu")
+    name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
+    n_gpus = torch.cuda.device_count() if cuda else 0
+    out_dir = args.out or (
+        REPO / "benchmarks" / "out" / "gpu_check_smoke" if args.smoke else RESULTS
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pre = merged_vits16(args.smoke)
+    steps, warmup = (4, 1) if args.smoke else (30, 5)
+    res: dict = {
+        "smoke": args.smoke,
+        "environment": {
+            "device": name,
+            "n_gpus": n_gpus,
+            "torch": torch.__version__,
+            "bf16_peak_tflops": peak_tflops(name) if cuda else None,
+            "cpu_threads": os.cpu_count(),
+        },
+        "config": copy.deepcopy(pre),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        px = pre["global_size"] if args.smoke else 224
+        store = patch_store(tmp / "patches.zarr", 64 if args.smoke else 8192, px)
+        res["pretrain"] = [pretrain_one(pre, store, steps, warmup, tmp / "one")]
+        print(json.dumps(res["pretrain"][-1]), flush=True)
+        if n_gpus > 1:
+            res["pretrain"].append(pretrain_ddp(pre, store, steps, warmup, n_gpus, tmp))
+            print(json.dumps(res["pretrain"][-1]), flush=True)
+        n, batch = (64, 16) if args.smoke else (16384, 512)
+        res["embedding"] = [
+            embedding(a, n, batch, device, args.smoke, tmp)
+            for a in ("vit_small_patch16_224", "vit_base_patch16_224")
+        ]
+        print(json.dumps(res["embedding"]), flush=True)
+    res["lora"] = lora_speed(device, args.smoke)
+    res["bf16_vs_fp32"] = bf16_agreement(device, args.smoke)
+    res["seconds"] = time.perf_counter() - t_start
+    (out_dir / "gpu_check.json").write_text(json.dumps(res, indent=1))
+    write_md(res, out_dir / "gpu_check.md")
+    print((out_dir / "gpu_check.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
