@@ -70,7 +70,7 @@ class _Section:
 class DemoConfig(_Section):
     """The synthetic cytology demo: slides, ground truth and a labelled crop collection."""
 
-    n_slides: int = 40
+    n_slides: int = 52
     pretrain_slides: int = 8
     width_px: int = 3072
     height_px: int = 3072
