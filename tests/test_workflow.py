@@ -185,11 +185,12 @@ def test_cpu_only_machine_runs_gpu_rules_side_by_side(tmp_path):
         pytest.skip("this machine has a GPU: auto asks for it")
     proc = snakemake("-n", "--config", f"results={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    block = proc.stdout[proc.stdout.index("rule embed:") :]
-    resources = next(ln for ln in block.splitlines() if ln.strip().startswith("resources:"))
+    start = proc.stdout.index("rule embed:")
+    block = proc.stdout[start : proc.stdout.index("Shell command", start)].splitlines()
+    resources = next(ln for ln in block if ln.strip().startswith("resources:"))
     assert re.search(r"\bgpu=0\b", resources), resources
-    threads = next(ln for ln in block.splitlines() if ln.strip().startswith("threads:"))
-    assert threads.split(":")[1].strip() == "1", threads
+    threads = [ln for ln in block if ln.strip().startswith("threads:")]
+    assert not threads, threads  # Snakemake prints threads only when there is more than one
 
 
 def test_gpus_for_a_single_gpu_rule_is_refused(tmp_path):

@@ -81,8 +81,8 @@ if workflow.local_exec and GPU and "gpu" not in workflow.global_resources:
     workflow.register_resource("gpu", max(visible_gpus(), 1))
 # Jobs that feed a GPU get threads for data loading; on CPU, one thread per job lets small
 # jobs (dominated by start-up) run side by side instead of one at a time.
-for _rule in ("embed", "evaluate"):
-    _RESOURCE_DEFAULTS[_rule] = (4 if GPU else 1, *_RESOURCE_DEFAULTS[_rule][1:])
+for _name in ("embed", "evaluate"):
+    _RESOURCE_DEFAULTS[_name] = (4 if GPU else 1, *_RESOURCE_DEFAULTS[_name][1:])
 
 
 def _resource(rule, index, key):
