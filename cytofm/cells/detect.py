@@ -8,6 +8,7 @@ weights), register a factory with :func:`register_detector` and name it in confi
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Protocol
 
@@ -15,6 +16,7 @@ import cv2
 import numpy as np
 from scipy.spatial import cKDTree
 
+from cytofm.cells.stain import StainChoice, min_od_map
 from cytofm.config import CellsConfig
 from cytofm.errors import ConfigError
 from cytofm.wsi.mask import optical_density
@@ -30,7 +32,8 @@ DETECTORS: dict[str, Callable[[CellsConfig, np.ndarray], Detector]] = {}
 
 
 def register_detector(name: str):
-    """Register ``factory(cells_config, background_rgb) -> Detector`` under ``name``."""
+    """Register ``factory(cells_config, background_rgb) -> Detector`` under ``name``; a factory
+    with a ``stain`` parameter also gets the slide's :class:`StainChoice`."""
 
     def decorator(factory):
         DETECTORS[name] = factory
@@ -39,12 +42,17 @@ def register_detector(name: str):
     return decorator
 
 
-def make_detector(cfg: CellsConfig, background: np.ndarray) -> Detector:
+def make_detector(
+    cfg: CellsConfig, background: np.ndarray, stain: StainChoice | None = None
+) -> Detector:
     if cfg.detector not in DETECTORS:
         raise ConfigError(
             f"cells.detector {cfg.detector!r} is not registered; available: {sorted(DETECTORS)}"
         )
-    return DETECTORS[cfg.detector](cfg, background)
+    factory = DETECTORS[cfg.detector]
+    if stain is not None and "stain" in inspect.signature(factory).parameters:
+        return factory(cfg, background, stain=stain)
+    return factory(cfg, background)
 
 
 def _neg_log(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -89,22 +97,38 @@ def merge_close(xy: np.ndarray, scores: np.ndarray, radius: float) -> tuple[np.n
 
 
 class ClassicalDetector:
-    """Scale-normalised Laplacian-of-Gaussian blobs on the darkest-channel optical density.
+    """Scale-normalised Laplacian-of-Gaussian blobs on a map of chromatin.
 
-    Nuclei absorb in every channel while cytoplasm of any stain colour absorbs mainly in one or
-    two, so the per-pixel minimum of the three channel ODs isolates chromatin across stain
-    variation. Blobs are searched over the configured range of nuclear diameters; a peak must
-    clear ``threshold`` (LoG response, in OD units) and ``min_darkness`` (smoothed OD at the
-    centre), and peaks closer than ``merge_um`` are merged.
+    The map is the slide's :class:`StainChoice`: the darkest-channel optical density (nuclei
+    stained with haematoxylin absorb in every channel while cytoplasm of any stain colour
+    absorbs mainly in one or two), or, for Romanowsky-type stains, the concentration of the
+    slide's chromatin stain. Blobs are searched over the configured range of nuclear diameters;
+    a peak must clear ``threshold`` (LoG response, in OD units) and ``min_darkness`` (smoothed
+    map at the centre) and, on the stain map, hold at least ``nuclear_purity`` of the two
+    stains there (red cells load on the other stain); peaks closer than ``merge_um`` merge.
     """
 
-    def __init__(self, cfg: CellsConfig, background: np.ndarray):
+    def __init__(self, cfg: CellsConfig, background: np.ndarray, stain: StainChoice | None = None):
         self.cfg = cfg
         self.background = np.asarray(background, np.float32)
+        self.stain = stain or StainChoice()
+        self._unmix = None
+        if self.stain.mode == "nuclear":
+            vectors = np.asarray(self.stain.vectors, np.float32)
+            self._unmix = np.linalg.pinv(vectors).astype(np.float32)  # (3, n_stains)
+
+    def maps(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The chromatin map and, on the stain map, the chromatin share of the stains."""
+        od = optical_density(rgb, self.background)
+        if self._unmix is None:
+            return min_od_map(od), None
+        conc = (od.reshape(-1, 3) @ self._unmix).reshape(*od.shape[:2], -1)
+        nuc = np.clip(conc[..., self.stain.nuclear], 0, None)
+        total = nuc + np.clip(np.delete(conc, self.stain.nuclear, axis=-1), 0, None).sum(-1)
+        return nuc, nuc / np.maximum(total, 1e-3)
 
     def darkness(self, rgb: np.ndarray) -> np.ndarray:
-        od = optical_density(rgb, self.background)
-        return np.minimum(np.minimum(od[..., 0], od[..., 1]), od[..., 2])
+        return self.maps(rgb)[0]
 
     def __call__(self, rgb: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]:
         cfg = self.cfg
@@ -118,7 +142,7 @@ class ClassicalDetector:
             work = cv2.resize(rgb, size, interpolation=interp)
         else:
             work = rgb
-        dark = self.darkness(work)
+        dark, purity = self.maps(work)
         r_min = cfg.nucleus_min_um / 2 / cfg.detect_mpp
         r_max = cfg.nucleus_max_um / 2 / cfg.detect_mpp
         sigmas = np.geomspace(r_min / np.sqrt(2), r_max / np.sqrt(2), 5)
@@ -128,6 +152,9 @@ class ClassicalDetector:
             return np.zeros((0, 2)), np.zeros((0,), np.float32)
         smooth = cv2.GaussianBlur(dark, (0, 0), sigmaX=max(r_min / 2, 0.5))
         keep = smooth[peaks[:, 0], peaks[:, 1]] >= cfg.min_darkness
+        if purity is not None:
+            share = cv2.GaussianBlur(purity.astype(np.float32), (0, 0), max(r_min / 2, 0.5))
+            keep &= share[peaks[:, 0], peaks[:, 1]] >= cfg.nuclear_purity
         peaks = peaks[keep]
         scores = response[peaks[:, 0], peaks[:, 1]].astype(np.float32)
         xy = peaks[:, ::-1].astype(np.float64)  # (row, col) -> (x, y)
@@ -138,5 +165,7 @@ class ClassicalDetector:
 
 
 @register_detector("classical")
-def _classical(cfg: CellsConfig, background: np.ndarray) -> Detector:
-    return ClassicalDetector(cfg, background)
+def _classical(
+    cfg: CellsConfig, background: np.ndarray, stain: StainChoice | None = None
+) -> Detector:
+    return ClassicalDetector(cfg, background, stain)

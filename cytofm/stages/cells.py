@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from cytofm.cells.detect import make_detector
 from cytofm.cells.extract import iter_tile_cells
+from cytofm.cells.stain import StainChoice, choose_stain
 from cytofm.config import CellsConfig
 from cytofm.errors import InputDataError
 from cytofm.provenance import provenance
@@ -42,6 +43,24 @@ def patch_gallery(images: np.ndarray, out_png: str | Path, columns: int = 12) ->
     return out
 
 
+def stain_sample(slide, boxes: np.ndarray, patch_mpp: float, n_tiles: int = 8,
+                 max_pixels: int = 262_144) -> np.ndarray:  # fmt: skip
+    """Pixels (N, 3) of up to ``n_tiles`` foreground tiles spread over the slide, read at the
+    resolution the detector works at: what the stain choice is made from."""
+    if len(boxes) == 0:
+        return np.zeros((0, 3), np.uint8)
+    f = patch_mpp / slide.mpp
+    picks = np.unique(np.linspace(0, len(boxes) - 1, min(n_tiles, len(boxes))).round().astype(int))
+    pixels = []
+    for x0, y0, x1, y1 in np.asarray(boxes)[picks]:
+        size = (max(int(np.ceil((x1 - x0) / f)), 1), max(int(np.ceil((y1 - y0) / f)), 1))
+        pixels.append(slide.read(x0, y0, size, patch_mpp).reshape(-1, 3))
+    out = np.concatenate(pixels)
+    if len(out) > max_pixels:  # evenly spaced, so the same slide gives the same sample
+        out = out[np.linspace(0, len(out) - 1, max_pixels).astype(np.int64)]
+    return out
+
+
 def run_cells(
     slide_path: str | Path,
     slide_id: str,
@@ -62,12 +81,19 @@ def run_cells(
     params = {"cells": cfg.to_dict(), "slide_id": slide_id}
     with job.run("cells", params) as run:
         t0 = time.perf_counter()
-        detector = make_detector(cfg, background)
         rng = np.random.default_rng([job.seed, 3])
         with (
             open_slide(slide_path, slide_id, mpp, cfg.backend) as slide,
             atomic_group(out_store) as g,
         ):
+            sample = stain_sample(slide, boxes, cfg.patch_mpp)
+            stain = (
+                choose_stain(sample, background, cfg.stain, cfg.min_darkness)
+                if len(sample)
+                else StainChoice(reason="no foreground tiles")
+            )
+            log.info("%s: chromatin map %s: %s", slide_id, stain.mode, stain.reason)
+            detector = make_detector(cfg, background, stain)
             writer = PatchStoreWriter(
                 g,
                 cfg.patch_px,
@@ -122,6 +148,7 @@ def run_cells(
                         slide_sha256=tile_prov.get("slide_sha256"),
                         tiles_config_hash=tile_prov.get("config_hash"),
                         n_cells=n,
+                        stain=stain.to_dict(),
                     ),
                     "slide_id": slide_id,
                     "slide_mpp": slide.mpp,
@@ -129,6 +156,7 @@ def run_cells(
                     "patch_um": cfg.patch_um,
                     "patch_px": cfg.patch_px,
                     "detector": cfg.detector,
+                    "stain": stain.to_dict(),
                     "coords": "level-0 pixel centres (x, y)",
                 }
             )
