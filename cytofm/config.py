@@ -159,15 +159,15 @@ class CellsConfig(_Section):
     threshold: float = 0.12
     min_darkness: float = 0.25
     merge_um: float = 11.0
-    stain: str = "auto"
+    stain: str = "min_od"
     nuclear_purity: float = 0.5
     chunk: int = 256
     backend: str = "auto"
 
     def __post_init__(self) -> None:
         s = "cells"
-        if self.stain not in ("auto", "min_od", "nuclear"):
-            raise ConfigError(f"{s}.stain must be auto, min_od or nuclear, got {self.stain!r}")
+        if self.stain not in ("min_od", "nuclear"):
+            raise ConfigError(f"{s}.stain must be min_od or nuclear, got {self.stain!r}")
         if not 0 <= self.nuclear_purity <= 1:
             raise ConfigError(f"{s}.nuclear_purity must be in [0, 1], got {self.nuclear_purity!r}")
         _positive(

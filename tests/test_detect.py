@@ -86,3 +86,124 @@ def test_detector_registry():
 
     det = make_detector(CellsConfig(detector="constant-test"), np.array([255, 255, 255]))
     assert det(np.zeros((10, 10, 3), np.uint8), 1.0)[0].tolist() == [[5.0, 5.0]]
+
+
+# -- the stains of cytology -------------------------------------------------------------------
+
+GLASS = np.array([235.0, 232.0, 236.0])
+
+
+def _field(blobs, size=(240, 320), seed=0):
+    """An RGB field at 0.25 um/px from (centre x, y um, diameter um, OD in R, G, B) discs,
+    Beer-Lambert over glass, lightly blurred, with sensor noise."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[:h, :w] * 0.25
+    od = np.zeros((h, w, 3), np.float32)
+    for x, y, d, v in blobs:
+        disc = ((xx - x) ** 2 + (yy - y) ** 2) <= (d / 2) ** 2
+        od[disc] += np.asarray(v, np.float32)
+    od = cv2.GaussianBlur(od, (0, 0), 1.0)
+    rgb = GLASS * np.exp(-od) + rng.normal(0, 1.5, od.shape)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+ROMANOWSKY = dict(
+    nucleus=(0.31, 0.45, 0.08),  # blue-purple chromatin: absorbs red and green, not blue
+    platelet=(0.26, 0.27, 0.07),
+    red_cell=(0.11, 0.21, 0.19),  # pink: absorbs green and blue
+)
+
+
+def _blood_field(seed=0):
+    rng = np.random.default_rng(seed)
+    blobs = [(40.0, 30.0, 10.0, ROMANOWSKY["nucleus"])]  # one white cell
+    red = []
+    while len(red) < 8:  # red cells that do not cover the white cell
+        x, y = rng.uniform(6, 74), rng.uniform(6, 54)
+        if np.hypot(x - 40, y - 30) > 12 and all(np.hypot(x - a, y - b) > 8 for a, b in red):
+            red.append((x, y))
+    blobs += [(x, y, 7.5, ROMANOWSKY["red_cell"]) for x, y in red]
+    return _field(blobs, seed=seed), red
+
+
+def _nuclear_choice(rgb):
+    from cytofm.cells.stain import choose_stain
+
+    return choose_stain(rgb.reshape(-1, 3), "nuclear")
+
+
+def test_romanowsky_white_cell_is_found_on_its_chromatin_stain_not_on_min_od():
+    from cytofm.wsi.mask import estimate_background
+
+    rgb, red = _blood_field()
+    cfg = CellsConfig()
+    bg = estimate_background(rgb)
+    xy_min, _ = ClassicalDetector(cfg, bg)(rgb, 0.25)
+    assert not any(np.hypot(*(p * 0.25 - [40, 30])) < 5 for p in xy_min)  # the old failure
+    stain = _nuclear_choice(rgb)
+    assert stain.mode == "nuclear"
+    chromatin = np.asarray(stain.vectors[stain.nuclear])
+    assert chromatin[2] < chromatin[0] and chromatin[2] < chromatin[1]  # transmits blue
+    xy, _ = ClassicalDetector(cfg, bg, stain)(rgb, 0.25)
+    um = xy * 0.25
+    assert sum(np.hypot(*(p - [40, 30])) < 5 for p in um) == 1  # the white cell, once
+    on_red = sum(any(np.hypot(*(p - r)) < 3.75 for r in red) for p in um)
+    assert on_red == 0
+
+
+def test_he_nuclei_are_found_on_min_od():
+    from cytofm.wsi.mask import estimate_background
+
+    rng = np.random.default_rng(3)
+    nuclei = [(x, y) for x, y in zip(rng.uniform(8, 72, 6), rng.uniform(8, 52, 6), strict=True)]
+    blobs = [(40, 30, 60, (0.02, 0.30, 0.05))]  # eosin-stained stroma behind them
+    blobs += [(x, y, 7.0, (0.52, 0.56, 0.23)) for x, y in nuclei]  # haematoxylin
+    rgb = _field(blobs, seed=3)
+    xy, _ = ClassicalDetector(CellsConfig(), estimate_background(rgb))(rgb, 0.25)
+    um = xy * 0.25
+    found = sum(any(np.hypot(*(p - n)) < 4 for p in um) for n in nuclei)
+    assert found >= len(nuclei) - 1  # touching nuclei may merge
+    assert len(um) <= len(nuclei)
+
+
+def test_sheet_stain_names_map_to_a_chromatin_map():
+    from cytofm.cells.stain import stain_mode
+
+    assert stain_mode("", "min_od") == "min_od"
+    assert stain_mode("Giemsa", "min_od") == "nuclear"
+    assert stain_mode("MGG", "min_od") == "nuclear"
+    assert stain_mode("Papanicolaou", "nuclear") == "min_od"
+    with pytest.raises(ValueError, match="not known; use one of"):
+        stain_mode("trichrome", "min_od")
+
+
+@pytest.mark.parametrize("field", ["BloodImage_00000", "BloodImage_00100"])
+def test_white_cell_found_on_real_blood_fields(field, tmp_path):
+    """Real Giemsa/Wright-stained BCCD fields: with the stain in the sheet, the cells stage
+    finds a cell inside every white-cell box (the darkest-channel map found none)."""
+    import pandas as pd
+
+    from cytofm.config import TilingConfig
+    from cytofm.stages.cells import run_cells
+    from cytofm.stages.tile import run_tile
+    from cytofm.store import open_store
+    from tests.conftest import shared
+
+    root = shared("bccd_blood_dev")
+    image = root / "images" / f"{field}.jpg"
+    run_tile(image, field, 0.07, TilingConfig(), tmp_path / "t.zarr", tmp_path / "t.png")
+    run_cells(image, field, 0.07, tmp_path / "t.zarr", CellsConfig(), tmp_path / "c.zarr",
+              tmp_path / "c.png", sheet_stain="wright-giemsa")  # fmt: skip
+    store = open_store(tmp_path / "c.zarr")
+    xy = store["coords"][:]
+    assert store.attrs["stain"]["mode"] == "nuclear"
+    boxes = pd.read_csv(root / "boxes.csv")
+    wbc = boxes[(boxes.image == f"{field}.jpg") & (boxes.label == "WBC")]
+    assert len(wbc) >= 1
+    for b in wbc.itertuples():
+        inside = (xy[:, 0] >= b.xmin) & (xy[:, 0] <= b.xmax)
+        inside &= (xy[:, 1] >= b.ymin) & (xy[:, 1] <= b.ymax)
+        assert inside.any(), (field, b)

@@ -7,9 +7,9 @@ colour chromatin blue-purple, which transmits blue: on them the minimum stays ne
 the slide's own stain vectors are estimated (Macenko, by tiatoolbox) and nuclei are found on the
 concentration of the chromatin stain, the vector that absorbs red and green but little blue.
 
-``cells.stain``: ``auto`` keeps min-OD wherever it shows chromatin (its 99th percentile over the
-slide's sample reaches ``cells.min_darkness``) and otherwise estimates the vectors; ``min_od``
-and ``nuclear`` force one map. The choice, the vectors and the reason go into provenance.
+The stain is what the laboratory used, so it is stated, not guessed: ``cells.stain``
+(``min_od`` or ``nuclear``) for every slide, or the sample sheet's ``stain`` column per slide
+(see :func:`stain_mode`). The choice, the vectors and the reason go into provenance.
 """
 
 from __future__ import annotations
@@ -20,14 +20,43 @@ from typing import Any
 
 import numpy as np
 
-from cytofm.wsi.mask import optical_density
-
-__all__ = ["StainChoice", "choose_stain", "estimate_stain_vectors", "nuclear_row"]
+__all__ = [
+    "SHEET_STAINS",
+    "StainChoice",
+    "choose_stain",
+    "estimate_stain_vectors",
+    "nuclear_row",
+    "stain_mode",
+]
 
 log = logging.getLogger(__name__)
 
-STAINS = ("auto", "min_od", "nuclear")
-MAX_NUCLEAR_BLUE = 0.25  # a chromatin stain that absorbs more blue than this is haematoxylin-like
+STAINS = ("min_od", "nuclear")
+# the sample sheet's `stain` column: stain names -> chromatin map
+SHEET_STAINS = {
+    **dict.fromkeys(
+        ("papanicolaou", "pap", "h&e", "he", "hematoxylin", "haematoxylin", "min_od"), "min_od"
+    ),
+    **dict.fromkeys(
+        ("romanowsky", "giemsa", "wright", "wright-giemsa", "may-grunwald", "may-grunwald-giemsa",
+         "mgg", "diff-quik", "leishman", "nuclear"),
+        "nuclear",
+    ),
+}  # fmt: skip
+
+
+def stain_mode(sheet_value: str | None, default: str) -> str:
+    """The chromatin map for a slide: its sheet ``stain`` (case-insensitive), else ``default``
+    (``cells.stain``). Raises ValueError for a stain name it does not know."""
+    value = (sheet_value or "").strip().lower()
+    if not value:
+        return default
+    if value not in SHEET_STAINS:
+        raise ValueError(
+            f"stain {sheet_value!r} is not known; use one of {sorted(SHEET_STAINS)} (or leave it "
+            "empty for cells.stain)"
+        )
+    return SHEET_STAINS[value]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +68,6 @@ class StainChoice:
     reason: str = "cells.stain: min_od"
     vectors: tuple[tuple[float, float, float], ...] | None = None
     nuclear: int | None = None
-    min_od_p99: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -66,47 +94,27 @@ def nuclear_row(vectors: np.ndarray) -> int:
     return int(np.argmax((v[:, 0] + v[:, 1]) / 2 - v[:, 2]))
 
 
-def choose_stain(
-    sample: np.ndarray, background: np.ndarray, setting: str, min_darkness: float
-) -> StainChoice:
-    """The map for a slide from a sample of its stained regions (uint8 RGB, any shape with
-    channels last)."""
+def choose_stain(sample: np.ndarray | None, setting: str, why: str = "") -> StainChoice:
+    """The map for a slide: ``min_od``, or ``nuclear`` with the chromatin stain's vector
+    estimated from a sample of its stained regions (uint8 RGB, channels last)."""
     if setting not in STAINS:
         raise ValueError(f"cells.stain must be one of {STAINS}, got {setting!r}")
+    why = why or f"cells.stain: {setting}"
     if setting == "min_od":
-        return StainChoice()
-    rgb = np.asarray(sample, np.uint8).reshape(-1, 1, 3)
-    p99 = float(np.percentile(min_od_map(optical_density(rgb, background)), 99))
-    if setting == "auto" and p99 >= min_darkness:
-        return StainChoice(
-            reason=f"chromatin absorbs in every channel (99th percentile of the darkest-channel "
-            f"OD {p99:.2f} >= cells.min_darkness {min_darkness:g})",
-            min_od_p99=p99,
-        )
+        return StainChoice(reason=why)
+    if sample is None:
+        raise ValueError("the nuclear map needs a sample of the slide to estimate stains from")
+    rgb = np.asarray(sample, np.uint8).reshape(-1, 3)
     side = int(np.sqrt(len(rgb)))
     try:
         vectors = estimate_stain_vectors(rgb[: side * side].reshape(side, side, 3))
     except (ValueError, np.linalg.LinAlgError) as e:  # blank sample: nothing to estimate from
-        return StainChoice(reason=f"stain vectors could not be estimated ({e})", min_od_p99=p99)
+        return StainChoice(reason=f"{why}, but no stain vectors could be estimated ({e})")
     row = nuclear_row(vectors)
-    as_tuple = tuple(tuple(float(x) for x in r) for r in vectors)
-    if setting == "auto" and vectors[row, 2] >= MAX_NUCLEAR_BLUE:
-        return StainChoice(
-            reason=f"the darkest-channel OD is faint ({p99:.2f}) but no stain transmits blue "
-            f"(chromatin-like vector {np.round(vectors[row], 2).tolist()}): kept min-OD",
-            vectors=as_tuple,
-            nuclear=row,
-            min_od_p99=p99,
-        )
+    log.info("stain vectors (OD R, G, B) %s; chromatin: row %d", np.round(vectors, 3).tolist(), row)
     return StainChoice(
         mode="nuclear",
-        reason=(
-            "cells.stain: nuclear"
-            if setting == "nuclear"
-            else f"the darkest-channel OD is faint ({p99:.2f} < cells.min_darkness "
-            f"{min_darkness:g}) and the chromatin stain transmits blue (Romanowsky-like)"
-        ),
-        vectors=as_tuple,
+        reason=why,
+        vectors=tuple(tuple(float(x) for x in r) for r in vectors),
         nuclear=row,
-        min_od_p99=p99,
     )

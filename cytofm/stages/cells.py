@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from cytofm.cells.detect import make_detector
 from cytofm.cells.extract import iter_tile_cells
-from cytofm.cells.stain import StainChoice, choose_stain
+from cytofm.cells.stain import StainChoice, choose_stain, stain_mode
 from cytofm.config import CellsConfig
 from cytofm.errors import InputDataError
 from cytofm.provenance import provenance
@@ -71,8 +71,10 @@ def run_cells(
     out_gallery: str | Path,
     job: JobContext | None = None,
     gallery_size: int = 48,
+    sheet_stain: str | None = None,
 ) -> dict:
-    """Extract cells of one slide into ``out_store`` (zarr) and a patch gallery PNG."""
+    """Extract cells of one slide into ``out_store`` (zarr) and a patch gallery PNG;
+    ``sheet_stain`` is the slide's ``stain`` in the sample sheet (else ``cfg.stain``)."""
     job = job or JobContext()
     tiles = open_store(tiles_store)
     boxes = tiles["boxes"][:]
@@ -86,11 +88,16 @@ def run_cells(
             open_slide(slide_path, slide_id, mpp, cfg.backend) as slide,
             atomic_group(out_store) as g,
         ):
-            sample = stain_sample(slide, boxes, cfg.patch_mpp)
+            try:
+                mode = stain_mode(sheet_stain, cfg.stain)
+            except ValueError as e:
+                raise InputDataError(f"slide '{slide_id}': {e}") from None
+            why = f"sample sheet stain {sheet_stain!r}" if sheet_stain else f"cells.stain: {mode}"
+            sample = stain_sample(slide, boxes, cfg.patch_mpp) if mode == "nuclear" else None
             stain = (
-                choose_stain(sample, background, cfg.stain, cfg.min_darkness)
-                if len(sample)
-                else StainChoice(reason="no foreground tiles")
+                choose_stain(sample, mode, why)
+                if sample is None or len(sample)
+                else StainChoice(reason=f"{why}; no foreground tiles to estimate stains from")
             )
             log.info("%s: chromatin map %s: %s", slide_id, stain.mode, stain.reason)
             detector = make_detector(cfg, background, stain)

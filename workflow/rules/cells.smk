@@ -24,6 +24,7 @@ rule cells:
     params:
         path=slide_file,
         mpp=slide_mpp,
+        stain=slide_stain,
         cells=CELLS.to_dict(),
     script:
         "../scripts/cells.py"

@@ -26,6 +26,7 @@ from cytofm.eval.backbones import BackboneSpec
 from cytofm.inductive import exposure, leak_message, slide_leaks
 from cytofm.labels import check_labels
 from cytofm.provenance import INVOCATION_ENV, new_invocation_id
+from cytofm.cells.stain import stain_mode
 from cytofm.sheet import is_remote, load_sheet
 from cytofm.synthetic.demo import make_demo_sheet
 
@@ -474,6 +475,19 @@ wildcard_constraints:
     source="|".join(re.escape(s) for s in [*SLIDE_IDS, *DATASETS]) or "(?!)",
 
 
+if "stain" in SLIDES.columns:  # a stain name the detector does not know fails before any job
+    _bad = {}
+    for _sid, _value in SLIDES["stain"].items():
+        try:
+            stain_mode(None if pd.isna(_value) else str(_value), CELLS.stain)
+        except ValueError as e:
+            _bad[_sid] = str(e)
+    if _bad:
+        raise InputDataError(
+            f"{config['samples']}: column 'stain' of slide(s) {sorted(_bad)[:10]}: "
+            + next(iter(_bad.values()))
+        )
+
 # Slides of the sheet whose file is missing: their tile job fails with the path and the fix,
 # and with --keep-going (the default profile's setting) every other slide is still processed.
 MISSING_SLIDES = [
@@ -518,6 +532,14 @@ def slide_path(wildcards):
     if wildcards.slide in MISSING_SLIDES:
         return []
     return _remote(path) if is_remote(path) else path
+
+
+def slide_stain(wildcards):
+    """The sheet's stain of the slide ("" = cells.stain); checked when the sheet is read."""
+    if "stain" not in SLIDES.columns:
+        return ""
+    value = SLIDES.loc[wildcards.slide, "stain"]
+    return "" if pd.isna(value) else str(value)
 
 
 def slide_mpp(wildcards):

@@ -21,4 +21,5 @@ run_cells(
     out_store=sm.output.store,
     out_gallery=sm.output.gallery,
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
+    sheet_stain=sm.params.stain,
 )
