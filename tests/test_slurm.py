@@ -45,9 +45,10 @@ def cluster(tmp_path_factory):
     subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, timeout=300)
 
 
-def _my_config(tmp_path, mlflow_server, *overlays: dict) -> Path:
-    """The user's config file: the tiny test config, the SLURM overlay (2 CPUs, no GPUs) and
-    the results folder and tracking server, merged as Snakemake merges config files."""
+def _my_config(tmp_path, mlflow_server, *overlays: dict, name="my_config.yaml") -> Path:
+    """The user's config file: the tiny test config, the SLURM overlay (2 CPUs, no GPUs, a
+    short evaluation) and the results folder and tracking server, merged as Snakemake merges
+    config files."""
     from snakemake.utils import update_config
 
     config = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
@@ -57,7 +58,7 @@ def _my_config(tmp_path, mlflow_server, *overlays: dict) -> Path:
         *overlays,
     ):
         update_config(config, over)
-    path = tmp_path / "my_config.yaml"
+    path = tmp_path / name
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -79,13 +80,22 @@ def _readme_command(config: Path) -> list[str]:
     return [exe, *(swap.get(w, w) for w in words[1:])]
 
 
-def test_tiny_workflow_runs_as_slurm_jobs(cluster, tmp_path, mlflow_server):
-    results = tmp_path / "results"
+@pytest.fixture(scope="module")
+def slurm_run(cluster, tmp_path_factory, mlflow_server):
+    """README's SLURM command on the tiny workflow, once for the module's tests."""
+    tmp_path = tmp_path_factory.mktemp("slurm-run")
     cmd = _readme_command(_my_config(tmp_path, mlflow_server))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.pop("CYTOFM_INVOCATION_ID", None)
     started = time.time()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=2400, env=env)
+    return {"tmp": tmp_path, "cmd": cmd, "proc": proc, "started": started, "env": env}
+
+
+def test_tiny_workflow_runs_as_slurm_jobs(slurm_run, mlflow_server):
+    tmp_path, cmd, proc = slurm_run["tmp"], slurm_run["cmd"], slurm_run["proc"]
+    started = slurm_run["started"]
+    results = tmp_path / "results"
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     assert "--workflow-profile" not in " ".join(cmd)
@@ -149,45 +159,41 @@ def test_tiny_workflow_runs_as_slurm_jobs(cluster, tmp_path, mlflow_server):
     assert len(res["slides"]) == 4
 
 
-def test_a_job_asking_for_gpus_is_submitted_with_them(cluster, tmp_path, mlflow_server):
-    """`resources: {gpu: true, pretrain: {gpus: 4}}` under README's command: SLURM is asked for
-    4 GPUs for the pretraining job (profiles/default, loaded as the workflow profile, must not
-    cap it). This cluster has no GPUs, so the request is read back from SLURM, or from its
-    refusal, and the job is cancelled."""
-    config = _my_config(
-        tmp_path, mlflow_server, {"resources": {"gpu": True, "pretrain": {"gpus": 4}}}
-    )
-    cmd = _readme_command(config)
-    results = tmp_path / "results"
-    # only the pretraining job: the slides it reads are made by the earlier, GPU-free jobs
-    target = str(results / "pretrain" / "cytofm_vit_demo" / "backbone")
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    log = tmp_path / "snakemake.log"
+def test_a_job_asking_for_gpus_is_submitted_with_them(slurm_run, mlflow_server):
+    """`resources: {gpu: true, pretrain: {gpus: 4}}` and README's command, rerunning the
+    pretraining of the finished run: SLURM is asked for 4 GPUs for that job (profiles/default,
+    loaded as the workflow profile, must not cap it). This cluster has no GPUs, so the request
+    is read back from SLURM (`scontrol show job`), or from its refusal, and the job cancelled."""
+    assert slurm_run["proc"].returncode == 0, "the SLURM run failed (see the test above)"
+    tmp_path = slurm_run["tmp"]
+    gpus = {"resources": {"gpu": True, "pretrain": {"gpus": 4}}}
+    config = _my_config(tmp_path, mlflow_server, gpus, name="my_gpu_config.yaml")
+    exe, *options = _readme_command(config)
+    target = str(tmp_path / "results" / "pretrain" / "cytofm_vit_demo" / "backbone")
+    log = tmp_path / "gpu_run.log"
     with log.open("w") as fh:
         proc = subprocess.Popen(
-            [*cmd, target], cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env, text=True
-        )
+            [exe, target, "--forcerun", "pretrain", *options],
+            cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=slurm_run["env"], text=True,
+        )  # fmt: skip
     request = None
-    deadline = time.time() + 900
+    deadline = time.time() + 600
     try:
         while time.time() < deadline and proc.poll() is None and request is None:
             time.sleep(3)
-            jobs = subprocess.run(
-                ["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, timeout=30
-            ).stdout.split("\n")
-            for line in jobs:
-                parts = line.split()
-                if len(parts) == 2:
-                    show = subprocess.run(
-                        ["scontrol", "show", "job", parts[0]],
-                        capture_output=True, text=True, timeout=30,
-                    ).stdout  # fmt: skip
-                    if "rule_pretrain" in show or "pretrain" in parts[1]:
-                        request = show
-            if request is None and "rule_pretrain" in log.read_text():
-                text = log.read_text()
-                if "gres" in text.lower() or "gpus" in text.lower():
-                    request = text  # SLURM refused the submission: its reason names the request
+            queued = subprocess.run(
+                ["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30
+            ).stdout.split()
+            for job in queued:
+                show = subprocess.run(
+                    ["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30
+                ).stdout
+                if "rule_pretrain" in show or "pretrain" in show:
+                    request = show
+        if request is None:  # SLURM refused the submission: its reason names the request
+            text = log.read_text()
+            if "sbatch" in text and "gpu" in text.lower():
+                request = text
     finally:
         proc.terminate()
         try:
@@ -196,4 +202,4 @@ def test_a_job_asking_for_gpus_is_submitted_with_them(cluster, tmp_path, mlflow_
             proc.kill()
         subprocess.run(["scancel", "--user", os.environ.get("USER", "root")], timeout=60)
     assert request is not None, log.read_text()[-4000:]
-    assert re.search(r"gpu[:=]4\b|--gpus[= ]4\b", request), request[-3000:]
+    assert re.search(r"gpu[:=/]4\b|gpus[= ]4\b|gpu:4\b", request), request[-3000:]
