@@ -29,9 +29,10 @@ def gpu_request(setting: bool | str, *, local: bool, gpus_here: int | None = Non
     """GPUs a GPU rule's job asks for (0 or 1) under ``resources.gpu``.
 
     ``true``/``false`` are taken as given. ``auto`` asks for a GPU when jobs go to a cluster
-    (its nodes have the GPUs, the submitting host need not) or when this machine has one; on a
-    CPU-only machine running jobs locally it asks for none, so those jobs are not queued one
-    at a time behind a GPU that does not exist.
+    (its nodes have the GPUs, the submitting host need not; ``local`` is false when Snakemake
+    runs with ``--jobs``, as profiles/slurm does) or when this machine has one; on a CPU-only
+    machine running jobs locally (``--cores``) it asks for none, so those jobs are not queued
+    one at a time behind a GPU that does not exist.
     """
     if setting is True or setting is False:
         return int(setting)

@@ -176,6 +176,18 @@ def test_pretraining_job_asks_for_its_gpus(extra, expected, tmp_path):
     assert re.search(rf"\b{expected}\b", resources) and "tasks_per_gpu=0" in resources
 
 
+def test_cluster_submission_asks_for_the_gpus_from_a_host_without_any(tmp_path):
+    """With `--jobs` (how profiles/slurm runs) the jobs go to a cluster: `gpu: auto` asks for
+    the configured GPUs even where the submitting host has none, and nothing caps them."""
+    cfg = tmp_path / "gpus.yaml"
+    cfg.write_text("resources:\n  pretrain: {gpus: 4}\n")
+    proc = snakemake(
+        "-n", "--jobs", "4", "--configfile", str(TINY), str(cfg), "--config", f"results={tmp_path}"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"\bgpu=4\b", _pretrain_resources(proc.stdout))
+
+
 def test_cpu_only_machine_runs_gpu_rules_side_by_side(tmp_path):
     """`resources.gpu: auto` (the default) on a machine without an NVIDIA device asks for no
     GPU, and embed jobs take one thread each, so two run at once on two cores."""

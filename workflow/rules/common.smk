@@ -74,11 +74,14 @@ if _unknown:
 # GPU rules (pretrain, embed, LoRA evaluation) ask for one GPU with the 'gpu' resource: locally
 # the profile lets one run at a time; on SLURM the plugin requests a GPU for the job. `auto`:
 # a GPU on a cluster or where this machine has one, none on a CPU-only machine run locally.
-GPU = gpu_request(_RESOURCES.get("gpu", "auto"), local=workflow.local_exec)
+# The executor is not known while the Snakefile is read; `--jobs` (profiles/slurm sets it) is:
+# jobs go to a cluster, whose nodes have the GPUs. Locally one runs with `--cores`.
+_LOCAL = workflow.resource_settings.nodes is None
+GPU = gpu_request(_RESOURCES.get("gpu", "auto"), local=_LOCAL)
 # The local GPU limit is set here, not in a profile: a workflow profile is also loaded under
 # `--profile profiles/slurm`, where a limit would cap what each job asks the cluster for.
 # Locally the machine's GPUs are the limit (GPU jobs queue for them); `--resources gpu=N` wins.
-if workflow.local_exec and GPU and "gpu" not in workflow.global_resources:
+if _LOCAL and GPU and "gpu" not in workflow.global_resources:
     workflow.register_resource("gpu", max(visible_gpus(), 1))
 # Jobs that feed a GPU get threads for data loading; on CPU, one thread per job lets small
 # jobs (dominated by start-up) run side by side instead of one at a time.
