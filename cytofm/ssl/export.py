@@ -33,6 +33,10 @@ def export_backbone(
     patch_um: float | None,
     provenance: dict[str, Any] | None = None,
 ) -> Path:
+    from cytofm.ssl.model import resolve_arch
+
+    # written as timm names it (a cytofm preset resolved), so timm alone can load the folder
+    arch, model_args = resolve_arch(arch, model_args)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in vit.state_dict().items()}

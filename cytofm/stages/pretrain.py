@@ -48,7 +48,6 @@ def run_pretrain(
         return _launch_torchrun(cfg, stores, out_dir, knn_store, job, nproc, held_out)
     from cytofm.ssl.data import PatchSource
     from cytofm.ssl.export import export_backbone
-    from cytofm.ssl.model import resolve_arch
     from cytofm.ssl.monitor import KnnSet
     from cytofm.ssl.train import Trainer
 
@@ -87,12 +86,11 @@ def run_pretrain(
             resumed_from_step=resumed_from,
             inductive=inductive,
         )
-        timm_arch, timm_args = resolve_arch(cfg.arch, cfg.model_args)
-        export_backbone(  # written as timm names it, so timm alone can load the folder
+        export_backbone(
             trainer.teacher.backbone.vit,
             out / "backbone",
-            arch=timm_arch,
-            model_args=timm_args,
+            arch=cfg.arch,
+            model_args=dict(cfg.model_args),
             img_size=cfg.global_size,
             patch_size=cfg.patch_size,
             mean=trainer.mean,
