@@ -478,7 +478,9 @@ wildcard_constraints:
     source="|".join(re.escape(s) for s in [*SLIDE_IDS, *DATASETS]) or "(?!)",
 
 
-if "stain" in SLIDES.columns:  # a stain name the detector does not know fails before any job
+if (
+    "stain" in SLIDES.columns
+):  # a stain name the detector does not know fails before any job
     _bad = {}
     for _sid, _value in SLIDES["stain"].items():
         try:
