@@ -59,7 +59,7 @@ def _child(name: str, steps: int, warmup: int, batch: int | None, workers: int) 
     raw = _config(name)
     if batch:
         raw["batch_size"] = batch
-    raw["steps"] = steps + warmup
+    raw["steps"] = 2 * steps + warmup  # the in-process timing, then the DataLoader one
     raw["checkpoint_every"] = 10**9
     raw["log_every"] = 1
     cfg = from_mapping(PretrainConfig, raw, "pretrain")
