@@ -175,21 +175,30 @@ def ddp_child(args_path: str) -> None:
         Path(a["out"]).write_text(json.dumps(out))
 
 
-def embedding(arch: str, n: int, batch: int, device, smoke: bool, workdir: Path) -> dict:
-    """Forward throughput of a ViT in bf16 and the stage's share of time writing zarr."""
+def vit(arch: str, smoke: bool):
+    """A randomly initialised timm ViT (no download) and its preprocessing; tiny with --smoke."""
     import timm
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from cytofm.eval.backbones import LoadedBackbone
-    from cytofm.eval.features import embed_array
-    from cytofm.store import atomic_group
 
     kwargs = {"embed_dim": 64, "depth": 2, "num_heads": 2, "img_size": 64} if smoke else {}
     size = 64 if smoke else 224
     torch.manual_seed(0)
     model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
-    bb = LoadedBackbone(model, size, (0.5,) * 3, (0.25,) * 3, {"name": arch})
+    return LoadedBackbone(model, size, (0.5,) * 3, (0.25,) * 3, {"name": arch}), size
+
+
+def embedding(arch: str, n: int, batch: int, device, smoke: bool, workdir: Path) -> dict:
+    """Forward throughput of a ViT in bf16 and the stage's share of time writing zarr."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cytofm.eval.features import embed_array
+    from cytofm.store import atomic_group
+
+    bb, size = vit(arch, smoke)
+    model = bb.model
     images = np.random.default_rng(0).integers(0, 255, (n, size, size, 3), dtype=np.uint8)
     model.to(device).eval()
     x = torch.randn(batch, 3, size, size, device=device)
@@ -219,17 +228,10 @@ def embedding(arch: str, n: int, batch: int, device, smoke: bool, workdir: Path)
 
 
 def bf16_agreement(device, smoke: bool) -> dict:
-    import timm
-    import torch
 
-    from cytofm.eval.backbones import LoadedBackbone
     from cytofm.eval.features import embed_array
 
-    kwargs = {"embed_dim": 64, "depth": 2, "num_heads": 2, "img_size": 64} if smoke else {}
-    size = 64 if smoke else 224
-    torch.manual_seed(0)
-    model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0, **kwargs)
-    bb = LoadedBackbone(model, size, (0.5,) * 3, (0.25,) * 3, {"name": "vits16"})
+    bb, size = vit("vit_small_patch16_224", smoke)
     images = np.random.default_rng(1).integers(0, 255, (256, size, size, 3), dtype=np.uint8)
     a = embed_array(bb, images, batch_size=128, device=device, precision="fp32")
     b = embed_array(bb, images, batch_size=128, device=device, precision="bf16")
@@ -243,13 +245,10 @@ def bf16_agreement(device, smoke: bool) -> dict:
 
 
 def lora_speed(device, smoke: bool) -> dict:
-    import timm
     import torch
 
-    from cytofm.eval.backbones import LoadedBackbone
     from cytofm.eval.lora import LoraSettings, train_lora
 
-    kwargs = {"embed_dim": 64, "depth": 2, "num_heads": 2, "img_size": 64} if smoke else {}
     size = 64 if smoke else 224
     rng = np.random.default_rng(2)
     images = rng.integers(0, 255, (256, size, size, 3), dtype=np.uint8)
@@ -258,10 +257,7 @@ def lora_speed(device, smoke: bool) -> dict:
     # the first run pays one-off costs (peft, kernels); then two lengths, whose difference is
     # the per-step time
     for steps in (2, 5, 45) if smoke else (5, 10, 60):
-        torch.manual_seed(0)
-        model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0,
-                                  **kwargs)  # fmt: skip
-        bb = LoadedBackbone(model, size, (0.5,) * 3, (0.25,) * 3, {"name": "vits16"})
+        bb, _ = vit("vit_small_patch16_224", smoke)
         t0 = time.perf_counter()
         train_lora(bb, images, labels, 4, LoraSettings(), 1e-3, 0, steps=steps, device=device)
         if device.type == "cuda":
