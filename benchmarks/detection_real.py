@@ -68,7 +68,6 @@ def detect_field(
     """Level-0 centres of the cells the pipeline finds on one image, and the cell store's
     stain choice (zero cells when it finds none)."""
     from cytofm.config import CellsConfig, TilingConfig, from_mapping
-    from cytofm.errors import InputDataError
     from cytofm.stages.cells import run_cells
     from cytofm.stages.tile import run_tile
     from cytofm.store import open_store
@@ -77,13 +76,8 @@ def detect_field(
     cells = from_mapping(CellsConfig, config["cells"], "cells")
     sid = path.stem
     run_tile(path, sid, mpp, tiling, work / f"{sid}.tiles.zarr", work / f"{sid}.png")
-    try:
-        run_cells(path, sid, mpp, work / f"{sid}.tiles.zarr", cells, work / f"{sid}.cells.zarr",
-                  work / f"{sid}.cells.png", sheet_stain=sheet_stain)  # fmt: skip
-    except InputDataError as e:
-        if "no nuclei found" not in str(e):
-            raise
-        return np.zeros((0, 2)), {"mode": "none found"}
+    run_cells(path, sid, mpp, work / f"{sid}.tiles.zarr", cells, work / f"{sid}.cells.zarr",
+              work / f"{sid}.cells.png", sheet_stain=sheet_stain)  # fmt: skip
     store = open_store(work / f"{sid}.cells.zarr")
     return store["coords"][:].astype(float), dict(store.attrs["stain"])
 

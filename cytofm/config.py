@@ -153,6 +153,9 @@ class CellsConfig(_Section):
     patch_um: float = 48.0
     patch_px: int = 64
     detector: str = "classical"
+    model: str = ""
+    weights: str = ""
+    device: str = "auto"
     detect_mpp: float = 1.0
     nucleus_min_um: float = 4.0
     nucleus_max_um: float = 14.0

@@ -16,7 +16,7 @@ from cytofm.eval.predictions import load_predictions
 from cytofm.ssl.export import export_backbone
 from cytofm.stages.embed import run_embed
 from cytofm.stages.evaluate import run_evaluate
-from cytofm.store import PatchStoreWriter, atomic_group, open_store
+from cytofm.store import PatchStoreWriter, atomic_group, open_store, write_strings
 
 N_PER_CLASS = 30
 CLASSES = ["dark", "mid", "light"]
@@ -305,3 +305,16 @@ def test_store_without_images_is_a_clear_error(setup, tmp_path):
     with pytest.raises(ValueError, match="save_images"):
         run_embed(setup["spec"], tiles, tmp_path / "f.zarr", pretrained_dir=setup["bb_dir"])
     assert not (tmp_path / "f.zarr").exists()
+
+
+def test_a_store_without_cells_gets_an_empty_feature_store(setup, tmp_path):
+    """A slide where no cell was found still gets its (empty) features, so its MIL bag and the
+    report can list it rather than the run stopping."""
+    cells = tmp_path / "cells.zarr"
+    with atomic_group(cells) as g:
+        PatchStoreWriter(g, 32, 8, {"coords": (np.int64, (2,))}).close()
+        write_strings(g, "ids", [])
+    run_embed(setup["spec"], cells, tmp_path / "f.zarr", pretrained_dir=setup["bb_dir"])
+    f = open_store(tmp_path / "f.zarr")
+    assert f["features"].shape[0] == 0 and f["features"].shape[1] > 0
+    assert f["rows"].shape == (0,) and f["ids"].shape == (0,)

@@ -265,3 +265,35 @@ def test_attention_truth_scores_match_cells_and_rank():
     assert s["auroc"] == 0.0 and s["top_k_positive_rate"] == 0.0
     with pytest.raises(InputDataError, match="lacks column"):
         attention_truth_scores(np.ones(4), coords, truth.drop(columns="class"), ["a"], 5.0, 1)
+
+
+def test_a_slide_without_cells_is_left_out_and_listed(tmp_path):
+    """A slide where no cell was found has an empty bag: the cohort proceeds without it, and
+    the result names it and why."""
+    import dataclasses
+    import json
+
+    from cytofm.config import SlideTaskConfig
+    from cytofm.stages.mil import run_mil
+    from cytofm.store import PatchStoreWriter, atomic_group
+
+    cohort = _toy_cohort(tmp_path, n_slides=8, n_cells=12)
+    with atomic_group(tmp_path / "f" / "empty.zarr") as g:
+        g.create_array("features", shape=(0, 8), dtype="float16")
+        g.create_array("rows", shape=(0,), dtype="int64")
+    with atomic_group(tmp_path / "c" / "empty.zarr") as g:
+        PatchStoreWriter(g, 8, 64, {"coords": (np.int64, (2,))}).close()
+    cohort.append(
+        {"slide_id": "empty", "label": 1, "group": "p_empty",
+         "features": tmp_path / "f" / "empty.zarr", "instances": tmp_path / "c" / "empty.zarr"}
+    )  # fmt: skip
+    cfg = dataclasses.replace(_toy_eval_config(), mil_max_epochs=3, mil_min_epochs=1)
+    task = SlideTaskConfig(name="toy", label="abnormal", folds=2, seeds=(0,))
+    res = run_mil(task, cfg, "toy", cohort, tmp_path / "abmil.json", tmp_path / "abmil")
+    saved = json.loads((tmp_path / "abmil.json").read_text())
+    assert "empty" not in res["slides"] and len(saved["slides"]) == 8
+    assert saved["left_out"] == [
+        {"slide_id": "empty", "label": "1", "reason": "no cells (none found or kept)"}
+    ]
+    tested = sorted(s for f in saved["folds"] for s in f["test_slides"])
+    assert tested == [f"s{i:02d}" for i in range(8)]

@@ -125,11 +125,13 @@ def test_empty_foreground(tmp_path):
     assert not (tmp_path / "s1.zarr").exists()
 
 
-def test_no_nuclei(tmp_path):
+def test_no_nuclei_is_recorded_not_fatal(tmp_path, caplog):
+    """A field with material but no nucleated cell (normal in a smear) gives a store of zero
+    cells, a warning that says what to check, and a QC record; it does not fail the job."""
     path = C.write_svs(tmp_path / "ghost.svs", C.smear(nuclei=False))
     assert _tile(path, "s1", tmp_path)["n_tiles"] > 0  # cytoplasm is foreground
-    with pytest.raises(InputDataError) as err:
-        run_cells(
+    with caplog.at_level("WARNING"):
+        out = run_cells(
             path,
             "s1",
             None,
@@ -138,11 +140,18 @@ def test_no_nuclei(tmp_path):
             tmp_path / "s1.cells.zarr",
             tmp_path / "s1.cells.png",
             OFF,
+            out_summary=tmp_path / "s1.cells.json",
         )
-    msg = str(err.value)
-    assert "'s1'" in msg and "no nuclei found" in msg and "cells.threshold" in msg
-    assert not (tmp_path / "s1.cells.zarr").exists()
-    assert not list(tmp_path.glob(".s1.cells.zarr.tmp-*"))  # the partial store was removed
+    assert out["n_cells"] == 0
+    for text in (out["warning"], caplog.text):
+        assert "'s1'" in text and "no nuclei found" in text and "cells.threshold" in text
+    store = open_store(tmp_path / "s1.cells.zarr")
+    assert store["images"].shape == (0, 64, 64, 3) and store["coords"].shape == (0, 2)
+    assert "no nuclei found" in store.attrs["provenance"]["warning"]
+    record = json.loads((tmp_path / "s1.cells.json").read_text())
+    assert record["n_cells"] == 0 and record["slide_id"] == "s1" and record["warning"]
+    assert (tmp_path / "s1.cells.png").stat().st_size > 0
+    assert not list(tmp_path.glob(".s1.cells.zarr.tmp-*"))
 
 
 def test_a_good_slide_in_the_same_folder_still_works(tmp_path):

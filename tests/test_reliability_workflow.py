@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -56,17 +57,14 @@ BAD = {  # slide id -> (file writer, rule whose log holds the error, what the me
         ["has no resolution", "'mpp' column"],
     ),
     "blank": (lambda d: C.write_svs(d / "blank.svs", C.blank()), "tile", ["no foreground"]),
-    "nonuclei": (
-        lambda d: C.write_svs(d / "ghost.svs", C.smear(nuclei=False)),
-        "cells",
-        ["no nuclei found", "cells.threshold"],
-    ),
     "missing": (lambda d: d / "gone.svs", "tile", ["file not found", "Fix the 'path' column"]),
 }
 GOOD = {
     "case01": lambda d: C.write_svs(d / f"{C.PHI_FILE_STEM}.svs", C.smear(seed=1)),
     "case02": lambda d: C.write_svs(d / "second.svs", C.smear(seed=2)),
 }
+# material but no nucleated cell (normal in a smear field): zero cells and a warning, no failure
+EMPTY = {"nonuclei": lambda d: C.write_svs(d / "ghost.svs", C.smear(nuclei=False))}
 
 
 def _write_sheet(path: Path, rows: list[tuple[str, Path, str]]) -> Path:
@@ -98,7 +96,7 @@ def mixed(tmp_path_factory):
     root = tmp_path_factory.mktemp("mixed") / NASTY
     slides = root / "slides"
     slides.mkdir(parents=True)
-    good = [(s, make(slides), str(i % 2)) for i, (s, make) in enumerate(GOOD.items())]
+    good = [(s, make(slides), str(i % 2)) for i, (s, make) in enumerate({**GOOD, **EMPTY}.items())]
     bad = [(s, spec[0](slides), "1") for s, spec in BAD.items()]
     mixed_cfg = _config(root, _write_sheet(root / "mixed.tsv", good + bad), "mixed")
     good_cfg = _config(root, _write_sheet(root / "good.tsv", good), "good")
@@ -158,6 +156,27 @@ def test_good_slides_finish_and_equal_a_run_without_the_bad_ones(mixed):
     # the report needs every slide, so it waits for the bad ones to be fixed or removed
     assert not (res / "report" / "index.html").exists()
     assert (ref / "report" / "index.html").is_file()
+
+
+def test_a_slide_without_cells_is_listed_not_fatal(mixed):
+    """The good run holds a slide where no nucleus is found: it completes, the slide gets a
+    zero-cell store, its job log warns, and the report's detection table lists it."""
+    from cytofm.store import open_store
+
+    ref = mixed["root"] / "good"
+    assert mixed["runs"]["good"].returncode == 0, mixed["runs"]["good"].stderr[-3000:]
+    for slide in EMPTY:
+        assert open_store(ref / "cells" / f"{slide}.zarr")["images"].shape[0] == 0
+        log = (ref / "logs" / "cells" / f"{slide}.log").read_text()
+        assert "no nuclei found" in log and "kept with zero cells" in log
+        assert json.loads((ref / "qc" / f"{slide}.cells.json").read_text())["n_cells"] == 0
+    table = pd.read_csv(ref / "report" / "tables" / "detection.csv").set_index("slide")
+    assert sorted(table.index) == sorted([*GOOD, *EMPTY])
+    assert (table.loc[list(EMPTY), "status"] == "no cells found").all()
+    assert (table.loc[list(GOOD), "status"] == "ok").all()
+    assert (table.loc[list(GOOD), "cells"] > 0).all()
+    page = (ref / "report" / "index.html").read_text()
+    assert "No cells found in nonuclei" in page
 
 
 def test_shell_metacharacters_in_paths_run_nothing(mixed):

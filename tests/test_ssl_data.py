@@ -33,3 +33,17 @@ def test_epoch_order_is_a_deterministic_chunk_local_permutation(tmp_path):
 def test_mixed_patch_sizes_are_refused(tmp_path):
     with pytest.raises(InputDataError, match="differ in patch size"):
         PatchSource([_store(tmp_path / "a.zarr", 4, px=8), _store(tmp_path / "b.zarr", 4, px=16)])
+
+
+def test_a_store_without_patches_adds_nothing_and_is_listed(tmp_path):
+    """A slide where no cell was found has an empty cell store; pretraining reads the others."""
+    a = _store(tmp_path / "a.zarr", 6)
+    empty = _store(tmp_path / "empty.zarr", 0)
+    b = _store(tmp_path / "b.zarr", 5, value_offset=100)
+    src = PatchSource([a, empty, b], window_chunks=2)
+    assert len(src) == 11 and src.empty == [empty]
+    order = src.epoch_order(0, 0)
+    assert sorted(order.tolist()) == list(range(11))
+    assert sorted(src.read(np.sort(order))[:, 0, 0, 0].tolist()) == [*range(6), *range(100, 105)]
+    with pytest.raises(InputDataError, match="hold no patches"):
+        PatchSource([empty])

@@ -3,7 +3,8 @@
 A detector is built from the cells config and the slide's glass colour, and called on an RGB
 region with its mpp; it returns nucleus centres (x, y) in that region's pixels and a score
 per centre. To use a learned model (for example a tiatoolbox nucleus segmentor with local
-weights), register a factory with :func:`register_detector` and name it in config.
+weights), register a factory with :func:`register_detector` and name it in config;
+:mod:`cytofm.cells.learned` registers ``tiatoolbox`` and ``cellpose``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def register_detector(name: str):
 def make_detector(
     cfg: CellsConfig, background: np.ndarray, stain: StainChoice | None = None
 ) -> Detector:
+    if cfg.detector not in DETECTORS:
+        import cytofm.cells.learned  # noqa: F401 - registers the learned detectors
     if cfg.detector not in DETECTORS:
         raise ConfigError(
             f"cells.detector {cfg.detector!r} is not registered; available: {sorted(DETECTORS)}"

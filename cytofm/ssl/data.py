@@ -48,6 +48,8 @@ class PatchSource:
             )
         self.patch_shape = shapes.pop()
         self.sizes = np.asarray(sizes, np.int64)
+        # stores without patches (a slide where no cell was found): listed, add nothing
+        self.empty = [p for p, n in zip(self.paths, sizes, strict=True) if n == 0]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
         self.chunk_sizes = chunk_sizes
         self.window = window_chunks

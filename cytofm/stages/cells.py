@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -25,20 +26,54 @@ __all__ = ["patch_gallery", "run_cells"]
 log = logging.getLogger(__name__)
 
 
-def patch_gallery(images: np.ndarray, out_png: str | Path, columns: int = 12) -> Path:
-    """Write a grid of patches (a person checks patches by looking, not reading numbers)."""
+def _stain_band(stain: StainChoice | None, n: int, width: int) -> np.ndarray:
+    """A strip above the gallery: the chromatin map used and, on the stain map, a swatch of
+    each estimated stain (the colour 1 OD of it gives on white), chromatin stain first."""
+    band = np.full((28, max(width, 260), 3), 255, np.uint8)
+    x = 4
+    if stain is not None and stain.vectors is not None:
+        rows = sorted(range(len(stain.vectors)), key=lambda i: i != stain.nuclear)
+        for i in rows:
+            colour = np.clip(255 * np.exp(-np.asarray(stain.vectors[i])), 0, 255).astype(np.uint8)
+            band[4:24, x : x + 20] = colour
+            cv2.rectangle(
+                band, (x, 4), (x + 19, 23), (0, 0, 0) if i == stain.nuclear else (160,) * 3
+            )
+            x += 24
+    mode = stain.mode if stain is not None else "min_od"
+    text = f"{n} cells; chromatin map: {mode}"
+    cv2.putText(band, text, (x + 2, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return band
+
+
+def patch_gallery(
+    images: np.ndarray,
+    out_png: str | Path,
+    columns: int = 12,
+    stain: StainChoice | None = None,
+    n_cells: int | None = None,
+) -> Path:
+    """Write a grid of patches (a person checks patches by looking, not reading numbers),
+    under a strip that names the chromatin map and shows the slide's stain vectors."""
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if len(images) == 0:
-        cv2.imwrite(str(out), np.full((32, 32, 3), 255, np.uint8))
-        return out
     n = len(images)
-    rows = int(np.ceil(n / columns))
-    p = images.shape[1]
-    sheet = np.full((rows * (p + 2), min(n, columns) * (p + 2), 3), 255, np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, columns)
-        sheet[r * (p + 2) : r * (p + 2) + p, c * (p + 2) : c * (p + 2) + p] = img
+    if n == 0:
+        sheet = np.full((64, 260, 3), 255, np.uint8)
+        cv2.putText(sheet, "no cells found", (8, 38), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
+                    (160, 0, 0), 1, cv2.LINE_AA)  # fmt: skip
+    else:
+        rows = int(np.ceil(n / columns))
+        p = images.shape[1]
+        sheet = np.full((rows * (p + 2), min(n, columns) * (p + 2), 3), 255, np.uint8)
+        for i, img in enumerate(images):
+            r, c = divmod(i, columns)
+            sheet[r * (p + 2) : r * (p + 2) + p, c * (p + 2) : c * (p + 2) + p] = img
+    band = _stain_band(stain, n if n_cells is None else n_cells, sheet.shape[1])
+    if band.shape[1] > sheet.shape[1]:
+        pad = np.full((sheet.shape[0], band.shape[1] - sheet.shape[1], 3), 255, np.uint8)
+        sheet = np.concatenate([sheet, pad], axis=1)
+    sheet = np.concatenate([band, sheet], axis=0)
     cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     return out
 
@@ -72,9 +107,15 @@ def run_cells(
     job: JobContext | None = None,
     gallery_size: int = 48,
     sheet_stain: str | None = None,
+    out_summary: str | Path | None = None,
 ) -> dict:
     """Extract cells of one slide into ``out_store`` (zarr) and a patch gallery PNG;
-    ``sheet_stain`` is the slide's ``stain`` in the sample sheet (else ``cfg.stain``)."""
+    ``sheet_stain`` is the slide's ``stain`` in the sample sheet (else ``cfg.stain``).
+
+    A slide with foreground but no nucleus found (an acellular smear field) gets a store with
+    zero cells and a warning, in the log, the store's provenance and ``out_summary`` (the QC
+    JSON the report's detection table is made from), rather than failing its job.
+    """
     job = job or JobContext()
     tiles = open_store(tiles_store)
     boxes = tiles["boxes"][:]
@@ -134,15 +175,18 @@ def run_cells(
                     elif (j := int(rng.integers(seen))) < gallery_size:
                         reservoir[j] = img
             n = writer.close()
-            if n == 0:
-                raise InputDataError(
+            warning = ""
+            if n == 0:  # a smear field without a nucleated cell is normal: recorded, not fatal
+                warning = (
                     f"slide '{slide_id}': no nuclei found in its {len(boxes)} foreground tiles "
-                    f"(cells.detector={cfg.detector!r}, threshold={cfg.threshold}, "
-                    f"min_darkness={cfg.min_darkness}, slide mpp {slide.mpp:g} from "
-                    f"{slide.mpp_source}). Check the QC image, the slide's mpp and stain; lower "
-                    "cells.threshold or cells.min_darkness, or remove the slide (e.g. an "
-                    "acellular, unsatisfactory specimen) from the sample sheet."
+                    f"(cells.detector={cfg.detector!r}, chromatin map {stain.mode}, "
+                    f"threshold={cfg.threshold}, min_darkness={cfg.min_darkness}, slide mpp "
+                    f"{slide.mpp:g} from {slide.mpp_source}); it is kept with zero cells and "
+                    "steps that need cells leave it out. If it should have cells, check the QC "
+                    "image, the slide's mpp and stain (cells.stain or the sheet's stain column), "
+                    "or lower cells.threshold or cells.min_darkness."
                 )
+                log.warning(warning)
             write_strings(g, "ids", [f"{slide_id}:{i}" for i in range(n)])
             elapsed = time.perf_counter() - t0
             w, h = slide.dimensions
@@ -156,6 +200,7 @@ def run_cells(
                         tiles_config_hash=tile_prov.get("config_hash"),
                         n_cells=n,
                         stain=stain.to_dict(),
+                        warning=warning or None,
                     ),
                     "slide_id": slide_id,
                     "slide_mpp": slide.mpp,
@@ -167,7 +212,7 @@ def run_cells(
                     "coords": "level-0 pixel centres (x, y)",
                 }
             )
-        patch_gallery(np.asarray(reservoir), out_gallery)
+        patch_gallery(np.asarray(reservoir), out_gallery, stain=stain, n_cells=n)
         summary = {
             "n_cells": n,
             "n_tiles": len(boxes),
@@ -182,4 +227,11 @@ def run_cells(
         log.info("%s: %d cells from %d tiles in %.1f s", slide_id, n, len(boxes), elapsed)
         run.log_metrics(summary)
         run.log_artifact(out_gallery, "qc")
+        if warning:
+            run.set_tags({"cells.warning": warning[:500]})
+        summary = {"slide_id": slide_id, **summary, "stain": stain.to_dict(), "warning": warning}
+        if out_summary is not None:
+            Path(out_summary).parent.mkdir(parents=True, exist_ok=True)
+            Path(out_summary).write_text(json.dumps(summary, indent=1) + "\n")
+            run.log_artifact(out_summary, "qc")
     return summary

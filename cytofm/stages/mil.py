@@ -170,9 +170,30 @@ def run_mil(
     slides = [str(r["slide_id"]) for r in rows]
     if len(set(slides)) != len(slides):
         raise InputDataError(f"slide task '{task.name}': duplicated slide ids in the cohort")
+    loaded = [_read_bag(r["features"], s) for r, s in zip(rows, slides, strict=True)]
+    # a slide where no cell was found has no bag: it is left out of the cohort, and listed
+    left_out = [
+        {"slide_id": s, "label": str(r["label"]), "reason": "no cells (none found or kept)"}
+        for r, s, (f, _) in zip(rows, slides, loaded, strict=True)
+        if len(f) == 0
+    ]
+    if left_out:
+        log.warning(
+            "slide task '%s': %d slide(s) without cells left out: %s",
+            task.name,
+            len(left_out),
+            ", ".join(x["slide_id"] for x in left_out),
+        )
+        keep = [i for i, (f, _) in enumerate(loaded) if len(f)]
+        rows, slides, loaded = (
+            [rows[i] for i in keep],
+            [slides[i] for i in keep],
+            [loaded[i] for i in keep],
+        )
+        if not rows:
+            raise InputDataError(f"slide task '{task.name}': no slide of the cohort has cells")
     y, classes = _class_index([r["label"] for r in rows], task.name)
     g = np.array([str(r.get("group") or "") or s for r, s in zip(rows, slides, strict=True)])
-    loaded = [_read_bag(r["features"], s) for r, s in zip(rows, slides, strict=True)]
     bags = [f for _, f in check_bags([(s, f) for s, (f, _) in zip(slides, loaded, strict=True)])]
     train_args = cfg.mil_train_args()
     out_dir = Path(out_dir)
@@ -326,6 +347,7 @@ def run_mil(
                 "n_groups": int(len(np.unique(g))),
             },
             "slides": slides,
+            "left_out": left_out,
             "labels": y.tolist(),
             "groups": g.tolist(),
             "results": [block],

@@ -55,6 +55,14 @@ def run_pretrain(
     stores = [Path(s) for s in stores]
     exclude, inductive = _exclusions(cfg, stores, held_out or {})
     source = PatchSource(stores, exclude=exclude)
+    if source.empty:
+        log.warning(
+            "%d of %d patch stores hold no patches (slides where no cell was found) and add "
+            "nothing: %s",
+            len(source.empty),
+            len(stores),
+            ", ".join(p.name for p in source.empty),
+        )
     trainer = Trainer(cfg, source, out)
     resumed_from = trainer.step if trainer.load_checkpoint() else 0
     knn = None
@@ -69,6 +77,7 @@ def run_pretrain(
         "pretrain": cfg.to_dict(),
         "n_patches": len(source),
         "n_stores": len(stores),
+        "n_empty_stores": len(source.empty),
         "world_size": trainer.world,
         "device": str(trainer.device),
     }
@@ -82,6 +91,7 @@ def run_pretrain(
             cfg,
             n_patches=len(source),
             sources=[str(s) for s in stores],
+            empty_sources=[p.name for p in source.empty],
             steps=trainer.step,
             resumed_from_step=resumed_from,
             inductive=inductive,

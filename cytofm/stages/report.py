@@ -103,6 +103,56 @@ def _slide_panels(
     return panels
 
 
+def detection_table(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """One row per slide from the cells stage's QC JSONs: tiles, cells, density, the chromatin
+    map and stain vectors used, and the warning of a slide where no cell was found."""
+    rows = []
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        stain = d.get("stain") or {}
+        vectors = stain.get("vectors")
+        rows.append(
+            {
+                "slide": d.get("slide_id", Path(p).name.split(".")[0]),
+                "tiles": d.get("n_tiles"),
+                "cells": d.get("n_cells"),
+                "cells_per_mm2": d.get("cells_per_mm2_foreground_tiles"),
+                "chromatin_map": stain.get("mode", "min_od"),
+                "chromatin_vector": (
+                    " ".join(f"{x:.2f}" for x in vectors[stain["nuclear"]]) if vectors else ""
+                ),
+                "stain_reason": stain.get("reason", ""),
+                "status": "no cells found" if d.get("warning") else "ok",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _detection_html(det: pd.DataFrame) -> str:
+    empty = det.loc[det["status"] != "ok", "slide"].tolist()
+    note = (
+        '<p class="skipped">No cells found in '
+        + ", ".join(html.escape(str(s)) for s in empty)
+        + ": kept with zero cells and left out of the steps that need cells (pretraining, "
+        "features, MIL bags); their logs say why.</p>"
+        if empty
+        else ""
+    )
+    columns = ("slide", "tiles", "cells", "cells / mm²", "chromatin map", "chromatin OD (R G B)")
+    head = "".join(f"<th>{c}</th>" for c in (*columns, "status"))
+    body = "".join(
+        "<tr>"
+        + f"<th>{html.escape(str(r.slide))}</th><td>{r.tiles}</td><td>{r.cells}</td>"
+        + f"<td>{(r.cells_per_mm2 or 0):.0f}</td>"
+        + f'<td title="{html.escape(str(r.stain_reason))}">{html.escape(str(r.chromatin_map))}</td>'
+        + f"<td>{html.escape(str(r.chromatin_vector))}</td>"
+        + (f"<td>{r.status}</td>" if r.status == "ok" else f'<td class="skipped">{r.status}</td>')
+        + "</tr>"
+        for r in det.itertuples()
+    )
+    return f"{note}<table><tr>{head}</tr>{body}</table>"
+
+
 def run_report(
     eval_jsons: Sequence[str | Path],
     out_dir: str | Path,
@@ -113,6 +163,7 @@ def run_report(
     pretrain_dirs: Sequence[str | Path] = (),
     qc: Sequence[tuple[str, str | Path]] = (),
     comparisons: Sequence[str | Path] = (),
+    detection: Sequence[str | Path] = (),
     cfg: ReportConfig | None = None,
     job: JobContext | None = None,
 ) -> dict[str, Any]:
@@ -122,7 +173,8 @@ def run_report(
     backbone -> slide -> cell feature store; ``slide_meta``: slide -> sheet metadata (stain);
     ``pretrain_dirs``: exported backbone folders (``training.png`` sits beside each);
     ``qc``: (slide id, QC thumbnail) pairs; ``comparisons``: the tasks' paired-comparison
-    CSVs (``eval/<task>/comparisons.csv``). Returns what was written.
+    CSVs (``eval/<task>/comparisons.csv``); ``detection``: the cells stage's per-slide QC
+    JSONs (``qc/<slide>.cells.json``), for the detection table. Returns what was written.
     """
     cfg = cfg or ReportConfig()
     job = job or JobContext()
@@ -174,6 +226,19 @@ def run_report(
                 if skipped
                 else []
             )
+            left_out = sorted(
+                {
+                    f"{x['slide_id']} ({x['reason']})"
+                    for p in jsons
+                    for x in json.loads(p.read_text()).get("left_out") or []
+                }
+            )
+            if left_out:
+                notes.append(
+                    '<p class="skipped">Slides left out of the cohort: '
+                    + "; ".join(html.escape(t) for t in left_out)
+                    + "</p>"
+                )
             sec = Section(
                 anchor=f"task-{task}",
                 title=f"{'Slide' if is_mil else 'Patch'}-level task: {task}",
@@ -266,13 +331,20 @@ def run_report(
                     )
             sections.append(sec)
 
-        if qc:
+        if qc or detection:
             sec = Section("qc", "Quality control")
+            det = detection_table(detection)
             shown = list(qc)[: cfg.max_slides] if cfg.max_slides else []
             sec.intro = (
                 f"Tissue mask and tile grid, and detected cells, for {len(shown)} of {len(qc)} "
                 "slides (all are in results/qc/)."
             )
+            if not det.empty:
+                path = tabs / "detection.csv"
+                det.to_csv(path, index=False, float_format="%.4g")
+                written["tables"].append(path.relative_to(out).as_posix())
+                sec.links.append((path.relative_to(out).as_posix(), path.name))
+                sec.tables_html.append(_detection_html(det))
             for slide, png in shown:
                 fig(_copy(Path(png), figs / "qc" / f"{slide}.png"), f"{slide}: tiles", sec, True)
                 cells = Path(png).with_suffix(".cells.png")

@@ -13,6 +13,7 @@ rule cells:
             category="Quality control",
             labels={"slide": "{slide}", "figure": "detected cells"},
         ),
+        summary=f"{RESULTS}/qc/{{slide}}.cells.json",
     log:
         f"{RESULTS}/logs/cells/{{slide}}.log",
     conda:

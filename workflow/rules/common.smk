@@ -618,6 +618,7 @@ def report_inputs(wildcards):
             f"{RESULTS}/eval/{t}/{b}/abmil" for b in BACKBONES for t in SLIDE_TASKS
         ],
         "qc": expand(f"{RESULTS}/qc/{{slide}}.png", slide=SLIDE_IDS),
+        "detection": expand(f"{RESULTS}/qc/{{slide}}.cells.json", slide=SLIDE_IDS),
         "comparisons": [
             f"{RESULTS}/eval/{t}/comparisons.csv" for t in [*TASKS, *SLIDE_TASKS]
         ],

@@ -22,4 +22,5 @@ run_cells(
     out_gallery=sm.output.gallery,
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
     sheet_stain=sm.params.stain,
+    out_summary=sm.output.summary,
 )

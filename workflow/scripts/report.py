@@ -20,6 +20,7 @@ run_report(
     pretrain_dirs=list(sm.input.get("pretrained", [])),
     qc=[tuple(q) for q in sm.params.qc],
     comparisons=list(sm.input.comparisons),
+    detection=list(sm.input.detection),
     cfg=from_mapping(ReportConfig, sm.params.report, "report"),
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
 )
