@@ -169,8 +169,16 @@ def main() -> None:
                         "truth": truth.get(image),
                     }
                 )
-            res = run_mil(task, eval_cfg, name, cohort, work / name / "abmil.json",
-                          work / name / "abmil", tolerance_um=args.tolerance_um, job=job)  # fmt: skip
+            res = run_mil(
+                task,
+                eval_cfg,
+                name,
+                cohort,
+                work / name / "abmil.json",
+                work / name / "abmil",
+                tolerance_um=args.tolerance_um,
+                job=job,
+            )
             saved = json.loads((work / name / "abmil.json").read_text())
             summary = saved["results"][0]["summary"]
             att = saved.get("attention_vs_truth") or {}
