@@ -140,9 +140,10 @@ class TilingConfig(_Section):
         if self.min_object_um2 < 0 or self.dilate_um < 0:
             raise ConfigError(f"{s}.min_object_um2 and {s}.dilate_um must be >= 0")
         _fraction(s, min_foreground=self.min_foreground)
-        if self.backend not in ("auto", "openslide", "tiatoolbox"):
+        if self.backend not in ("auto", "openslide", "image", "tiatoolbox"):
             raise ConfigError(
-                f"{s}.backend must be one of auto, openslide, tiatoolbox; got {self.backend!r}"
+                f"{s}.backend must be one of auto, openslide, image, tiatoolbox; got "
+                f"{self.backend!r}"
             )
 
 

@@ -63,3 +63,48 @@ def test_tiatoolbox_backend_reads_the_same_pixels(synthetic_slide):
         assert b.mpp == pytest.approx(a.mpp)
         ra, rb = a.read(300, 400, (128, 128), 0.5), b.read(300, 400, (128, 128), 0.5)
     assert np.abs(ra.astype(int) - rb.astype(int)).mean() < 2
+
+
+def test_plain_image_fields_open_without_tiatoolbox_and_read_the_same_pixels(tmp_path):
+    """A microscope field (JPEG/PNG) opens with the `image` backend under `auto`: decoded by
+    OpenCV as tiatoolbox's virtual reader does, so every read is pixel-identical to it."""
+    import cv2
+
+    from cytofm.errors import InputDataError, MissingResolutionError
+    from cytofm.wsi.reader import open_slide
+
+    rng = np.random.default_rng(0)
+    field = cv2.GaussianBlur(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8), (0, 0), 2)
+    for name in ("f.jpg", "f.png"):
+        path = tmp_path / name
+        cv2.imwrite(str(path), field)
+        with open_slide(path, "f", 0.07) as a, open_slide(path, "f", 0.07, "tiatoolbox") as b:
+            assert a.backend == "image" and a.dimensions == b.dimensions == (320, 240)
+            assert a.mpp == 0.07 and a.mpp_source == "sample_sheet"
+            for args in (
+                (0, 0, (320, 240), 0.07),
+                (-20, 13.5, (90, 70), 0.25),
+                (100, 50, (40, 40), 0.05),
+            ):
+                assert np.array_equal(a.read(*args), b.read(*args)), (name, args)
+    with pytest.raises(MissingResolutionError, match="'mpp' column"):
+        open_slide(tmp_path / "f.jpg", "f")
+    broken = tmp_path / "cut.jpg"
+    broken.write_bytes((tmp_path / "f.jpg").read_bytes()[:300])
+    with pytest.raises(InputDataError, match="cut.jpg"):
+        open_slide(broken, "cut", 0.07).read(0, 0, (320, 240), 0.07)
+
+
+def test_macenko_vectors_equal_tiatoolbox(tmp_path):
+    """The stain vectors cytofm estimates are tiatoolbox's MacenkoExtractor's, to the bit."""
+    from tiatoolbox.tools.stainextract import MacenkoExtractor
+
+    from cytofm.cells.stain import estimate_stain_vectors
+    from tests import corpus as C
+
+    rng = np.random.default_rng(1)
+    samples = [C.smear(size=256, seed=s) for s in range(3)]
+    samples.append(rng.integers(40, 250, (64, 64, 3), dtype=np.uint8))
+    for rgb in samples:
+        ours = estimate_stain_vectors(rgb)
+        assert np.array_equal(ours, MacenkoExtractor().get_stain_matrix(rgb.copy()))

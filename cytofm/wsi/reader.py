@@ -3,8 +3,9 @@
 Backends are registered by name. ``openslide`` reads vendor formats (SVS, NDPI, MRXS, SCN, pyramidal
 TIFF, ...) with OpenSlide, composited on white where the file has no data; ``tiatoolbox``
 reads anything tiatoolbox's ``WSIReader.open`` understands, including formats OpenSlide cannot
-(OME-TIFF, DICOM, JPEG 2000, plain images). ``auto`` picks ``openslide`` whenever OpenSlide
-recognises the file and tiatoolbox otherwise.
+(OME-TIFF, DICOM, JPEG 2000, plain images); ``image`` reads plain JPEG, PNG and BMP images
+(microscope fields) whole with OpenCV. ``auto`` picks ``openslide`` whenever OpenSlide
+recognises the file, ``image`` for a plain image, and tiatoolbox otherwise.
 """
 
 from __future__ import annotations
@@ -380,6 +381,64 @@ class TiatoolboxSlide(Slide):
         return np.ascontiguousarray(img[..., :3]).astype(np.uint8, copy=False)
 
 
+# Plain raster images (microscope fields): decoded whole, in this process, by OpenCV.
+_PLAIN_IMAGES = ("JPEG image", "PNG image", "BMP image")
+_PLAIN_MAX_PIXELS = 20_000 * 20_000
+
+
+class ImageSlide(Slide):
+    """A plain image (a microscope field: JPEG, PNG, BMP) as a one-level slide.
+
+    Read whole with OpenCV (the decoder tiatoolbox's virtual reader uses, so pixels are the
+    same) without importing tiatoolbox, which takes seconds per job. Plain images carry no
+    microscope resolution, so the sample sheet's ``mpp`` is required.
+    """
+
+    backend = "image"
+
+    def __init__(self, path: Path, slide_id: str, mpp_override: float | None):
+        mpp, source = _check_mpp(slide_id, path, mpp_override, None)
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise InputDataError(
+                f"slide '{slide_id}': {path} cannot be decoded as a {sniff(path)}; it is "
+                "probably truncated or corrupt: copy it again, or remove its row from the "
+                "sample sheet."
+            )
+        self._rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        h, w = self._rgb.shape[:2]
+        super().__init__(
+            path=path,
+            slide_id=slide_id,
+            mpp=mpp,
+            dimensions=(w, h),
+            level_downsamples=[1.0],
+            level_dimensions=[(w, h)],
+            mpp_source=source,
+        )
+
+    def _read_level(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
+        return self._rgb[y : y + h, x : x + w]
+
+
+def _plain_image(path: Path) -> bool:
+    if sniff(path) not in _PLAIN_IMAGES:
+        return False
+    from PIL import Image  # reads the header only
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception:
+        return True
+    return w * h <= _PLAIN_MAX_PIXELS  # larger ones go to tiatoolbox, which reads by region
+
+
+@register_backend("image")
+def _open_image(path: Path, slide_id: str, mpp: float | None) -> Slide:
+    return ImageSlide(path, slide_id, mpp)
+
+
 @register_backend("openslide")
 def _open_openslide(path: Path, slide_id: str, mpp: float | None) -> Slide:
     return OpenSlideSlide(path, slide_id, mpp)
@@ -409,7 +468,12 @@ def open_slide(
     if backend == "auto":
         import openslide
 
-        backend = "openslide" if openslide.OpenSlide.detect_format(str(path)) else "tiatoolbox"
+        if openslide.OpenSlide.detect_format(str(path)):
+            backend = "openslide"
+        elif _plain_image(path):
+            backend = "image"
+        else:
+            backend = "tiatoolbox"
     if backend not in BACKENDS:
         raise InputDataError(f"unknown slide backend {backend!r}; available: {sorted(BACKENDS)}")
     slide = BACKENDS[backend](path, slide_id, mpp)
