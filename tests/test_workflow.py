@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 import yaml
@@ -371,8 +372,14 @@ def test_report_has_every_figure_and_table(results, runs):
     report = results / "report"
     tables = sorted(p.name for p in (report / "tables").iterdir() if not p.name.startswith("."))
     assert tables == sorted(
-        f"{t}.{x}" for t in ("demo_cells", "demo_abnormal", "overview") for x in ("csv", "md")
+        [f"{t}.{x}" for t in ("demo_cells", "demo_abnormal", "overview") for x in ("csv", "md")]
+        + ["detection.csv"]
     )
+    # the QC section's detection table: one row per slide, each with cells and its stain map
+    detection = pd.read_csv(report / "tables" / "detection.csv")
+    assert len(detection) == len(list((results / "cells").glob("*.zarr")))
+    assert (detection["status"] == "ok").all() and (detection["cells"] > 0).all()
+    assert set(detection["chromatin_map"]) == {"min_od"}
     figures = sorted(
         p.relative_to(report / "figures").as_posix() for p in (report / "figures").rglob("*.png")
     )
