@@ -383,7 +383,6 @@ class TiatoolboxSlide(Slide):
 
 # Plain raster images (microscope fields): decoded whole, in this process, by OpenCV.
 _PLAIN_IMAGES = ("JPEG image", "PNG image", "BMP image")
-_PLAIN_MAX_PIXELS = 20_000 * 20_000
 
 
 class ImageSlide(Slide):
@@ -419,19 +418,6 @@ class ImageSlide(Slide):
 
     def _read_level(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
         return self._rgb[y : y + h, x : x + w]
-
-
-def _plain_image(path: Path) -> bool:
-    if sniff(path) not in _PLAIN_IMAGES:
-        return False
-    from PIL import Image  # reads the header only
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except Exception:
-        return True
-    return w * h <= _PLAIN_MAX_PIXELS  # larger ones go to tiatoolbox, which reads by region
 
 
 @register_backend("image")
@@ -470,7 +456,7 @@ def open_slide(
 
         if openslide.OpenSlide.detect_format(str(path)):
             backend = "openslide"
-        elif _plain_image(path):
+        elif sniff(path) in _PLAIN_IMAGES:  # tiatoolbox would decode it whole too
             backend = "image"
         else:
             backend = "tiatoolbox"
