@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 RULES = sorted((REPO / "workflow" / "rules").glob("*.smk"))
 # run by Snakemake itself (outside the job environment), not by the rule scripts
 OUTSIDE_ENV = {"snakemake", "snakemake-executor-plugin-slurm", "snakemake-storage-plugin-http"}
+# opt-in plug-ins imported only when a config asks for them; README.md tells users to install them
+OPT_IN = {"cellpose": "pip install cellpose"}
 
 
 def _norm(name: str) -> str:
@@ -78,13 +80,33 @@ def test_env_provides_every_import_of_the_scripts_and_package():
     dists = importlib.metadata.packages_distributions()
     assert {"torch", "timm", "zarr", "peft", "mlflow", "openslide"} <= modules
     missing = {}
-    for mod in sorted(modules):
+    for mod in sorted(modules - set(OPT_IN)):
         owners = {_norm(d) for d in dists.get(mod, [])}
         if not owners:
             missing[mod] = "no installed distribution provides it"
         elif not owners & provided:
             missing[mod] = sorted(owners)
     assert not missing, f"imports not provided by envs/cytofm.yaml: {missing}"
+
+
+def test_opt_in_imports_are_documented_and_guarded():
+    """An import left out of the environment is named in README.md with its install command, and
+    the code importing it turns its absence into an error saying that command."""
+    readme = (REPO / "README.md").read_text()
+    for mod, install in OPT_IN.items():
+        assert install in readme, f"README.md does not say `{install}`"
+        users = [
+            p
+            for p in sorted((REPO / "cytofm").rglob("*.py"))
+            + sorted((REPO / "workflow" / "scripts").glob("*.py"))
+            if mod in _imports([p])
+        ]
+        assert users, f"{mod} is listed as opt-in but nothing imports it"
+        for path in users:
+            text = path.read_text()
+            assert "except ImportError" in text and install in text, (
+                f"{path.name} imports {mod} without an error saying `{install}`"
+            )
 
 
 def test_env_matches_the_package_requirements():
