@@ -244,6 +244,7 @@ class TrackingConfig(_Section):
 
     tracking_uri: str = ""
     experiment: str = "cytofm"
+    defer: bool = True
     log_slide_paths: bool = False
     log_slide_metadata: bool = False
 

@@ -1,10 +1,11 @@
 """Lineage: which runs produced a job's inputs, so any result traces back to its data.
 
-Every artifact a stage writes carries a provenance record with the MLflow run id of the job that
-wrote it (see :func:`cytofm.provenance.bind_job`). A downstream job reads those records from its
-inputs and keeps them: as MLflow tags (``cytofm.input.<name>.run_id``), as a ``lineage.json``
-artifact, and in the provenance of its own outputs. Following the run ids from an evaluation
-result leads to its feature stores, the backbone's pretraining run and the slides' tiling runs.
+Every artifact a stage writes carries a provenance record with the id of the job that wrote it
+(see :func:`cytofm.provenance.bind_job`); the job's MLflow run carries the same id as the tag
+``cytofm.job_id``. A downstream job reads those records from its inputs and keeps them: as MLflow
+tags (``cytofm.input.<name>.job_id``), as a ``lineage.json`` artifact, and in the provenance of
+its own outputs. Following the job ids from an evaluation result leads to its feature stores,
+the backbone's pretraining run and the slides' tiling runs.
 
 Only pipeline artifacts are read (zarr stores, exported backbones, result JSONs); raw inputs
 (slides, sheets, truth tables) are not named here, so file names stay out of tracking.
@@ -32,7 +33,7 @@ def _read_json(path: Path) -> Any:
 
 
 def artifact_record(path: str | Path) -> dict[str, Any] | None:
-    """Who produced ``path``: stage, MLflow run id, invocation id, config hash and a checksum.
+    """Who produced ``path``: stage, job id, invocation id, config hash and a checksum.
 
     The checksum is of the file for JSON results, of the weights for an exported backbone and
     of the root metadata (which holds the provenance) for a zarr store. None for anything the
@@ -56,7 +57,7 @@ def artifact_record(path: str | Path) -> dict[str, Any] | None:
     return {
         "artifact": p.name,
         "stage": prov.get("stage"),
-        "mlflow_run_id": prov.get("mlflow_run_id"),
+        "job_id": prov.get("job_id"),
         "invocation_id": prov.get("invocation_id"),
         "config_hash": prov.get("config_hash"),
         "created_utc": prov.get("created_utc"),
@@ -77,8 +78,8 @@ def input_lineage(inputs: Mapping[str, str | Path | Sequence[str | Path]]) -> di
 
 
 def compact(lineage: Mapping[str, list]) -> dict[str, list]:
-    """The part of the lineage that goes into output provenance: artifact, run id, checksum."""
-    keep = ("artifact", "stage", "mlflow_run_id", "sha256")
+    """The part of the lineage that goes into output provenance: artifact, job id, checksum."""
+    keep = ("artifact", "stage", "job_id", "sha256")
     return {name: [{k: r[k] for k in keep} for r in recs] for name, recs in lineage.items()}
 
 
@@ -91,17 +92,17 @@ def _joined(values: list[str]) -> str:
 
 
 def lineage_tags(lineage: Mapping[str, list]) -> dict[str, str]:
-    """MLflow tags: one input -> its run id, stage and checksum; several -> their run ids."""
+    """MLflow tags: one input -> its job id, stage and checksum; several -> their job ids."""
     tags: dict[str, str] = {}
     for name, recs in lineage.items():
         prefix = f"cytofm.input.{name}"
         if len(recs) == 1:
             rec = recs[0]
-            tags[f"{prefix}.run_id"] = str(rec["mlflow_run_id"])
+            tags[f"{prefix}.job_id"] = str(rec["job_id"])
             tags[f"{prefix}.stage"] = str(rec["stage"])
             tags[f"{prefix}.sha256"] = str(rec["sha256"])
         else:
-            run_ids = sorted({str(r["mlflow_run_id"]) for r in recs})
+            job_ids = sorted({str(r["job_id"]) for r in recs})
             tags[f"{prefix}.count"] = str(len(recs))
-            tags[f"{prefix}.run_ids"] = _joined(run_ids)
+            tags[f"{prefix}.job_ids"] = _joined(job_ids)
     return tags

@@ -36,7 +36,7 @@ _PKG_DIR = Path(__file__).resolve().parent
 # inherited by every job it starts, locally or through sbatch.
 INVOCATION_ENV = "CYTOFM_INVOCATION_ID"
 
-# The running job's MLflow run id and input lineage, so records written inside it carry them.
+# The running job's id, MLflow run id and input lineage, so records written inside it carry them.
 _JOB: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "cytofm_job", default=None
 )
@@ -54,9 +54,14 @@ def invocation_id() -> str | None:
 
 
 @contextlib.contextmanager
-def bind_job(mlflow_run_id: str | None, inputs: Mapping[str, Any] | None) -> Iterator[None]:
-    """Within this block, :func:`provenance` records the job's run id and input lineage."""
-    token = _JOB.set({"mlflow_run_id": mlflow_run_id, "inputs": dict(inputs or {})})
+def bind_job(
+    job_id: str | None, mlflow_run_id: str | None, inputs: Mapping[str, Any] | None
+) -> Iterator[None]:
+    """Within this block, :func:`provenance` records the job's id (its MLflow run carries it as
+    the tag ``cytofm.job_id``), its MLflow run id when already known, and its input lineage."""
+    token = _JOB.set(
+        {"job_id": job_id, "mlflow_run_id": mlflow_run_id, "inputs": dict(inputs or {})}
+    )
     try:
         yield
     finally:
@@ -142,7 +147,9 @@ def provenance(stage: str, config: Mapping[str, Any] | Any, **extra: Any) -> dic
     }
     job = _JOB.get()
     if job is not None:
-        record["mlflow_run_id"] = job["mlflow_run_id"]
+        record["job_id"] = job["job_id"]
+        if job["mlflow_run_id"]:
+            record["mlflow_run_id"] = job["mlflow_run_id"]
         record["inputs"] = canonical(job["inputs"])
     record.update(canonical(extra))
     return record

@@ -1,3 +1,9 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -70,3 +76,196 @@ def test_parallel_jobs_racing_to_create_the_experiment(tmp_path, monkeypatch):
     monkeypatch.setattr(MlflowClient, "get_experiment_by_name", stale_then_real)
     assert tracking._experiment_id(client, "cytofm", None) == first
     assert len(calls) == 2
+
+
+# -- spooled runs (what workflow jobs do) ------------------------------------------------------
+
+
+def _spooled_jobs(tmp_path, monkeypatch):
+    """Two jobs as a workflow runs them: a finished tile job with everything a stage logs, and a
+    failed cells job; their runs are only in the spool."""
+    from cytofm.tracking import SPOOL_ENV
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv(SPOOL_ENV, str(tmp_path / "mlflow-spool"))
+    (tmp_path / "qc.png").write_bytes(b"png")
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "a.png").write_bytes(b"a")
+    with job_run(
+        "tile",
+        results_dir=tmp_path,
+        params={"tiling": {"mpp": 0.5}},
+        tags={"snakemake.rule": "tile"},
+        run_name="tile:s1",
+    ) as run:
+        run.log_metrics({"n_tiles": 7})
+        run.log_metrics({"loss": 2.0}, step=1)
+        run.log_metrics({"loss": 1.0}, step=2)
+        run.log_artifact(tmp_path / "qc.png", "qc")
+        run.log_dict({"k": 1}, "tables/summary.json")
+        run.log_artifacts(tmp_path / "maps", "heatmaps")
+        tile_job = run.job_id
+        assert run.run_id is None  # no MLflow run yet
+    with pytest.raises(RuntimeError), job_run("cells", results_dir=tmp_path) as run:
+        raise RuntimeError("boom")
+    return tile_job
+
+
+def test_spooled_runs_reach_mlflow_as_live_ones_would(tmp_path, monkeypatch):
+    from cytofm.tracking import flush_spool
+
+    tile_job = _spooled_jobs(tmp_path, monkeypatch)
+    spool = tmp_path / "mlflow-spool"
+    assert not (tmp_path / "mlflow.db").exists() and len(list(spool.iterdir())) == 2
+    record = json.loads((spool / tile_job / "run.json").read_text())
+    assert record["status"] == "FINISHED" and record["end_time"] >= record["start_time"]
+
+    assert flush_spool(spool) == {"sent": 2, "killed": 0, "left": 0}
+    assert not spool.exists()  # everything sent
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("cytofm")
+    runs = {r.data.tags["cytofm.stage"]: r for r in client.search_runs([exp.experiment_id])}
+    tile, cells = runs["tile"], runs["cells"]
+    assert (tile.info.status, cells.info.status) == ("FINISHED", "FAILED")
+    assert tile.info.run_name == "tile:s1" and tile.data.tags["cytofm.job_id"] == tile_job
+    assert (tile.info.start_time, tile.info.end_time) == (
+        record["start_time"],
+        record["end_time"],
+    )  # the job's own times, not the flush's
+    assert tile.data.params["tiling.mpp"] == "0.5" and tile.data.metrics["n_tiles"] == 7
+    history = client.get_metric_history(tile.info.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.0)]
+    names = {a.path for a in client.list_artifacts(tile.info.run_id)}
+    assert names == {"qc", "tables", "heatmaps"}
+    assert [a.path for a in client.list_artifacts(tile.info.run_id, "heatmaps")] == [
+        "heatmaps/a.png"
+    ]
+    got = client.download_artifacts(tile.info.run_id, "tables/summary.json", str(tmp_path))
+    assert json.loads(open(got).read()) == {"k": 1}
+
+
+def test_a_spooling_job_does_not_import_mlflow(tmp_path):
+    """The point of the spool: a job's start-up pays for no mlflow import."""
+    code = (
+        "import sys\n"
+        "from cytofm.tracking import job_run\n"
+        f"with job_run('tile', results_dir={str(tmp_path)!r}, params={{'a': 1}}) as run:\n"
+        "    run.log_metrics({'x': 1.0})\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'mlflow'], 'mlflow imported'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["CYTOFM_MLFLOW_SPOOL"] = str(tmp_path / "mlflow-spool")
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list((tmp_path / "mlflow-spool").glob("*/run.json"))) == 1
+
+
+def _running_record(spool, name, host, pid, invocation="inv-1"):
+    folder = spool / name
+    folder.mkdir(parents=True)
+    record = {
+        "format": 1,
+        "tracking_uri": f"sqlite:///{spool.parent}/mlflow.db",
+        "experiment": "cytofm",
+        "artifact_root": None,
+        "run_name": f"tile:{name}",
+        "start_time": 1_000,
+        "end_time": None,
+        "status": "RUNNING",
+        "tags": {"cytofm.host": host, "cytofm.pid": str(pid), "cytofm.invocation_id": invocation},
+        "params": {},
+        "mlflow_run_id": None,
+    }
+    (folder / "run.json").write_text(json.dumps(record))
+
+
+def test_runs_of_killed_jobs_are_sent_as_killed_and_running_ones_wait(tmp_path, monkeypatch):
+    from cytofm.provenance import INVOCATION_ENV
+    from cytofm.tracking import flush_spool
+
+    monkeypatch.setenv(INVOCATION_ENV, "inv-1")
+    spool = tmp_path / "mlflow-spool"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    _running_record(spool, "dead", host, dead.pid)
+    _running_record(spool, "live", host, os.getpid())
+    _running_record(spool, "node", "node-7", 123)  # a SLURM node of this workflow
+    _running_record(spool, "old", "node-7", 123, invocation="inv-0")  # an earlier workflow's
+
+    assert flush_spool(spool) == {"sent": 1, "killed": 1, "left": 3}
+    assert sorted(p.name for p in spool.iterdir() if p.is_dir()) == ["live", "node", "old"]
+    # the workflow has ended: its jobs on other hosts cannot finish any more
+    assert flush_spool(spool, final=True) == {"sent": 1, "killed": 1, "left": 2}
+    # told that nothing runs anywhere (the CLI's --ended): all but the live process's
+    assert flush_spool(spool, everywhere=True) == {"sent": 1, "killed": 1, "left": 1}
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("cytofm")
+    runs = {r.info.run_name: r.info for r in client.search_runs([exp.experiment_id])}
+    assert sorted(runs) == ["tile:dead", "tile:node", "tile:old"]
+    assert {r.status for r in runs.values()} == {"KILLED"}
+    assert all(r.end_time >= r.start_time for r in runs.values())
+
+
+def test_an_unreachable_store_keeps_the_runs_and_never_raises(tmp_path, monkeypatch, caplog):
+    from cytofm.tracking import flush_spool
+
+    _spooled_jobs(tmp_path, monkeypatch)
+    spool = tmp_path / "mlflow-spool"
+    broken = tmp_path / "elsewhere" / "mlflow.db"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a database" * 100)
+    for record_file in spool.glob("*/run.json"):
+        record = json.loads(record_file.read_text())
+        record["tracking_uri"] = f"sqlite:///{broken}"
+        record_file.write_text(json.dumps(record))
+    with caplog.at_level("WARNING"):
+        assert flush_spool(spool, final=True) == {"sent": 0, "killed": 0, "left": 2}
+    assert "2 kept in" in caplog.text and "cytofm.tracking flush" in caplog.text
+    assert len(list(spool.glob("*/run.json"))) == 2
+
+    # fixed (here: the broken file removed), the command README.md gives sends them
+    broken.unlink()
+    proc = subprocess.run(
+        [sys.executable, "-m", "cytofm.tracking", "flush", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and "sent 2 run(s)" in proc.stderr, proc.stderr[-2000:]
+    assert not spool.exists()
+    # (another spelling of the path: mlflow keeps this process's store for the broken one)
+    client = MlflowClient(f"sqlite:///{broken.parent}/./{broken.name}")
+    exp = client.get_experiment_by_name("cytofm")
+    assert len(client.search_runs([exp.experiment_id])) == 2
+
+
+def test_a_flush_stopped_half_way_does_not_leave_a_duplicate(tmp_path, monkeypatch):
+    """The run id is saved in the spool as soon as MLflow gives it; if sending stops after that
+    (a crash, a server gone mid-way), the next flush replaces the half-sent run."""
+    from cytofm import tracking
+
+    _spooled_jobs(tmp_path, monkeypatch)
+    spool = tmp_path / "mlflow-spool"
+    real = tracking._send
+    calls = []
+
+    def crash_after_create(client, exp, folder, record):
+        calls.append(folder.name)
+        if len(calls) == 1:
+            client.create_run(exp, run_name=record["run_name"], tags=record["tags"])
+            record["mlflow_run_id"] = client.search_runs([exp])[0].info.run_id
+            tracking._write_json(folder / "run.json", record)
+            raise ConnectionError("server went away")
+        return real(client, exp, folder, record)
+
+    monkeypatch.setattr(tracking, "_send", crash_after_create)
+    assert tracking.flush_spool(spool)["left"] == 2
+    assert tracking.flush_spool(spool) == {"sent": 2, "killed": 0, "left": 0}
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("cytofm")
+    active = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags["cytofm.stage"] for r in active) == ["cells", "tile"]

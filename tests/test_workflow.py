@@ -44,8 +44,9 @@ def results(tmp_path_factory, mlflow_server):
 
 @pytest.fixture(scope="module")
 def runs(results, mlflow_server):
-    """The tiny workflow's MLflow runs, by run id, read back from the server (which other
-    tests of the session, e.g. the SLURM one, also log to: only runs started after ours)."""
+    """The tiny workflow's MLflow runs, by job id (tag ``cytofm.job_id``), read back from the
+    server (which other tests of the session, e.g. the SLURM one, also log to: only runs
+    started after ours)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(mlflow_server)
@@ -56,7 +57,7 @@ def runs(results, mlflow_server):
         filter_string=f"attributes.start_time >= {started}",
         max_results=1000,
     )
-    return {r.info.run_id: r for r in found}
+    return {r.data.tags["cytofm.job_id"]: r for r in found}
 
 
 def test_lint_is_clean():
@@ -309,7 +310,7 @@ def test_every_job_logged_one_mlflow_run(results, runs):
 
 
 def test_lineage_traces_a_result_to_its_backbone_run_and_slides(results, runs, mlflow_server):
-    """From an evaluation JSON, follow run ids through the server: evaluate -> embed ->
+    """From an evaluation JSON, follow job ids through the server: evaluate -> embed ->
     pretrain -> cells -> tile -> the slide's checksum; every run shares one invocation id."""
     from mlflow.tracking import MlflowClient
 
@@ -317,23 +318,23 @@ def test_lineage_traces_a_result_to_its_backbone_run_and_slides(results, runs, m
 
     assert len({r.data.tags["cytofm.invocation_id"] for r in runs.values()}) == 1
     result = json.loads((results / "eval" / "demo_cells" / "cytofm" / "linear.json").read_text())
-    evaluate = runs[result["provenance"]["mlflow_run_id"]]
+    evaluate = runs[result["provenance"]["job_id"]]
     assert evaluate.data.tags["snakemake.wildcard.protocol"] == "linear"
-    features = runs[evaluate.data.tags["cytofm.input.features.run_id"]]
+    features = runs[evaluate.data.tags["cytofm.input.features.job_id"]]
     assert features.data.tags["cytofm.stage"] == "embed"
     assert features.data.tags["snakemake.wildcard.backbone"] == "cytofm"
-    pretrain = runs[features.data.tags["cytofm.input.pretrained.run_id"]]
+    pretrain = runs[features.data.tags["cytofm.input.pretrained.job_id"]]
     assert pretrain.data.tags["cytofm.stage"] == "pretrain"
     weights = results / "pretrain" / "cytofm_vit_demo" / "backbone" / "model.safetensors"
     assert features.data.tags["cytofm.input.pretrained.sha256"] == file_sha256(weights)
 
-    tags = pretrain.data.tags  # one input store: '.run_id'; several: '.run_ids'
-    ids = tags.get("cytofm.input.stores.run_ids") or tags["cytofm.input.stores.run_id"]
+    tags = pretrain.data.tags  # one input store: '.job_id'; several: '.job_ids'
+    ids = tags.get("cytofm.input.stores.job_ids") or tags["cytofm.input.stores.job_id"]
     cells = [runs[i] for i in ids.split(",")]
     pretraining_slides = ["demo_000"]  # the tiny sheet's one pretraining slide
     assert sorted(r.data.tags["snakemake.wildcard.slide"] for r in cells) == pretraining_slides
     for run in cells:
-        tile = runs[run.data.tags["cytofm.input.tiles.run_id"]]
+        tile = runs[run.data.tags["cytofm.input.tiles.job_id"]]
         slide = results / "demo" / "slides" / f"{tile.data.tags['snakemake.wildcard.slide']}.tif"
         assert tile.data.tags["cytofm.slide_sha256"] == file_sha256(slide)
 
@@ -341,8 +342,12 @@ def test_lineage_traces_a_result_to_its_backbone_run_and_slides(results, runs, m
     store_prov = json.loads(
         (results / "features" / "cytofm" / "datasets" / "demo_cells.zarr" / "zarr.json").read_text()
     )["attributes"]["provenance"]
-    assert store_prov["mlflow_run_id"] == features.info.run_id
-    assert store_prov["inputs"]["pretrained"][0]["mlflow_run_id"] == pretrain.info.run_id
+    assert store_prov["job_id"] == features.data.tags["cytofm.job_id"]
+    assert store_prov["inputs"]["pretrained"][0]["job_id"] == pretrain.data.tags["cytofm.job_id"]
+    # pretraining logs live (its curves are watched as it trains): its run id is known at once
+    backbone_prov = json.loads(weights.with_name("config.json").read_text())["provenance"]
+    assert backbone_prov["mlflow_run_id"] == pretrain.info.run_id
+    assert not (results / "mlflow-spool").exists()  # every spooled run was sent
     client = MlflowClient(mlflow_server)
     names = [a.path for a in client.list_artifacts(evaluate.info.run_id)]
     assert "lineage.json" in names

@@ -65,9 +65,10 @@ class JobContext:
         return tags
 
     def run(
-        self, stage: str, params: Mapping[str, Any] | None = None
+        self, stage: str, params: Mapping[str, Any] | None = None, live: bool = False
     ) -> AbstractContextManager[RunLogger]:
-        """The job's one MLflow run, tagged with its rule and wildcards."""
+        """The job's one MLflow run, tagged with its rule and wildcards; ``live`` logs it to
+        MLflow as the job goes even where the workflow spools runs (long jobs)."""
         return job_run(
             stage,
             tracking=self.tracking,
@@ -76,6 +77,7 @@ class JobContext:
             tags=self.tags,
             run_name=self.run_name,
             inputs=self.inputs,
+            live=live,
         )
 
     @property

@@ -81,7 +81,7 @@ def run_pretrain(
         "world_size": trainer.world,
         "device": str(trainer.device),
     }
-    with job.run("pretrain", params) as run:
+    with job.run("pretrain", params, live=True) as run:  # loss curves visible while it trains
         run.set_tags({"pretrain.resumed_from_step": resumed_from})
         t0 = time.perf_counter()
         last = trainer.fit(logger=run, knn=knn)

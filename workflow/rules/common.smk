@@ -26,6 +26,7 @@ from cytofm.eval.backbones import BackboneSpec
 from cytofm.inductive import exposure, leak_message, slide_leaks
 from cytofm.labels import check_labels
 from cytofm.provenance import INVOCATION_ENV, new_invocation_id
+from cytofm.tracking import SPOOL_ENV, flush_spool
 from cytofm.cells.stain import stain_mode
 from cytofm.sheet import is_remote, load_sheet
 from cytofm.synthetic.demo import make_demo_sheet
@@ -37,6 +38,39 @@ validate(config, "../schemas/config.schema.yaml")
 os.environ.setdefault(INVOCATION_ENV, new_invocation_id())
 
 RESULTS = config["results"]
+
+# Jobs write their MLflow runs to this spool instead of importing mlflow (2-3 s a job) and the
+# workflow sends them when it ends, or when the next run starts after a crash
+# (cytofm/tracking.py); pretraining logs live. `mlflow.defer: false` logs every job live.
+MLFLOW_SPOOL = Path(RESULTS).resolve() / "mlflow-spool"
+if config["mlflow"]["defer"]:
+    os.environ[SPOOL_ENV] = str(MLFLOW_SPOOL)
+else:
+    os.environ.pop(SPOOL_ENV, None)
+
+
+def send_spooled_runs(final):
+    counts = flush_spool(MLFLOW_SPOOL, final=final)
+    if counts["sent"] or counts["left"]:
+        print(
+            f"MLflow: sent {counts['sent']} spooled run(s) "
+            f"({counts['killed']} of killed jobs), {counts['left']} left in {MLFLOW_SPOOL}",
+            file=sys.stderr,
+        )
+
+
+onstart:
+    send_spooled_runs(final=False)
+
+
+onsuccess:
+    send_spooled_runs(final=True)
+
+
+onerror:
+    send_spooled_runs(final=True)
+
+
 DEMO_ENABLED = config["demo"]["enabled"]
 DEMO = from_mapping(
     DemoConfig, {k: v for k, v in config["demo"].items() if k != "enabled"}, "demo"
