@@ -65,6 +65,21 @@ def test_binucleate_nuclei_merge_into_one_centre():
     assert out[0].tolist() == pytest.approx([14.0, 10.0])
 
 
+def test_neighbour_search_equals_a_kd_tree():
+    """The sweep that replaced scipy's cKDTree in merge_close finds the same neighbours."""
+    from scipy.spatial import cKDTree
+
+    from cytofm.cells.detect import _within
+
+    rng = np.random.default_rng(0)
+    for n, radius in ((1, 3.0), (50, 5.0), (2000, 7.5)):
+        xy = rng.uniform(0, 300, (n, 2))
+        xy[n // 2 :] = np.round(xy[n // 2 :])  # ties on x and points exactly at the radius
+        want = cKDTree(xy).query_ball_point(xy, r=radius)
+        got = _within(xy, radius)
+        assert [list(g) for g in got] == [sorted(w) for w in want]
+
+
 def test_dark_blob_found_at_its_centre_and_glass_gives_nothing():
     img = np.full((120, 120, 3), 245, np.uint8)
     yy, xx = np.mgrid[:120, :120]

@@ -15,7 +15,6 @@ from typing import Protocol
 
 import cv2
 import numpy as np
-from scipy.spatial import cKDTree
 
 from cytofm.cells.stain import StainChoice, min_od_map
 from cytofm.config import CellsConfig
@@ -78,6 +77,21 @@ def _local_maxima(response: np.ndarray, radius: int, threshold: float) -> np.nda
     return np.argwhere((response >= dilated) & (response >= threshold))
 
 
+def _within(xy: np.ndarray, radius: float) -> list[np.ndarray]:
+    """For each point, the sorted indices of the points at distance <= ``radius`` (itself
+    included): a sweep over x, so a cells job does not import scipy.spatial (0.4 s)."""
+    by_x = np.argsort(xy[:, 0], kind="stable")
+    xs = xy[by_x, 0]
+    lo = np.searchsorted(xs, xy[:, 0] - radius, side="left")
+    hi = np.searchsorted(xs, xy[:, 0] + radius, side="right")
+    found = []
+    for i in range(len(xy)):
+        near = by_x[lo[i] : hi[i]]
+        d2 = ((xy[near] - xy[i]) ** 2).sum(1)
+        found.append(np.sort(near[d2 <= radius * radius]))
+    return found
+
+
 def merge_close(xy: np.ndarray, scores: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
     """Greedy merge of centres closer than ``radius``: strongest first, position averaged
     (score-weighted) over its group, so the two nuclei of a binucleate cell give one centre."""
@@ -85,7 +99,7 @@ def merge_close(xy: np.ndarray, scores: np.ndarray, radius: float) -> tuple[np.n
         return xy, scores
     order = np.argsort(-scores, kind="stable")
     xy, scores = xy[order], scores[order]
-    neighbours = cKDTree(xy).query_ball_point(xy, r=radius * (1 - 1e-9))
+    neighbours = _within(xy, radius * (1 - 1e-9))
     taken = np.zeros(len(xy), bool)
     out_xy, out_s = [], []
     for i in range(len(xy)):
