@@ -9,7 +9,7 @@ STAMP := $(VENV)/.cytofm-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e '.[dev,umap]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -22,6 +22,13 @@ RULES = sorted((REPO / "workflow" / "rules").glob("*.smk"))
 OUTSIDE_ENV = {"snakemake", "snakemake-executor-plugin-slurm", "snakemake-storage-plugin-http"}
 # opt-in plug-ins imported only when a config asks for them; README.md tells users to install them
 OPT_IN = {"cellpose": "pip install cellpose"}
+# hard dependencies that no cytofm module imports, and why they are needed all the same
+RUNTIME_ONLY = {
+    "openslide-bin": "the OpenSlide C library that openslide-python loads",
+    "imagecodecs": "the JPEG / JPEG 2000 / LZW codecs tifffile uses for compressed TIFF tiles",
+    "snakemake-executor-plugin-slurm": "Snakemake loads it for profiles/slurm",
+    "snakemake-storage-plugin-http": "Snakemake loads it for http(s) paths in the sample sheet",
+}
 
 
 def _norm(name: str) -> str:
@@ -107,6 +114,62 @@ def test_opt_in_imports_are_documented_and_guarded():
             assert "except ImportError" in text and install in text, (
                 f"{path.name} imports {mod} without an error saying `{install}`"
             )
+
+
+def _project() -> dict:
+    import tomllib
+
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+def _workflow_imports() -> set[str]:
+    """Top-level modules imported by the package, the rule scripts and the .smk files."""
+    mods = _imports(sorted((REPO / "cytofm").rglob("*.py")))
+    mods |= _imports(sorted((REPO / "workflow" / "scripts").glob("*.py")))
+    for smk in [REPO / "Snakefile", *RULES]:
+        for m in re.finditer(r"^\s*(?:from|import)\s+([A-Za-z_]\w*)", smk.read_text(), re.M):
+            mods.add(m.group(1))
+    return mods - set(sys.stdlib_module_names) - {"cytofm"}
+
+
+def test_every_hard_dependency_is_imported():
+    """A dependency in pyproject.toml is imported by cytofm (or is one of RUNTIME_ONLY, each
+    with its reason); what cytofm can do without is an extra."""
+    deps = {_norm(re.split(r"[<>=!~ \[]", d, maxsplit=1)[0]) for d in _project()["dependencies"]}
+    dists = importlib.metadata.packages_distributions()
+    used = {_norm(d) for m in _workflow_imports() for d in dists.get(m, [])}
+    assert set(RUNTIME_ONLY) <= deps, sorted(set(RUNTIME_ONLY) - deps)
+    unused = deps - used - set(RUNTIME_ONLY)
+    assert not unused, f"in pyproject.toml but imported by no cytofm module: {sorted(unused)}"
+
+
+def test_extras_are_imported_only_behind_a_clear_error():
+    """Each module of an optional dependency is imported only where its absence is caught and
+    turned into the pip command to run."""
+    dists = importlib.metadata.packages_distributions()
+    extras = {k: v for k, v in _project()["optional-dependencies"].items() if k != "dev"}
+    assert extras
+    for extra, reqs in extras.items():
+        for req in reqs:
+            dist = _norm(re.split(r"[<>=!~ \[]", req, maxsplit=1)[0])
+            modules = {m for m, ds in dists.items() if dist in {_norm(d) for d in ds}}
+            users = [
+                p
+                for p in sorted((REPO / "cytofm").rglob("*.py"))
+                if _imports([p]) & modules
+            ]
+            assert users, f"extra '{extra}': nothing imports {dist}"
+            for path in users:
+                text = path.read_text()
+                assert "except ImportError" in text and f"pip install {dist}" in text, (
+                    f"{path.relative_to(REPO)} imports {dist} (extra '{extra}') unguarded"
+                )
+
+
+def test_repository_has_a_licence_matching_pyproject():
+    licence = (REPO / "LICENSE").read_text()
+    assert _project()["license"] == {"text": "Apache-2.0"}
+    assert "Apache License" in licence and "Version 2.0, January 2004" in licence
 
 
 def test_env_matches_the_package_requirements():
