@@ -153,11 +153,7 @@ def test_extras_are_imported_only_behind_a_clear_error():
         for req in reqs:
             dist = _norm(re.split(r"[<>=!~ \[]", req, maxsplit=1)[0])
             modules = {m for m, ds in dists.items() if dist in {_norm(d) for d in ds}}
-            users = [
-                p
-                for p in sorted((REPO / "cytofm").rglob("*.py"))
-                if _imports([p]) & modules
-            ]
+            users = [p for p in sorted((REPO / "cytofm").rglob("*.py")) if _imports([p]) & modules]
             assert users, f"extra '{extra}': nothing imports {dist}"
             for path in users:
                 text = path.read_text()
