@@ -140,11 +140,22 @@ class TilingConfig(_Section):
         if self.min_object_um2 < 0 or self.dilate_um < 0:
             raise ConfigError(f"{s}.min_object_um2 and {s}.dilate_um must be >= 0")
         _fraction(s, min_foreground=self.min_foreground)
-        if self.backend not in ("auto", "openslide", "image", "tiatoolbox"):
-            raise ConfigError(
-                f"{s}.backend must be one of auto, openslide, image, tiatoolbox; got "
-                f"{self.backend!r}"
-            )
+        _check_reader(s, self.backend)
+
+
+def _check_reader(section: str, backend: str) -> None:
+    """``auto``, a built-in reader, or one a package registers (checked without importing the
+    readers unless the name is not built in)."""
+    if backend in ("auto", "openslide", "image", "tiatoolbox"):
+        return
+    from cytofm.wsi.reader import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ConfigError(
+            f"{section}.backend: no slide reader named {backend!r}; available: auto, "
+            f"{', '.join(BACKENDS.names())}. A package adds one with an entry point in "
+            '[project.entry-points."cytofm.readers"]'
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +203,11 @@ class CellsConfig(_Section):
             raise ConfigError(f"{s}.min_darkness and {s}.merge_um must be >= 0")
         if self.chunk < 1:
             raise ConfigError(f"{s}.chunk must be >= 1, got {self.chunk!r}")
+        _check_reader(s, self.backend)
+        if self.detector not in ("classical", "tiatoolbox", "cellpose"):  # a plug-in's name
+            from cytofm.cells.detect import DETECTORS
+
+            DETECTORS[self.detector]  # raises, naming what is available
 
     @property
     def patch_mpp(self) -> float:

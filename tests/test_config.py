@@ -194,7 +194,9 @@ def test_schema_rejects_unknown_and_out_of_range():
     [
         (TilingConfig, {"mpp": 0}, r"tiling\.mpp must be > 0, got 0"),
         (TilingConfig, {"mask_mpp": 0.1}, r"mask_mpp \(0\.1\) must be >= tiling\.mpp"),
-        (TilingConfig, {"backend": "bioformats"}, "backend must be one of"),
+        (TilingConfig, {"backend": "bioformats"}, "tiling.backend: no slide reader.*bioformats"),
+        (CellsConfig, {"backend": "bioformats"}, "cells.backend: no slide reader.*bioformats"),
+        (CellsConfig, {"detector": "hovernet"}, "cells.detector: no nucleus detector.*hovernet"),
         (CellsConfig, {"nucleus_min_um": 10, "nucleus_max_um": 5}, "nucleus_max_um"),
         (CellsConfig, {"patch_px": 4}, r"cells\.patch_px must be >= 8, got 4"),
         (DemoConfig, {"abnormal_cell_fraction": 1.5}, "abnormal_cell_fraction"),

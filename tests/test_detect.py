@@ -92,8 +92,8 @@ def test_dark_blob_found_at_its_centre_and_glass_gives_nothing():
 
 
 def test_detector_registry():
-    with pytest.raises(ConfigError, match="not registered; available"):
-        make_detector(CellsConfig(detector="hovernet"), np.array([255, 255, 255]))
+    with pytest.raises(ConfigError, match="no nucleus detector named 'hovernet'; available"):
+        CellsConfig(detector="hovernet")
 
     @register_detector("constant-test")
     def _factory(cfg, background):

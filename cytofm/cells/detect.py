@@ -2,9 +2,9 @@
 
 A detector is built from the cells config and the slide's glass colour, and called on an RGB
 region with its mpp; it returns nucleus centres (x, y) in that region's pixels and a score
-per centre. To use a learned model (for example a tiatoolbox nucleus segmentor with local
-weights), register a factory with :func:`register_detector` and name it in config;
-:mod:`cytofm.cells.learned` registers ``tiatoolbox`` and ``cellpose``.
+per centre. :mod:`cytofm.cells.learned` registers ``tiatoolbox`` and ``cellpose``. Another
+package adds its own with an entry point in the group ``cytofm.detectors`` naming a factory
+``factory(cells_config, background_rgb) -> Detector`` (see :mod:`cytofm.registry`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 from cytofm.cells.stain import StainChoice, min_od_map
 from cytofm.config import CellsConfig
-from cytofm.errors import ConfigError
+from cytofm.registry import Registry
 from cytofm.wsi.mask import optical_density
 
 __all__ = ["DETECTORS", "ClassicalDetector", "Detector", "make_detector", "register_detector"]
@@ -28,29 +28,20 @@ class Detector(Protocol):
     def __call__(self, rgb: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-DETECTORS: dict[str, Callable[[CellsConfig, np.ndarray], Detector]] = {}
+DETECTORS: Registry[Callable[..., Detector]] = Registry(
+    "nucleus detector", "cytofm.detectors", "cells.detector", lazy=("cytofm.cells.learned",)
+)
 
 
 def register_detector(name: str):
     """Register ``factory(cells_config, background_rgb) -> Detector`` under ``name``; a factory
     with a ``stain`` parameter also gets the slide's :class:`StainChoice`."""
-
-    def decorator(factory):
-        DETECTORS[name] = factory
-        return factory
-
-    return decorator
+    return DETECTORS.register(name)
 
 
 def make_detector(
     cfg: CellsConfig, background: np.ndarray, stain: StainChoice | None = None
 ) -> Detector:
-    if cfg.detector not in DETECTORS:
-        import cytofm.cells.learned  # noqa: F401 - registers the learned detectors
-    if cfg.detector not in DETECTORS:
-        raise ConfigError(
-            f"cells.detector {cfg.detector!r} is not registered; available: {sorted(DETECTORS)}"
-        )
     factory = DETECTORS[cfg.detector]
     if stain is not None and "stain" in inspect.signature(factory).parameters:
         return factory(cfg, background, stain=stain)

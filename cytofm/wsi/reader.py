@@ -19,22 +19,22 @@ import cv2
 import numpy as np
 
 from cytofm.errors import InputDataError, MissingResolutionError
+from cytofm.registry import Registry
 
 __all__ = ["BACKENDS", "Slide", "check_slide_file", "open_slide", "register_backend", "sniff"]
 
 log = logging.getLogger(__name__)
 
-BACKENDS: dict[str, Callable[..., Slide]] = {}
+# name -> ``open(path, slide_id, mpp) -> Slide``; other packages add readers with an entry point
+# in the group ``cytofm.readers`` (see cytofm.registry)
+BACKENDS: Registry[Callable[..., Slide]] = Registry(
+    "slide reader", "cytofm.readers", "tiling.backend / cells.backend"
+)
 
 
 def register_backend(name: str) -> Callable[[Callable[..., Slide]], Callable[..., Slide]]:
     """Register a slide-opening function under ``name`` (``tiling.backend`` in config)."""
-
-    def decorator(fn: Callable[..., Slide]) -> Callable[..., Slide]:
-        BACKENDS[name] = fn
-        return fn
-
-    return decorator
+    return BACKENDS.register(name)
 
 
 class Slide:
@@ -460,8 +460,6 @@ def open_slide(
             backend = "image"
         else:
             backend = "tiatoolbox"
-    if backend not in BACKENDS:
-        raise InputDataError(f"unknown slide backend {backend!r}; available: {sorted(BACKENDS)}")
     slide = BACKENDS[backend](path, slide_id, mpp)
     log.info("opened %r", slide)
     return slide

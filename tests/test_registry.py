@@ -1,0 +1,127 @@
+"""Plug-ins from other packages: a detector (or reader) installed with an entry point is found by
+name, and the workflow's cells stage uses it, without any change to cytofm."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from cytofm.config import CellsConfig, TilingConfig
+from cytofm.errors import ConfigError
+from cytofm.registry import Registry
+
+REPO = Path(__file__).resolve().parents[1]
+
+PLUGIN = '''
+import numpy as np
+
+
+def make(cfg, background):
+    """One nucleus at the centre of every region the cells stage hands over."""
+
+    def detect(rgb, mpp):
+        h, w = rgb.shape[:2]
+        return np.array([[(w - 1) / 2, (h - 1) / 2]]), np.array([1.0], np.float32)
+
+    return detect
+
+
+def open_slide(path, slide_id, mpp):
+    from cytofm.wsi.reader import ImageSlide
+
+    return ImageSlide(path, slide_id, mpp)
+
+
+def broken(cfg, background):
+    raise AssertionError("never called")
+'''
+
+
+def _install_plugin(root: Path) -> Path:
+    """A package `cytofm_gridplugin` and its metadata on a folder, as pip would install it."""
+    site = root / "site"
+    (site / "cytofm_gridplugin").mkdir(parents=True)
+    (site / "cytofm_gridplugin" / "__init__.py").write_text(PLUGIN)
+    info = site / "cytofm_gridplugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cytofm-gridplugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        textwrap.dedent(
+            """\
+            [cytofm.detectors]
+            grid-test = cytofm_gridplugin:make
+            missing-test = cytofm_gridplugin:no_such_factory
+
+            [cytofm.readers]
+            plain-test = cytofm_gridplugin:open_slide
+            """
+        )
+    )
+    return site
+
+
+def test_names_come_from_entry_points_and_errors_say_how_to_add_one(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(_install_plugin(tmp_path)))
+    reg: Registry = Registry("nucleus detector", "cytofm.detectors", "cells.detector")
+    reg.register("builtin")(lambda cfg, bg: None)
+    assert {"builtin", "grid-test", "missing-test"} <= set(reg.names())
+    assert "grid-test" in reg and reg["grid-test"].__module__ == "cytofm_gridplugin"
+    named = r"cells.detector: no nucleus detector named 'nope'; available: .*'grid-test'"
+    with pytest.raises(ConfigError, match=named + r".*entry-points.\"cytofm.detectors\""):
+        reg["nope"]
+    with pytest.raises(ConfigError, match="entry point 'cytofm_gridplugin:no_such_factory'.*"):
+        reg["missing-test"]
+    # the config checks plug-in names when it is built, before any job runs
+    assert CellsConfig(detector="grid-test").detector == "grid-test"
+    assert TilingConfig(backend="plain-test").backend == "plain-test"
+    with pytest.raises(ConfigError, match="tiling.backend: no slide reader named 'tiff2'"):
+        TilingConfig(backend="tiff2")
+
+
+def test_the_cells_stage_uses_a_detector_and_reader_from_another_package(tmp_path):
+    """`snakemake` with a package on the path (what `pip install` does) that registers a
+    detector and a reader by entry points: config names them, the cells store holds exactly
+    what that detector found (one nucleus per tile, at the tile's centre)."""
+    site = _install_plugin(tmp_path)
+    field = np.full((500, 700, 3), 232, np.uint8)
+    for x, y in ((150, 120), (420, 300), (600, 80)):
+        cv2.circle(field, (x, y), 14, (90, 60, 140), -1)
+    cv2.imwrite(str(tmp_path / "field.png"), field)
+    (tmp_path / "sheet.tsv").write_text(f"slide_id\tpath\tmpp\nf1\t{tmp_path / 'field.png'}\t0.5\n")
+    res = tmp_path / "res"
+    overlay = {
+        "results": str(res),
+        "samples": str(tmp_path / "sheet.tsv"),
+        "demo": {"enabled": False},
+        "pretrain": {"enabled": False},
+        "backbones": {},
+        "report": {"enabled": False},
+        "tiling": {"backend": "plain-test", "tile_px": 256},
+        "cells": {"detector": "grid-test", "backend": "plain-test"},
+        "mlflow": {"tracking_uri": "none"},
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(overlay))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+    exe = Path(sys.executable).with_name("snakemake")
+    target = res / "cells" / "f1.zarr"
+    cmd = [str(exe), str(target), "--cores", "1", "--configfile", str(tmp_path / "cfg.yaml")]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+
+    from cytofm.store import open_store
+
+    tiles, cells = open_store(res / "tiles" / "f1.zarr"), open_store(target)
+    boxes = np.asarray(tiles["boxes"][:], float)
+    coords = np.asarray(cells["coords"][:], float)
+    assert len(boxes) >= 2 and len(coords) == len(boxes)
+    centres = np.column_stack([boxes[:, [0, 2]].mean(1), boxes[:, [1, 3]].mean(1)])
+    assert np.abs(np.sort(coords, 0) - np.sort(centres, 0)).max() <= 2.0  # level-0 px
+    assert cells.attrs["provenance"]["config"]["detector"] == "grid-test"
