@@ -83,6 +83,7 @@ def _snakemake(cfg: Path, *args: str) -> tuple[float, str]:
         cwd=REPO,
         capture_output=True,
         text=True,
+        timeout=3600,
     )
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -114,7 +115,9 @@ def main() -> None:
         ("startup_without_slurm_probe_s", {**machine_env, "SLURM_CONF": "/dev/null"}),
     ):
         t0 = time.perf_counter()
-        subprocess.run([SNAKEMAKE, "--version"], capture_output=True, check=True, env=env)
+        subprocess.run(
+            [SNAKEMAKE, "--version"], capture_output=True, check=True, env=env, timeout=300
+        )
         result[key] = time.perf_counter() - t0
     result["slurm_conf"] = os.environ.get("SLURM_CONF", "")
     print(

@@ -78,7 +78,7 @@ def one_run(work: Path, repo: Path, n: int) -> dict[str, float]:
 
 def git_commit(repo: Path) -> str:
     cmd = ["git", "rev-parse", "--short", "HEAD"]
-    return subprocess.run(cmd, cwd=repo, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=60).stdout.strip()
 
 
 def main() -> None:

@@ -157,6 +157,7 @@ def main() -> None:
             capture_output=True,
             text=True,
             check=True,
+            timeout=3600,
         )
         result["bags"].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     out = Path(args.out)

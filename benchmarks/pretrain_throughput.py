@@ -159,6 +159,7 @@ def main() -> None:
             capture_output=True,
             text=True,
             check=False,
+            timeout=3600,
         )
         if proc.returncode:
             raise RuntimeError(proc.stderr[-3000:])

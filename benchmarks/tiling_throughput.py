@@ -99,7 +99,11 @@ def _child_pipeline(slide_path: str, workdir: str) -> dict:
 
 def _run_child(*args: str) -> dict:
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False
+        [sys.executable, __file__, "--child", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=3600,
     )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])

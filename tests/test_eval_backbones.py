@@ -158,7 +158,9 @@ def test_hub_name_loads_from_the_local_hugging_face_cache(exported, tmp_path):
         "HF_HOME": str(tmp_path / "hf"),
         "PATH": "/usr/bin:/bin",
     }
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ok" in proc.stdout
 

@@ -578,7 +578,7 @@ def test_runs_of_killed_jobs_are_closed_when_the_job_reruns(tmp_path, monkeypatc
     client = MlflowClient(uri)
     exp = client.create_experiment("cytofm")
     dead = subprocess.Popen(["true"])
-    dead.wait()
+    dead.wait(timeout=30)
     host = socket.gethostname()
     runs = {
         name: client.create_run(exp, run_name="tile:s1", tags={"cytofm.host": h, "cytofm.pid": p})

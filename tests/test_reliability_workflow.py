@@ -315,7 +315,7 @@ def _kill_during(configs, res: Path, stage: str) -> Path:
             os.killpg(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.02)
-    proc.wait()
+    proc.wait(timeout=120)
     assert target is not None, f"no {stage} job was caught mid-way"
     # unlock as a user would after a crash (the lock of the killed run stays behind)
     assert snakemake(configs, "--unlock").returncode == 0

@@ -122,6 +122,7 @@ def test_tiny_workflow_runs_as_slurm_jobs(slurm_run, mlflow_server):
         capture_output=True,
         text=True,
         check=True,
+        timeout=60,
     ).stdout.split()
     records = {line.split("|")[0]: line.split("|")[1:] for line in acct}
     assert set(records) == set(submitted), (sorted(records), sorted(submitted))

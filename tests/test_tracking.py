@@ -188,7 +188,7 @@ def test_runs_of_killed_jobs_are_sent_as_killed_and_running_ones_wait(tmp_path, 
     monkeypatch.setenv(INVOCATION_ENV, "inv-1")
     spool = tmp_path / "mlflow-spool"
     dead = subprocess.Popen(["true"])
-    dead.wait()
+    dead.wait(timeout=30)
     host = socket.gethostname()
     _running_record(spool, "dead", host, dead.pid)
     _running_record(spool, "live", host, os.getpid())

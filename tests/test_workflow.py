@@ -543,7 +543,11 @@ def test_evaluation_settings_reembed_nothing(results, tmp_path, override, expect
     exe = Path(sys.executable).with_name("snakemake")
     cmd = [str(exe), "-n", "--cores", "2", "--configfile", str(changed)]
     proc = subprocess.run(
-        [*cmd, "--config", f"results={results}"], cwd=REPO, capture_output=True, text=True
+        [*cmd, "--config", f"results={results}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert planned_jobs(proc.stdout) == expected

@@ -1,0 +1,39 @@
+"""Rules the test suite keeps so CI stays inside its time budget: no subprocess without a
+timeout (a hung `snakemake` or server would otherwise eat the whole CI run)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCKING = {"run", "call", "check_call", "check_output"}
+
+
+def _calls_without_timeout(path: Path) -> list[str]:
+    name = path.relative_to(REPO) if path.is_relative_to(REPO) else path.name
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        f, kws = node.func, {k.arg for k in node.keywords}
+        on_subprocess = isinstance(f.value, ast.Name) and f.value.id == "subprocess"
+        if on_subprocess and f.attr in BLOCKING and "timeout" not in kws:
+            found.append(f"{name}:{node.lineno} subprocess.{f.attr}")
+        # Popen(...).wait() / .communicate() with no timeout blocks forever on a hung child
+        if f.attr in ("wait", "communicate") and not node.args and "timeout" not in kws:
+            if not (isinstance(f.value, ast.Name) and f.value.id in ("event", "barrier")):
+                found.append(f"{name}:{node.lineno} .{f.attr}()")
+    return found
+
+
+def test_every_subprocess_of_the_tests_and_benchmarks_has_a_timeout():
+    files = sorted((REPO / "tests").glob("*.py")) + sorted((REPO / "benchmarks").glob("*.py"))
+    missing = [hit for path in files for hit in _calls_without_timeout(path)]
+    assert not missing, "add timeout= to: " + ", ".join(missing)
+
+
+def test_the_rule_catches_a_call_without_timeout(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("import subprocess\nsubprocess.run(['true'])\np.wait()\np.wait(timeout=1)\n")
+    assert _calls_without_timeout(sample) == ["sample.py:2 subprocess.run", "sample.py:3 .wait()"]
