@@ -40,8 +40,15 @@ def open_slide(path, slide_id, mpp):
     return ImageSlide(path, slide_id, mpp)
 
 
-def broken(cfg, background):
-    raise AssertionError("never called")
+def tiny_net(spec):
+    import torch
+
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 4, stride=4), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    )
+    net.pretrained_cfg = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.25,) * 3}
+    net.num_features = 8
+    return net
 '''
 
 
@@ -62,6 +69,9 @@ def _install_plugin(root: Path) -> Path:
 
             [cytofm.readers]
             plain-test = cytofm_gridplugin:open_slide
+
+            [cytofm.backbones]
+            tinynet-test = cytofm_gridplugin:tiny_net
             """
         )
     )
@@ -84,6 +94,26 @@ def test_names_come_from_entry_points_and_errors_say_how_to_add_one(tmp_path, mo
     assert TilingConfig(backend="plain-test").backend == "plain-test"
     with pytest.raises(ConfigError, match="tiling.backend: no slide reader named 'tiff2'"):
         TilingConfig(backend="tiff2")
+
+
+def test_a_backbone_kind_from_another_package_embeds(tmp_path, monkeypatch):
+    from cytofm.eval.backbones import BackboneSpec, load_backbone_spec
+    from cytofm.eval.features import embed_array
+
+    monkeypatch.syspath_prepend(str(_install_plugin(tmp_path)))
+    with pytest.raises(ConfigError, match=r"backbones.x.kind must be one of .*'tinynet-test'"):
+        BackboneSpec("x", "tinynet")
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"weights")
+    spec = BackboneSpec("mine", "tinynet-test", weights=str(weights))
+    bb = load_backbone_spec(spec)
+    assert (bb.input_size, bb.mean, bb.std) == (32, (0.5,) * 3, (0.25,) * 3)  # from the model
+    assert bb.identity["architecture"] == "tinynet-test" and bb.identity["source"] == "w.bin"
+    images = np.random.default_rng(0).integers(0, 255, (5, 48, 48, 3), dtype=np.uint8)
+    feats = embed_array(bb, images, batch_size=2, device="cpu", precision="fp32")
+    assert feats.shape == (5, 8) and np.isfinite(feats).all()
+    again = embed_array(load_backbone_spec(spec), images, batch_size=5, device="cpu")
+    np.testing.assert_allclose(feats, again, rtol=1e-5)  # the spec's seed fixes the weights
 
 
 def test_the_cells_stage_uses_a_detector_and_reader_from_another_package(tmp_path):

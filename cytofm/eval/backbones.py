@@ -14,6 +14,12 @@ Kinds:
 ``hub``
     A timm/Hugging Face hub name (``hf-hub:org/name``) fetched by timm when online, or from the
     local Hugging Face cache with ``HF_HUB_OFFLINE=1``.
+any other name
+    A kind another package installs with an entry point in the group ``cytofm.backbones``: a
+    factory ``factory(spec) -> torch.nn.Module`` mapping (N, 3, H, W) normalised images to
+    (N, D) features, with ``num_features = D`` as timm models have. ``input_size``, ``mean``
+    and ``std`` come from the spec or the model's ``pretrained_cfg``; ``weights`` (if set) is
+    hashed into its identity and becomes an input of the jobs that use it.
 
 Loading never unpickles arbitrary objects.
 """
@@ -32,12 +38,15 @@ from torch import nn
 from cytofm.config import _Section
 from cytofm.errors import ConfigError, InputDataError
 from cytofm.provenance import file_sha256
+from cytofm.registry import Registry
 
 __all__ = ["BackboneSpec", "LoadedBackbone", "load_backbone_spec", "state_sha256"]
 
 log = logging.getLogger(__name__)
 
 KINDS = ("pretrained", "random", "timm", "hub")
+# kinds other packages add: name -> factory(spec) -> nn.Module (see the module's doc)
+BACKBONE_KINDS: Registry = Registry("backbone kind", "cytofm.backbones", "backbones.<name>.kind")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -61,8 +70,11 @@ class BackboneSpec(_Section):
         s = f"backbones.{self.name}"
         if not self.name or not all(ch.isalnum() or ch in "._-" for ch in self.name):
             raise ConfigError(f"backbone name {self.name!r} may hold only letters, digits, '._-'")
-        if self.kind not in KINDS:
-            raise ConfigError(f"{s}.kind must be one of {list(KINDS)}, got {self.kind!r}")
+        if self.kind not in KINDS and self.kind not in BACKBONE_KINDS:
+            raise ConfigError(
+                f"{s}.kind must be one of {list(KINDS)} or a kind an installed package adds "
+                f"({BACKBONE_KINDS.names() or 'none installed'}), got {self.kind!r}"
+            )
         if self.kind == "timm" and not (self.arch and self.weights):
             raise ConfigError(f"{s}: kind 'timm' needs 'arch' and a local 'weights' file")
         if self.kind == "hub" and not self.arch:
@@ -223,9 +235,22 @@ def load_backbone_spec(
         identity["weights_sha256"] = file_sha256(path)
         identity["source"] = path.name
         size, mean, std = _preproc(model, spec)
-    else:  # hub
+    elif spec.kind == "hub":
         model = timm.create_model(spec.arch, pretrained=True, num_classes=0, **spec.model_args)
         identity["architecture"] = spec.arch
+        size, mean, std = _preproc(model, spec)
+    else:  # a kind another package registers
+        torch.manual_seed(spec.seed)
+        model = BACKBONE_KINDS[spec.kind](spec)
+        if not isinstance(getattr(model, "num_features", None), int):
+            raise ConfigError(
+                f"backbones.{spec.name}: the '{spec.kind}' factory returned a model without an "
+                "integer num_features (its feature width, as timm models have); set it"
+            )
+        identity["architecture"] = spec.arch or spec.kind
+        if spec.weights:
+            identity["weights_sha256"] = file_sha256(spec.weights)
+            identity["source"] = Path(spec.weights).name
         size, mean, std = _preproc(model, spec)
     if "weights_sha256" not in identity:
         identity["weights_sha256"] = state_sha256(model)

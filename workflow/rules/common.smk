@@ -22,7 +22,7 @@ from cytofm.config import (
 )
 from cytofm.errors import InputDataError
 from cytofm.hardware import gpu_request, visible_gpus
-from cytofm.eval.backbones import BackboneSpec
+from cytofm.eval.backbones import KINDS as BACKBONE_BUILTIN_KINDS, BackboneSpec
 from cytofm.inductive import exposure, leak_message, slide_leaks
 from cytofm.labels import check_labels
 from cytofm.provenance import INVOCATION_ENV, new_invocation_id
@@ -483,7 +483,7 @@ def backbone_inputs(wildcards):
     files = {}
     if pretrained_dir(wildcards.backbone):
         files["pretrained"] = pretrained_dir(wildcards.backbone)
-    if spec.kind == "timm":
+    if spec.kind == "timm" or (spec.kind not in BACKBONE_BUILTIN_KINDS and spec.weights):
         files["weights"] = spec.weights
     return files
 
