@@ -381,7 +381,7 @@ class PretrainConfig(_Section):
             object.__setattr__(self, key, tuple(getattr(self, key)))
 
 
-PROTOCOLS = ("linear", "knn", "fewshot", "lora")
+PROTOCOLS = ("linear", "knn", "fewshot", "lora")  # built in; packages add more (eval.protocols)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -408,7 +408,14 @@ class TaskConfig(_Section):
             raise ConfigError(f"task name {self.name!r} may hold only letters, digits and '._-'")
         bad = sorted(set(self.protocols) - set(PROTOCOLS))
         if bad:
-            raise ConfigError(f"{s}.protocols: unknown {bad}; choose from {list(PROTOCOLS)}")
+            from cytofm.eval.protocols import PROTOCOLS as REGISTERED
+
+            bad = [p for p in bad if p not in REGISTERED]
+            if bad:
+                raise ConfigError(
+                    f"{s}.protocols: unknown {bad}; choose from {REGISTERED.names()}, or install "
+                    'a package that adds one ([project.entry-points."cytofm.protocols"])'
+                )
         if any(int(k) < 1 for k in (*self.shots, *self.lora_shots)):
             raise ConfigError(
                 f"{s}.shots and lora_shots must be >= 1, got {list(self.shots)}, "

@@ -3,6 +3,7 @@ name, and the workflow's cells stage uses it, without any change to cytofm."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -40,6 +41,33 @@ def open_slide(path, slide_id, mpp):
     return ImageSlide(path, slide_id, mpp)
 
 
+from cytofm.eval.protocols import Protocol
+
+
+def _nearest_mean(inp, rows):
+    feats, labels = inp.features, inp.labels
+    means = np.stack([feats[rows][labels[rows] == c].mean(0) for c in range(inp.n_classes)])
+    d = ((feats[inp.split.test][:, None] - means[None]) ** 2).sum(-1)
+    p = np.exp(-(d - d.min(1, keepdims=True)))
+    return p / p.sum(1, keepdims=True)
+
+
+class NearestMean(Protocol):
+    """Nearest class mean of the features: on the training split, and at 2 shots per seed."""
+
+    name = "nearest-mean-test"
+
+    def once(self):
+        return _nearest_mean(self.inputs, self.inputs.split.train), {"rule": "nearest mean"}
+
+    @classmethod
+    def budgets(cls, task, cfg):
+        return [("shots", 2)]
+
+    def run(self, rows, seed, budget):
+        return _nearest_mean(self.inputs, rows), {"rule": "nearest mean"}
+
+
 def tiny_net(spec):
     import torch
 
@@ -72,6 +100,9 @@ def _install_plugin(root: Path) -> Path:
 
             [cytofm.backbones]
             tinynet-test = cytofm_gridplugin:tiny_net
+
+            [cytofm.protocols]
+            nearest-mean-test = cytofm_gridplugin:NearestMean
             """
         )
     )
@@ -114,6 +145,49 @@ def test_a_backbone_kind_from_another_package_embeds(tmp_path, monkeypatch):
     assert feats.shape == (5, 8) and np.isfinite(feats).all()
     again = embed_array(load_backbone_spec(spec), images, batch_size=5, device="cpu")
     np.testing.assert_allclose(feats, again, rtol=1e-5)  # the spec's seed fixes the weights
+
+
+def test_an_evaluation_protocol_from_another_package_runs_like_the_built_in_ones(
+    tmp_path, monkeypatch
+):
+    """The evaluate stage samples the shots, summarises with CIs and writes the result JSON
+    for a protocol it does not know, exactly as for its own."""
+    from cytofm.config import EvalConfig, TaskConfig
+    from cytofm.eval.backbones import BackboneSpec
+    from cytofm.stages.evaluate import run_evaluate
+    from cytofm.store import PatchStoreWriter, atomic_group
+
+    monkeypatch.syspath_prepend(str(_install_plugin(tmp_path)))
+    with pytest.raises(ConfigError, match=r"protocols: unknown \['svm'\]; choose from .*"
+                       r"'nearest-mean-test'"):  # fmt: skip
+        TaskConfig(name="t", dataset="toy", protocols=["svm"])
+    task = TaskConfig(name="t", dataset="toy", protocols=["nearest-mean-test"], seeds=[0, 1])
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 30)
+    with atomic_group(tmp_path / "toy.zarr") as g:
+        w = PatchStoreWriter(g, 8, 16, {"labels": (np.int16, ()), "groups": (str, ())})
+        groups = np.array([f"g{i % 15}" for i in range(90)])
+        w.append(np.zeros((90, 8, 8, 3), np.uint8), labels=labels.astype(np.int16), groups=groups)
+        w.close()
+        g.attrs["classes"] = ["a", "b", "c"]
+    with atomic_group(tmp_path / "feats.zarr") as g:
+        feats = np.eye(3)[labels] * 4 + rng.normal(0, 0.5, (90, 3))
+        g.create_array("features", data=feats.astype(np.float16))
+    result = run_evaluate(
+        task,
+        EvalConfig(bootstrap=50),
+        "nearest-mean-test",
+        BackboneSpec("bb", "random", arch="vit_tiny_patch16_224"),
+        tmp_path / "toy.zarr",
+        tmp_path / "out.json",
+        features_store=tmp_path / "feats.zarr",
+    )
+    once, shots = result["results"]
+    assert once["seed_independent"] and once["runs"][0]["rule"] == "nearest mean"
+    assert shots["shots"] == 2 and [r["seed"] for r in shots["runs"]] == [0, 1]
+    assert all(len(r["train_rows"]) == 6 for r in shots["runs"])  # 2 per class
+    assert once["summary"]["balanced_accuracy"]["mean"] > 0.9  # separable features
+    assert json.loads((tmp_path / "out.json").read_text())["protocol"] == "nearest-mean-test"
 
 
 def test_the_cells_stage_uses_a_detector_and_reader_from_another_package(tmp_path):

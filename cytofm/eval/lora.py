@@ -35,6 +35,7 @@ __all__ = [
     "lr_factor",
     "predict_proba",
     "protocol_steps",
+    "settings_from",
     "target_pattern",
     "train_lora",
 ]
@@ -53,6 +54,23 @@ class LoraSettings:
     min_lr: float = 1e-6
     max_steps: int = 0  # 0: the protocol's full schedule
     weight_decay: float = 0.01
+
+
+def settings_from(cfg) -> LoraSettings:
+    """The ``lora_*`` keys of an :class:`cytofm.config.EvalConfig`."""
+    return LoraSettings(
+        rank=cfg.lora_rank,
+        alpha=cfg.lora_alpha,
+        dropout=cfg.lora_dropout,
+        target_modules=tuple(cfg.lora_target_modules),
+        batch_size=cfg.lora_batch_size,
+        iters_per_shot=cfg.lora_iters_per_shot,
+        fraction_epochs=cfg.lora_fraction_epochs,
+        warmup_steps=cfg.lora_warmup_steps,
+        min_lr=cfg.lora_min_lr,
+        max_steps=cfg.lora_max_steps,
+        weight_decay=cfg.lora_weight_decay,
+    )
 
 
 _SCOPES = {"q": "attn", "k": "attn", "v": "attn", "proj": "attn", "fc1": "mlp", "fc2": "mlp"}

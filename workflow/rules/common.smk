@@ -23,6 +23,7 @@ from cytofm.config import (
 from cytofm.errors import InputDataError
 from cytofm.hardware import gpu_request, visible_gpus
 from cytofm.eval.backbones import KINDS as BACKBONE_BUILTIN_KINDS, BackboneSpec
+from cytofm.eval.protocols import PROTOCOLS as EVAL_PROTOCOLS
 from cytofm.inductive import exposure, leak_message, slide_leaks
 from cytofm.labels import check_labels
 from cytofm.provenance import INVOCATION_ENV, new_invocation_id
@@ -483,7 +484,9 @@ def backbone_inputs(wildcards):
     files = {}
     if pretrained_dir(wildcards.backbone):
         files["pretrained"] = pretrained_dir(wildcards.backbone)
-    if spec.kind == "timm" or (spec.kind not in BACKBONE_BUILTIN_KINDS and spec.weights):
+    if spec.kind == "timm" or (
+        spec.kind not in BACKBONE_BUILTIN_KINDS and spec.weights
+    ):
         files["weights"] = spec.weights
     return files
 
@@ -493,7 +496,7 @@ def evaluate_inputs(wildcards):
     files = {"dataset": f"{RESULTS}/datasets/{task.dataset}.zarr"}
     # the backbone's files: LoRA trains from them; every protocol reads what pretraining saw
     files.update(backbone_inputs(wildcards))
-    if wildcards.protocol != "lora":
+    if EVAL_PROTOCOLS[wildcards.protocol].needs_features:
         files["features"] = (
             f"{RESULTS}/features/{wildcards.backbone}/datasets/{task.dataset}.zarr"
         )
@@ -507,7 +510,10 @@ wildcard_constraints:
     backbone="|".join(re.escape(b) for b in BACKBONES) or "(?!)",
     task="|".join(re.escape(t) for t in TASKS) or "(?!)",
     stask="|".join(re.escape(t) for t in SLIDE_TASKS) or "(?!)",
-    protocol="linear|knn|fewshot|lora",
+    protocol="|".join(
+        re.escape(p) for p in sorted({p for t in TASKS.values() for p in t.protocols})
+    )
+    or "(?!)",
     kind="datasets|cells|tiles",
     source="|".join(re.escape(s) for s in [*SLIDE_IDS, *DATASETS]) or "(?!)",
 

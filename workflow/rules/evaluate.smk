@@ -38,7 +38,7 @@ rule evaluate:
     resources:
         mem_mb=mem_of("evaluate"),
         runtime=runtime_of("evaluate"),
-        gpu=lambda wildcards: GPU if wildcards.protocol == "lora" else 0,
+        gpu=lambda wildcards: GPU if EVAL_PROTOCOLS[wildcards.protocol].uses_gpu else 0,
     params:
         task=lambda wildcards: TASKS[wildcards.task].to_dict(),
         evaluate=EVAL.part("patch"),

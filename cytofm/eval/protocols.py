@@ -1,0 +1,240 @@
+"""Patch-level evaluation protocols, registered by name (``evaluate.tasks.<task>.protocols``).
+
+A protocol turns a task (labels, the shared train/val/test split) and a backbone (its cached
+features, or the backbone itself) into test-set class probabilities. It may run once on the
+whole training split (seed-independent, e.g. ``linear``, ``knn``) and/or once per seed for each
+label budget it declares: ``("shots", k)`` examples per class or ``("fraction", f)`` of the
+training split, sampled by :mod:`cytofm.eval.splits` so every protocol sees the same rows for
+the same seed. The ``evaluate`` stage does the rest (sampling, summaries with CIs, the result
+JSON), the same for every protocol.
+
+cytofm registers ``linear``, ``knn``, ``fewshot`` and ``lora``. Another package adds one with an
+entry point in the group ``cytofm.protocols`` naming a :class:`Protocol` subclass (see
+:mod:`cytofm.registry`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from cytofm.config import EvalConfig, TaskConfig
+from cytofm.eval.splits import Split
+from cytofm.registry import Registry
+
+__all__ = ["PROTOCOLS", "EvalInputs", "Protocol", "register_protocol"]
+
+Budget = tuple[str, Any]  # ("shots", k) or ("fraction", f)
+
+
+@dataclasses.dataclass
+class EvalInputs:
+    """What a protocol works from. ``features`` is None for protocols that do not read them."""
+
+    task: TaskConfig
+    cfg: EvalConfig
+    spec: Any  # BackboneSpec
+    labels: np.ndarray
+    classes: list[str]
+    split: Split
+    store: Any  # the dataset's zarr group (images for protocols that train the backbone)
+    features: np.ndarray | None = None
+    pretrained_dir: str | Path | None = None
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def linear(self, rows: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """Logistic regression on the features of ``rows``, C chosen on val; test
+        probabilities and what was chosen."""
+        from cytofm.eval.linear import fit_linear, full_proba
+
+        feats, labels, va = self.features, self.labels, self.split.val
+        clf, C, val_scores = fit_linear(
+            feats[rows],
+            labels[rows],
+            feats[va],
+            labels[va],
+            Cs=list(self.cfg.linear_Cs),
+            class_names=self.classes,
+            metric=self.cfg.select_metric,
+            max_iter=self.cfg.linear_max_iter,
+        )
+        return full_proba(clf, feats[self.split.test], self.n_classes), {
+            "C": C,
+            "val": _fmt(val_scores),
+        }
+
+
+class Protocol:
+    """Base of every protocol; subclasses override what they do."""
+
+    name: ClassVar[str] = ""
+    needs_features: ClassVar[bool] = True  # reads the backbone's cached features
+    uses_gpu: ClassVar[bool] = False  # its jobs ask for a GPU where there is one
+
+    def __init__(self, inputs: EvalInputs):
+        self.inputs = inputs
+
+    def once(self) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """A seed-independent run on the whole training split, or None."""
+        return None
+
+    @classmethod
+    def budgets(cls, task: TaskConfig, cfg: EvalConfig) -> list[Budget]:
+        """The label budgets run once per seed of the task."""
+        return []
+
+    def prepare(self) -> None:
+        """Called once before the first budgeted run (load a model, read images)."""
+
+    def run(self, rows: np.ndarray, seed: int, budget: Budget) -> tuple[np.ndarray, dict]:
+        """Test probabilities after training on ``rows`` with ``seed``, and what was chosen."""
+        raise NotImplementedError(f"protocol {self.name!r} declares budgets but has no run()")
+
+    def block_extra(self, runs: list[dict[str, Any]]) -> dict[str, Any]:
+        """Extra keys for a budget's result block, from its runs."""
+        return {}
+
+
+PROTOCOLS: Registry[type[Protocol]] = Registry(
+    "evaluation protocol", "cytofm.protocols", "evaluate.tasks.<task>.protocols"
+)
+
+
+def register_protocol(cls: type[Protocol]) -> type[Protocol]:
+    """Class decorator: register ``cls`` under ``cls.name``."""
+    return PROTOCOLS.register(cls.name)(cls)
+
+
+def _fmt(scores: dict) -> dict[str, float]:
+    return {str(k): float(v) for k, v in scores.items()}
+
+
+@register_protocol
+class Linear(Protocol):
+    """Logistic regression on the features (C chosen on val), on the whole training split and
+    on the task's ``fractions`` of it."""
+
+    name = "linear"
+
+    def once(self):
+        return self.inputs.linear(self.inputs.split.train)
+
+    @classmethod
+    def budgets(cls, task, cfg):
+        return [("fraction", float(f)) for f in task.fractions]
+
+    def run(self, rows, seed, budget):
+        return self.inputs.linear(rows)
+
+
+@register_protocol
+class Knn(Protocol):
+    """Cosine k-nearest neighbours on the features, whole training split."""
+
+    name = "knn"
+
+    def once(self):
+        from cytofm.eval.linear import knn_proba
+
+        inp = self.inputs
+        tr, te = inp.split.train, inp.split.test
+        p = knn_proba(
+            inp.features[tr], inp.labels[tr], inp.features[te], inp.cfg.knn_k, inp.n_classes
+        )
+        return p, {"k": min(inp.cfg.knn_k, len(tr))}
+
+
+@register_protocol
+class FewShot(Protocol):
+    """The linear probe on k examples per class, per seed."""
+
+    name = "fewshot"
+
+    @classmethod
+    def budgets(cls, task, cfg):
+        return [("shots", int(k)) for k in task.shots]
+
+    def run(self, rows, seed, budget):
+        return self.inputs.linear(rows)
+
+
+@register_protocol
+class Lora(Protocol):
+    """LoRA fine-tuning of the backbone from the task's images (seed 001's protocol): one
+    adapter per learning rate of the grid for the protocol's steps, best on val."""
+
+    name = "lora"
+    needs_features = False
+    uses_gpu = True
+
+    @classmethod
+    def budgets(cls, task, cfg):
+        shots = [("shots", int(k)) for k in (task.lora_shots or task.shots)]
+        return shots + [("fraction", float(f)) for f in cfg.lora_fractions]
+
+    def prepare(self):
+        """Backbone and the images LoRA needs: val and test rows read once, training rows per
+        run (a few-shot job never holds the whole collection in memory)."""
+        from cytofm.eval.backbones import load_backbone_spec
+        from cytofm.eval.features import pick_device
+        from cytofm.eval.lora import settings_from
+
+        inp = self.inputs
+        self.device = pick_device(inp.cfg.device)
+        self.bb = load_backbone_spec(inp.spec, inp.pretrained_dir, device=str(self.device))
+        self.images = inp.store["images"]
+        self.val_images = _rows(self.images, inp.split.val)
+        self.test_images = _rows(self.images, inp.split.test)
+        self.settings = settings_from(inp.cfg)
+
+    def run(self, rows, seed, budget):
+        from cytofm.eval.linear import select_score
+        from cytofm.eval.lora import budget as steps_for
+        from cytofm.eval.lora import predict_proba, train_lora
+
+        inp, (kind, amount) = self.inputs, budget
+        labels, val = inp.labels, inp.split.val
+        train_images = _rows(self.images, rows)
+        shots = amount if kind == "shots" else None
+        plan = steps_for(self.settings, shots=shots, n_train=len(rows))
+        best, val_scores = None, {}
+        for lr in inp.cfg.lora_lrs:
+            model = train_lora(
+                self.bb,
+                train_images,
+                labels[rows],
+                inp.n_classes,
+                self.settings,
+                float(lr),
+                seed,
+                steps=plan["steps"],
+                warmup_steps=plan["warmup_steps"],
+                device=self.device,
+                precision=inp.cfg.precision,
+            )
+            if len(val):
+                pv = predict_proba(model, self.bb, self.val_images, self.device)
+                val_scores[lr] = select_score(labels[val], pv, inp.cfg.select_metric, inp.classes)
+            else:
+                val_scores[lr] = 0.0
+            if best is None or val_scores[lr] > val_scores[best[0]]:
+                best = (float(lr), model)
+        p = predict_proba(best[1], self.bb, self.test_images, self.device)
+        return p, {"lr": best[0], "val": _fmt(val_scores), "budget": plan}
+
+    def block_extra(self, runs):
+        """Steps run against the protocol's (max over seeds)."""
+        return {"budget": max((r["budget"] for r in runs), key=lambda b: b["protocol_steps"])}
+
+
+def _rows(array, rows: np.ndarray) -> np.ndarray:
+    """Rows of a zarr array (sorted indices), read chunk-wise."""
+    if len(rows) == 0:
+        return np.zeros((0, *array.shape[1:]), array.dtype)
+    return np.asarray(array.get_orthogonal_selection((np.asarray(rows),)))
