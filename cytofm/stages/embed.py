@@ -21,7 +21,7 @@ from cytofm.provenance import provenance, tree_sha256
 from cytofm.stages.context import JobContext
 from cytofm.store import as_str_array, atomic_group, open_store, write_strings
 
-__all__ = ["run_embed"]
+__all__ = ["run_embed", "write_feature_store"]
 
 log = logging.getLogger(__name__)
 
@@ -55,66 +55,30 @@ def run_embed(
     with job.run("embed", params) as run:
         t0 = time.perf_counter()
         bb = load_backbone_spec(spec, pretrained_dir, device=str(dev))
-        images = src["images"]
-        src_mpp = src.attrs.get("mpp")
-        if bb.mpp and src_mpp and abs(float(src_mpp) / float(bb.mpp) - 1) > 0.1:
-            log.warning(
-                "%s: patches are %.3f um/px but backbone '%s' was trained on %.3f um/px",
-                source_store,
-                src_mpp,
-                spec.name,
-                bb.mpp,
-            )
+        _warn_on_resolution(src.attrs.get("mpp"), bb, spec.name, source_store)
         t_load = time.perf_counter() - t0
         feats = embed_array(
             bb,
-            images,
+            src["images"],
             batch_size=batch_size,
             device=str(dev),
             precision=precision,
             desc=f"embed {spec.name} {Path(source_store).stem}",
         )
         t_embed = time.perf_counter() - t0 - t_load
-        if not np.isfinite(feats).all():
-            bad = np.flatnonzero(~np.isfinite(feats).all(1))
-            raise FloatingPointError(
-                f"backbone '{spec.name}' gave non-finite features for {len(bad)} rows of "
-                f"{source_store} (first row {bad[0]}); check the weights file and preprocessing"
-            )
-        n, dim = feats.shape
-        with atomic_group(out_store) as g:
-            arr = g.create_array(
-                "features",
-                shape=(n, dim),
-                chunks=(max(min(n, 8192), 1), dim),
-                dtype="float16",
-                dimension_names=["n", "feature"],
-            )
-            if n:
-                arr[:] = feats.astype(np.float16)
-            rows = g.create_array("rows", shape=(n,), chunks=(max(n, 1),), dtype="int64")
-            if n:
-                rows[:] = np.arange(n)
-            if "ids" in src:
-                write_strings(g, "ids", as_str_array(src["ids"][:]).tolist())
-            g.attrs.update(
-                {
-                    "provenance": provenance(
-                        "embed",
-                        {"batch_size": batch_size, "precision": precision},
-                        backbone=bb.identity,
-                        preprocessing=bb.preprocessing,
-                        source_store=Path(source_store).name,
-                        source_sha256=tree_sha256(source_store),
-                        device=str(dev),
-                    ),
-                    "backbone": spec.name,
-                    "n": n,
-                    "dim": dim,
-                    "source_mpp": src_mpp,
-                }
-            )
+        _check_finite(feats, spec.name, source_store)
+        record = provenance(
+            "embed",
+            {"batch_size": batch_size, "precision": precision},
+            backbone=bb.identity,
+            preprocessing=bb.preprocessing,
+            source_store=Path(source_store).name,
+            source_sha256=tree_sha256(source_store),
+            device=str(dev),
+        )
+        write_feature_store(out_store, feats, src, record, spec.name)
         seconds = time.perf_counter() - t0
+        n, dim = feats.shape
         summary = {
             "n_images": n,
             "dim": dim,
@@ -125,3 +89,50 @@ def run_embed(
         run.set_tags({"backbone.weights_sha256": bb.identity["weights_sha256"]})
         log.info("%s x %s: %d x %d features in %.1f s", spec.name, source_store, n, dim, seconds)
     return summary
+
+
+def _warn_on_resolution(src_mpp, bb, name: str, source_store) -> None:
+    if bb.mpp and src_mpp and abs(float(src_mpp) / float(bb.mpp) - 1) > 0.1:
+        log.warning(
+            "%s: patches are %.3f um/px but backbone '%s' was trained on %.3f um/px",
+            *(source_store, src_mpp, name, bb.mpp),
+        )
+
+
+def _check_finite(feats: np.ndarray, name: str, source_store) -> None:
+    if not np.isfinite(feats).all():
+        bad = np.flatnonzero(~np.isfinite(feats).all(1))
+        raise FloatingPointError(
+            f"backbone '{name}' gave non-finite features for {len(bad)} rows of "
+            f"{source_store} (first row {bad[0]}); check the weights file and preprocessing"
+        )
+
+
+def write_feature_store(out_store, feats: np.ndarray, src, record: dict, backbone: str) -> None:
+    """``features`` float16 (N, D), ``rows`` (row i of the source store), the source's ``ids``
+    and the provenance, written atomically."""
+    n, dim = feats.shape
+    with atomic_group(out_store) as g:
+        arr = g.create_array(
+            "features",
+            shape=(n, dim),
+            chunks=(max(min(n, 8192), 1), dim),
+            dtype="float16",
+            dimension_names=["n", "feature"],
+        )
+        if n:
+            arr[:] = feats.astype(np.float16)
+        rows = g.create_array("rows", shape=(n,), chunks=(max(n, 1),), dtype="int64")
+        if n:
+            rows[:] = np.arange(n)
+        if "ids" in src:
+            write_strings(g, "ids", as_str_array(src["ids"][:]).tolist())
+        g.attrs.update(
+            {
+                "provenance": record,
+                "backbone": backbone,
+                "n": n,
+                "dim": dim,
+                "source_mpp": src.attrs.get("mpp"),
+            }
+        )
