@@ -23,6 +23,17 @@ __all__ = ["run_import"]
 log = logging.getLogger(__name__)
 
 
+def _splits(table, cfg: DatasetConfig) -> np.ndarray:
+    """The split column (all empty when the collection has none); partly empty is an error."""
+    splits = table["split"].astype(str).str.strip().to_numpy(dtype=str)
+    if (splits != "").any() and (splits == "").any():
+        raise InputDataError(
+            f"dataset '{cfg.name}': column {cfg.split_column!r} is empty for "
+            f"{int((splits == '').sum())} rows; give every row train/val/test or drop it"
+        )
+    return splits
+
+
 def run_import(cfg: DatasetConfig, out_store: str | Path, job: JobContext | None = None) -> dict:
     """Write images, integer labels, ids (paths relative to the collection) and groups."""
     job = job or JobContext()
@@ -33,13 +44,8 @@ def run_import(cfg: DatasetConfig, out_store: str | Path, job: JobContext | None
         label_index = {c: i for i, c in enumerate(classes)}
         root = Path(cfg.path) if cfg.format == "folder" else Path(cfg.path).parent
         digest = hashlib.sha256()
-        splits = table["split"].astype(str).str.strip().to_numpy(dtype=str)
+        splits = _splits(table, cfg)
         has_splits = bool((splits != "").any())
-        if has_splits and (splits == "").any():
-            raise InputDataError(
-                f"dataset '{cfg.name}': column {cfg.split_column!r} is empty for "
-                f"{int((splits == '').sum())} rows; give every row train/val/test or drop it"
-            )
         with atomic_group(out_store) as g:
             writer = PatchStoreWriter(
                 g,
