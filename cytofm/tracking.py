@@ -221,8 +221,9 @@ class _SpoolRun(RunLogger):
         shutil.copy2(path, self._artifacts(artifact_path) / Path(path).name)
 
     def log_dict(self, obj: Mapping[str, Any], name: str) -> None:
-        dest = self._artifacts(str(Path(name).parent) if Path(name).parent != Path(".") else None)
-        (dest / Path(name).name).write_text(json.dumps(dict(obj), indent=2, default=str))
+        path = self._artifacts(None) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dict(obj), indent=2, default=str))
 
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
         shutil.copytree(folder, self._artifacts(artifact_path), dirs_exist_ok=True)
