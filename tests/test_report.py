@@ -185,6 +185,21 @@ def test_projection_is_seeded_and_pca_is_the_fallback():
     assert method == "PCA" and a.shape == (60, 2) and np.array_equal(a, b)
 
 
+def test_umap_map_keeps_clusters_apart_and_is_seeded():
+    """The UMAP path (exact neighbours handed to umap-learn): two separated groups stay apart
+    in 2-D and the same seed gives the same map."""
+    pytest.importorskip("umap", reason="umap-learn not installed (pip install '.[umap]')")
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (150, 16)), rng.normal(4, 1, (150, 16))])
+    a, method = project_2d(x, "umap", seed=3)
+    b, _ = project_2d(x, "umap", seed=3)
+    assert method == "UMAP" and a.shape == (300, 2) and np.allclose(a, b)
+    d = np.linalg.norm(a[:, None] - a[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    same = (d.argmin(axis=1) < 150) == (np.arange(300) < 150)
+    assert same.mean() > 0.98
+
+
 def test_embedding_map_shares_one_projection_across_colourings(tmp_path):
     rng = np.random.default_rng(0)
     feats = np.concatenate([rng.normal(0, 1, (40, 6)), rng.normal(5, 1, (40, 6))])

@@ -78,6 +78,7 @@ def test_dry_run_lists_every_stage(tmp_path):
         "detection_eval",
         "pretrain",
         "pretrain_probe",
+        "backbone",
         "embed",
         "evaluate",
         "eval_summary",

@@ -1,4 +1,6 @@
-"""Stage ``embed``: one backbone x one patch store -> ``results/features/<backbone>/...zarr``.
+"""Stage ``embed``: one backbone x one patch store -> ``results/features/<backbone>/...zarr``,
+and stage ``backbone``: each configured backbone built once -> ``results/backbones/<name>/``
+(identity and a checked TorchScript copy that CPU embedding jobs load without timm).
 
 The feature store holds ``features`` (N, D) float16 with row i belonging to row i of the
 source store (``rows`` says so explicitly), a copy of the source ``ids`` when it has them, and
@@ -15,15 +17,69 @@ from typing import Any
 
 import numpy as np
 
-from cytofm.eval.backbones import BackboneSpec, load_backbone_spec
+from cytofm.errors import InputDataError
+from cytofm.eval.backbones import BackboneSpec, LoadedBackbone, load_backbone_spec
 from cytofm.eval.features import embed_array, pick_device
 from cytofm.provenance import provenance, tree_sha256
 from cytofm.stages.context import JobContext
 from cytofm.store import as_str_array, atomic_group, open_store, write_strings
 
-__all__ = ["run_embed", "write_feature_store"]
+__all__ = ["run_backbone", "run_embed", "write_feature_store"]
 
 log = logging.getLogger(__name__)
+
+
+def run_backbone(
+    spec: BackboneSpec,
+    out_dir: str | Path,
+    *,
+    pretrained_dir: str | Path | None = None,
+    job: JobContext | None = None,
+) -> dict[str, Any]:
+    """Build the backbone of ``spec`` on CPU and write its card and TorchScript copy."""
+    from cytofm.eval.traced import materialise_backbone
+
+    job = job or JobContext()
+    with job.run("backbone", {"backbone": spec.to_dict()}) as run:
+        t0 = time.perf_counter()
+        bb = load_backbone_spec(spec, pretrained_dir, device="cpu")
+        record = provenance("backbone", spec, backbone=bb.identity, preprocessing=bb.preprocessing)
+        card = materialise_backbone(bb, out_dir, record)
+        check = card["trace_check"] or {}
+        run.log_metrics(
+            {
+                "torchscript": float(card["torchscript"] is not None),
+                "n_params": bb.identity["n_params"],
+                "seconds": time.perf_counter() - t0,
+                **(
+                    {"trace_max_abs_diff": check["max_abs_diff"]} if "max_abs_diff" in check else {}
+                ),
+            }
+        )
+        run.set_tags({"backbone.weights_sha256": bb.identity["weights_sha256"]})
+    return card
+
+
+def _load_for_embedding(spec, backbone_dir, pretrained_dir, dev) -> tuple[LoadedBackbone, str]:
+    """The TorchScript copy on CPU when the backbone folder has one, else the model built from
+    its spec (checked to be the weights the folder names)."""
+    from cytofm.eval.traced import load_traced, read_backbone_card
+
+    if backbone_dir is not None and dev.type == "cpu":
+        traced = load_traced(backbone_dir)
+        if traced is not None:
+            return traced, "torchscript"
+    bb = load_backbone_spec(spec, pretrained_dir, device=str(dev))
+    if backbone_dir is not None:
+        want = read_backbone_card(backbone_dir)["identity"].get("weights_sha256")
+        have = bb.identity["weights_sha256"]
+        if want != have:
+            raise InputDataError(
+                f"backbone '{spec.name}': the weights built now ({have[:12]}) are not those "
+                f"of {backbone_dir} ({str(want)[:12]}); the weights changed since "
+                "that folder was written: delete it (or rerun with --forcerun backbone)"
+            )
+    return bb, "eager"
 
 
 def run_embed(
@@ -31,6 +87,7 @@ def run_embed(
     source_store: str | Path,
     out_store: str | Path,
     *,
+    backbone_dir: str | Path | None = None,
     pretrained_dir: str | Path | None = None,
     batch_size: int = 256,
     precision: str = "auto",
@@ -54,7 +111,7 @@ def run_embed(
     }
     with job.run("embed", params) as run:
         t0 = time.perf_counter()
-        bb = load_backbone_spec(spec, pretrained_dir, device=str(dev))
+        bb, runtime = _load_for_embedding(spec, backbone_dir, pretrained_dir, dev)
         _warn_on_resolution(src.attrs.get("mpp"), bb, spec.name, source_store)
         t_load = time.perf_counter() - t0
         feats = embed_array(
@@ -75,6 +132,7 @@ def run_embed(
             source_store=Path(source_store).name,
             source_sha256=tree_sha256(source_store),
             device=str(dev),
+            runtime=runtime,
         )
         write_feature_store(out_store, feats, src, record, spec.name)
         seconds = time.perf_counter() - t0

@@ -96,6 +96,7 @@ _RESOURCE_DEFAULTS = {
     "import_dataset": (1, 2000, 60),
     "pretrain": (8, 8000, 720),
     "pretrain_probe": (2, 4000, 60),
+    "backbone": (1, 8000, 60),
     "embed": (2, 4000, 120),
     "evaluate": (2, 4000, 240),
     "mil": (1, 4000, 120),

@@ -2,9 +2,29 @@
 # and slide-level attention MIL.
 
 
+rule backbone:
+    input:
+        unpack(backbone_inputs),
+    output:
+        directory(f"{RESULTS}/backbones/{{backbone}}"),
+    log:
+        f"{RESULTS}/logs/backbone/{{backbone}}.log",
+    conda:
+        "../../envs/cytofm.yaml"
+    threads: threads_of("backbone")
+    resources:
+        mem_mb=mem_of("backbone"),
+        runtime=runtime_of("backbone"),
+    params:
+        backbone=lambda wildcards: BACKBONES[wildcards.backbone].to_dict(),
+    script:
+        "../scripts/backbone.py"
+
+
 rule embed:
     input:
         unpack(backbone_inputs),
+        backbone=f"{RESULTS}/backbones/{{backbone}}",
         store=f"{RESULTS}/{{kind}}/{{source}}.zarr",
     output:
         directory(f"{RESULTS}/features/{{backbone}}/{{kind}}/{{source}}.zarr"),

@@ -34,6 +34,8 @@ rule pretrain_probe:
         f"{RESULTS}/pretrain/{{model}}/probe.json",
     log:
         f"{RESULTS}/logs/pretrain_probe/{{model}}.log",
+    # ready as soon as pretraining ends; run it among the embedding jobs, not alone at the end
+    priority: 1
     conda:
         "../../envs/cytofm.yaml"
     threads: threads_of("pretrain_probe")

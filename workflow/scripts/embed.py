@@ -18,6 +18,7 @@ run_embed(
     from_mapping(BackboneSpec, spec, f"backbones.{spec['name']}"),
     sm.input.store,
     sm.output[0],
+    backbone_dir=sm.input.backbone,
     pretrained_dir=sm.input.get("pretrained"),
     batch_size=sm.params.embed["batch_size"],
     precision=sm.params.embed["precision"],
