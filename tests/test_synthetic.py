@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import cv2
 import numpy as np
 import openslide
 import pandas as pd
@@ -14,7 +15,7 @@ from cytofm.synthetic.demo import (
     render_crop,
 )
 from cytofm.synthetic.morphology import CELL_CLASSES, sample_cell
-from cytofm.synthetic.slide import write_pyramidal_tiff
+from cytofm.synthetic.slide import od_to_rgb, write_pyramidal_tiff
 from cytofm.synthetic.stain import SlideStain
 
 TINY = DemoConfig(n_slides=4, pretrain_slides=2, width_px=1024, height_px=1024, crops_per_class=3)
@@ -115,3 +116,16 @@ def test_crops_folder_layout_and_groups(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == sorted(CELL_CLASSES)
     assert (tmp_path / "labels.csv").is_file()
     assert table["group"].nunique() == 3  # 12 crops in groups of 5
+
+
+def test_od_to_rgb_in_bands_is_the_whole_image_at_once():
+    """Bands of rows draw the same noise sequence as one draw for the whole image."""
+    stain = SlideStain.sample(np.random.default_rng(1))
+    od = np.random.default_rng(2).uniform(0, 1.5, (70, 33, 3)).astype(np.float32)
+    blurred = cv2.GaussianBlur(od, (0, 0), stain.blur_px) if stain.blur_px > 0 else od
+    rgb = 255.0 * np.exp(-blurred)
+    rgb += np.random.default_rng(3).normal(0.0, 1.5, size=rgb.shape).astype(np.float32)
+    whole = np.clip(rgb, 0, 255).astype(np.uint8)
+    for band in (1, 16, 70, 256):
+        got = od_to_rgb(od, stain, np.random.default_rng(3), band=band)
+        np.testing.assert_array_equal(got, whole)

@@ -65,13 +65,23 @@ def _quota(mix: Mapping[str, float], n: int) -> dict[str, int]:
     return quota
 
 
-def od_to_rgb(od: np.ndarray, stain: SlideStain, rng: np.random.Generator) -> np.ndarray:
-    """Blur (focus), convert OD to RGB by Beer-Lambert, add sensor noise."""
+def od_to_rgb(
+    od: np.ndarray, stain: SlideStain, rng: np.random.Generator, band: int = 256
+) -> np.ndarray:
+    """Blur (focus), convert OD to RGB by Beer-Lambert, add sensor noise.
+
+    Worked in bands of rows: the noise is drawn band after band, which is the same sequence
+    as one draw for the whole image, without its full-size float64 temporaries."""
     if stain.blur_px > 0:
         od = cv2.GaussianBlur(od, (0, 0), stain.blur_px)
-    rgb = 255.0 * np.exp(-od)
-    rgb += rng.normal(0.0, 1.5, size=rgb.shape).astype(np.float32)
-    return np.clip(rgb, 0, 255).astype(np.uint8)
+    out = np.empty(od.shape, np.uint8)
+    for y in range(0, od.shape[0], band):
+        rgb = np.exp(-od[y : y + band])
+        rgb *= 255.0
+        rgb += rng.normal(0.0, 1.5, size=rgb.shape).astype(np.float32)
+        np.clip(rgb, 0, 255, out=rgb)
+        out[y : y + band] = rgb
+    return out
 
 
 def _background(h: int, w: int, stain: SlideStain, rng: np.random.Generator) -> np.ndarray:
@@ -79,10 +89,11 @@ def _background(h: int, w: int, stain: SlideStain, rng: np.random.Generator) -> 
     small = rng.normal(0.0, 1.0, size=(max(h // 256, 2), max(w // 256, 2))).astype(np.float32)
     small = cv2.GaussianBlur(small, (0, 0), 1.0)
     field = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    field *= 0.006
     od = np.empty((h, w, 3), np.float32)
     od[:] = stain.background_od.astype(np.float32)
-    od += 0.006 * field[..., None]
-    return np.clip(od, 0, None)
+    od += field[..., None]
+    return np.clip(od, 0, None, out=od)
 
 
 def _too_close(xy: np.ndarray, placed: list[tuple[float, float]], min_px: float) -> bool:
