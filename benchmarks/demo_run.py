@@ -199,9 +199,10 @@ def main() -> None:
         f"Inside runs: {inside:.0f} core-seconds (pretraining counted on all {cores} cores). "
         f"The run had {cores} cores x {seconds:.0f} s = {cores * seconds:.0f} core-seconds; the "
         f"other {cores * seconds - inside:.0f} went to "
-        "starting each job (interpreter and imports: torch and timm for embed, evaluate and MIL "
-        "jobs), Snakemake's own work between jobs, sending the runs to MLflow, and cores left "
-        "idle when fewer jobs than cores could run.",
+        "starting each job (the interpreter and its imports: torch in the embedding, "
+        "evaluation and MIL jobs, timm and peft in the evaluation jobs), Snakemake's own work "
+        "between jobs, sending the runs to MLflow, and cores left idle when fewer jobs than "
+        "cores could run.",
         "",
     ]
     (RESULTS / "demo.md").write_text("\n".join(lines))
