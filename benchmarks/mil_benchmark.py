@@ -77,7 +77,7 @@ def bag_memory_case(n: int, dim: int, hidden: int, attn_dim: int) -> dict:
 def bench_folds(results: Path, config: dict) -> list[dict]:
     from cytofm.config import EvalConfig, SlideTaskConfig, from_mapping
     from cytofm.eval.mil import grouped_folds, train_mil
-    from cytofm.stages.mil import _inner_split, _read_bag
+    from cytofm.eval.mil_cv import _inner_split, _read_bag
 
     ev = {k: v for k, v in config["evaluate"].items() if k not in ("tasks", "slide_tasks")}
     cfg = from_mapping(EvalConfig, ev, "evaluate")

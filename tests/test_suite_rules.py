@@ -1,5 +1,5 @@
-"""Rules the test suite keeps so CI stays inside its time budget: no subprocess without a
-timeout (a hung `snakemake` or server would otherwise eat the whole CI run)."""
+"""Rules the code base keeps: no subprocess of the tests without a timeout (a hung `snakemake`
+or server would otherwise eat the whole CI run), and stage runners that only orchestrate."""
 
 from __future__ import annotations
 
@@ -37,3 +37,16 @@ def test_the_rule_catches_a_call_without_timeout(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("import subprocess\nsubprocess.run(['true'])\np.wait()\np.wait(timeout=1)\n")
     assert _calls_without_timeout(sample) == ["sample.py:2 subprocess.run", "sample.py:3 .wait()"]
+
+
+def test_stage_runners_are_short_orchestration():
+    """Every function in cytofm/stages/ is at most 60 lines: domain logic lives in the
+    modules the stages call (cytofm/eval, cytofm/report, cytofm/cells, ...)."""
+    long = []
+    for path in sorted((REPO / "cytofm" / "stages").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                n = node.end_lineno - node.lineno + 1
+                if n > 60:
+                    long.append(f"{path.name}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, long

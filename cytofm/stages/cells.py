@@ -121,109 +121,27 @@ def run_cells(
     boxes = tiles["boxes"][:]
     background = np.asarray(tiles.attrs["background_rgb"], np.float32)
     tile_prov = tiles.attrs["provenance"]
-    params = {"cells": cfg.to_dict(), "slide_id": slide_id}
-    with job.run("cells", params) as run:
+    with job.run("cells", {"cells": cfg.to_dict(), "slide_id": slide_id}) as run:
         t0 = time.perf_counter()
         rng = np.random.default_rng([job.seed, 3])
         with (
             open_slide(slide_path, slide_id, mpp, cfg.backend) as slide,
             atomic_group(out_store) as g,
         ):
-            try:
-                mode = stain_mode(sheet_stain, cfg.stain)
-            except ValueError as e:
-                raise InputDataError(f"slide '{slide_id}': {e}") from None
-            why = f"sample sheet stain {sheet_stain!r}" if sheet_stain else f"cells.stain: {mode}"
-            sample = stain_sample(slide, boxes, cfg.patch_mpp) if mode == "nuclear" else None
-            stain = (
-                choose_stain(sample, mode, why)
-                if sample is None or len(sample)
-                else StainChoice(reason=f"{why}; no foreground tiles to estimate stains from")
-            )
-            log.info("%s: chromatin map %s: %s", slide_id, stain.mode, stain.reason)
+            stain = _slide_stain(slide, slide_id, boxes, cfg, sheet_stain)
             detector = make_detector(cfg, background, stain)
-            writer = PatchStoreWriter(
-                g,
-                cfg.patch_px,
-                cfg.chunk,
-                {
-                    "coords": (np.int64, (2,)),
-                    "scores": (np.float32, ()),
-                    "tile_index": (np.int32, ()),
-                },
+            n, pixels, reservoir = _extract_cells(
+                g, slide, slide_id, boxes, cfg, detector, rng, gallery_size
             )
-            pixels = 0
-            reservoir: list[np.ndarray] = []
-            seen = 0
-            for cells in tqdm(
-                iter_tile_cells(slide, boxes, cfg.patch_px, cfg.patch_mpp, detector),
-                total=len(boxes),
-                desc=f"cells {slide_id}",
-                mininterval=5,
-            ):
-                pixels += cells.pixels_read
-                writer.append(
-                    cells.images,
-                    coords=np.round(cells.coords).astype(np.int64),
-                    scores=cells.scores,
-                    tile_index=np.full(len(cells.images), cells.tile_index, np.int32),
-                )
-                for img in cells.images:  # reservoir sample for the gallery: bounded memory
-                    seen += 1
-                    if len(reservoir) < gallery_size:
-                        reservoir.append(img)
-                    elif (j := int(rng.integers(seen))) < gallery_size:
-                        reservoir[j] = img
-            n = writer.close()
-            warning = ""
-            if n == 0:  # a smear field without a nucleated cell is normal: recorded, not fatal
-                warning = (
-                    f"slide '{slide_id}': no nuclei found in its {len(boxes)} foreground tiles "
-                    f"(cells.detector={cfg.detector!r}, chromatin map {stain.mode}, "
-                    f"threshold={cfg.threshold}, min_darkness={cfg.min_darkness}, slide mpp "
-                    f"{slide.mpp:g} from {slide.mpp_source}); it is kept with zero cells and "
-                    "steps that need cells leave it out. If it should have cells, check the QC "
-                    "image, the slide's mpp and stain (cells.stain or the sheet's stain column), "
-                    "or lower cells.threshold or cells.min_darkness."
-                )
+            warning = _no_cells_warning(slide, slide_id, len(boxes), cfg, stain) if n == 0 else ""
+            if warning:  # a smear field without a nucleated cell is normal: recorded, not fatal
                 log.warning(warning)
             write_strings(g, "ids", [f"{slide_id}:{i}" for i in range(n)])
             elapsed = time.perf_counter() - t0
             w, h = slide.dimensions
-            g.attrs.update(
-                {
-                    "provenance": provenance(
-                        "cells",
-                        cfg,
-                        slide=slide.info(),
-                        slide_sha256=tile_prov.get("slide_sha256"),
-                        tiles_config_hash=tile_prov.get("config_hash"),
-                        n_cells=n,
-                        stain=stain.to_dict(),
-                        warning=warning or None,
-                    ),
-                    "slide_id": slide_id,
-                    "slide_mpp": slide.mpp,
-                    "mpp": cfg.patch_mpp,
-                    "patch_um": cfg.patch_um,
-                    "patch_px": cfg.patch_px,
-                    "detector": cfg.detector,
-                    "stain": stain.to_dict(),
-                    "coords": "level-0 pixel centres (x, y)",
-                }
-            )
+            g.attrs.update(_store_attrs(slide, slide_id, cfg, stain, tile_prov, n, warning))
         patch_gallery(np.asarray(reservoir), out_gallery, stain=stain, n_cells=n)
-        summary = {
-            "n_cells": n,
-            "n_tiles": len(boxes),
-            "seconds": elapsed,
-            "cells_per_mm2_foreground_tiles": n
-            / max(len(boxes) * ((boxes[0, 2] - boxes[0, 0]) * slide.mpp / 1000) ** 2, 1e-12)
-            if len(boxes)
-            else 0.0,
-            "read_mpx_per_s": pixels / 1e6 / max(elapsed, 1e-9),
-            "slide_mpx_per_s": w * h / 1e6 / max(elapsed, 1e-9),
-        }
+        summary = _cells_metrics(n, boxes, slide.mpp, pixels, w * h, elapsed)
         log.info("%s: %d cells from %d tiles in %.1f s", slide_id, n, len(boxes), elapsed)
         run.log_metrics(summary)
         run.log_artifact(out_gallery, "qc")
@@ -235,3 +153,102 @@ def run_cells(
             Path(out_summary).write_text(json.dumps(summary, indent=1) + "\n")
             run.log_artifact(out_summary, "qc")
     return summary
+
+
+def _cells_metrics(n, boxes, slide_mpp, pixels_read, slide_pixels, elapsed) -> dict:
+    """Counts, density over the foreground tiles and read/slide throughput of one job."""
+    tile_mm2 = len(boxes) * ((boxes[0, 2] - boxes[0, 0]) * slide_mpp / 1000) ** 2 if n else 1.0
+    return {
+        "n_cells": n,
+        "n_tiles": len(boxes),
+        "seconds": elapsed,
+        "cells_per_mm2_foreground_tiles": n / max(tile_mm2, 1e-12),
+        "read_mpx_per_s": pixels_read / 1e6 / max(elapsed, 1e-9),
+        "slide_mpx_per_s": slide_pixels / 1e6 / max(elapsed, 1e-9),
+    }
+
+
+def _slide_stain(slide, slide_id: str, boxes, cfg: CellsConfig, sheet_stain) -> StainChoice:
+    """The chromatin map of this slide: from the sheet or config, estimated when asked."""
+    try:
+        mode = stain_mode(sheet_stain, cfg.stain)
+    except ValueError as e:
+        raise InputDataError(f"slide '{slide_id}': {e}") from None
+    why = f"sample sheet stain {sheet_stain!r}" if sheet_stain else f"cells.stain: {mode}"
+    sample = stain_sample(slide, boxes, cfg.patch_mpp) if mode == "nuclear" else None
+    stain = (
+        choose_stain(sample, mode, why)
+        if sample is None or len(sample)
+        else StainChoice(reason=f"{why}; no foreground tiles to estimate stains from")
+    )
+    log.info("%s: chromatin map %s: %s", slide_id, stain.mode, stain.reason)
+    return stain
+
+
+def _extract_cells(g, slide, slide_id, boxes, cfg, detector, rng, gallery_size):
+    """Detect and cut every tile's cells into the store; returns (cells, pixels read, a
+    reservoir sample of patches for the gallery, in bounded memory)."""
+    writer = PatchStoreWriter(
+        g,
+        cfg.patch_px,
+        cfg.chunk,
+        {"coords": (np.int64, (2,)), "scores": (np.float32, ()), "tile_index": (np.int32, ())},
+    )
+    pixels, seen = 0, 0
+    reservoir: list[np.ndarray] = []
+    for cells in tqdm(
+        iter_tile_cells(slide, boxes, cfg.patch_px, cfg.patch_mpp, detector),
+        total=len(boxes),
+        desc=f"cells {slide_id}",
+        mininterval=5,
+    ):
+        pixels += cells.pixels_read
+        writer.append(
+            cells.images,
+            coords=np.round(cells.coords).astype(np.int64),
+            scores=cells.scores,
+            tile_index=np.full(len(cells.images), cells.tile_index, np.int32),
+        )
+        for img in cells.images:
+            seen += 1
+            if len(reservoir) < gallery_size:
+                reservoir.append(img)
+            elif (j := int(rng.integers(seen))) < gallery_size:
+                reservoir[j] = img
+    return writer.close(), pixels, reservoir
+
+
+def _no_cells_warning(slide, slide_id: str, n_tiles: int, cfg: CellsConfig, stain) -> str:
+    return (
+        f"slide '{slide_id}': no nuclei found in its {n_tiles} foreground tiles "
+        f"(cells.detector={cfg.detector!r}, chromatin map {stain.mode}, "
+        f"threshold={cfg.threshold}, min_darkness={cfg.min_darkness}, slide mpp "
+        f"{slide.mpp:g} from {slide.mpp_source}); it is kept with zero cells and "
+        "steps that need cells leave it out. If it should have cells, check the QC "
+        "image, the slide's mpp and stain (cells.stain or the sheet's stain column), "
+        "or lower cells.threshold or cells.min_darkness."
+    )
+
+
+def _store_attrs(slide, slide_id: str, cfg: CellsConfig, stain, tile_prov, n, warning) -> dict:
+    record = provenance(
+        "cells",
+        cfg,
+        slide=slide.info(),
+        slide_sha256=tile_prov.get("slide_sha256"),
+        tiles_config_hash=tile_prov.get("config_hash"),
+        n_cells=n,
+        stain=stain.to_dict(),
+        warning=warning or None,
+    )
+    return {
+        "provenance": record,
+        "slide_id": slide_id,
+        "slide_mpp": slide.mpp,
+        "mpp": cfg.patch_mpp,
+        "patch_um": cfg.patch_um,
+        "patch_px": cfg.patch_px,
+        "detector": cfg.detector,
+        "stain": stain.to_dict(),
+        "coords": "level-0 pixel centres (x, y)",
+    }

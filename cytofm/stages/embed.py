@@ -102,14 +102,9 @@ def run_embed(
             "embed cell stores or imported datasets, or set tiling.save_images: true"
         )
     dev = pick_device(device)
-    params = {
-        "backbone": spec.to_dict(),
-        "source": str(source_store),
-        "batch_size": batch_size,
-        "precision": precision,
-        "device": str(dev),
-    }
-    with job.run("embed", params) as run:
+    settings = {"batch_size": batch_size, "precision": precision}
+    params = {"backbone": spec.to_dict(), "source": str(source_store), **settings}
+    with job.run("embed", {**params, "device": str(dev)}) as run:
         t0 = time.perf_counter()
         bb, runtime = _load_for_embedding(spec, backbone_dir, pretrained_dir, dev)
         _warn_on_resolution(src.attrs.get("mpp"), bb, spec.name, source_store)
@@ -126,7 +121,7 @@ def run_embed(
         _check_finite(feats, spec.name, source_store)
         record = provenance(
             "embed",
-            {"batch_size": batch_size, "precision": precision},
+            settings,
             backbone=bb.identity,
             preprocessing=bb.preprocessing,
             source_store=Path(source_store).name,
@@ -137,12 +132,8 @@ def run_embed(
         write_feature_store(out_store, feats, src, record, spec.name)
         seconds = time.perf_counter() - t0
         n, dim = feats.shape
-        summary = {
-            "n_images": n,
-            "dim": dim,
-            "seconds": seconds,
-            "images_per_second": n / t_embed if t_embed > 0 else float("nan"),
-        }
+        summary = {"n_images": n, "dim": dim, "seconds": seconds}
+        summary["images_per_second"] = n / t_embed if t_embed > 0 else float("nan")
         run.log_metrics(summary)
         run.set_tags({"backbone.weights_sha256": bb.identity["weights_sha256"]})
         log.info("%s x %s: %d x %d features in %.1f s", spec.name, source_store, n, dim, seconds)

@@ -133,6 +133,23 @@ def _groups_of(data: dict[str, Any], rows: np.ndarray) -> np.ndarray | None:
     return g if has_groups(g) else None
 
 
+def _result_head(task, spec, protocol, data, split, pretrained_dir, g_test) -> dict[str, Any]:
+    """What a result JSON says before its results: the task, backbone, split and intervals."""
+    return {
+        "task": task.name,
+        "dataset": task.dataset,
+        "backbone": spec.name,
+        "protocol": protocol,
+        "classes": data["classes"],
+        "split": split.to_dict(),
+        "test_rows": split.test.tolist(),
+        "backbone_kind": spec.kind,
+        "exposure": exposure(_backbone_provenance(pretrained_dir), spec.kind, task.dataset),
+        "interval": INTERVAL_NOTE
+        + (" Test rows are resampled by group." if g_test is not None else ""),
+    }
+
+
 def run_evaluate(
     task: TaskConfig,
     cfg: EvalConfig,
@@ -156,32 +173,14 @@ def run_evaluate(
     params = {"task": task.to_dict(), "evaluate": cfg.part("patch"), "backbone": spec.to_dict()}
     with job.run("evaluate", {**params, "protocol": protocol}) as run:
         t0 = time.perf_counter()
-        inputs = EvalInputs(
-            task,
-            cfg,
-            spec,
-            data["labels"],
-            data["classes"],
-            split,
-            data["store"],
-            _features(features_store, data) if kind.needs_features else None,
-            pretrained_dir,
-        )
+        feats = _features(features_store, data) if kind.needs_features else None
+        labels, classes, store = data["labels"], data["classes"], data["store"]
+        inputs = EvalInputs(task, cfg, spec, labels, classes, split, store, feats, pretrained_dir)
         g_test = _groups_of(data, split.test)
         blocks, skipped, predictions = _run_protocol(kind(inputs), g_test)
         seconds = time.perf_counter() - t0
         result = {
-            "task": task.name,
-            "dataset": task.dataset,
-            "backbone": spec.name,
-            "protocol": protocol,
-            "classes": data["classes"],
-            "split": split.to_dict(),
-            "test_rows": split.test.tolist(),
-            "backbone_kind": spec.kind,
-            "exposure": exposure(_backbone_provenance(pretrained_dir), spec.kind, task.dataset),
-            "interval": INTERVAL_NOTE
-            + (" Test rows are resampled by group." if g_test is not None else ""),
+            **_result_head(task, spec, protocol, data, split, pretrained_dir, g_test),
             "results": blocks,
             "skipped": skipped,
             "seconds": seconds,

@@ -47,8 +47,6 @@ def run_pretrain(
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
         return _launch_torchrun(cfg, stores, out_dir, knn_store, job, nproc, held_out)
     from cytofm.ssl.data import PatchSource
-    from cytofm.ssl.export import export_backbone
-    from cytofm.ssl.monitor import KnnSet
     from cytofm.ssl.train import Trainer
 
     out = Path(out_dir)
@@ -56,31 +54,20 @@ def run_pretrain(
     exclude, inductive = _exclusions(cfg, stores, held_out or {})
     source = PatchSource(stores, exclude=exclude)
     if source.empty:
+        names = ", ".join(p.name for p in source.empty)
         log.warning(
-            "%d of %d patch stores hold no patches (slides where no cell was found) and add "
-            "nothing: %s",
-            len(source.empty),
-            len(stores),
-            ", ".join(p.name for p in source.empty),
+            f"{len(source.empty)} of {len(stores)} patch stores hold no patches (slides where "
+            f"no cell was found) and add nothing: {names}"
         )
     trainer = Trainer(cfg, source, out)
     resumed_from = trainer.step if trainer.load_checkpoint() else 0
-    knn = None
-    if knn_store:
-        ks = open_store(knn_store)
-        knn = KnnSet.from_arrays(ks["images"][:], ks["labels"][:], ks["groups"][:], cfg.seed)
-    patch_mpp, patch_um = _patch_geometry(stores)
+    knn = _knn_set(knn_store, cfg.seed) if knn_store else None
     if trainer.rank != 0:
         trainer.fit(knn=None)
         return {}
-    params = {
-        "pretrain": cfg.to_dict(),
-        "n_patches": len(source),
-        "n_stores": len(stores),
-        "n_empty_stores": len(source.empty),
-        "world_size": trainer.world,
-        "device": str(trainer.device),
-    }
+    params = {"pretrain": cfg.to_dict(), "n_patches": len(source), "n_stores": len(stores)}
+    params.update(n_empty_stores=len(source.empty), world_size=trainer.world)
+    params["device"] = str(trainer.device)
     with job.run("pretrain", params, live=True) as run:  # loss curves visible while it trains
         run.set_tags({"pretrain.resumed_from_step": resumed_from})
         t0 = time.perf_counter()
@@ -96,33 +83,48 @@ def run_pretrain(
             resumed_from_step=resumed_from,
             inductive=inductive,
         )
-        export_backbone(
-            trainer.teacher.backbone.vit,
-            out / "backbone",
-            arch=cfg.arch,
-            model_args=dict(cfg.model_args),
-            img_size=cfg.global_size,
-            patch_size=cfg.patch_size,
-            mean=trainer.mean,
-            std=trainer.std,
-            patch_mpp=patch_mpp,
-            patch_um=patch_um,
-            provenance=record,
-        )
-        (out / "resolved_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        if trainer.history:
-            plot_history(trainer.history, out / "training.png", cfg.name)
-            run.log_artifact(out / "training.png")
-        summary = {
-            **last,
-            "seconds": elapsed,
-            "steps": trainer.step,
-            "resumed_from_step": resumed_from,
-        }
+        _export(trainer, cfg, stores, out, record)
+        _log_outputs(run, trainer, out, cfg.name)
         run.log_metrics({"final_" + k: v for k, v in last.items() if np.isfinite(v)})
-        run.log_artifact(out / "resolved_config.json")
-        run.log_artifact(out / "backbone" / "config.json", "backbone")
-    return summary
+    return {**last, "seconds": elapsed, "steps": trainer.step, "resumed_from_step": resumed_from}
+
+
+def _log_outputs(run, trainer, out: Path, name: str) -> None:
+    """The training curves (drawn here), the resolved config and the backbone's config."""
+    if trainer.history:
+        plot_history(trainer.history, out / "training.png", name)
+        run.log_artifact(out / "training.png")
+    run.log_artifact(out / "resolved_config.json")
+    run.log_artifact(out / "backbone" / "config.json", "backbone")
+
+
+def _knn_set(knn_store, seed: int):
+    """The labelled store the periodic kNN probe of pretraining reads."""
+    from cytofm.ssl.monitor import KnnSet
+
+    ks = open_store(knn_store)
+    return KnnSet.from_arrays(ks["images"][:], ks["labels"][:], ks["groups"][:], seed)
+
+
+def _export(trainer, cfg: PretrainConfig, stores: list[Path], out: Path, record: dict) -> None:
+    """The teacher's ViT as a timm model folder, with the patch geometry it was trained on."""
+    from cytofm.ssl.export import export_backbone
+
+    patch_mpp, patch_um = _patch_geometry(stores)
+    export_backbone(
+        trainer.teacher.backbone.vit,
+        out / "backbone",
+        arch=cfg.arch,
+        model_args=dict(cfg.model_args),
+        img_size=cfg.global_size,
+        patch_size=cfg.patch_size,
+        mean=trainer.mean,
+        std=trainer.std,
+        patch_mpp=patch_mpp,
+        patch_um=patch_um,
+        provenance=record,
+    )
+    (out / "resolved_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
 
 def plot_history(history: list[dict], out_png: Path, title: str) -> Path:

@@ -1,156 +1,29 @@
 """Stage ``report``: every result of a run -> ``results/report/`` (tables, figures, index.html).
 
-It answers "which backbone for my cytology task, and with how many labels?": per task a table
-of backbones x protocol settings (mean ± std over seeds, bootstrap 95% CI, best marked), the
-few-shot and data-fraction curves, confusion matrices, embedding maps coloured by class and by
-slide/group (biology or batch?), and for slide tasks the AUROC bars, attention heatmaps and
-top-cell montages; then pretraining curves and QC thumbnails. Tables and figures are logged to
-the job's MLflow run.
+It answers "which backbone for my cytology task, and with how many labels?"; the sections are
+built by :class:`cytofm.report.build.ReportBuilder`. Tables and figures are logged to the job's
+MLflow run.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import logging
-import shutil
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from cytofm import __version__
 from cytofm.config import ReportConfig
-from cytofm.eval.summary import plot_fewshot, plot_mil, summary_table
 from cytofm.provenance import git_commit, invocation_id
-from cytofm.report.figures import embedding_map, plot_confusion, plot_fractions
-from cytofm.report.html import Figure, Section, render_page
-from cytofm.report.tables import (
-    main_metric,
-    overview_table,
-    results_table,
-    sentence,
-    to_html,
-    write_table,
-)
+from cytofm.report.build import ReportBuilder, load_comparisons
+from cytofm.report.html import render_page
 from cytofm.stages.context import JobContext
-from cytofm.store import as_str_array, open_store
 
 __all__ = ["run_report"]
 
 log = logging.getLogger(__name__)
-
-EXPLAIN = {
-    False: "Cells: mean ± standard deviation over seeds [95% CI over test items (patients where "
-    "the task has them) and seeds]. A backbone is in bold only when its paired difference "
-    "against every other backbone (same test items and seeds) has a CI above zero; the last "
-    "column gives the differences and says 'no difference' otherwise. Metric: balanced "
-    "accuracy on the test split.",
-    True: "Cells: mean ± standard deviation over seeds [95% CI over slides (whole patients) and "
-    "seeds]. A backbone is in bold only when its paired difference against every other "
-    "backbone has a CI above zero; the last column gives the differences. Metric: AUROC of the "
-    "out-of-fold slide predictions (patient-grouped folds). Heatmaps and montages: slides with "
-    "the highest predicted abnormality first.",
-}
-
-
-def _copy(src: Path, dst: Path) -> Path:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)
-    return dst
-
-
-def _embedding_panels(entry: Mapping[str, str]) -> list[tuple[np.ndarray, np.ndarray, str]]:
-    """A task's dataset features, coloured by class and by group."""
-    ds = open_store(entry["dataset"])
-    feats = np.asarray(open_store(entry["features"])["features"][:], dtype=np.float32)
-    classes = [str(c) for c in ds.attrs.get("classes", [])]
-    labels = np.asarray(ds["labels"][:]).astype(int)
-    names = np.array([classes[i] if i < len(classes) else str(i) for i in labels])
-    panels = [(feats, names, "coloured by class")]
-    if "groups" in ds:
-        panels.append((feats, as_str_array(ds["groups"][:]), "coloured by group (slide/patient)"))
-    return panels
-
-
-def _slide_panels(
-    stores: Mapping[str, str], meta: Mapping[str, Mapping[str, str]], max_points: int, seed: int
-) -> list[tuple[np.ndarray, np.ndarray, str]]:
-    """Cells of every slide (an equal share each), coloured by slide and by stain."""
-    if not stores:
-        return []
-    per_slide = max(10, max_points // len(stores))
-    rng = np.random.default_rng(seed)
-    feats, slides = [], []
-    for slide, path in sorted(stores.items()):
-        f = open_store(path)["features"]
-        n = f.shape[0]
-        if n == 0:
-            continue
-        take = np.sort(rng.choice(n, min(n, per_slide), replace=False))
-        feats.append(np.asarray(f[:], dtype=np.float32)[take])
-        slides += [slide] * len(take)
-    if not feats:
-        return []
-    x, slides = np.concatenate(feats), np.array(slides)
-    panels = [(x, slides, "slide cells, coloured by slide")]
-    stains = np.array([str(meta.get(s, {}).get("stain", "")) for s in slides])
-    if len(set(stains) - {""}) > 1:
-        panels.append((x, stains, "slide cells, coloured by stain"))
-    return panels
-
-
-def detection_table(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """One row per slide from the cells stage's QC JSONs: tiles, cells, density, the chromatin
-    map and stain vectors used, and the warning of a slide where no cell was found."""
-    rows = []
-    for p in paths:
-        d = json.loads(Path(p).read_text())
-        stain = d.get("stain") or {}
-        vectors = stain.get("vectors")
-        rows.append(
-            {
-                "slide": d.get("slide_id", Path(p).name.split(".")[0]),
-                "tiles": d.get("n_tiles"),
-                "cells": d.get("n_cells"),
-                "cells_per_mm2": d.get("cells_per_mm2_foreground_tiles"),
-                "chromatin_map": stain.get("mode", "min_od"),
-                "chromatin_vector": (
-                    " ".join(f"{x:.2f}" for x in vectors[stain["nuclear"]]) if vectors else ""
-                ),
-                "stain_reason": stain.get("reason", ""),
-                "status": "no cells found" if d.get("warning") else "ok",
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def _detection_html(det: pd.DataFrame) -> str:
-    empty = det.loc[det["status"] != "ok", "slide"].tolist()
-    note = (
-        '<p class="skipped">No cells found in '
-        + ", ".join(html.escape(str(s)) for s in empty)
-        + ": kept with zero cells and left out of the steps that need cells (pretraining, "
-        "features, MIL bags); their logs say why.</p>"
-        if empty
-        else ""
-    )
-    columns = ("slide", "tiles", "cells", "cells / mm²", "chromatin map", "chromatin OD (R G B)")
-    head = "".join(f"<th>{c}</th>" for c in (*columns, "status"))
-    body = "".join(
-        "<tr>"
-        + f"<th>{html.escape(str(r.slide))}</th><td>{r.tiles}</td><td>{r.cells}</td>"
-        + f"<td>{(r.cells_per_mm2 or 0):.0f}</td>"
-        + f'<td title="{html.escape(str(r.stain_reason))}">{html.escape(str(r.chromatin_map))}</td>'
-        + f"<td>{html.escape(str(r.chromatin_vector))}</td>"
-        + (f"<td>{r.status}</td>" if r.status == "ok" else f'<td class="skipped">{r.status}</td>')
-        + "</tr>"
-        for r in det.itertuples()
-    )
-    return f"{note}<table><tr>{head}</tr>{body}</table>"
 
 
 def run_report(
@@ -179,270 +52,33 @@ def run_report(
     cfg = cfg or ReportConfig()
     job = job or JobContext()
     out = Path(out_dir)
-    figs, tabs = out / "figures", out / "tables"
-    for folder in (figs, tabs):
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
     by_task: dict[str, list[Path]] = defaultdict(list)
     for path in eval_jsons:
         by_task[json.loads(Path(path).read_text())["task"]].append(Path(path))
-
     with job.run("report", {"report": cfg.to_dict(), "n_results": len(eval_jsons)}) as run:
-        sections: list[Section] = []
-        tables: dict[str, pd.DataFrame] = {}
-        written: dict[str, list[str]] = {"tables": [], "figures": []}
-
-        def fig(path: Path | None, caption: str, section: Section, thumb: bool = False) -> None:
-            if path is not None and Path(path).is_file():
-                rel = Path(path).relative_to(out).as_posix()
-                (section.thumbs if thumb else section.figures).append(Figure(rel, caption))
-                written["figures"].append(rel)
-
-        summaries = {task: summary_table(sorted(paths)) for task, paths in by_task.items()}
-        compared = _load_comparisons(comparisons)
-        # patch-level tasks first, then slide-level ones, each alphabetically
-        for task in sorted(summaries, key=lambda t: (main_metric(summaries[t]) == "auroc", t)):
-            jsons = sorted(by_task[task])
-            summary = summaries[task]
-            metric = main_metric(summary)
-            table = results_table(summary, metric, compared.get(task))
-            tables[task] = table
-            paths = write_table(table, tabs / task)
-            written["tables"] += [p.relative_to(out).as_posix() for p in paths.values()]
-            is_mil = metric == "auroc"
-            skipped = sorted(
-                {
-                    f"{r['protocol']} {r['shots']}-shot ({r['backbone']}): {r['skipped']}"
-                    for _, r in summary.iterrows()
-                    if r["skipped"]
-                }
-            )
-            notes = (
-                [
-                    '<p class="skipped">Not evaluated: '
-                    + "; ".join(html.escape(t) for t in skipped)
-                    + "</p>"
-                ]
-                if skipped
-                else []
-            )
-            left_out = sorted(
-                {
-                    f"{x['slide_id']} ({x['reason']})"
-                    for p in jsons
-                    for x in json.loads(p.read_text()).get("left_out") or []
-                }
-            )
-            if left_out:
-                notes.append(
-                    '<p class="skipped">Slides left out of the cohort: '
-                    + "; ".join(html.escape(t) for t in left_out)
-                    + "</p>"
-                )
-            sec = Section(
-                anchor=f"task-{task}",
-                title=f"{'Slide' if is_mil else 'Patch'}-level task: {task}",
-                intro=EXPLAIN[is_mil] + _exposure_note(jsons),
-                tables_html=[to_html(table), *notes],
-                links=[(p.relative_to(out).as_posix(), p.name) for p in paths.values()],
-            )
-            if is_mil:
-                plot_mil(summary, figs / f"{task}_auroc.png")
-                fig(figs / f"{task}_auroc.png", "slide AUROC and attention vs. truth", sec)
-                _mil_pictures(jsons, figs / "mil" / task, cfg.max_slides, sec, fig)
-            else:
-                if (summary["protocol"].isin(["fewshot", "lora"])).any():
-                    plot_fewshot(summary, figs / f"{task}_fewshot.png")
-                    fig(figs / f"{task}_fewshot.png", "few-shot curves", sec)
-                fig(
-                    plot_fractions(summary, figs / f"{task}_fractions.png"),
-                    "data-fraction curve",
-                    sec,
-                )
-                fig(
-                    plot_confusion(jsons, figs / f"{task}_confusion.png"), "confusion matrices", sec
-                )
-                for backbone, entry in sorted(((embeddings or {}).get(task) or {}).items()):
-                    panels = _embedding_panels(entry)
-                    made = embedding_map(
-                        panels,
-                        figs / f"{task}_embedding_{backbone}.png",
-                        f"{task}: {backbone}",
-                        cfg.embedding,
-                        cfg.max_points,
-                    )
-                    if made:
-                        fig(made[0], f"{backbone} embeddings ({made[1]}) by class and group", sec)
-            sections.append(sec)
-
-        if tables:
-            overview = overview_table(tables)
-            if not overview.empty:
-                paths = write_table(overview, tabs / "overview", first="task")
-                written["tables"] += [p.relative_to(out).as_posix() for p in paths.values()]
-                sections.insert(
-                    0,
-                    Section(
-                        anchor="overview",
-                        title="Overview: tasks x backbones",
-                        intro="Full-label linear probe (balanced accuracy) per patch task and "
-                        "attention MIL (AUROC) per slide task; mean ± std [95% CI over test "
-                        "items and seeds]; bold only where the paired difference excludes zero. "
-                        "What the numbers support:",
-                        tables_html=[
-                            '<ul class="verdicts">'
-                            + "".join(
-                                f"<li>{html.escape(sentence(task, tables[task].iloc[i], c))}</li>"
-                                for task, i, c in _headline_rows(tables, compared)
-                            )
-                            + "</ul>",
-                            to_html(overview, first="task"),
-                        ],
-                        links=[(p.relative_to(out).as_posix(), p.name) for p in paths.values()],
-                    ),
-                )
-
+        page = ReportBuilder(out, cfg)
+        compared = load_comparisons(comparisons)
+        page.tasks(by_task, compared, embeddings)
+        page.overview(compared)
         if slide_features:
-            sec = Section("slides-embedding", "Slide cells: biology or batch?")
-            sec.intro = (
-                "Cells of every slide in one map per backbone. Points that cluster by slide or "
-                "stain rather than mixing show a backbone that encodes the batch."
-            )
-            for backbone, stores in sorted(slide_features.items()):
-                panels = _slide_panels(stores, slide_meta or {}, cfg.max_points, 0)
-                made = embedding_map(
-                    panels, figs / f"slides_embedding_{backbone}.png", backbone, cfg.embedding
-                )
-                if made:
-                    fig(made[0], f"{backbone}: slide cells ({made[1]})", sec)
-            sections.append(sec)
-
+            page.slide_cells(slide_features, slide_meta)
         if pretrain_dirs:
-            sec = Section("pretraining", "Pretraining")
-            sec.intro = (
-                "Losses, teacher collapse monitors (entropy, effective rank) and the kNN probe."
-            )
-            for d in pretrain_dirs:
-                curve = Path(d).parent / "training.png"
-                if curve.is_file():
-                    name = Path(d).parent.name
-                    fig(
-                        _copy(curve, figs / f"pretrain_{name}.png"), f"{name}: training curves", sec
-                    )
-            sections.append(sec)
-
+            page.pretraining(pretrain_dirs)
         if qc or detection:
-            sec = Section("qc", "Quality control")
-            det = detection_table(detection)
-            shown = list(qc)[: cfg.max_slides] if cfg.max_slides else []
-            sec.intro = (
-                f"Tissue mask and tile grid, and detected cells, for {len(shown)} of {len(qc)} "
-                "slides (all are in results/qc/)."
-            )
-            if not det.empty:
-                path = tabs / "detection.csv"
-                det.to_csv(path, index=False, float_format="%.4g")
-                written["tables"].append(path.relative_to(out).as_posix())
-                sec.links.append((path.relative_to(out).as_posix(), path.name))
-                sec.tables_html.append(_detection_html(det))
-            for slide, png in shown:
-                fig(_copy(Path(png), figs / "qc" / f"{slide}.png"), f"{slide}: tiles", sec, True)
-                cells = Path(png).with_suffix(".cells.png")
-                if cells.is_file():
-                    fig(
-                        _copy(cells, figs / "qc" / f"{slide}.cells.png"),
-                        f"{slide}: cells",
-                        sec,
-                        True,
-                    )
-            sections.append(sec)
-
+            page.quality_control(qc, detection)
         meta = {
             "cytofm": __version__,
             "git commit": git_commit(),
             "invocation": invocation_id() or "-",
             "results": str(len(eval_jsons)),
         }
-        index = render_page("cytofm results report", meta, sections, out / "index.html")
+        index = render_page("cytofm results report", meta, page.sections, out / "index.html")
         run.log_artifact(index, "report")
-        run.log_artifacts(tabs, "report/tables")
-        run.log_artifacts(figs, "report/figures")
+        run.log_artifacts(page.tabs, "report/tables")
+        run.log_artifacts(page.figs, "report/figures")
+        written = page.written
         run.log_metrics({"n_figures": len(written["figures"]), "n_tables": len(written["tables"])})
     log.info(
-        "report: %d tables, %d figures -> %s",
-        len(written["tables"]),
-        len(written["figures"]),
-        index,
+        f"report: {len(written['tables'])} tables, {len(written['figures'])} figures -> {index}"
     )
     return written
-
-
-def _exposure_note(jsons: Sequence[Path]) -> str:
-    """What pretraining saw of the task, from the results of this config's pretrained
-    backbones: inductive (test rows left out, or never read) or transductive."""
-    notes = set()
-    for path in jsons:
-        res = json.loads(Path(path).read_text())
-        exp = res.get("exposure") or {}
-        if exp.get("pretraining") != "this config's pretraining":
-            continue
-        if exp.get("transductive"):
-            notes.add(
-                f"{res['backbone']}: transductive (pretrain.transductive: true), pretraining "
-                "may have read this task's test items"
-            )
-        elif exp.get("test_rows_excluded"):
-            notes.add(
-                f"{res['backbone']}: inductive, pretraining left out this task's "
-                f"{exp['test_rows_excluded']} test rows"
-            )
-        else:
-            notes.add(f"{res['backbone']}: inductive, pretraining never read this task's data")
-    return (" Pretraining exposure: " + "; ".join(sorted(notes)) + ".") if notes else ""
-
-
-def _load_comparisons(paths: Sequence[str | Path]) -> dict[str, pd.DataFrame]:
-    """task -> its paired comparisons (rows of every comparisons CSV)."""
-    frames = [pd.read_csv(p) for p in paths if Path(p).is_file()]
-    frames = [f for f in frames if not f.empty]
-    if not frames:
-        return {}
-    allc = pd.concat(frames, ignore_index=True)
-    return {str(t): part for t, part in allc.groupby("task")}
-
-
-def _headline_rows(tables: Mapping[str, pd.DataFrame], compared: Mapping[str, pd.DataFrame]):
-    """(task, row index, comparisons) of each task's headline row: the full-label linear
-    probe, or attention MIL for a slide task."""
-    for task, table in tables.items():
-        settings = table["setting"].tolist()
-        for i, setting in enumerate(settings):
-            if setting == "linear probe, all labels" or setting.startswith("attention MIL"):
-                yield task, i, compared.get(task)
-                break
-
-
-def _mil_pictures(jsons, dest: Path, max_slides: int, sec: Section, fig) -> None:
-    """Heatmaps and montages of up to ``max_slides`` slides per backbone (highest predicted
-    abnormality first), copied next to the page."""
-    for path in jsons:
-        res = json.loads(path.read_text())
-        src = path.with_suffix("")  # <backbone>/abmil.json -> <backbone>/abmil/
-        slides = list(res.get("slides", []))
-        proba = np.asarray(res.get("oof_proba") or [], dtype=float)  # (seeds, slides, classes)
-        if proba.ndim == 3 and proba.shape[1] == len(slides):
-            order = np.argsort(-proba[0][:, -1], kind="stable")  # most abnormal first
-        else:
-            order = np.arange(len(slides))
-        for i in order[:max_slides]:
-            slide = slides[int(i)]
-            for kind in ("heatmap", "montage"):
-                png = src / kind / f"{slide}.png"
-                if png.is_file():
-                    label = res["labels"][int(i)] if "labels" in res else "?"
-                    fig(
-                        _copy(png, dest / res["backbone"] / f"{kind}_{slide}.png"),
-                        f"{res['backbone']} {kind}: {slide} (label {label})",
-                        sec,
-                        thumb=True,
-                    )

@@ -48,33 +48,7 @@ def run_tile(
     with job.run("tile", params) as run:
         t0 = time.perf_counter()
         with open_slide(slide_path, slide_id, mpp, cfg.backend) as slide:
-            thumb = read_thumbnail(slide, cfg.mask_mpp)
-            background = estimate_background(thumb)
-            mask = foreground_mask(
-                thumb,
-                cfg.mask_mpp,
-                background,
-                od_threshold=cfg.od_threshold,
-                min_object_um2=cfg.min_object_um2,
-                dilate_um=cfg.dilate_um,
-            )
-            grid = tile_grid(slide, mask, cfg.mask_mpp, cfg.tile_px, cfg.mpp, cfg.min_foreground)
-            if len(grid) == 0:
-                raise InputDataError(
-                    f"slide '{slide_id}': no foreground found (tissue covers "
-                    f"{100 * mask.mean():.2f}% of the thumbnail, no tile reaches "
-                    f"tiling.min_foreground={cfg.min_foreground}). The slide looks like empty "
-                    f"glass or its stain is fainter than tiling.od_threshold={cfg.od_threshold}: "
-                    "check the scan, lower tiling.od_threshold, or remove the slide from the "
-                    "sample sheet."
-                )
-            log.info(
-                "%s: %d of %d tiles hold foreground (%.1f%% of the slide)",
-                slide_id,
-                len(grid),
-                grid.n_total,
-                100 * mask.mean(),
-            )
+            thumb, background, mask, grid = _find_tiles(slide, slide_id, cfg)
             record = provenance(
                 "tile",
                 cfg,
@@ -88,44 +62,9 @@ def run_tile(
             run.set_tags({"cytofm.slide_sha256": record["slide_sha256"]})
             if job.tracking.log_slide_metadata:  # opt-in: may hold personal data
                 run.log_dict(slide.properties(), "slide_properties.json")
-            with atomic_group(out_store) as g:
-                g.create_array("boxes", data=grid.boxes, chunks=(max(len(grid), 1), 4))
-                g.create_array("coords", data=grid.centres, chunks=(max(len(grid), 1), 2))
-                g.create_array("foreground", data=grid.foreground, chunks=(max(len(grid), 1),))
-                g.create_array("mask", data=mask.astype(np.uint8))
-                if cfg.save_images:
-                    images = g.create_array(
-                        "images",
-                        shape=(len(grid), cfg.tile_px, cfg.tile_px, 3),
-                        chunks=(1, cfg.tile_px, cfg.tile_px, 3),
-                        dtype="uint8",
-                    )
-                    for i, (x0, y0, _, _) in enumerate(
-                        tqdm(grid.boxes, desc=f"tiles {slide_id}", mininterval=5)
-                    ):
-                        images[i] = slide.read(x0, y0, (cfg.tile_px, cfg.tile_px), cfg.mpp)
-                g.attrs.update(
-                    {
-                        "provenance": record,
-                        "slide_id": slide_id,
-                        "slide_mpp": slide.mpp,
-                        "tile_mpp": cfg.mpp,
-                        "tile_px": cfg.tile_px,
-                        "tile_um": cfg.tile_px * cfg.mpp,
-                        "mask_mpp": cfg.mask_mpp,
-                        "background_rgb": background.tolist(),
-                        "coords": "level-0 pixel centres (x, y)",
-                        "boxes": "level-0 pixels x0, y0, x1, y1",
-                    }
-                )
-            title = (
-                f"{slide_id}  mpp {slide.mpp:.3g}  tiles {len(grid)}/{grid.n_total}  "
-                f"foreground {100 * mask.mean():.1f}%"
-            )
+            _write_tile_store(out_store, slide, slide_id, cfg, grid, mask, background, record)
+            _draw_tile_qc(slide, slide_id, cfg, thumb, mask, grid, out_qc)
             w, h = slide.dimensions
-            view_mpp = min(cfg.mask_mpp, max(slide.mpp, max(w, h) * slide.mpp / QC_SIDE_PX))
-            view = thumb if view_mpp == cfg.mask_mpp else read_thumbnail(slide, view_mpp)
-            draw_qc(view, view_mpp, slide.mpp, mask, grid.boxes, out_qc, title)
             elapsed = time.perf_counter() - t0
         summary = {
             "n_tiles": len(grid),
@@ -138,3 +77,77 @@ def run_tile(
         run.log_metrics(summary)
         run.log_artifact(out_qc, "qc")
     return summary
+
+
+def _find_tiles(slide, slide_id: str, cfg: TilingConfig):
+    """Thumbnail, glass colour, foreground mask and the tile grid; no foreground is an error."""
+    thumb = read_thumbnail(slide, cfg.mask_mpp)
+    background = estimate_background(thumb)
+    mask = foreground_mask(
+        thumb,
+        cfg.mask_mpp,
+        background,
+        od_threshold=cfg.od_threshold,
+        min_object_um2=cfg.min_object_um2,
+        dilate_um=cfg.dilate_um,
+    )
+    grid = tile_grid(slide, mask, cfg.mask_mpp, cfg.tile_px, cfg.mpp, cfg.min_foreground)
+    if len(grid) == 0:
+        raise InputDataError(
+            f"slide '{slide_id}': no foreground found (tissue covers "
+            f"{100 * mask.mean():.2f}% of the thumbnail, no tile reaches "
+            f"tiling.min_foreground={cfg.min_foreground}). The slide looks like empty "
+            f"glass or its stain is fainter than tiling.od_threshold={cfg.od_threshold}: "
+            "check the scan, lower tiling.od_threshold, or remove the slide from the "
+            "sample sheet."
+        )
+    log.info(
+        "%s: %d of %d tiles hold foreground (%.1f%% of the slide)",
+        *(slide_id, len(grid), grid.n_total, 100 * mask.mean()),
+    )
+    return thumb, background, mask, grid
+
+
+def _write_tile_store(out_store, slide, slide_id, cfg, grid, mask, background, record) -> None:
+    with atomic_group(out_store) as g:
+        g.create_array("boxes", data=grid.boxes, chunks=(max(len(grid), 1), 4))
+        g.create_array("coords", data=grid.centres, chunks=(max(len(grid), 1), 2))
+        g.create_array("foreground", data=grid.foreground, chunks=(max(len(grid), 1),))
+        g.create_array("mask", data=mask.astype(np.uint8))
+        if cfg.save_images:
+            images = g.create_array(
+                "images",
+                shape=(len(grid), cfg.tile_px, cfg.tile_px, 3),
+                chunks=(1, cfg.tile_px, cfg.tile_px, 3),
+                dtype="uint8",
+            )
+            for i, (x0, y0, _, _) in enumerate(
+                tqdm(grid.boxes, desc=f"tiles {slide_id}", mininterval=5)
+            ):
+                images[i] = slide.read(x0, y0, (cfg.tile_px, cfg.tile_px), cfg.mpp)
+        g.attrs.update(
+            {
+                "provenance": record,
+                "slide_id": slide_id,
+                "slide_mpp": slide.mpp,
+                "tile_mpp": cfg.mpp,
+                "tile_px": cfg.tile_px,
+                "tile_um": cfg.tile_px * cfg.mpp,
+                "mask_mpp": cfg.mask_mpp,
+                "background_rgb": background.tolist(),
+                "coords": "level-0 pixel centres (x, y)",
+                "boxes": "level-0 pixels x0, y0, x1, y1",
+            }
+        )
+
+
+def _draw_tile_qc(slide, slide_id, cfg, thumb, mask, grid, out_qc) -> None:
+    """The slide with its mask and tiles, at the mask's resolution or finer up to QC_SIDE_PX."""
+    title = (
+        f"{slide_id}  mpp {slide.mpp:.3g}  tiles {len(grid)}/{grid.n_total}  "
+        f"foreground {100 * mask.mean():.1f}%"
+    )
+    w, h = slide.dimensions
+    view_mpp = min(cfg.mask_mpp, max(slide.mpp, max(w, h) * slide.mpp / QC_SIDE_PX))
+    view = thumb if view_mpp == cfg.mask_mpp else read_thumbnail(slide, view_mpp)
+    draw_qc(view, view_mpp, slide.mpp, mask, grid.boxes, out_qc, title)
