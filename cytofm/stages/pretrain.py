@@ -208,11 +208,11 @@ def _launch_torchrun(cfg, stores, out_dir, knn_store, job, nproc, held_out=None)
         "--standalone",
         f"--nproc_per_node={nproc}",
         "-m",
-        "cytofm.ssl.launch",
+        "cytofm.stages.launch",
         fh.name,
     ]
     log.info("launching %s", " ".join(cmd))
-    from cytofm.ssl.launch import ERRORS_ENV, rank_failure
+    from cytofm.stages.launch import ERRORS_ENV, rank_failure
 
     # every worker's output (and torchrun's) goes where this job logs: its log file in a job
     try:

@@ -1,4 +1,4 @@
-"""Entry point for ``torchrun -m cytofm.ssl.launch args.json`` (one process per GPU)."""
+"""Entry point for ``torchrun -m cytofm.stages.launch args.json`` (one process per GPU)."""
 
 from __future__ import annotations
 
