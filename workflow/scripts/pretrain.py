@@ -7,8 +7,8 @@ setup_logging(snakemake.log[0])  # noqa: F821 - injected by Snakemake
 import torch  # noqa: E402
 
 from cytofm.config import PretrainConfig, from_mapping  # noqa: E402
-from cytofm.stages.launch import resolve_nproc  # noqa: E402
 from cytofm.stages.context import JobContext  # noqa: E402
+from cytofm.stages.launch import resolve_nproc  # noqa: E402
 from cytofm.stages.pretrain import run_pretrain  # noqa: E402
 
 sm = snakemake  # noqa: F821
