@@ -49,13 +49,18 @@ def _merged(*overlays: dict) -> dict:
     return config
 
 
-def _readme_yaml_recipes() -> list[tuple[int, dict]]:
-    """Every ```yaml block of README.md (its line number, its mapping)."""
-    text = (REPO / "README.md").read_text()
+DOC_PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def _readme_yaml_recipes() -> list[tuple[str, dict]]:
+    """Every ```yaml block of README.md and docs/*.md ("page:line", its mapping)."""
     out = []
-    for m in re.finditer(r"^( *)```yaml\n(.*?)^\1```", text, flags=re.S | re.M):
-        body = "\n".join(ln[len(m.group(1)) :] for ln in m.group(2).splitlines())
-        out.append((text[: m.start()].count("\n") + 1, yaml.safe_load(body)))
+    for page in DOC_PAGES:
+        text = page.read_text()
+        for m in re.finditer(r"^( *)```yaml\n(.*?)^\1```", text, flags=re.S | re.M):
+            body = "\n".join(ln[len(m.group(1)) :] for ln in m.group(2).splitlines())
+            where = f"{page.relative_to(REPO)}:{text[: m.start()].count(chr(10)) + 1}"
+            out.append((where, yaml.safe_load(body)))
     return out
 
 
@@ -102,7 +107,7 @@ def test_every_shipped_config_validates_and_builds(path):
 
 RECIPES = [
     *[(p.name, yaml.safe_load(p.read_text())) for p in sorted(REPO.glob("configs/*.yaml"))],
-    *[(f"README.md:{line}", body) for line, body in _readme_yaml_recipes()],
+    *_readme_yaml_recipes(),
 ]
 
 

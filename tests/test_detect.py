@@ -1,7 +1,7 @@
 """Detection quality against the generator's ground truth.
 
 Threshold: on the demo slides the classical detector measures recall 1.00 and precision
-0.97-1.00 at 6 um (see README). A 6 um tolerance is about one nuclear radius: a detection
+0.97-1.00 at 6 um (see docs/measured.md). A 6 um tolerance is about one nuclear radius: a detection
 that close lies on the right nucleus. The test asks recall >= 0.95 and precision >= 0.90 so
 stain and layout variation across seeds cannot make it flaky, while a detector with a
 coordinate error of half a patch, a lost tile border or a broken merge step falls far below.

@@ -97,11 +97,13 @@ def test_env_provides_every_import_of_the_scripts_and_package():
 
 
 def test_opt_in_imports_are_documented_and_guarded():
-    """An import left out of the environment is named in README.md with its install command, and
-    the code importing it turns its absence into an error saying that command."""
-    readme = (REPO / "README.md").read_text()
+    """An import left out of the environment is named in the documentation (README.md and
+    docs/) with its install command, and the code importing it turns its absence into an error
+    saying that command."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    docs = "\n".join(p.read_text() for p in pages)
     for mod, install in OPT_IN.items():
-        assert install in readme, f"README.md does not say `{install}`"
+        assert install in docs, f"neither README.md nor docs/ says `{install}`"
         users = [
             p
             for p in sorted((REPO / "cytofm").rglob("*.py"))

@@ -227,7 +227,7 @@ def test_an_unreachable_store_keeps_the_runs_and_never_raises(tmp_path, monkeypa
     assert "2 kept in" in caplog.text and "cytofm.tracking flush" in caplog.text
     assert len(list(spool.glob("*/run.json"))) == 2
 
-    # fixed (here: the broken file removed), the command README.md gives sends them
+    # fixed (here: the broken file removed), the command docs/tracking.md gives sends them
     broken.unlink()
     proc = subprocess.run(
         [sys.executable, "-m", "cytofm.tracking", "flush", str(tmp_path)],

@@ -53,7 +53,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclasses.dataclass(frozen=True)
 class BackboneSpec(_Section):
-    """One entry of the ``backbones`` config section (see README for every key)."""
+    """One entry of the ``backbones`` config section (docs/configuration.md lists every key)."""
 
     name: str
     kind: str
