@@ -1,12 +1,11 @@
 """Paired comparisons from the files evaluation jobs write: JSON + predictions side by side."""
 
-import json
-
 import numpy as np
 import pytest
 
 from cytofm.eval.compare import compare_results, predictions_path, verdicts
 from cytofm.eval.predictions import load_predictions, save_predictions
+from cytofm.results import write_result
 
 
 def _job(tmp_path, backbone, kind, probas, y, groups=None, shots=None):
@@ -16,16 +15,21 @@ def _job(tmp_path, backbone, kind, probas, y, groups=None, shots=None):
     out = folder / f"{protocol}.json"
     key = "all" if shots is None else f"shots={shots}"
     save_predictions(predictions_path(out), y, groups, {key: probas})
-    out.write_text(
-        json.dumps(
-            {
-                "task": "t",
-                "backbone": backbone,
-                "backbone_kind": kind,
-                "protocol": protocol,
-                "results": [{"shots": shots, "fraction": None}],
-            }
-        )
+    write_result(
+        out,
+        {
+            "task": "t",
+            "dataset": "d",
+            "backbone": backbone,
+            "backbone_kind": kind,
+            "protocol": protocol,
+            "classes": ["0", "1", "2"],
+            "split": {"n_test": len(y)},
+            "results": [{"shots": shots, "fraction": None, "summary": {}, "runs": []}],
+            "skipped": [],
+            "seconds": 0.0,
+            "provenance": {},
+        },
     )
     return out
 

@@ -13,6 +13,7 @@ from cytofm.eval.backbones import BackboneSpec, load_backbone_spec
 from cytofm.eval.features import embed_array
 from cytofm.eval.metrics import classification_metrics
 from cytofm.eval.predictions import load_predictions
+from cytofm.results import RESULT_VERSION
 from cytofm.ssl.export import export_backbone
 from cytofm.stages.embed import run_embed
 from cytofm.stages.evaluate import run_evaluate
@@ -142,6 +143,7 @@ def test_protocols_on_cached_features(setup, protocol, tmp_path):
         features_store=setup["feats"],
     )
     saved = json.loads(out.read_text())
+    assert saved["schema"]["version"] == RESULT_VERSION  # the stage writes through the schema
     assert saved["classes"] == CLASSES and saved["protocol"] == protocol
     assert saved["split"]["source"] == "grouped"
     blocks = saved["results"]

@@ -228,6 +228,7 @@ def test_mil_stage_on_bags_with_a_few_abnormal_cells(tmp_path):
     )
     saved = json.loads((tmp_path / "abmil.json").read_text())
     assert saved["protocol"] == "abmil" and saved["classes"] == ["0", "1"]
+    assert saved["schema"]["version"] == 2 and saved["level"] == "slide"
     summary = saved["results"][0]["summary"]
     assert summary["auroc"]["mean"] > 0.9
     assert summary["auroc"]["ci95"][0] <= summary["auroc"]["mean"] <= summary["auroc"]["ci95"][1]

@@ -1,7 +1,5 @@
 """Report parts: results tables (numbers and best marks), figures, the page."""
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,6 +13,7 @@ from cytofm.report.tables import (
     to_html,
     to_markdown,
 )
+from cytofm.results import write_result
 
 
 def _row(backbone, protocol, shots, mean, fraction=None, task="t", std=0.01):
@@ -151,16 +150,20 @@ def test_slide_tasks_use_auroc_and_the_average_skips_them(summary):
 def _result(tmp_path, backbone, cms, protocol="linear"):
     path = tmp_path / f"{backbone}_{protocol}.json"
     runs = [{"test": {"confusion_matrix": cm}} for cm in cms]
-    path.write_text(
-        json.dumps(
-            {
-                "task": "t",
-                "backbone": backbone,
-                "protocol": protocol,
-                "classes": ["x", "y"],
-                "results": [{"runs": runs}],
-            }
-        )
+    write_result(
+        path,
+        {
+            "task": "t",
+            "dataset": "d",
+            "backbone": backbone,
+            "protocol": protocol,
+            "classes": ["x", "y"],
+            "split": {"n_test": 8},
+            "results": [{"shots": None, "summary": {}, "runs": runs}],
+            "skipped": [],
+            "seconds": 0.0,
+            "provenance": {},
+        },
     )
     return path
 

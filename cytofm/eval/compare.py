@@ -10,13 +10,13 @@ report bolds a winner only on that evidence.
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from cytofm.eval.metrics import SCALARS, paired_difference
 from cytofm.eval.predictions import block_key, load_predictions
+from cytofm.results import read_result
 
 __all__ = ["COMPARISON_COLUMNS", "compare_results", "predictions_path", "verdicts"]
 
@@ -60,7 +60,7 @@ def compare_results(result_jsons, n_boot: int = 1000) -> pd.DataFrame:
     """One row per (block, backbone, other backbone, metric); see the module doc."""
     loaded = []
     for path in result_jsons:
-        res = json.loads(Path(path).read_text())
+        res = read_result(path)
         preds = predictions_path(path)
         if not preds.is_file():
             continue  # written by an older version: no predictions to pair

@@ -3,12 +3,12 @@ the few-shot curves (balanced accuracy vs. shots per class, with 95% CI bands)."
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from cytofm.eval.metrics import SCALARS
+from cytofm.results import read_result
 
 __all__ = ["plot_fewshot", "plot_mil", "summary_table"]
 
@@ -19,7 +19,7 @@ def summary_table(result_jsons: list[str | Path]) -> pd.DataFrame:
     """Rows of mean, std and CI of every scalar metric, as written in the JSONs."""
     rows = []
     for path in result_jsons:
-        res = json.loads(Path(path).read_text())
+        res = read_result(path)
         for block in res["results"]:
             row = {
                 "task": res["task"],

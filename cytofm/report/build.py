@@ -29,6 +29,7 @@ from cytofm.report.tables import (
     to_html,
     write_table,
 )
+from cytofm.results import read_result
 from cytofm.store import as_str_array, open_store
 
 __all__ = ["EXPLAIN", "ReportBuilder", "detection_table", "load_comparisons"]
@@ -150,7 +151,7 @@ def _exposure_note(jsons: Sequence[Path]) -> str:
     backbones: inductive (test rows left out, or never read) or transductive."""
     notes = set()
     for path in jsons:
-        res = json.loads(Path(path).read_text())
+        res = read_result(path)
         exp = res.get("exposure") or {}
         if exp.get("pretraining") != "this config's pretraining":
             continue
@@ -194,7 +195,7 @@ def _mil_pictures(jsons, dest: Path, max_slides: int, sec: Section, fig) -> None
     """Heatmaps and montages of up to ``max_slides`` slides per backbone (highest predicted
     abnormality first), copied next to the page."""
     for path in jsons:
-        res = json.loads(path.read_text())
+        res = read_result(path)
         src = path.with_suffix("")  # <backbone>/abmil.json -> <backbone>/abmil/
         slides = list(res.get("slides", []))
         proba = np.asarray(res.get("oof_proba") or [], dtype=float)  # (seeds, slides, classes)
@@ -376,7 +377,7 @@ def _task_notes(summary: pd.DataFrame, jsons: Sequence[Path]) -> list[str]:
         {
             f"{x['slide_id']} ({x['reason']})"
             for p in jsons
-            for x in json.loads(Path(p).read_text()).get("left_out") or []
+            for x in read_result(p).get("left_out") or []
         }
     )
     notes = []

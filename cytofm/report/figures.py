@@ -6,13 +6,14 @@ curves, QC thumbnails, heatmaps and montages are written by their own stages.
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from cytofm.results import read_result
 
 __all__ = ["embedding_map", "plot_confusion", "plot_fractions", "project_2d"]
 
@@ -33,7 +34,7 @@ def plot_confusion(result_jsons: list[str | Path], out_png: str | Path) -> Path 
     over runs), rows normalised to the share of each true class, counts written in."""
     panels = []
     for path in result_jsons:
-        res = json.loads(Path(path).read_text())
+        res = read_result(path)
         if res["protocol"] != "linear" or not res["results"]:
             continue
         block = res["results"][0]

@@ -34,8 +34,9 @@ from cytofm.eval.splits import (
 )
 from cytofm.inductive import exposure
 from cytofm.provenance import provenance
+from cytofm.results import write_result
 from cytofm.stages.context import JobContext
-from cytofm.store import as_str_array, atomic_json, open_store
+from cytofm.store import as_str_array, open_store
 
 __all__ = ["load_task_data", "run_evaluate", "task_split"]
 
@@ -190,7 +191,7 @@ def run_evaluate(
         }
         if out_predictions:
             save_predictions(out_predictions, data["labels"][split.test], g_test, predictions)
-        atomic_json(out_json, result, default=_json_default)
+        write_result(out_json, result, default=_json_default)
         for b in blocks:
             tag = protocol if b["shots"] is None else f"{protocol}.{b['shots']}shot"
             run.log_metrics(

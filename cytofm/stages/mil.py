@@ -29,8 +29,8 @@ from cytofm.eval.mil_cv import (
 )
 from cytofm.eval.predictions import save_predictions
 from cytofm.provenance import provenance
+from cytofm.results import write_result
 from cytofm.stages.context import JobContext
-from cytofm.store import atomic_json
 
 __all__ = ["attention_truth_scores", "run_mil"]
 
@@ -81,7 +81,7 @@ def run_mil(
             evaluate=cfg.part("mil"),
             provenance=provenance("mil", params),
         )
-        atomic_json(out_json, result)
+        write_result(out_json, result)
         metrics = {f"abmil.{m}": v["mean"] for m, v in block["summary"].items()}
         if attention_eval:
             metrics["attention.auroc"] = attention_eval["auroc"]["mean"]

@@ -7,7 +7,6 @@ MLflow run.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ from cytofm.config import ReportConfig
 from cytofm.provenance import git_commit, invocation_id
 from cytofm.report.build import ReportBuilder, load_comparisons
 from cytofm.report.html import render_page
+from cytofm.results import read_result
 from cytofm.stages.context import JobContext
 
 __all__ = ["run_report"]
@@ -54,7 +54,7 @@ def run_report(
     out = Path(out_dir)
     by_task: dict[str, list[Path]] = defaultdict(list)
     for path in eval_jsons:
-        by_task[json.loads(Path(path).read_text())["task"]].append(Path(path))
+        by_task[read_result(path)["task"]].append(Path(path))
     with job.run("report", {"report": cfg.to_dict(), "n_results": len(eval_jsons)}) as run:
         page = ReportBuilder(out, cfg)
         compared = load_comparisons(comparisons)
