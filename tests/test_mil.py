@@ -126,7 +126,7 @@ def test_folds_never_split_a_patient():
 def test_heatmap_and_montage_files(tmp_path):
     import cv2
 
-    from cytofm.eval.mil_plots import attention_heatmap, top_cells_montage
+    from cytofm.report.attention import attention_heatmap, top_cells_montage
 
     rng = np.random.default_rng(0)
     thumb = np.full((100, 150, 3), 240, np.uint8)

@@ -27,7 +27,7 @@ from cytofm.config import EvalConfig, SlideTaskConfig
 from cytofm.errors import InputDataError
 from cytofm.eval.metrics import classification_metrics, interval, summarise
 from cytofm.eval.mil import check_bags, grouped_folds, predict_mil, train_mil
-from cytofm.eval.mil_plots import attention_heatmap, top_cells_montage
+from cytofm.report.attention import attention_heatmap, top_cells_montage
 from cytofm.store import atomic_group, open_store
 
 __all__ = [

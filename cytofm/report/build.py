@@ -18,8 +18,14 @@ import numpy as np
 import pandas as pd
 
 from cytofm.config import ReportConfig
-from cytofm.eval.summary import plot_fewshot, plot_mil, summary_table
-from cytofm.report.figures import embedding_map, plot_confusion, plot_fractions
+from cytofm.eval.summary import summary_table
+from cytofm.report.figures import (
+    embedding_map,
+    plot_confusion,
+    plot_fewshot,
+    plot_fractions,
+    plot_mil,
+)
 from cytofm.report.html import Figure, Section
 from cytofm.report.tables import (
     main_metric,

@@ -1,7 +1,6 @@
-"""Report figures: confusion matrices, data-fraction curves and embedding maps.
-
-Few-shot curves and the MIL AUROC bars come from :mod:`cytofm.eval.summary`; the pretraining
-curves, QC thumbnails, heatmaps and montages are written by their own stages.
+"""Figures of the results: few-shot and data-fraction curves, slide-task AUROC bars, confusion
+matrices, embedding maps and the pretraining curves. The attention heatmaps and montages are
+:mod:`cytofm.report.attention`, the QC images :mod:`cytofm.report.qc`.
 """
 
 from __future__ import annotations
@@ -15,7 +14,15 @@ import pandas as pd
 
 from cytofm.results import read_result
 
-__all__ = ["embedding_map", "plot_confusion", "plot_fractions", "project_2d"]
+__all__ = [
+    "embedding_map",
+    "plot_confusion",
+    "plot_fewshot",
+    "plot_fractions",
+    "plot_history",
+    "plot_mil",
+    "project_2d",
+]
 
 log = logging.getLogger(__name__)
 
@@ -203,3 +210,133 @@ def embedding_map(
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return Path(out_png), used
+
+
+def plot_fewshot(table: pd.DataFrame, out_png: str | Path, metric: str = "balanced_accuracy"):
+    """Balanced accuracy vs. shots for each backbone x few-shot protocol, CI bands shaded;
+    full-data linear probes as dashed horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ok = table[(table["skipped"] == "") & table["fraction"].isna()]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    backbones = sorted(ok["backbone"].unique())
+    styles = {"fewshot": "-o", "lora": "--s"}
+    for i, bb in enumerate(backbones):
+        colour = colours[i % len(colours)]
+        for protocol, style in styles.items():
+            part = ok[(ok["backbone"] == bb) & (ok["protocol"] == protocol)]
+            if part.empty:
+                continue
+            part = part.assign(k=part["shots"].astype(int)).sort_values("k")
+            label = f"{bb} {'linear' if protocol == 'fewshot' else 'LoRA'}"
+            ax.plot(part["k"], part[f"{metric}_mean"], style, color=colour, label=label, ms=4)
+            ax.fill_between(
+                part["k"],
+                part[f"{metric}_ci_low"],
+                part[f"{metric}_ci_high"],
+                color=colour,
+                alpha=0.15,
+                lw=0,
+            )
+        full = ok[(ok["backbone"] == bb) & (ok["protocol"] == "linear")]
+        if not full.empty:
+            ax.axhline(
+                full[f"{metric}_mean"].iloc[0],
+                color=colour,
+                ls=":",
+                lw=1,
+                label=f"{bb} linear, all labels",
+            )
+    ax.set_xscale("log", base=2)
+    ticks = sorted({int(k) for k in ok["shots"] if str(k) != "all"})
+    if ticks:
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+    ax.set_xlabel("labelled examples per class (shots)")
+    ax.set_ylabel(metric.replace("_", " ") + " (test)")
+    task = ", ".join(sorted(table["task"].unique()))
+    ax.set_title(f"{task}: few-shot curves (mean over seeds, 95% bootstrap CI)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def plot_mil(table: pd.DataFrame, out_png: str | Path) -> None:
+    """Slide-level AUROC per backbone and, where true cell classes are known, the AUROC of
+    attention for the abnormal cells (mean over seeds, 95% bootstrap CI as error bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ok = table[table["skipped"] == ""].sort_values("backbone")
+    panels = [("auroc", "slide label: AUROC (out-of-fold)")]
+    if "attention_auroc_mean" in ok and ok["attention_auroc_mean"].notna().any():
+        panels.append(("attention_auroc", "attention vs. true abnormal cells: AUROC"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 0.6, 3.6), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    x = np.arange(len(ok))
+    for ax, (metric, title) in zip(axes[0], panels, strict=True):
+        mean = ok[f"{metric}_mean"].to_numpy(float)
+        err = np.abs(
+            np.stack(
+                [
+                    mean - ok[f"{metric}_ci_low"].to_numpy(float),
+                    ok[f"{metric}_ci_high"].to_numpy(float) - mean,
+                ]
+            )
+        )
+        ax.bar(x, mean, color=[colours[i % len(colours)] for i in range(len(ok))], width=0.6)
+        ax.errorbar(x, mean, yerr=np.nan_to_num(err), fmt="none", ecolor="black", capsize=4)
+        for xi, m in zip(x, mean, strict=True):
+            ax.text(xi, 0.02, f"{m:.2f}", ha="center", va="bottom", fontsize=8, color="white")
+        ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance")
+        ax.set_xticks(x, ok["backbone"].tolist(), rotation=20)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("AUROC")
+        ax.set_title(title, fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    task = ", ".join(sorted(table["task"].unique()))
+    fig.suptitle(f"{task}: attention MIL, mean over seeds with 95% bootstrap CI", fontsize=9)
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def plot_history(history: list[dict], out_png: Path, title: str) -> Path:
+    """Losses, teacher collapse monitors and the kNN probe against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("losses", ["loss", "loss_dino", "loss_ibot"]),
+        ("teacher", ["teacher_entropy", "teacher_batch_entropy"]),
+        ("effective rank", ["teacher_cls_effective_rank"]),
+        ("kNN balanced accuracy", ["knn_balanced_accuracy"]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (name, keys) in zip(axes, panels, strict=True):
+        for key in keys:
+            pts = [(h["step"], h[key]) for h in history if key in h]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), label=key, marker="." if len(pts) < 20 else None)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png

@@ -7,7 +7,6 @@ import logging
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -17,65 +16,14 @@ from cytofm.cells.stain import StainChoice, choose_stain, stain_mode
 from cytofm.config import CellsConfig
 from cytofm.errors import InputDataError
 from cytofm.provenance import provenance
+from cytofm.report.qc import patch_gallery
 from cytofm.stages.context import JobContext
 from cytofm.store import PatchStoreWriter, atomic_group, open_store, write_strings
 from cytofm.wsi.reader import open_slide
 
-__all__ = ["patch_gallery", "run_cells"]
+__all__ = ["run_cells"]
 
 log = logging.getLogger(__name__)
-
-
-def _stain_band(stain: StainChoice | None, n: int, width: int) -> np.ndarray:
-    """A strip above the gallery: the chromatin map used and, on the stain map, a swatch of
-    each estimated stain (the colour 1 OD of it gives on white), chromatin stain first."""
-    band = np.full((28, max(width, 260), 3), 255, np.uint8)
-    x = 4
-    if stain is not None and stain.vectors is not None:
-        rows = sorted(range(len(stain.vectors)), key=lambda i: i != stain.nuclear)
-        for i in rows:
-            colour = np.clip(255 * np.exp(-np.asarray(stain.vectors[i])), 0, 255).astype(np.uint8)
-            band[4:24, x : x + 20] = colour
-            cv2.rectangle(
-                band, (x, 4), (x + 19, 23), (0, 0, 0) if i == stain.nuclear else (160,) * 3
-            )
-            x += 24
-    mode = stain.mode if stain is not None else "min_od"
-    text = f"{n} cells; chromatin map: {mode}"
-    cv2.putText(band, text, (x + 2, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    return band
-
-
-def patch_gallery(
-    images: np.ndarray,
-    out_png: str | Path,
-    columns: int = 12,
-    stain: StainChoice | None = None,
-    n_cells: int | None = None,
-) -> Path:
-    """Write a grid of patches (a person checks patches by looking, not reading numbers),
-    under a strip that names the chromatin map and shows the slide's stain vectors."""
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    n = len(images)
-    if n == 0:
-        sheet = np.full((64, 260, 3), 255, np.uint8)
-        cv2.putText(sheet, "no cells found", (8, 38), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
-                    (160, 0, 0), 1, cv2.LINE_AA)  # fmt: skip
-    else:
-        rows = int(np.ceil(n / columns))
-        p = images.shape[1]
-        sheet = np.full((rows * (p + 2), min(n, columns) * (p + 2), 3), 255, np.uint8)
-        for i, img in enumerate(images):
-            r, c = divmod(i, columns)
-            sheet[r * (p + 2) : r * (p + 2) + p, c * (p + 2) : c * (p + 2) + p] = img
-    band = _stain_band(stain, n if n_cells is None else n_cells, sheet.shape[1])
-    if band.shape[1] > sheet.shape[1]:
-        pad = np.full((sheet.shape[0], band.shape[1] - sheet.shape[1], 3), 255, np.uint8)
-        sheet = np.concatenate([sheet, pad], axis=1)
-    sheet = np.concatenate([band, sheet], axis=0)
-    cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-    return out
 
 
 def stain_sample(slide, boxes: np.ndarray, patch_mpp: float, n_tiles: int = 8,

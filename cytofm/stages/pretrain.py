@@ -15,6 +15,7 @@ import numpy as np
 
 from cytofm.config import PretrainConfig
 from cytofm.provenance import provenance
+from cytofm.report.figures import plot_history
 from cytofm.stages.context import JobContext
 from cytofm.store import open_store
 
@@ -125,36 +126,6 @@ def _export(trainer, cfg: PretrainConfig, stores: list[Path], out: Path, record:
         provenance=record,
     )
     (out / "resolved_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-
-
-def plot_history(history: list[dict], out_png: Path, title: str) -> Path:
-    """Losses, teacher collapse monitors and the kNN probe against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [
-        ("losses", ["loss", "loss_dino", "loss_ibot"]),
-        ("teacher", ["teacher_entropy", "teacher_batch_entropy"]),
-        ("effective rank", ["teacher_cls_effective_rank"]),
-        ("kNN balanced accuracy", ["knn_balanced_accuracy"]),
-    ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for ax, (name, keys) in zip(axes, panels, strict=True):
-        for key in keys:
-            pts = [(h["step"], h[key]) for h in history if key in h]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), label=key, marker="." if len(pts) < 20 else None)
-        ax.set_title(name)
-        ax.set_xlabel("step")
-        if len(keys) > 1:
-            ax.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
 
 
 def _exclusions(cfg: PretrainConfig, stores: list[Path], held_out: dict) -> tuple[dict, dict]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cytofm.eval.compare import compare_results
-from cytofm.eval.summary import plot_fewshot, plot_mil, summary_table
+from cytofm.eval.summary import summary_table
+from cytofm.report.figures import plot_fewshot, plot_mil
 from cytofm.stages.context import JobContext
 
 __all__ = ["run_summary"]

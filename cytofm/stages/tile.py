@@ -12,10 +12,10 @@ from tqdm import tqdm
 from cytofm.config import TilingConfig
 from cytofm.errors import InputDataError
 from cytofm.provenance import file_sha256, provenance
+from cytofm.report.qc import draw_qc
 from cytofm.stages.context import JobContext
 from cytofm.store import atomic_group
 from cytofm.wsi.mask import estimate_background, foreground_mask, read_thumbnail
-from cytofm.wsi.qc import draw_qc
 from cytofm.wsi.reader import open_slide
 from cytofm.wsi.tiling import tile_grid
 
