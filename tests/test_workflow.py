@@ -299,9 +299,11 @@ def test_every_job_logged_one_mlflow_run(results, runs):
     runs = list(runs.values())
     stages = sorted(r.data.tags["cytofm.stage"] for r in runs)
     # 5 slides x (demo_slide, tile, cells) + sheet + crops + import + detection_eval
-    # + pretrain + pretrain_probe + 2 backbones x 6 stores (embed) + 2 x 4 protocols
-    # (evaluate) + eval_summary + 2 backbones x abmil (mil) + mil_summary + report
-    assert len(runs) == 19 + 2 + 12 + 8 + 1 + 2 + 1 + 1, stages
+    # + pretrain + pretrain_probe + 2 backbones (backbone) + 2 backbones x 6 stores (embed)
+    # + 2 x 4 protocols (evaluate) + eval_summary + 2 backbones x abmil (mil) + mil_summary
+    # + report
+    assert len(runs) == 19 + 2 + 2 + 12 + 8 + 1 + 2 + 1 + 1, stages
+    assert stages.count("backbone") == 2
     assert all(r.info.status == "FINISHED" for r in runs)
     tile = next(r for r in runs if r.data.tags["cytofm.stage"] == "tile")
     assert tile.data.tags["snakemake.rule"] == "tile"
