@@ -86,39 +86,25 @@ def headline(out: Path, task: str, setting: str) -> dict:
     return entry
 
 
-def time_breakdown(out: Path) -> tuple[list[dict], list[str]]:
+def time_breakdown(out: Path) -> list[dict]:
     """Per stage, from the run's MLflow store: jobs and the seconds between each job's run start
-    and end (what the job did once its imports were done; pretraining uses several threads).
-
-    Read from the invocation that ran the most jobs (the end-to-end run); invocations after it
-    (a job rerun by hand in the same folder) are returned as lines saying what they reran."""
-    from collections import Counter
-
+    and end (what the job did once its imports were done; pretraining uses several threads)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{out}/mlflow.db")
     exp = client.get_experiment_by_name("cytofm")
     runs = client.search_runs([exp.experiment_id], max_results=10000)
-    per_invocation = Counter(r.data.tags.get("cytofm.invocation_id", "") for r in runs)
-    main_run = per_invocation.most_common(1)[0][0]
+    latest = max(r.data.tags.get("cytofm.invocation_id", "") for r in runs)
     stages: dict[str, list[float]] = {}
-    later: dict[str, Counter] = {}
     for r in runs:
-        inv = r.data.tags.get("cytofm.invocation_id", "")
-        if inv == main_run and r.info.end_time:
+        if r.data.tags.get("cytofm.invocation_id") == latest and r.info.end_time:
             seconds = (r.info.end_time - r.info.start_time) / 1000
             stages.setdefault(r.data.tags["cytofm.stage"], []).append(seconds)
-        elif inv > main_run:
-            later.setdefault(inv, Counter())[r.data.tags.get("cytofm.stage", "?")] += 1
     rows = [
         {"stage": k, "jobs": len(v), "in_run_s": sum(v), "mean_s": sum(v) / len(v)}
         for k, v in stages.items()
     ]
-    reruns = [
-        f"{inv}: " + ", ".join(f"{stage} ({n} job{'s' * (n > 1)})" for stage, n in c.items())
-        for inv, c in sorted(later.items())
-    ]
-    return sorted(rows, key=lambda r: -r["in_run_s"]), reruns
+    return sorted(rows, key=lambda r: -r["in_run_s"])
 
 
 def main() -> None:
@@ -137,7 +123,7 @@ def main() -> None:
         seconds, jobs, cmd = last["seconds"], last["jobs"], last["command"]
     else:
         seconds, jobs, cmd = run(out)
-    timing, reruns = time_breakdown(out)
+    timing = time_breakdown(out)
     heads = [
         headline(out, "demo_cells", "crop task, linear probe on all labels"),
         headline(out, "demo_abnormal", "slide task, attention MIL"),
@@ -160,7 +146,6 @@ def main() -> None:
         "detection": det,
         "probe": {k: probe[k] for k in ("ssl_mean", "random_mean", "margin", "n_images")},
         "time_by_stage": timing,
-        "later_reruns": reruns,
     }
     (RESULTS / "demo.json").write_text(json.dumps(record, indent=2, default=float))
     lines = [
@@ -220,14 +205,6 @@ def main() -> None:
         "cores could run.",
         "",
     ]
-    if reruns:
-        lines += [
-            "Jobs rerun in this results folder after that run (their outputs, e.g. the probe "
-            "above, are the rerun's; the times above are the end-to-end run's):",
-            "",
-            *[f"- invocation {r}" for r in reruns],
-            "",
-        ]
     (RESULTS / "demo.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

@@ -1,25 +1,26 @@
 """Does pretraining help? Linear probe on frozen features: pretrained vs. random weights.
 
 Both backbones share the architecture; the random one is initialised by timm with a fixed
-seed. Features are the [CLS]/pooled outputs. The probe is the evaluation's own: its grouped
-train/val/test split (crops sharing a stain group never straddle parts), its logistic regression
-with C chosen on validation, balanced accuracy on test; one split per seed.
+seed. Features are the [CLS]/pooled outputs; a logistic regression is fitted on a group-wise
+split (crops sharing a stain group never straddle train and test) and scored by balanced
+accuracy on the held-out part.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from cytofm.eval.linear import fit_linear, full_proba, select_score
-from cytofm.eval.splits import Split, make_split
 from cytofm.ssl.export import load_backbone, read_backbone_config
 from cytofm.ssl.monitor import embed
 from cytofm.store import as_str_array
 
 __all__ = ["linear_probe", "random_like", "ssl_vs_random"]
-
-PROBE_CS = (0.001, 0.01, 0.1, 1.0, 10.0)  # the evaluation's default grid (evaluate.linear_Cs)
 
 
 def random_like(model_dir, seed: int = 0) -> torch.nn.Module:
@@ -33,28 +34,22 @@ def random_like(model_dir, seed: int = 0) -> torch.nn.Module:
     ).eval()
 
 
-def _probe_split(labels: np.ndarray, groups: np.ndarray, seed: int) -> Split:
-    """The evaluation's train/val/test split (60/20/20, grouped by slide or patient when every
-    row has a group), one per seed."""
+def _split(labels: np.ndarray, groups: np.ndarray, seed: int):
+    """Half/half split, stratified by label and, when groups are given, grouped (no group in
+    both halves): StratifiedGroupKFold with two folds, first fold held out."""
     groups = as_str_array(groups)
-    return make_split(labels, None if (groups == "").all() else groups, seed=seed)
+    labels = np.asarray(labels)
+    if len(np.unique(groups)) >= 4 and not (groups == "").all():
+        folds = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed)
+        return next(folds.split(labels, labels, groups))
+    folds = StratifiedKFold(n_splits=2, shuffle=True, random_state=seed)
+    return next(folds.split(labels, labels))
 
 
-def linear_probe(features: np.ndarray, labels: np.ndarray, split: Split, Cs=PROBE_CS) -> float:
-    """The evaluation's linear probe (:func:`cytofm.eval.linear.fit_linear`: standardised
-    logistic regression, C chosen on the validation rows): balanced accuracy on the test rows."""
-    names = [str(c) for c in np.unique(labels)]
-    y = np.searchsorted(np.unique(labels), labels)
-    clf, _, _ = fit_linear(
-        features[split.train],
-        y[split.train],
-        features[split.val],
-        y[split.val],
-        Cs=list(Cs),
-        class_names=names,
-    )
-    proba = full_proba(clf, features[split.test], len(names))
-    return select_score(y[split.test], proba, "balanced_accuracy", names)
+def linear_probe(features: np.ndarray, labels: np.ndarray, train, test) -> float:
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+    clf.fit(features[train], labels[train])
+    return float(balanced_accuracy_score(labels[test], clf.predict(features[test])))
 
 
 def ssl_vs_random(
@@ -71,9 +66,9 @@ def ssl_vs_random(
         f_rnd = embed(
             random_like(model_dir, seed), images, pc["mean"], pc["std"], size, "cpu"
         ).numpy()
-        split = _probe_split(labels, groups, seed)
-        results["ssl"].append(linear_probe(f_ssl, labels, split))
-        results["random"].append(linear_probe(f_rnd, labels, split))
+        train, test = _split(labels, groups, seed)
+        results["ssl"].append(linear_probe(f_ssl, labels, train, test))
+        results["random"].append(linear_probe(f_rnd, labels, train, test))
     for key in ("ssl", "random"):
         results[f"{key}_mean"] = float(np.mean(results[key]))
         results[f"{key}_std"] = float(np.std(results[key]))
