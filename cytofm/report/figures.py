@@ -215,10 +215,7 @@ def embedding_map(
 def plot_fewshot(table: pd.DataFrame, out_png: str | Path, metric: str = "balanced_accuracy"):
     """Balanced accuracy vs. shots for each backbone x few-shot protocol, CI bands shaded;
     full-data linear probes as dashed horizontal lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _plt()
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     ok = table[(table["skipped"] == "") & table["fraction"].isna()]
@@ -271,10 +268,7 @@ def plot_fewshot(table: pd.DataFrame, out_png: str | Path, metric: str = "balanc
 def plot_mil(table: pd.DataFrame, out_png: str | Path) -> None:
     """Slide-level AUROC per backbone and, where true cell classes are known, the AUROC of
     attention for the abnormal cells (mean over seeds, 95% bootstrap CI as error bars)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _plt()
     import numpy as np
 
     ok = table[table["skipped"] == ""].sort_values("backbone")
@@ -314,10 +308,7 @@ def plot_mil(table: pd.DataFrame, out_png: str | Path) -> None:
 
 def plot_history(history: list[dict], out_png: Path, title: str) -> Path:
     """Losses, teacher collapse monitors and the kNN probe against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _plt()
 
     panels = [
         ("losses", ["loss", "loss_dino", "loss_ibot"]),
