@@ -15,7 +15,6 @@ the schedule's shape, and :func:`budget` reports the steps taken against the pro
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import re
 
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cytofm.config import LoraConfig
 from cytofm.eval.backbones import LoadedBackbone
 from cytofm.eval.features import preprocess
 from cytofm.eval.qkv import split_qkv
@@ -41,36 +41,13 @@ __all__ = [
 ]
 
 
-@dataclasses.dataclass(frozen=True)
-class LoraSettings:
-    rank: int = 2
-    alpha: float = 1.0
-    dropout: float = 0.25
-    target_modules: tuple = ("q", "v")
-    batch_size: int = 32
-    iters_per_shot: int = 100
-    fraction_epochs: int = 100
-    warmup_steps: int = 50
-    min_lr: float = 1e-6
-    max_steps: int = 0  # 0: the protocol's full schedule
-    weight_decay: float = 0.01
+# The protocol's settings are the config's `evaluate.lora` section, defined once.
+LoraSettings = LoraConfig
 
 
-def settings_from(cfg) -> LoraSettings:
-    """The ``lora_*`` keys of an :class:`cytofm.config.EvalConfig`."""
-    return LoraSettings(
-        rank=cfg.lora_rank,
-        alpha=cfg.lora_alpha,
-        dropout=cfg.lora_dropout,
-        target_modules=tuple(cfg.lora_target_modules),
-        batch_size=cfg.lora_batch_size,
-        iters_per_shot=cfg.lora_iters_per_shot,
-        fraction_epochs=cfg.lora_fraction_epochs,
-        warmup_steps=cfg.lora_warmup_steps,
-        min_lr=cfg.lora_min_lr,
-        max_steps=cfg.lora_max_steps,
-        weight_decay=cfg.lora_weight_decay,
-    )
+def settings_from(cfg) -> LoraConfig:
+    """The ``lora`` section of an :class:`cytofm.config.EvalConfig`."""
+    return cfg.lora
 
 
 _SCOPES = {"q": "attn", "k": "attn", "v": "attn", "proj": "attn", "fc1": "mlp", "fc2": "mlp"}
@@ -92,10 +69,11 @@ class LoraClassifier(nn.Module):
 
     def __init__(self, backbone: nn.Module, n_classes: int, s: LoraSettings):
         super().__init__()
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
 
         split_qkv(backbone)
-        config = LoraConfig(
+        config = PeftLoraConfig(
             r=s.rank,
             lora_alpha=s.alpha,
             lora_dropout=s.dropout,

@@ -210,7 +210,7 @@ class MilCV:
 
 def cross_validate(co: MilCohort, task: SlideTaskConfig, cfg: EvalConfig, desc: str) -> MilCV:
     """Patient-grouped folds per seed, each trained with early stopping on an inner split."""
-    train_args = cfg.mil_train_args()
+    train_args = cfg.mil.train_args()
     cv = MilCV([], {s: [] for s in co.slides}, [], [])
     bar = tqdm(total=len(task.seeds) * task.folds, desc=desc, mininterval=5)
     for seed in (int(s) for s in task.seeds):
@@ -219,7 +219,7 @@ def cross_validate(co: MilCohort, task: SlideTaskConfig, cfg: EvalConfig, desc: 
             tf = time.perf_counter()
             tr, va = _inner_split(co.y, co.groups, train, seed)
             model, hist = train_mil(co.bags, co.y, tr, va, len(co.classes), seed=seed, **train_args)
-            p[test], attn = predict_mil(model, co.bags, test, cfg.mil_batch_bags)
+            p[test], attn = predict_mil(model, co.bags, test, cfg.mil.batch_bags)
             for i, a in zip(test, attn, strict=True):
                 cv.attention[co.slides[i]].append(a)
             cv.fold_seconds.append(time.perf_counter() - tf)

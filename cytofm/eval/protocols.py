@@ -59,10 +59,10 @@ class EvalInputs:
             labels[rows],
             feats[va],
             labels[va],
-            Cs=list(self.cfg.linear_Cs),
+            Cs=list(self.cfg.linear.Cs),
             class_names=self.classes,
             metric=self.cfg.select_metric,
-            max_iter=self.cfg.linear_max_iter,
+            max_iter=self.cfg.linear.max_iter,
         )
         return full_proba(clf, feats[self.split.test], self.n_classes), {
             "C": C,
@@ -145,9 +145,9 @@ class Knn(Protocol):
         inp = self.inputs
         tr, te = inp.split.train, inp.split.test
         p = knn_proba(
-            inp.features[tr], inp.labels[tr], inp.features[te], inp.cfg.knn_k, inp.n_classes
+            inp.features[tr], inp.labels[tr], inp.features[te], inp.cfg.knn.k, inp.n_classes
         )
-        return p, {"k": min(inp.cfg.knn_k, len(tr))}
+        return p, {"k": min(inp.cfg.knn.k, len(tr))}
 
 
 @register_protocol
@@ -176,7 +176,7 @@ class Lora(Protocol):
     @classmethod
     def budgets(cls, task, cfg):
         shots = [("shots", int(k)) for k in (task.lora_shots or task.shots)]
-        return shots + [("fraction", float(f)) for f in cfg.lora_fractions]
+        return shots + [("fraction", float(f)) for f in cfg.lora.fractions]
 
     def prepare(self):
         """Backbone and the images LoRA needs: val and test rows read once, training rows per
@@ -186,7 +186,7 @@ class Lora(Protocol):
         from cytofm.eval.lora import settings_from
 
         inp = self.inputs
-        self.device = pick_device(inp.cfg.device)
+        self.device = pick_device(inp.cfg.lora.device)
         self.bb = load_backbone_spec(inp.spec, inp.pretrained_dir, device=str(self.device))
         self.images = inp.store["images"]
         self.val_images = _rows(self.images, inp.split.val)
@@ -204,7 +204,7 @@ class Lora(Protocol):
         shots = amount if kind == "shots" else None
         plan = steps_for(self.settings, shots=shots, n_train=len(rows))
         best, val_scores = None, {}
-        for lr in inp.cfg.lora_lrs:
+        for lr in inp.cfg.lora.lrs:
             model = train_lora(
                 self.bb,
                 train_images,
@@ -216,7 +216,7 @@ class Lora(Protocol):
                 steps=plan["steps"],
                 warmup_steps=plan["warmup_steps"],
                 device=self.device,
-                precision=inp.cfg.precision,
+                precision=inp.cfg.lora.precision,
             )
             if len(val):
                 pv = predict_proba(model, self.bb, self.val_images, self.device)

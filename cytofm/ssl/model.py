@@ -11,7 +11,7 @@ from cytofm.ssl.heads import DINOHead
 __all__ = ["ARCH_PRESETS", "MaskableViT", "MultiCropStudent", "build_backbone", "resolve_arch"]
 
 # Named architectures beyond timm's own: name -> (timm architecture, its keyword arguments).
-# A config picks one with a single scalar (`pretrain.arch`), so an overlay that names another
+# A config picks one with a single scalar (`pretrain.model.arch`), so an overlay that names another
 # architecture replaces it whole; Snakemake merges nested mappings key by key, so an overlay's
 # `model_args: {}` could never undo the demo's sizes.
 ARCH_PRESETS: dict[str, tuple[str, dict]] = {

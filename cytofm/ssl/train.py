@@ -60,7 +60,7 @@ class StepBatches(torch.utils.data.Dataset):
         self._orders: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
-        return int(self.cfg.steps)
+        return int(self.cfg.optim.steps)
 
     def indices(self, step: int) -> np.ndarray:
         """Global rows of this rank's share of the batch of ``step``."""
@@ -68,7 +68,7 @@ class StepBatches(torch.utils.data.Dataset):
         if epoch not in self._orders:
             self._orders = {epoch: self.source.epoch_order(self.cfg.seed, epoch)}
         order = self._orders[epoch]
-        b = self.cfg.batch_size
+        b = self.cfg.optim.batch_size
         idx = order[pos * b : (pos + 1) * b]
         if len(idx) < b:  # fewer samples than a batch: wrap around
             idx = np.resize(order, b)
@@ -81,13 +81,24 @@ class StepBatches(torch.utils.data.Dataset):
         raw = torch.from_numpy(self.source.read(self.indices(int(step))))
         global_crops, local_crops = self.augment(raw, g)
         masks = self.masker.batch(
-            len(global_crops), tuple(self.cfg.mask_ratio), self.cfg.mask_probability, g
+            len(global_crops), tuple(self.cfg.masking.ratio), self.cfg.masking.probability, g
         )
         return global_crops, local_crops, masks
 
 
 class NonFiniteLossError(CytofmError, FloatingPointError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """Nested config mapping -> {"optim.lr": ..., ...} (to name what changed)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "model_args":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _param_groups(model: nn.Module) -> list[dict]:
@@ -125,10 +136,10 @@ class Trainer:
         self.source = source
         self.out_dir = Path(out_dir)
         self.rank, self.world = distributed_setup()
-        if cfg.batch_size % self.world:
+        if cfg.optim.batch_size % self.world:
             raise CytofmError(
-                f"pretrain.batch_size ({cfg.batch_size}) must be divisible by the number of "
-                f"processes ({self.world})"
+                f"pretrain.optim.batch_size ({cfg.optim.batch_size}) must be divisible by the "
+                f"number of processes ({self.world})"
             )
         if device is None:
             if torch.cuda.is_available():
@@ -143,47 +154,49 @@ class Trainer:
         )
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
         self.mean, self.std = source.channel_stats(seed=cfg.seed)
-        self.steps_per_epoch = max(len(source) // cfg.batch_size, 1)
+        self.steps_per_epoch = max(len(source) // cfg.optim.batch_size, 1)
         self.freeze_steps = (
-            self.steps_per_epoch if cfg.freeze_last_layer_steps < 0 else cfg.freeze_last_layer_steps
+            self.steps_per_epoch
+            if cfg.optim.freeze_last_layer_steps < 0
+            else cfg.optim.freeze_last_layer_steps
         )
 
         torch.manual_seed(cfg.seed)
-        self.student = self._build(cfg.drop_path).to(self.device)
+        self.student = self._build(cfg.model.drop_path).to(self.device)
         self.teacher = self._build(0.0).to(self.device)
         self.teacher.load_state_dict(self.student.state_dict())
         self.teacher.requires_grad_(False)
         self.teacher.eval()
-        self.dino_loss = DINOLoss(cfg.out_dim, cfg.student_temp, cfg.center_momentum).to(
-            self.device
-        )
+        self.dino_loss = DINOLoss(
+            cfg.heads.out_dim, cfg.loss.student_temp, cfg.teacher.center_momentum
+        ).to(self.device)
         self.ibot_loss = IBOTPatchLoss(
-            cfg.patch_out_dim if not cfg.shared_head else cfg.out_dim,
-            cfg.student_temp,
-            cfg.center_momentum,
+            cfg.heads.patch_out_dim if not cfg.heads.shared else cfg.heads.out_dim,
+            cfg.loss.student_temp,
+            cfg.teacher.center_momentum,
         ).to(self.device)
         self.koleo = KoLeoLoss()
-        self.optimizer = torch.optim.AdamW(_param_groups(self.student), lr=cfg.lr)
-        lr_peak = cfg.lr * cfg.batch_size / 256
-        n = cfg.steps
-        self.lr = cosine_schedule(lr_peak, cfg.min_lr, n, cfg.warmup_steps)
-        self.wd = cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, n)
-        self.momentum = cosine_schedule(cfg.momentum, cfg.momentum_end, n)
+        self.optimizer = torch.optim.AdamW(_param_groups(self.student), lr=cfg.optim.lr)
+        lr_peak = cfg.optim.lr * cfg.optim.batch_size / 256
+        n = cfg.optim.steps
+        self.lr = cosine_schedule(lr_peak, cfg.optim.min_lr, n, cfg.optim.warmup_steps)
+        self.wd = cosine_schedule(cfg.optim.weight_decay, cfg.optim.weight_decay_end, n)
+        self.momentum = cosine_schedule(cfg.teacher.momentum, cfg.teacher.momentum_end, n)
         self.teacher_temp = linear_warmup_then_constant(
-            cfg.teacher_temp_warmup, cfg.teacher_temp, cfg.teacher_temp_warmup_steps, n
+            cfg.teacher.temp_warmup, cfg.teacher.temp, cfg.teacher.temp_warmup_steps, n
         )
-        grid = cfg.global_size // cfg.patch_size
+        grid = cfg.crops.global_size // cfg.model.patch_size
         self.masker = BlockMasker((grid, grid))
         self.augment = MultiCrop(
             AugmentConfig(
-                global_size=cfg.global_size,
-                local_size=cfg.local_size,
-                n_local=cfg.n_local,
-                global_scale=tuple(cfg.global_scale),
-                local_scale=tuple(cfg.local_scale),
-                keep_centre=cfg.keep_centre,
-                hed_sigma=cfg.hed_sigma,
-                blur_prob=cfg.blur_prob,
+                global_size=cfg.crops.global_size,
+                local_size=cfg.crops.local_size,
+                n_local=cfg.crops.n_local,
+                global_scale=tuple(cfg.crops.global_scale),
+                local_scale=tuple(cfg.crops.local_scale),
+                keep_centre=cfg.crops.keep_centre,
+                hed_sigma=cfg.crops.hed_sigma,
+                blur_prob=cfg.crops.blur_prob,
             ),
             self.mean,
             self.std,
@@ -199,8 +212,8 @@ class Trainer:
             self.device,
             "bf16" if self.autocast_dtype is not None else "fp32",
             len(source),
-            cfg.batch_size // self.world,
-            cfg.batch_size,
+            cfg.optim.batch_size // self.world,
+            cfg.optim.batch_size,
             self.num_workers,
         )
         self.step = 0
@@ -216,14 +229,22 @@ class Trainer:
     # -- construction ---------------------------------------------------------------------
     def _build(self, drop_path: float) -> MultiCropStudent:
         cfg = self.cfg
-        vit = build_backbone(cfg.arch, cfg.global_size, cfg.patch_size, cfg.model_args, drop_path)
+        vit = build_backbone(
+            cfg.model.arch,
+            cfg.crops.global_size,
+            cfg.model.patch_size,
+            cfg.model.model_args,
+            drop_path,
+        )
         backbone = MaskableViT(vit)
         dim = backbone.embed_dim
-        cls_head = DINOHead(dim, cfg.out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim)
+        cls_head = DINOHead(dim, cfg.heads.out_dim, cfg.heads.hidden_dim, cfg.heads.bottleneck_dim)
         patch_head = (
             None
-            if cfg.shared_head
-            else DINOHead(dim, cfg.patch_out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim)
+            if cfg.heads.shared
+            else DINOHead(
+                dim, cfg.heads.patch_out_dim, cfg.heads.hidden_dim, cfg.heads.bottleneck_dim
+            )
         )
         return MultiCropStudent(backbone, cls_head, patch_head)
 
@@ -267,9 +288,8 @@ class Trainer:
                 "it) to start pretraining from scratch."
             ) from exc
         if state["config"] != self.cfg.to_dict():
-            changed = sorted(
-                k for k in state["config"] if state["config"][k] != self.cfg.to_dict().get(k)
-            )
+            old, new = _flat(state["config"]), _flat(self.cfg.to_dict())
+            changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
             stale = self.checkpoint_path.with_suffix(".pt.stale")
             if self.rank == 0:
                 os.replace(self.checkpoint_path, stale)
@@ -334,27 +354,27 @@ class Trainer:
             s_out = self.model(global_crops, local_crops, masks)
             s_cls = list(s_out["global_cls"].float().chunk(n_g))
             if "local_cls" in s_out:
-                s_cls += list(s_out["local_cls"].float().chunk(cfg.n_local))
+                s_cls += list(s_out["local_cls"].float().chunk(cfg.crops.n_local))
             # each student global view is matched with the *other* teacher global view
             q_views = list(q_cls.chunk(n_g))
             loss_dino = self.dino_loss(s_cls, q_views)
             loss_ibot = self.ibot_loss(s_out["global_patch"].float(), q_patch, masks)
-            loss = loss_dino + cfg.ibot_weight * loss_ibot
+            loss = loss_dino + cfg.loss.ibot_weight * loss_ibot
             loss_koleo = torch.zeros((), device=self.device)
-            if cfg.koleo_weight > 0:
+            if cfg.loss.koleo_weight > 0:
                 embs = s_out["global_emb"].float().chunk(n_g)
                 loss_koleo = sum(self.koleo(e) for e in embs) / n_g
-                loss = loss + cfg.koleo_weight * loss_koleo
+                loss = loss + cfg.loss.koleo_weight * loss_koleo
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"pretraining loss is {loss.item()} at step {step} (dino {loss_dino.item()}, ibot "
                 f"{loss_ibot.item()}). The last good checkpoint {self.checkpoint_path} is kept; "
-                "lower pretrain.lr, raise pretrain.warmup_steps or use precision: fp32, then "
-                "rerun to resume from it."
+                "lower pretrain.optim.lr, raise pretrain.optim.warmup_steps or use precision: "
+                "fp32, then rerun to resume from it."
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.clip_grad)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.optim.clip_grad)
         if step < self.freeze_steps:  # DINO: keep the prototypes fixed while features settle
             for head in (self.student.cls_head, self.student.patch_head):
                 if head is not None:
@@ -386,9 +406,9 @@ class Trainer:
         }
 
     def fit(self, logger=None, knn=None, stop_at: int | None = None) -> dict[str, float]:
-        """Train until ``cfg.steps`` (or ``stop_at``); checkpoint every ``checkpoint_every``."""
+        """Train until ``optim.steps`` (or ``stop_at``); checkpoint every ``checkpoint_every``."""
         cfg = self.cfg
-        end = min(cfg.steps, stop_at if stop_at is not None else cfg.steps)
+        end = min(cfg.optim.steps, stop_at if stop_at is not None else cfg.optim.steps)
         last: dict[str, float] = {}
         window_t, window_n = time.perf_counter(), 0
         bar = tqdm(
@@ -421,15 +441,15 @@ class Trainer:
             if (
                 knn is not None
                 and self.rank == 0
-                and (self.step % cfg.knn_every == 0 or self.step == cfg.steps)
+                and (self.step % cfg.probe.every == 0 or self.step == cfg.optim.steps)
             ):
                 acc = knn_probe(
                     self.teacher.backbone.vit,
                     knn,
                     self.mean,
                     self.std,
-                    cfg.global_size,
-                    cfg.knn_k,
+                    cfg.crops.global_size,
+                    cfg.probe.k,
                     self.device,
                 )
                 last["knn_balanced_accuracy"] = acc

@@ -58,14 +58,14 @@ def run_mil(
     co = load_cohort(task, cohort)
     out_dir = Path(out_dir)
     params = {"task": task.to_dict(), "evaluate": cfg.part("mil"), "backbone": backbone}
-    params.update(n_slides=len(co.slides), top_k=cfg.mil_top_k)
+    params.update(n_slides=len(co.slides), top_k=cfg.mil.top_k)
     with job.run("mil", params) as run:
         t0 = time.perf_counter()
         cv = cross_validate(co, task, cfg, f"abmil {backbone}")
         block = result_block(co, cv, task, cfg.bootstrap)
         save_predictions(out_dir / "predictions.npz", co.y, co.groups, {"all": cv.probas})
         write_attention(out_dir / "attention.zarr", co, cv, backbone, task)
-        scores = slide_outputs(co, cv, task, cfg.mil_top_k, out_dir, tolerance_um, thumbnail_mpp)
+        scores = slide_outputs(co, cv, task, cfg.mil.top_k, out_dir, tolerance_um, thumbnail_mpp)
         attention_eval = attention_summary(scores, task, cfg.bootstrap, tolerance_um)
         seconds = time.perf_counter() - t0
         result = mil_result(

@@ -4,18 +4,18 @@
 rule cells:
     input:
         slide=slide_path,
-        tiles=f"{RESULTS}/tiles/{{slide}}.zarr",
+        tiles=PATHS.tiles(),
     output:
-        store=directory(f"{RESULTS}/cells/{{slide}}.zarr"),
+        store=directory(PATHS.cells()),
         gallery=report(
-            f"{RESULTS}/qc/{{slide}}.cells.png",
+            PATHS.cells_gallery(),
             caption="../report/cells.rst",
             category="Quality control",
             labels={"slide": "{slide}", "figure": "detected cells"},
         ),
-        summary=f"{RESULTS}/qc/{{slide}}.cells.json",
+        summary=PATHS.cells_summary(),
     log:
-        f"{RESULTS}/logs/cells/{{slide}}.log",
+        log_of("cells", "{slide}"),
     conda:
         "../../envs/cytofm.yaml"
     threads: threads_of("cells")
@@ -23,9 +23,9 @@ rule cells:
         mem_mb=mem_of("cells"),
         runtime=runtime_of("cells"),
     params:
-        path=slide_file,
-        mpp=slide_mpp,
-        stain=slide_stain,
-        cells=CELLS.to_dict(),
+        path=lambda wildcards: PLAN.slide_file(wildcards.slide),
+        mpp=lambda wildcards: PLAN.slide_mpp(wildcards.slide),
+        stain=lambda wildcards: PLAN.slide_stain(wildcards.slide),
+        cells=CFG.cells.to_dict(),
     script:
         "../scripts/cells.py"

@@ -3,11 +3,11 @@
 
 rule import_dataset:
     input:
-        dataset_source,
+        lambda wildcards: PLAN.dataset_source(wildcards.dataset),
     output:
-        directory(f"{RESULTS}/datasets/{{dataset}}.zarr"),
+        directory(PATHS.dataset()),
     log:
-        f"{RESULTS}/logs/import_dataset/{{dataset}}.log",
+        log_of("import_dataset", "{dataset}"),
     conda:
         "../../envs/cytofm.yaml"
     threads: threads_of("import_dataset")
@@ -15,6 +15,6 @@ rule import_dataset:
         mem_mb=mem_of("import_dataset"),
         runtime=runtime_of("import_dataset"),
     params:
-        dataset=lambda wildcards: DATASETS[wildcards.dataset],
+        dataset=lambda wildcards: PLAN.datasets[wildcards.dataset],
     script:
         "../scripts/import_dataset.py"

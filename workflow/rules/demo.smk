@@ -3,10 +3,10 @@
 
 rule demo_slide:
     output:
-        slide=f"{RESULTS}/demo/slides/{{slide}}.tif",
-        truth=f"{RESULTS}/demo/ground_truth/{{slide}}.tsv",
+        slide=PATHS.demo_slide(),
+        truth=PATHS.demo_truth(),
     log:
-        f"{RESULTS}/logs/demo_slide/{{slide}}.log",
+        log_of("demo_slide", "{slide}"),
     conda:
         "../../envs/cytofm.yaml"
     threads: threads_of("demo_slide")
@@ -14,29 +14,29 @@ rule demo_slide:
         mem_mb=mem_of("demo_slide"),
         runtime=runtime_of("demo_slide"),
     params:
-        demo=DEMO.to_dict(),
+        demo=CFG.demo.to_dict(),
     script:
         "../scripts/demo_slide.py"
 
 
 rule demo_sheet:
     output:
-        f"{RESULTS}/demo/slides.tsv",
+        PATHS.demo_sheet(),
     log:
-        f"{RESULTS}/logs/demo_sheet.log",
+        log_of("demo_sheet"),
     conda:
         "../../envs/cytofm.yaml"
     params:
-        demo=DEMO.to_dict(),
+        demo=CFG.demo.to_dict(),
     script:
         "../scripts/demo_sheet.py"
 
 
 rule demo_crops:
     output:
-        table=f"{RESULTS}/demo/crops/labels.csv",
+        table=PATHS.demo_crops(),
     log:
-        f"{RESULTS}/logs/demo_crops.log",
+        log_of("demo_crops"),
     conda:
         "../../envs/cytofm.yaml"
     threads: threads_of("demo_crops")
@@ -44,22 +44,22 @@ rule demo_crops:
         mem_mb=mem_of("demo_crops"),
         runtime=runtime_of("demo_crops"),
     params:
-        demo=DEMO.to_dict(),
+        demo=CFG.demo.to_dict(),
     script:
         "../scripts/demo_crops.py"
 
 
 rule detection_eval:
     input:
-        cells=expand(f"{RESULTS}/cells/{{slide}}.zarr", slide=DEMO_IDS),
-        truth=expand(f"{RESULTS}/demo/ground_truth/{{slide}}.tsv", slide=DEMO_IDS),
+        cells=[PATHS.cells(s) for s in PLAN.demo_ids],
+        truth=[PATHS.demo_truth(s) for s in PLAN.demo_ids],
     output:
-        f"{RESULTS}/qc/detection.json",
+        PATHS.detection(),
     log:
-        f"{RESULTS}/logs/detection_eval.log",
+        log_of("detection_eval"),
     conda:
         "../../envs/cytofm.yaml"
     params:
-        tolerance_um=config["detection_eval"]["tolerance_um"],
+        tolerance_um=CFG.detection_eval.tolerance_um,
     script:
         "../scripts/detection_eval.py"

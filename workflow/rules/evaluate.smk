@@ -4,11 +4,11 @@
 
 rule backbone:
     input:
-        unpack(backbone_inputs),
+        unpack(lambda wildcards: PLAN.backbone_inputs(wildcards.backbone)),
     output:
-        directory(f"{RESULTS}/backbones/{{backbone}}"),
+        directory(PATHS.backbone()),
     log:
-        f"{RESULTS}/logs/backbone/{{backbone}}.log",
+        log_of("backbone", "{backbone}"),
     conda:
         "../../envs/cytofm.yaml"
     threads: threads_of("backbone")
@@ -16,20 +16,20 @@ rule backbone:
         mem_mb=mem_of("backbone"),
         runtime=runtime_of("backbone"),
     params:
-        backbone=lambda wildcards: BACKBONES[wildcards.backbone].to_dict(),
+        backbone=lambda wildcards: PLAN.backbones[wildcards.backbone].to_dict(),
     script:
         "../scripts/backbone.py"
 
 
 rule embed:
     input:
-        unpack(backbone_inputs),
-        backbone=f"{RESULTS}/backbones/{{backbone}}",
-        store=f"{RESULTS}/{{kind}}/{{source}}.zarr",
+        unpack(lambda wildcards: PLAN.backbone_inputs(wildcards.backbone)),
+        backbone=PATHS.backbone(),
+        store=PATHS.store(),
     output:
-        directory(f"{RESULTS}/features/{{backbone}}/{{kind}}/{{source}}.zarr"),
+        directory(PATHS.features()),
     log:
-        f"{RESULTS}/logs/embed/{{backbone}}/{{kind}}/{{source}}.log",
+        log_of("embed", "{backbone}", "{kind}", "{source}"),
     conda:
         "../../envs/cytofm.yaml"
     threads: threads_of("embed")
@@ -38,20 +38,20 @@ rule embed:
         runtime=runtime_of("embed"),
         gpu=GPU,
     params:
-        backbone=lambda wildcards: BACKBONES[wildcards.backbone].to_dict(),
-        embed=EMBED.to_dict(),
+        backbone=lambda wildcards: PLAN.backbones[wildcards.backbone].to_dict(),
+        embed=CFG.embed.to_dict(),
     script:
         "../scripts/embed.py"
 
 
 rule evaluate:
     input:
-        unpack(evaluate_inputs),
+        unpack(lambda w: PLAN.evaluate_inputs(w.task, w.backbone, w.protocol)),
     output:
-        json=f"{RESULTS}/eval/{{task}}/{{backbone}}/{{protocol}}.json",
-        predictions=f"{RESULTS}/eval/{{task}}/{{backbone}}/{{protocol}}.predictions.npz",
+        json=PATHS.result(),
+        predictions=PATHS.predictions(),
     log:
-        f"{RESULTS}/logs/evaluate/{{task}}/{{backbone}}/{{protocol}}.log",
+        log_of("evaluate", "{task}", "{backbone}", "{protocol}"),
     conda:
         "../../envs/cytofm.yaml"
     threads: threads_of("evaluate")
@@ -60,48 +60,44 @@ rule evaluate:
         runtime=runtime_of("evaluate"),
         gpu=lambda wildcards: GPU if EVAL_PROTOCOLS[wildcards.protocol].uses_gpu else 0,
     params:
-        task=lambda wildcards: TASKS[wildcards.task].to_dict(),
-        evaluate=EVAL.part("patch"),
-        backbone=lambda wildcards: BACKBONES[wildcards.backbone].to_dict(),
+        task=lambda wildcards: PLAN.tasks[wildcards.task].to_dict(),
+        evaluate=CFG.evaluate.part("patch"),
+        backbone=lambda wildcards: PLAN.backbones[wildcards.backbone].to_dict(),
     script:
         "../scripts/evaluate.py"
 
 
 rule eval_summary:
     input:
-        lambda wildcards: [
-            f"{RESULTS}/eval/{wildcards.task}/{backbone}/{protocol}.json"
-            for backbone in BACKBONES
-            for protocol in TASKS[wildcards.task].protocols
-        ],
+        lambda wildcards: PLAN.task_results(wildcards.task),
     output:
-        csv=f"{RESULTS}/eval/{{task}}/summary.csv",
-        comparisons=f"{RESULTS}/eval/{{task}}/comparisons.csv",
+        csv=PATHS.summary("{task}"),
+        comparisons=PATHS.comparisons("{task}"),
         png=report(
-            f"{RESULTS}/eval/{{task}}/fewshot.png",
+            PATHS.task_figure("{task}", "fewshot"),
             caption="../report/fewshot.rst",
             category="Evaluation",
             labels={"task": "{task}", "figure": "few-shot curves"},
         ),
     log:
-        f"{RESULTS}/logs/eval_summary/{{task}}.log",
+        log_of("eval_summary", "{task}"),
     conda:
         "../../envs/cytofm.yaml"
     threads: 1
     params:
-        bootstrap=EVAL.bootstrap,
+        bootstrap=CFG.evaluate.bootstrap,
     script:
         "../scripts/eval_summary.py"
 
 
 rule mil:
     input:
-        unpack(mil_inputs),
+        unpack(lambda wildcards: PLAN.mil_inputs(wildcards.stask, wildcards.backbone)),
     output:
-        json=f"{RESULTS}/eval/{{stask}}/{{backbone}}/abmil.json",
-        dir=directory(f"{RESULTS}/eval/{{stask}}/{{backbone}}/abmil"),
+        json=PATHS.abmil(),
+        dir=directory(PATHS.abmil_dir()),
     log:
-        f"{RESULTS}/logs/mil/{{stask}}/{{backbone}}.log",
+        log_of("mil", "{stask}", "{backbone}"),
     conda:
         "../../envs/cytofm.yaml"
     threads: threads_of("mil")
@@ -109,39 +105,38 @@ rule mil:
         mem_mb=mem_of("mil"),
         runtime=runtime_of("mil"),
     params:
-        task=lambda wildcards: SLIDE_TASKS[wildcards.stask].to_dict(),
-        evaluate=EVAL.part("mil"),
-        cohort=lambda wildcards: mil_cohort(wildcards.stask),
-        tolerance_um=config["detection_eval"]["tolerance_um"],
-        thumbnail_mpp=TILING.mask_mpp,
-        backbone_kind=lambda wildcards: BACKBONES[wildcards.backbone].kind,
-        exposure=mil_exposure,
+        task=lambda wildcards: PLAN.slide_tasks[wildcards.stask].to_dict(),
+        evaluate=CFG.evaluate.part("mil"),
+        cohort=lambda wildcards: PLAN.cohort(wildcards.stask),
+        tolerance_um=CFG.detection_eval.tolerance_um,
+        thumbnail_mpp=CFG.tiling.mask_mpp,
+        backbone_kind=lambda wildcards: PLAN.backbones[wildcards.backbone].kind,
+        exposure=lambda wildcards: PLAN.mil_exposure(
+            wildcards.stask, wildcards.backbone
+        ),
     script:
         "../scripts/mil.py"
 
 
 rule mil_summary:
     input:
-        lambda wildcards: [
-            f"{RESULTS}/eval/{wildcards.stask}/{backbone}/abmil.json"
-            for backbone in BACKBONES
-        ],
+        lambda wildcards: PLAN.task_results(wildcards.stask),
     output:
-        csv=f"{RESULTS}/eval/{{stask}}/summary.csv",
-        comparisons=f"{RESULTS}/eval/{{stask}}/comparisons.csv",
+        csv=PATHS.summary("{stask}"),
+        comparisons=PATHS.comparisons("{stask}"),
         png=report(
-            f"{RESULTS}/eval/{{stask}}/slide_auroc.png",
+            PATHS.task_figure("{stask}", "slide_auroc"),
             caption="../report/mil.rst",
             category="Evaluation",
             labels={"task": "{stask}", "figure": "attention MIL AUROC"},
         ),
     log:
-        f"{RESULTS}/logs/eval_summary/{{stask}}.log",
+        log_of("eval_summary", "{stask}"),
     conda:
         "../../envs/cytofm.yaml"
     threads: 1
     params:
         plot="mil",
-        bootstrap=EVAL.bootstrap,
+        bootstrap=CFG.evaluate.bootstrap,
     script:
         "../scripts/eval_summary.py"

@@ -3,37 +3,37 @@
 
 rule pretrain:
     input:
-        stores=PRETRAIN_STORES,
-        knn=KNN_STORE,
+        stores=PLAN.pretrain_stores,
+        knn=PLAN.knn_store,
     output:
-        backbone=directory(f"{RESULTS}/pretrain/{{model}}/backbone"),
+        backbone=directory(PATHS.pretrained()),
     log:
-        f"{RESULTS}/logs/pretrain/{{model}}.log",
+        log_of("pretrain", "{model}"),
     conda:
         "../../envs/cytofm.yaml"
     threads: threads_of("pretrain")
     resources:
         mem_mb=mem_of("pretrain"),
         runtime=runtime_of("pretrain"),
-        gpu=gpus_of("pretrain"),
+        gpu=PLAN.gpus("pretrain"),
         tasks_per_gpu=0,  # SLURM: one task; torchrun starts the per-GPU processes
     params:
-        pretrain=PRETRAIN.to_dict(),
-        nproc=config["pretrain"]["nproc"],
-        held_out=pretrain_held_out(),
-        out_dir=lambda wildcards: f"{RESULTS}/pretrain/{wildcards.model}",
+        pretrain=CFG.pretrain.to_dict(),
+        nproc=CFG.pretrain.nproc,
+        held_out=PLAN.held_out(),
+        out_dir=lambda wildcards: PATHS.pretrain_dir(wildcards.model),
     script:
         "../scripts/pretrain.py"
 
 
 rule pretrain_probe:
     input:
-        backbone=f"{RESULTS}/pretrain/{{model}}/backbone",
-        dataset=KNN_STORE,
+        backbone=PATHS.pretrained(),
+        dataset=PLAN.knn_store,
     output:
-        f"{RESULTS}/pretrain/{{model}}/probe.json",
+        PATHS.probe(),
     log:
-        f"{RESULTS}/logs/pretrain_probe/{{model}}.log",
+        log_of("pretrain_probe", "{model}"),
     # ready as soon as pretraining ends; run it among the embedding jobs, not alone at the end
     priority: 1
     conda:

@@ -3,31 +3,31 @@
 
 rule report:
     input:
-        unpack(report_inputs),
+        unpack(lambda wildcards: PLAN.report_inputs()),
     output:
         index=report(
-            f"{RESULTS}/report/index.html",
+            PATHS.report(),
             caption="../report/index.rst",
             category="Report",
         ),
         figures=report(
-            directory(f"{RESULTS}/report/figures"),
+            directory(PATHS.report("figures")),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="Report",
             subcategory="Figures",
         ),
-        tables=directory(f"{RESULTS}/report/tables"),
+        tables=directory(PATHS.report("tables")),
     log:
-        f"{RESULTS}/logs/report.log",
+        log_of("report"),
     conda:
         "../../envs/cytofm.yaml"
     threads: 1
     params:
-        report=REPORT.to_dict(),
-        embeddings=report_embeddings(),
-        slide_features=report_slide_features(),
-        slide_meta=report_slide_meta(),
-        qc=[[s, f"{RESULTS}/qc/{s}.png"] for s in SLIDE_IDS],
+        report=CFG.report.to_dict(),
+        embeddings=PLAN.report_embeddings(),
+        slide_features=PLAN.report_slide_features(),
+        slide_meta=PLAN.report_slide_meta(),
+        qc=[[s, PATHS.qc(s)] for s in PLAN.slide_ids],
     script:
         "../scripts/report.py"

@@ -5,15 +5,15 @@ rule tile:
     input:
         slide=slide_path,
     output:
-        store=directory(f"{RESULTS}/tiles/{{slide}}.zarr"),
+        store=directory(PATHS.tiles()),
         qc=report(
-            f"{RESULTS}/qc/{{slide}}.png",
+            PATHS.qc(),
             caption="../report/qc.rst",
             category="Quality control",
             labels={"slide": "{slide}", "figure": "tissue mask and tiles"},
         ),
     log:
-        f"{RESULTS}/logs/tile/{{slide}}.log",
+        log_of("tile", "{slide}"),
     conda:
         "../../envs/cytofm.yaml"
     threads: threads_of("tile")
@@ -21,8 +21,8 @@ rule tile:
         mem_mb=mem_of("tile"),
         runtime=runtime_of("tile"),
     params:
-        path=slide_file,
-        mpp=slide_mpp,
-        tiling=TILING.to_dict(),
+        path=lambda wildcards: PLAN.slide_file(wildcards.slide),
+        mpp=lambda wildcards: PLAN.slide_mpp(wildcards.slide),
+        tiling=CFG.tiling.to_dict(),
     script:
         "../scripts/tile.py"

@@ -1,0 +1,269 @@
+"""The machinery of the config dataclasses: documented fields, building a section from a mapping
+(nested sections included), and the keys that moved when the sections were nested by topic.
+
+Every key is defined once, as a field of a frozen dataclass in :mod:`cytofm.config.sections`
+with its type, default, allowed values and a one-line doc; the JSON schema, the commented
+``config.yaml`` and ``docs/configuration.md`` are generated from them
+(:mod:`cytofm.config.generate`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from cytofm.errors import ConfigError
+from cytofm.provenance import canonical
+
+__all__ = ["MOVED", "Section", "check_moved", "from_mapping", "option"]
+
+T = TypeVar("T")
+_MISSING = dataclasses.MISSING
+
+
+def option(
+    default: Any = _MISSING,
+    doc: str = "",
+    *,
+    choices: tuple | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: float | None = None,
+    items: str | None = None,
+    length: int | None = None,
+    more: str = "",
+    example: Any = None,
+    shipped: Any = None,
+    output: bool = True,
+) -> Any:
+    """A documented config field.
+
+    ``doc`` is the one-line comment in ``config.yaml`` and the meaning in the reference, ``more``
+    adds detail to the reference only. ``choices``, ``minimum``/``maximum`` (inclusive),
+    ``above`` (exclusive minimum), ``items`` (JSON type of list items) and ``length`` (fixed
+    list length) go into the schema. ``example`` is a commented-out example in
+    ``config.yaml``; ``shipped`` the entries ``config.yaml`` sets for a mapping that is empty by
+    default (the demo's task, its backbones). ``output=False`` marks a key that decides whether
+    or where a stage runs but not what it computes: it is left out of :meth:`Section.to_dict`,
+    so changing it never reruns a job.
+    """
+    meta = {
+        "doc": doc,
+        "choices": choices,
+        "minimum": minimum,
+        "maximum": maximum,
+        "above": above,
+        "items": items,
+        "length": length,
+        "more": more,
+        "example": example,
+        "shipped": shipped,
+        "output": output,
+    }
+    if isinstance(default, (dict, list)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def hints(cls: type) -> dict[str, Any]:
+    """Resolved field types of a config dataclass."""
+    return typing.get_type_hints(cls)
+
+
+def section_type(tp: Any) -> type | None:
+    """The Section class a field holds (directly or ``X | None``), else None."""
+    if isinstance(tp, type) and issubclass(tp, Section):
+        return tp
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        for arg in typing.get_args(tp):
+            if isinstance(arg, type) and issubclass(arg, Section):
+                return arg
+    return None
+
+
+def entry_type(tp: Any) -> type | None:
+    """The Section class of a ``dict[str, Section]`` field (named entries), else None."""
+    if typing.get_origin(tp) is dict:
+        args = typing.get_args(tp)
+        if len(args) == 2 and isinstance(args[1], type) and issubclass(args[1], Section):
+            return args[1]
+    return None
+
+
+class Section:
+    """Base of the config dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain mapping of what the section computes with (tuples as lists, as YAML and JSON
+        hold them; keys marked ``output=False`` left out). Nested mappings have sorted keys,
+        so writing the same config in another key order changes nothing downstream (Snakemake
+        compares rule params as written)."""
+        out = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if not f.metadata.get("output", True):
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, Section):
+                value = value.to_dict()
+            elif isinstance(value, dict):
+                value = {k: v.to_dict() if isinstance(v, Section) else v for k, v in value.items()}
+            out[f.name] = canonical(value)
+        return out
+
+
+def from_mapping(cls: type[T], mapping: Mapping[str, Any] | None, section: str = "") -> T:
+    """Build a config dataclass from a (nested) mapping, refusing keys it does not know and
+    naming the new place of a key that moved."""
+    mapping = dict(mapping or {})
+    label = section or cls.__name__
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(mapping) - names)
+    if unknown:
+        for key in unknown:
+            _raise_if_moved(_join(section, key))
+        raise ConfigError(
+            f"unknown key(s) {unknown} in config section '{label}'; allowed: {sorted(names)}"
+        )
+    types_ = hints(cls)
+    for name, value in list(mapping.items()):
+        sub, entry = section_type(types_[name]), entry_type(types_[name])
+        if sub is not None and isinstance(value, Mapping):
+            mapping[name] = from_mapping(sub, value, _join(section, name))
+        elif entry is not None and isinstance(value, Mapping):
+            mapping[name] = {
+                k: from_mapping(entry, _named(entry, k, v), _join(section, name, k))
+                for k, v in value.items()
+            }
+    return cls(**mapping)
+
+
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
+def _named(entry: type, name: str, value: Any) -> dict:
+    has_name = "name" in {f.name for f in dataclasses.fields(entry)}  # type: ignore[arg-type]
+    return {"name": name, **(value or {})} if has_name else dict(value or {})
+
+
+# Keys that moved when the flat sections were nested by topic: old -> new.
+_PRETRAIN = {
+    "model": ["arch", "model_args", "patch_size", "drop_path"],
+    "crops": [
+        "global_size",
+        "local_size",
+        "n_local",
+        "global_scale",
+        "local_scale",
+        "keep_centre",
+        "hed_sigma",
+        "blur_prob",
+    ],
+    "masking": [("mask_ratio", "ratio"), ("mask_probability", "probability")],
+    "heads": [
+        "out_dim",
+        "patch_out_dim",
+        ("shared_head", "shared"),
+        ("head_hidden_dim", "hidden_dim"),
+        ("head_bottleneck_dim", "bottleneck_dim"),
+    ],
+    "loss": ["ibot_weight", "koleo_weight", "student_temp"],
+    "optim": [
+        "batch_size",
+        "steps",
+        "warmup_steps",
+        "lr",
+        "min_lr",
+        "weight_decay",
+        "weight_decay_end",
+        "clip_grad",
+        "freeze_last_layer_steps",
+    ],
+    "teacher": [
+        "momentum",
+        "momentum_end",
+        ("teacher_temp", "temp"),
+        ("teacher_temp_warmup", "temp_warmup"),
+        ("teacher_temp_warmup_steps", "temp_warmup_steps"),
+        "center_momentum",
+    ],
+    "probe": [("knn_dataset", "dataset"), ("knn_every", "every"), ("knn_k", "k")],
+}
+_EVALUATE = {
+    "linear": [("linear_Cs", "Cs"), ("linear_max_iter", "max_iter")],
+    "knn": [("knn_k", "k")],
+    "lora": [
+        *[
+            (f"lora_{k}", k)
+            for k in (
+                "rank",
+                "alpha",
+                "dropout",
+                "target_modules",
+                "lrs",
+                "batch_size",
+                "iters_per_shot",
+                "fraction_epochs",
+                "warmup_steps",
+                "min_lr",
+                "max_steps",
+                "weight_decay",
+                "fractions",
+            )
+        ],
+        "device",
+        "precision",
+    ],
+    "mil": [
+        (f"mil_{k}", k)
+        for k in (
+            "lr",
+            "weight_decay",
+            "max_epochs",
+            "min_epochs",
+            "patience",
+            "batch_bags",
+            "hidden",
+            "attn_dim",
+            "dropout",
+            "balance",
+            "top_k",
+        )
+    ],
+}
+
+
+def _moves(section: str, table: dict) -> dict[str, str]:
+    out = {}
+    for sub, keys in table.items():
+        for key in keys:
+            old, new = key if isinstance(key, tuple) else (key, key)
+            out[f"{section}.{old}"] = f"{section}.{sub}.{new}"
+    return out
+
+
+MOVED: dict[str, str] = {**_moves("pretrain", _PRETRAIN), **_moves("evaluate", _EVALUATE)}
+
+
+def _raise_if_moved(path: str) -> None:
+    if path in MOVED:
+        new = MOVED[path]
+        *parents, leaf = new.split(".")
+        nested = "".join(f"\n{'  ' * i}{p}:" for i, p in enumerate(parents))
+        raise ConfigError(
+            f"config key '{path}' is now '{new}' (settings are grouped by topic; "
+            f"docs/configuration.md lists every key). Write it as:{nested}\n"
+            f"{'  ' * len(parents)}{leaf}: ..."
+        )
+
+
+def check_moved(config: Mapping[str, Any]) -> None:
+    """Refuse a config that still uses a key from before the sections were nested, naming the
+    key's new place (the schema's own message would only say the key is not allowed)."""
+    for section in ("pretrain", "evaluate"):
+        for key in config.get(section) or {}:
+            _raise_if_moved(f"{section}.{key}")

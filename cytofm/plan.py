@@ -1,0 +1,587 @@
+"""The run plan: what a config and its sample sheet ask the workflow to do.
+
+:meth:`Plan.build` validates the config (schema and dataclasses), merges the demo's sheet with
+the user's, and works out the datasets, pretraining inputs, backbones, tasks and slide-task
+cohorts, the job resources and the final targets, refusing before any job runs what cannot
+work (a test slide in pretraining, a task on a dataset that is not imported, ...). It is a
+plain object, so it is tested without Snakemake; ``workflow/rules/common.smk`` only hands its
+answers to the rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cytofm.config import (
+    RESOURCE_DEFAULTS,
+    BackboneSpec,
+    Config,
+    SlideTaskConfig,
+    TaskConfig,
+    check_moved,
+    from_mapping,
+)
+from cytofm.errors import ConfigError, InputDataError
+from cytofm.paths import Paths
+
+__all__ = ["SCHEMA", "SHEET_SCHEMA", "Plan"]
+
+_WORKFLOW = Path(__file__).resolve().parents[1] / "workflow" / "schemas"
+SCHEMA = _WORKFLOW / "config.schema.yaml"
+SHEET_SCHEMA = _WORKFLOW / "slides.schema.yaml"
+
+
+def _validate(data: Any, schema: Path) -> None:
+    from snakemake.utils import validate  # fills defaults; the workflow's own validator
+
+    validate(data, str(schema))
+
+
+@dataclasses.dataclass
+class Plan:
+    """Everything the rules ask of the config and the sheet."""
+
+    config: Config
+    paths: Paths
+    slides: pd.DataFrame
+    datasets: dict[str, dict]
+    backbones: dict[str, BackboneSpec]
+    tasks: dict[str, TaskConfig]
+    slide_tasks: dict[str, SlideTaskConfig]
+    gpu: int
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    # ------------------------------------------------------------------------- building
+
+    @classmethod
+    def build(cls, config: dict, *, local: bool = True, gpus_here: int | None = None) -> Plan:
+        """``config`` as Snakemake holds it (defaults are filled in place). ``local``: jobs
+        run on this machine (``--cores``), not sent to a cluster (``--jobs``)."""
+        from cytofm.hardware import gpu_request
+
+        check_moved(config)
+        _validate(config, SCHEMA)
+        cfg = from_mapping(Config, config)
+        gpu = gpu_request(cfg.resources.gpu, local=local, gpus_here=gpus_here)
+        plan = cls(cfg, Paths(cfg.results), pd.DataFrame(), {}, {}, {}, {}, gpu)
+        plan.slides = plan._slide_table()
+        plan.datasets = plan._datasets()
+        if not plan.slide_ids and not plan.datasets:
+            raise ConfigError(
+                "nothing to do: set 'samples' to your slides.tsv, 'demo.enabled: true', or "
+                "add 'datasets'"
+            )
+        plan.backbones = plan._backbones()
+        plan.tasks = plan._tasks() if plan.backbones else {}
+        plan.slide_tasks = plan._slide_tasks() if plan.backbones else {}
+        plan._check_inductive()
+        plan._check_stains()
+        plan._note_missing_slides()
+        return plan
+
+    @property
+    def sheet_name(self) -> str:
+        return self.config.samples or "the demo sheet"
+
+    def _slide_table(self) -> pd.DataFrame:
+        from cytofm.sheet import load_sheet
+        from cytofm.synthetic.demo import make_demo_sheet
+
+        frames = []
+        if self.config.demo.enabled:
+            frames.append(make_demo_sheet(self.config.demo, self.paths.demo_slides_dir()))
+        if self.config.samples:
+            sheet = load_sheet(self.config.samples)
+            _validate(sheet, SHEET_SCHEMA)
+            frames.append(sheet)
+        if not frames:  # no slides: a run on imported collections only
+            empty = pd.DataFrame(columns=["slide_id", "path", "mpp", "split"])
+            return empty.set_index("slide_id", drop=False)
+        # object columns: a column one sheet lacks must not turn the other's integers into floats
+        table = pd.concat([f.astype(object) for f in frames], ignore_index=True)
+        dups = table["slide_id"][table["slide_id"].duplicated()].tolist()
+        if dups:
+            raise InputDataError(
+                f"slide_id(s) {dups} appear in both the demo and {self.config.samples}"
+            )
+        table["mpp"] = pd.to_numeric(table["mpp"].replace("", float("nan")), errors="coerce")
+        return table.set_index("slide_id", drop=False)
+
+    @property
+    def slide_ids(self) -> list[str]:
+        return list(self.slides.index)
+
+    @property
+    def demo_ids(self) -> list[str]:
+        demo = self.config.demo.enabled
+        return [s for s in self.slide_ids if demo and s.startswith("demo_")]
+
+    def _datasets(self) -> dict[str, dict]:
+        from cytofm.config import DatasetConfig
+
+        sets: dict[str, dict] = {}
+        demo, cells = self.config.demo, self.config.cells
+        if demo.enabled and demo.crops_per_class > 0:
+            sets["demo_cells"] = {
+                "path": self.paths.demo_crops(),
+                "format": "csv",
+                "mpp": demo.mpp,
+                "patch_um": cells.patch_um,
+                "patch_px": cells.patch_px,
+            }
+        for name, entry in self.config.datasets.items():
+            sets[name] = {k: v for k, v in entry.to_dict().items() if k != "name"}
+        for name, entry in sets.items():
+            from_mapping(DatasetConfig, {"name": name, **entry}, f"datasets.{name}")
+        return sets
+
+    # ------------------------------------------------------------------------ pretraining
+
+    @property
+    def pretrain(self):
+        return self.config.pretrain
+
+    @functools.cached_property
+    def pretrain_slides(self) -> list[str]:
+        """Slides whose cells/tiles pretraining reads: those of the chosen splits."""
+        pre = self.pretrain
+        if not pre.enabled or not {"cells", "tiles"} & set(pre.sources):
+            return []
+        if "split" in self.slides.columns and pre.splits and self.slide_ids:
+            return [s for s in self.slide_ids if self.slides.loc[s, "split"] in pre.splits]
+        return self.slide_ids
+
+    @functools.cached_property
+    def pretrain_stores(self) -> list[str]:
+        """Patch stores pretraining reads: per-slide cells/tiles of the chosen splits, datasets."""
+        if not self.pretrain.enabled:
+            return []
+        stores = []
+        for source in self.pretrain.sources:
+            if source in ("cells", "tiles"):
+                stores += [self.paths.store(source, s) for s in self.pretrain_slides]
+            elif source in self.datasets:
+                stores.append(self.paths.dataset(source))
+            else:
+                raise ConfigError(
+                    f"pretrain.sources entry {source!r} is not 'cells', 'tiles' or a dataset "
+                    f"name ({sorted(self.datasets)})"
+                )
+        if not stores:
+            raise ConfigError(
+                "pretraining has no input: no slide has a split in pretrain.splits "
+                f"{list(self.pretrain.splits)}"
+            )
+        return stores
+
+    @functools.cached_property
+    def knn_store(self) -> list[str]:
+        name = self.pretrain.probe.dataset
+        if self.pretrain.enabled and name in self.datasets:
+            return [self.paths.dataset(name)]
+        return []
+
+    def held_out(self) -> dict[str, list[dict]]:
+        """Dataset store -> the tasks evaluated on it, whose test rows pretraining leaves out."""
+        if self.pretrain.transductive:
+            return {}
+        out = {}
+        for source in self.pretrain.sources:
+            if source in self.datasets:
+                tasks = [t.to_dict() for t in self.tasks.values() if t.dataset == source]
+                if tasks:
+                    out[self.paths.dataset(source)] = tasks
+        return out
+
+    def _check_inductive(self) -> None:
+        """Refuse a config whose pretraining reads slides a slide task cross-validates
+        (unless pretrain.transductive); dataset test rows are left out by the pretraining job
+        itself (:meth:`held_out`)."""
+        from cytofm.inductive import leak_message, slide_leaks
+
+        if not self.pretrain.enabled or self.pretrain.transductive or not self.pretrain_slides:
+            return
+        cohorts = {t: [r["slide_id"] for r in self.cohort(t)] for t in self.slide_tasks}
+        leaks = slide_leaks(self.pretrain_slides, cohorts)
+        if leaks:
+            kinds = [k for k in ("cells", "tiles") if k in self.pretrain.sources]
+            stores = {s: self.paths.store(kinds[0], s) for slides in leaks.values() for s in slides}
+            raise InputDataError(leak_message(leaks, stores, self.pretrain.sources))
+
+    # -------------------------------------------------------------------- backbones, tasks
+
+    def _backbones(self) -> dict[str, BackboneSpec]:
+        specs = dict(self.config.backbones)
+        for name, spec in specs.items():
+            like = specs.get(spec.like)
+            if spec.kind == "random" and spec.like and (like is None or like.kind != "pretrained"):
+                raise ConfigError(
+                    f"backbones.{name}.like must name a backbone of kind 'pretrained', got "
+                    f"{spec.like!r}"
+                )
+        if not self.pretrain.enabled:  # those that need this config's pretraining, said so
+            needs = [
+                n
+                for n, s in specs.items()
+                if s.kind == "pretrained" or (s.kind == "random" and s.like)
+            ]
+            if needs:
+                self.notes.append(
+                    f"pretrain.enabled is false: not evaluating backbones {needs} (they need "
+                    "the pretrained model; load exported weights with kind 'timm' instead)"
+                )
+            specs = {n: s for n, s in specs.items() if n not in needs}
+        return specs
+
+    def _tasks(self) -> dict[str, TaskConfig]:
+        tasks = {}
+        for name, task in self.config.evaluate.tasks.items():
+            if task.dataset == "demo_cells" and not self.config.demo.enabled:
+                continue  # the demo's own task, inherited from config.yaml by other configs
+            if task.dataset not in self.datasets:
+                raise ConfigError(
+                    f"evaluate.tasks.{name}.dataset {task.dataset!r} is not an imported dataset "
+                    f"({sorted(self.datasets)}); add it under 'datasets'"
+                )
+            tasks[name] = task
+        return tasks
+
+    def _slide_tasks(self) -> dict[str, SlideTaskConfig]:
+        """Slide-level (attention MIL) tasks; a demo-only task is left out when the demo is
+        off."""
+        tasks: dict[str, SlideTaskConfig] = {}
+        for name, task in self.config.evaluate.slide_tasks.items():
+            if task.slides == "demo" and not self.config.demo.enabled:
+                continue
+            self._check_slide_task(name, task)
+            tasks[name] = task
+            self.slide_tasks = tasks
+            self._check_cohort(name, task)
+        return tasks
+
+    def _check_slide_task(self, name: str, task: SlideTaskConfig) -> None:
+        s = f"evaluate.slide_tasks.{name}"
+        if name in self.tasks:
+            raise ConfigError(f"{s}: the name is also a patch-level task; rename one of them")
+        sources = self.config.embed.sources
+        if task.instances not in sources:
+            raise ConfigError(
+                f"{s}.instances is {task.instances!r}, but embed.sources {list(sources)} does "
+                f"not embed them; add {task.instances!r} to embed.sources"
+            )
+        if task.label not in self.slides.columns:
+            raise ConfigError(
+                f"{s}.label {task.label!r} is not a column of the sample sheet "
+                f"({self.sheet_name}); its columns are {list(self.slides.columns)}"
+            )
+
+    def _check_cohort(self, name: str, task: SlideTaskConfig) -> None:
+        from cytofm.labels import check_labels
+
+        s = f"evaluate.slide_tasks.{name}"
+        cohort = self.cohort(name)
+        check_labels(
+            [row["label"] for row in cohort],
+            [row["slide_id"] for row in cohort],
+            source=f"column {task.label!r} of {self.sheet_name}",
+            key=s,
+            declared=task.classes,
+        )
+        labels = {row["label"] for row in cohort}
+        if len(labels) < 2:
+            raise ConfigError(
+                f"{s}: the labelled slides hold {len(labels)} class(es) {sorted(labels)} in "
+                f"column {task.label!r}; attention MIL needs at least two"
+            )
+
+    def sheet_value(self, slide: str, column: str) -> str:
+        """A sheet cell as a string, '' when the column is missing or the cell is empty."""
+        if column not in self.slides.columns:
+            return ""
+        value = self.slides.loc[slide, column]
+        return "" if pd.isna(value) else str(value).strip()
+
+    def cohort(self, name: str) -> list[dict]:
+        """The slides of a slide task (those with a label) with what the MIL job needs."""
+        task = self.slide_tasks[name]
+        ids = self.demo_ids if task.slides == "demo" else self.slide_ids
+        rows = []
+        for s in ids:
+            label = self.sheet_value(s, task.label)
+            if not label:
+                continue  # unlabelled slides are not part of the task
+            mpp = self.slides.loc[s, "mpp"]
+            rows.append(
+                {
+                    "slide_id": s,
+                    "label": label,
+                    "group": self.sheet_value(s, task.group),
+                    "path": str(self.slides.loc[s, "path"]),
+                    "mpp": None if pd.isna(mpp) else float(mpp),
+                    "truth": self.sheet_value(s, "cell_truth"),
+                }
+            )
+        return rows
+
+    def mil_inputs(self, stask: str, backbone: str) -> dict[str, list[str]]:
+        """Per cohort slide: its feature store and patch store (same order as the cohort),
+        the slide file (for the heatmap thumbnail) and any cell truth table."""
+        kind = self.slide_tasks[stask].instances
+        cohort = self.cohort(stask)
+        missing = self.missing_slides
+        return {
+            "features": [self.paths.features(backbone, kind, r["slide_id"]) for r in cohort],
+            "instances": [self.paths.store(kind, r["slide_id"]) for r in cohort],
+            "slides": [r["path"] for r in cohort if r["slide_id"] not in missing],
+            "truth": [r["truth"] for r in cohort if r["truth"]],
+        }
+
+    def mil_exposure(self, stask: str, backbone: str) -> dict:
+        """What the backbone's pretraining saw of a slide task's cohort, for its result JSON."""
+        from cytofm.inductive import exposure, slide_leaks
+
+        spec = self.backbones[backbone]
+        if spec.kind != "pretrained":
+            return exposure(None, spec.kind, None)
+        cohort = [r["slide_id"] for r in self.cohort(stask)]
+        seen = slide_leaks(self.pretrain_slides, {"t": cohort}).get("t", [])
+        return {
+            "pretraining": "this config's pretraining",
+            "transductive": self.pretrain.transductive,
+            "cohort_slides_pretrained_on": len(seen),
+        }
+
+    def embed_sources(self) -> list[tuple[str, str]]:
+        """(kind, name) of every store that gets features."""
+        out = []
+        for kind in self.config.embed.sources:
+            names = list(self.datasets) if kind == "datasets" else self.slide_ids
+            out += [(kind, n) for n in names]
+        return out
+
+    def pretrained_dir(self, backbone: str) -> str | None:
+        """The exported model folder a backbone reads (pretrained, or random 'like' one)."""
+        spec = self.backbones[backbone]
+        if spec.kind == "pretrained" or (spec.kind == "random" and spec.like):
+            return self.paths.pretrained(self.pretrain.name)
+        return None
+
+    def backbone_inputs(self, backbone: str) -> dict[str, str]:
+        """Files a backbone is built from, so new weights re-embed and re-evaluate."""
+        from cytofm.config.sections import BACKBONE_KINDS_BUILTIN
+
+        spec = self.backbones[backbone]
+        files = {}
+        if self.pretrained_dir(backbone):
+            files["pretrained"] = self.pretrained_dir(backbone)
+        if spec.kind == "timm" or (spec.kind not in BACKBONE_KINDS_BUILTIN and spec.weights):
+            files["weights"] = spec.weights
+        return files
+
+    def evaluate_inputs(self, task: str, backbone: str, protocol: str) -> dict[str, str]:
+        from cytofm.eval.protocols import PROTOCOLS
+
+        dataset = self.tasks[task].dataset
+        files = {"dataset": self.paths.dataset(dataset)}
+        # the backbone's files: LoRA trains from them; every protocol reads what pretraining saw
+        files.update(self.backbone_inputs(backbone))
+        if PROTOCOLS[protocol].needs_features:
+            files["features"] = self.paths.features(backbone, "datasets", dataset)
+        return files
+
+    def task_results(self, task: str) -> list[str]:
+        """Result files a task's summary reads (every backbone, every protocol)."""
+        if task in self.slide_tasks:
+            return [self.paths.abmil(task, b) for b in self.backbones]
+        protocols = self.tasks[task].protocols
+        return [self.paths.result(task, b, p) for b in self.backbones for p in protocols]
+
+    # ------------------------------------------------------------------------------ slides
+
+    def _check_stains(self) -> None:
+        """A stain name the detector does not know fails before any job."""
+        from cytofm.cells.stain import stain_mode
+
+        if "stain" not in self.slides.columns:
+            return
+        bad = {}
+        for sid, value in self.slides["stain"].items():
+            try:
+                stain_mode(None if pd.isna(value) else str(value), self.config.cells.stain)
+            except ValueError as e:
+                bad[sid] = str(e)
+        if bad:
+            raise InputDataError(
+                f"{self.config.samples}: column 'stain' of slide(s) {sorted(bad)[:10]}: "
+                + next(iter(bad.values()))
+            )
+
+    @functools.cached_property
+    def missing_slides(self) -> list[str]:
+        """Sheet slides whose local file is missing: their jobs fail alone, naming the file."""
+        from cytofm.sheet import is_remote
+
+        demo = set(self.demo_ids)
+        return [
+            s
+            for s in self.slide_ids
+            if s not in demo
+            and not is_remote(self.slides.loc[s, "path"])
+            and not os.path.isfile(self.slides.loc[s, "path"])
+        ]
+
+    def _note_missing_slides(self) -> None:
+        missing = self.missing_slides
+        if missing:
+            listed = ", ".join(f"{s} ({self.slides.loc[s, 'path']})" for s in missing[:10])
+            self.notes.append(
+                f"{len(missing)} slide file(s) of {self.config.samples} not found: {listed}"
+                + (" ..." if len(missing) > 10 else "")
+                + "; their jobs will fail, the other slides run. Fix the 'path' column or "
+                "remove the rows."
+            )
+
+    def slide_file(self, slide: str) -> str:
+        return str(self.slides.loc[slide, "path"])
+
+    def slide_stain(self, slide: str) -> str:
+        """The sheet's stain of the slide ("" = cells.stain)."""
+        return self.sheet_value(slide, "stain") if "stain" in self.slides.columns else ""
+
+    def slide_mpp(self, slide: str) -> float | None:
+        """The sheet's mpp override, or None to read it from the file."""
+        value = self.slides.loc[slide, "mpp"]
+        return None if pd.isna(value) else float(value)
+
+    def dataset_source(self, dataset: str) -> list[str] | str:
+        """The demo crops' table (made by a rule first); other collections are read as is."""
+        if dataset == "demo_cells" and self.config.demo.enabled:
+            return self.datasets[dataset]["path"]
+        return []
+
+    # ---------------------------------------------------------------------------- report
+
+    def report_embeddings(self) -> dict:
+        """task -> backbone -> the dataset's feature store and the dataset store."""
+        if "datasets" not in self.config.embed.sources:
+            return {}
+        return {
+            t.name: {
+                b: {
+                    "features": self.paths.features(b, "datasets", t.dataset),
+                    "dataset": self.paths.dataset(t.dataset),
+                }
+                for b in self.backbones
+            }
+            for t in self.tasks.values()
+        }
+
+    def report_slide_features(self) -> dict:
+        """backbone -> slide -> cell feature store (when cells are embedded)."""
+        if "cells" not in self.config.embed.sources:
+            return {}
+        return {
+            b: {s: self.paths.features(b, "cells", s) for s in self.slide_ids}
+            for b in self.backbones
+        }
+
+    def report_slide_meta(self) -> dict:
+        """slide -> the sheet's stain (the only metadata the report shows)."""
+        if "stain" not in self.slides.columns:
+            return {}
+        return {s: {"stain": self.sheet_value(s, "stain")} for s in self.slide_ids}
+
+    def report_inputs(self) -> dict[str, list[str]]:
+        p = self.paths
+        all_tasks = [*self.tasks, *self.slide_tasks]
+        files = {
+            "results": [f for t in all_tasks for f in self.task_results(t)],
+            "abmil": [p.abmil_dir(t, b) for b in self.backbones for t in self.slide_tasks],
+            "qc": [p.qc(s) for s in self.slide_ids],
+            "detection": [p.cells_summary(s) for s in self.slide_ids],
+            "comparisons": [p.comparisons(t) for t in all_tasks],
+            "features": [
+                e["features"] for t in self.report_embeddings().values() for e in t.values()
+            ]
+            + [f for d in self.report_slide_features().values() for f in d.values()],
+        }
+        if self.pretrain.enabled:
+            files["pretrained"] = [p.pretrained(self.pretrain.name)]
+        return files
+
+    # --------------------------------------------------------------------------- targets
+
+    def targets(self) -> list[str]:
+        p, ids = self.paths, self.slide_ids
+        out = [f(s) for f in (p.tiles, p.qc, p.cells) for s in ids]
+        out += [p.dataset(d) for d in self.datasets]
+        if self.pretrain.enabled:
+            out.append(p.pretrained(self.pretrain.name))
+            if self.knn_store:
+                out.append(p.probe(self.pretrain.name))
+        for b in self.backbones:
+            out += [p.features(b, kind, name) for kind, name in self.embed_sources()]
+        all_tasks = [*self.tasks, *self.slide_tasks]
+        for t in all_tasks:
+            out += self.task_results(t)
+        out += [p.summary(t) for t in all_tasks]
+        if self.config.report.enabled:
+            out.append(p.report())
+        if self.config.demo.enabled:
+            out += [p.demo_sheet(), p.detection()]
+        return out
+
+    def wildcard_constraints(self) -> dict[str, str]:
+        import re
+
+        def either(names) -> str:
+            return "|".join(re.escape(n) for n in names) or "(?!)"
+
+        protocols = sorted({p for t in self.tasks.values() for p in t.protocols})
+        return {
+            "slide": either(self.slide_ids),
+            "dataset": either(self.datasets),
+            "model": re.escape(self.pretrain.name),
+            "backbone": either(self.backbones),
+            "task": either(self.tasks),
+            "stask": either(self.slide_tasks),
+            "protocol": either(protocols),
+            "kind": "datasets|cells|tiles",
+            "source": either([*self.slide_ids, *self.datasets]),
+        }
+
+    # ------------------------------------------------------------------------- resources
+
+    def _rule(self, rule: str):
+        return getattr(self.config.resources, rule)
+
+    def threads(self, rule: str) -> int:
+        set_ = self._rule(rule)
+        if set_ is not None and set_.threads is not None:
+            return set_.threads
+        if rule in ("embed", "evaluate"):
+            # jobs feeding a GPU get threads for data loading; on CPU, one thread per job lets
+            # small jobs (dominated by start-up) run side by side
+            return 4 if self.gpu else 1
+        return RESOURCE_DEFAULTS[rule][0]
+
+    def mem_mb(self, rule: str) -> int:
+        set_ = self._rule(rule)
+        return set_.mem_mb if set_ and set_.mem_mb is not None else RESOURCE_DEFAULTS[rule][1]
+
+    def runtime(self, rule: str) -> int:
+        set_ = self._rule(rule)
+        return set_.runtime if set_ and set_.runtime is not None else RESOURCE_DEFAULTS[rule][2]
+
+    def gpus(self, rule: str) -> int:
+        """GPUs a GPU rule's job asks for: ``resources.<rule>.gpus``, else 1 (0 without)."""
+        set_ = self._rule(rule)
+        if not self.gpu or set_ is None or set_.gpus is None:
+            return self.gpu
+        return set_.gpus
