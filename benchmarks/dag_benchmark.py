@@ -69,7 +69,7 @@ def _config(folder: Path, sheet: Path, results: Path, pretrain: bool) -> Path:
     cfg = folder / "config.yaml"
     cfg.write_text(
         f"results: {results}\nsamples: {sheet}\ndemo: {{enabled: false}}\n"
-        f"pretrain: {{enabled: {str(pretrain).lower()}, knn_dataset: ''}}\n"
+        f"pretrain: {{enabled: {str(pretrain).lower()}, probe: {{dataset: ''}}}}\n"
         "embed: {sources: [cells]}\nevaluate: {tasks: {}, slide_tasks: {}}\n"
         "mlflow: {tracking_uri: none}\n"
     )

@@ -23,7 +23,6 @@ attention-vs-truth AUROC both >= 0.9; reported as they are.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -151,7 +150,7 @@ def main() -> None:
     cells = from_mapping(CellsConfig, config["cells"], "cells")
     evaluate = {k: v for k, v in config["evaluate"].items() if k not in ("tasks", "slide_tasks")}
     # fields hold a handful of cells: the attention hit rate is read at the top cell
-    eval_cfg = dataclasses.replace(from_mapping(EvalConfig, evaluate, "evaluate"), mil_top_k=1)
+    eval_cfg = from_mapping(EvalConfig, evaluate, "evaluate").updated({"mil.top_k": 1})
     demo_task = config["evaluate"]["slide_tasks"]["demo_abnormal"]
     task = SlideTaskConfig(
         name="bccd_has_platelet",

@@ -69,21 +69,15 @@ def merged_vits16(smoke: bool) -> dict:
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     update_config(config, yaml.safe_load((REPO / "configs" / "vits16.yaml").read_text()))
     pre = {k: v for k, v in config["pretrain"].items() if k not in ("enabled", "nproc")}
-    pre["knn_dataset"] = ""
+    pre["probe"]["dataset"] = ""
     pre["checkpoint_every"] = 10**9
     if smoke:  # same code path, laptop sizes
-        pre.update(
-            arch="cytofm_vit_demo",
-            model_args={"embed_dim": 64, "depth": 2, "num_heads": 2},
-            global_size=64,
-            local_size=32,
-            n_local=2,
-            batch_size=8,
-            out_dim=256,
-            patch_out_dim=256,
-            head_hidden_dim=64,
-            head_bottleneck_dim=32,
+        pre["model"].update(
+            arch="cytofm_vit_demo", model_args={"embed_dim": 64, "depth": 2, "num_heads": 2}
         )
+        pre["crops"].update(global_size=64, local_size=32, n_local=2)
+        pre["optim"].update(batch_size=8)
+        pre["heads"].update(out_dim=256, patch_out_dim=256, hidden_dim=64, bottleneck_dim=32)
     return pre
 
 
@@ -123,7 +117,7 @@ def pretrain_one(pre: dict, store: Path, steps: int, warmup: int, workdir: Path)
     from cytofm.ssl.data import PatchSource
     from cytofm.ssl.train import Trainer
 
-    cfg = from_mapping(PretrainConfig, {**pre, "steps": steps + warmup + 1}, "pretrain")
+    cfg = from_mapping(PretrainConfig, pre, "pretrain").updated({"optim.steps": steps + warmup + 1})
     tr = Trainer(cfg, PatchSource([store]), workdir)
     flops = step_flops(tr) * tr.world  # every rank does the same work on its share
     tr.fit(stop_at=tr.step + warmup)

@@ -129,8 +129,8 @@ def main() -> None:
     ap.add_argument("--case", nargs=2, type=int, help=argparse.SUPPRESS)  # internal: n dim
     args = ap.parse_args()
     config = yaml.safe_load(Path(args.config).read_text())
-    hidden = int(config["evaluate"].get("mil_hidden", 128))
-    attn = int(config["evaluate"].get("mil_attn_dim", 64))
+    hidden = int(config["evaluate"]["mil"].get("hidden", 128))
+    attn = int(config["evaluate"]["mil"].get("attn_dim", 64))
     if args.case:
         print(json.dumps(bag_memory_case(args.case[0], args.case[1], hidden, attn)))
         return

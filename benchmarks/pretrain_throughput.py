@@ -44,7 +44,7 @@ def _config(name: str) -> dict:
     base = config["pretrain"]
     base.pop("enabled")
     base.pop("nproc")
-    base["knn_dataset"] = ""
+    base["probe"]["dataset"] = ""
     return base
 
 
@@ -58,8 +58,8 @@ def _child(name: str, steps: int, warmup: int, batch: int | None, workers: int) 
 
     raw = _config(name)
     if batch:
-        raw["batch_size"] = batch
-    raw["steps"] = 2 * steps + warmup  # the in-process timing, then the DataLoader one
+        raw["optim"]["batch_size"] = batch
+    raw["optim"]["steps"] = 2 * steps + warmup  # the in-process timing, then the DataLoader one
     raw["checkpoint_every"] = 10**9
     raw["log_every"] = 1
     cfg = from_mapping(PretrainConfig, raw, "pretrain")

@@ -110,7 +110,7 @@ class Plan:
             raise InputDataError(
                 f"slide_id(s) {dups} appear in both the demo and {self.config.samples}"
             )
-        table["mpp"] = pd.to_numeric(table["mpp"].replace("", float("nan")), errors="coerce")
+        table["mpp"] = pd.to_numeric(table["mpp"].mask(table["mpp"] == ""), errors="coerce")
         return table.set_index("slide_id", drop=False)
 
     @property

@@ -9,19 +9,20 @@ from snakemake.utils import update_config, validate
 
 from cytofm.config import (
     CellsConfig,
+    Config,
     DatasetConfig,
     DemoConfig,
     EmbedConfig,
     EvalConfig,
     PretrainConfig,
-    SlideTaskConfig,
     TaskConfig,
     TilingConfig,
-    TrackingConfig,
+    check_moved,
     from_mapping,
 )
+from cytofm.config.fields import entry_type, hints, section_type
+from cytofm.config.generate import generated
 from cytofm.errors import ConfigError
-from cytofm.eval.backbones import BackboneSpec
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -77,32 +78,14 @@ def _noop_mappings(base, over, path=""):
     return found
 
 
-SECTIONS = {
-    "demo": DemoConfig,
-    "tiling": TilingConfig,
-    "cells": CellsConfig,
-    "mlflow": TrackingConfig,
-    "pretrain": PretrainConfig,
-    "embed": EmbedConfig,
-    "evaluate": EvalConfig,
-}
-NOT_IN_DATACLASS = {"enabled", "nproc", "tasks", "slide_tasks"}
-
-
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name + ":" + p.parent.name)
 def test_every_shipped_config_validates_and_builds(path):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config = _merge(config, yaml.safe_load(path.read_text()))
     validate(config, str(SCHEMA))  # fills defaults
-    for key, cls in SECTIONS.items():
-        section = {k: v for k, v in config[key].items() if k not in NOT_IN_DATACLASS}
-        from_mapping(cls, section, key)
-    for name, task in config["evaluate"]["tasks"].items():
-        from_mapping(TaskConfig, {"name": name, **task}, f"evaluate.tasks.{name}")
-    for name, task in config["evaluate"]["slide_tasks"].items():
-        from_mapping(SlideTaskConfig, {"name": name, **task}, f"evaluate.slide_tasks.{name}")
-    for name, spec in config["backbones"].items():
-        from_mapping(BackboneSpec, {"name": name, **spec}, f"backbones.{name}")
+    cfg = from_mapping(Config, config)
+    assert set(cfg.evaluate.tasks) == set(config["evaluate"]["tasks"])
+    assert set(cfg.backbones) == set(config["backbones"])
 
 
 RECIPES = [
@@ -132,17 +115,16 @@ def test_recipes_mean_what_they_say_when_merged_as_snakemake_merges(name, overla
                 assert merged[key] == value, f"{name}: {path}{key}"
 
     arrives(overlay, config, "")
-    for key, cls in SECTIONS.items():
-        from_mapping(cls, {k: v for k, v in config[key].items() if k not in NOT_IN_DATACLASS}, key)
+    from_mapping(Config, config)
 
 
 def _built(config: dict):
     from cytofm.ssl.model import build_backbone, resolve_arch
 
-    section = {k: v for k, v in config["pretrain"].items() if k not in NOT_IN_DATACLASS}
-    cfg = from_mapping(PretrainConfig, section, "pretrain")
-    vit = build_backbone(cfg.arch, cfg.global_size, cfg.patch_size, cfg.model_args)
-    return cfg, vit, resolve_arch(cfg.arch, cfg.model_args)[0]
+    cfg = from_mapping(Config, config).pretrain
+    m = cfg.model
+    vit = build_backbone(m.arch, cfg.crops.global_size, m.patch_size, m.model_args)
+    return cfg, vit, resolve_arch(m.arch, m.model_args)[0]
 
 
 def test_vits16_overlay_trains_a_vit_s16():
@@ -155,25 +137,76 @@ def test_vits16_overlay_trains_a_vit_s16():
     assert timm_arch == "vit_small_patch16_224"
     assert (len(vit.blocks), vit.embed_dim, vit.patch_embed.patch_size) == (12, 384, (16, 16))
     assert round(n_params / 1e6, 1) == 21.7, n_params
-    assert (cfg.global_size, cfg.local_size, cfg.n_local) == (224, 96, 8)
+    assert (cfg.crops.global_size, cfg.crops.local_size, cfg.crops.n_local) == (224, 96, 8)
 
 
 def test_demo_config_trains_the_small_vit():
     cfg, vit, timm_arch = _built(_merged())
     assert (len(vit.blocks), vit.embed_dim, vit.patch_embed.patch_size) == (4, 128, (8, 8))
-    assert cfg.arch == "cytofm_vit_demo" and timm_arch == "vit_small_patch16_224"
+    assert cfg.model.arch == "cytofm_vit_demo" and timm_arch == "vit_small_patch16_224"
 
 
-def test_schema_defaults_match_dataclass_defaults():
-    schema = yaml.safe_load(SCHEMA.read_text())
-    for key, cls in SECTIONS.items():
-        props = schema["properties"][key]["properties"]
-        defaults = cls().to_dict()
-        for field in dataclasses.fields(cls):
-            if key == "evaluate" and field.name == "tasks":
-                continue
-            assert field.name in props, f"{key}.{field.name} missing from the schema"
-            assert props[field.name]["default"] == defaults[field.name], f"{key}.{field.name}"
+def test_generated_schema_config_and_reference_are_current():
+    """The schema, config.yaml and docs/configuration.md are generated from the dataclasses;
+    regenerate them (python -m cytofm.config --write) when a field changes."""
+    for path, text in generated(REPO).items():
+        assert path.read_text() == text, f"{path.relative_to(REPO)} is stale"
+
+
+def _fields(cls, path=""):
+    """(dotted key, field, is a section) of every key; entries of a mapping as <name>."""
+    for f in dataclasses.fields(cls):
+        tp = hints(cls)[f.name]
+        if path.endswith("<name>.") and f.name == "name":
+            continue
+        yield f"{path}{f.name}", f, bool(section_type(tp) or entry_type(tp))
+        if section_type(tp):
+            yield from _fields(section_type(tp), f"{path}{f.name}.")
+        elif entry_type(tp):
+            yield from _fields(entry_type(tp), f"{path}{f.name}.<name>.")
+
+
+def test_every_key_is_documented_and_in_the_reference():
+    reference = (REPO / "docs" / "configuration.md").read_text()
+    keys = list(_fields(Config))
+    assert len(keys) > 150
+    for key, field, is_section in keys:
+        assert field.metadata.get("doc"), f"{key} has no doc"
+        if "." not in key and is_section:
+            assert f"## `{key}`" in reference, f"{key} has no section in the reference"
+        elif not is_section or key.startswith("resources.") or key.endswith("tasks"):
+            key = re.sub(r"^resources\.(\w+)\.(?=\w)", "resources.<rule>.", key)
+            assert f"| `{key}` |" in reference, f"{key} missing from docs/configuration.md"
+
+
+@pytest.mark.parametrize(
+    ("section", "old", "new"),
+    [
+        ("pretrain", "lr", "pretrain.optim.lr"),
+        ("pretrain", "teacher_temp", "pretrain.teacher.temp"),
+        ("pretrain", "knn_dataset", "pretrain.probe.dataset"),
+        ("evaluate", "lora_max_steps", "evaluate.lora.max_steps"),
+        ("evaluate", "mil_top_k", "evaluate.mil.top_k"),
+        ("evaluate", "linear_Cs", "evaluate.linear.Cs"),
+    ],
+)
+def test_old_flat_keys_name_their_new_place(section, old, new):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config[section][old] = 1
+    with pytest.raises(ConfigError, match=rf"'{section}\.{old}' is now '{re.escape(new)}'"):
+        check_moved(config)
+    with pytest.raises(ConfigError, match=re.escape(new)):
+        from_mapping(type(getattr(Config(), section)), {old: 1}, section)
+
+
+def test_updated_changes_nested_keys_and_checks_them():
+    cfg = PretrainConfig().updated(
+        {"optim.steps": 7, "model.patch_size": 16, "crops.global_size": 32}
+    )
+    assert (cfg.optim.steps, cfg.model.patch_size, cfg.crops.global_size) == (7, 16, 32)
+    assert cfg.optim.lr == PretrainConfig().optim.lr
+    with pytest.raises(ConfigError, match="multiple of pretrain.model.patch_size"):
+        cfg.updated({"crops.global_size": 40})
 
 
 def test_config_yaml_comments_every_key():

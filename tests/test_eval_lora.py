@@ -104,7 +104,7 @@ def test_other_target_modules_are_honoured():
 
 def test_fused_qkv_target_is_refused_with_the_fix():
     with pytest.raises(ConfigError, match=r"'qkv' is split .* \[q, v\]"):
-        EvalConfig(lora_target_modules=("qkv",))
+        EvalConfig().updated({"lora.target_modules": ("qkv",)})
 
 
 def test_training_changes_adapters_but_not_base_weights():

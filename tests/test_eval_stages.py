@@ -119,13 +119,15 @@ def _task(**kw):
     return TaskConfig(**{**base, **kw})
 
 
-CFG = EvalConfig(
-    linear_Cs=(0.1, 1.0),
-    bootstrap=100,
-    lora_lrs=(0.003,),
-    lora_max_steps=3,
-    lora_batch_size=8,
-    device="cpu",
+CFG = EvalConfig().updated(
+    {
+        "linear.Cs": (0.1, 1.0),
+        "bootstrap": 100,
+        "lora.lrs": (0.003,),
+        "lora.max_steps": 3,
+        "lora.batch_size": 8,
+        "lora.device": "cpu",
+    }
 )
 
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from cytofm.config import PretrainConfig, TaskConfig
+from cytofm.config import TaskConfig
 from cytofm.inductive import exposure, held_out_rows, leak_message, slide_leaks
 from cytofm.ssl.data import PatchSource
 from cytofm.stages.context import JobContext
@@ -58,7 +58,7 @@ def test_patch_source_never_reads_excluded_rows(dataset):
 
 
 def _pretrain(dataset, tmp_path, transductive):
-    cfg = PretrainConfig(**{**TINY, "steps": 2, "knn_dataset": "", "transductive": transductive})
+    cfg = TINY.updated({"optim.steps": 2, "probe.dataset": "", "transductive": transductive})
     task = _task("a")
     out = tmp_path / ("trans" if transductive else "ind")
     run_pretrain(

@@ -193,15 +193,17 @@ def _toy_cohort(tmp_path, n_slides=20, n_cells=60, n_abnormal=3):
 def _toy_eval_config():
     from cytofm.config import EvalConfig
 
-    return EvalConfig(
-        bootstrap=100,
-        mil_lr=3e-3,
-        mil_max_epochs=60,
-        mil_patience=15,
-        mil_hidden=32,
-        mil_attn_dim=16,
-        mil_dropout=0.0,
-        mil_top_k=4,
+    return EvalConfig().updated(
+        {
+            "bootstrap": 100,
+            "mil.lr": 3e-3,
+            "mil.max_epochs": 60,
+            "mil.patience": 15,
+            "mil.hidden": 32,
+            "mil.attn_dim": 16,
+            "mil.dropout": 0.0,
+            "mil.top_k": 4,
+        }
     )
 
 
@@ -271,7 +273,6 @@ def test_attention_truth_scores_match_cells_and_rank():
 def test_a_slide_without_cells_is_left_out_and_listed(tmp_path):
     """A slide where no cell was found has an empty bag: the cohort proceeds without it, and
     the result names it and why."""
-    import dataclasses
     import json
 
     from cytofm.config import SlideTaskConfig
@@ -288,7 +289,7 @@ def test_a_slide_without_cells_is_left_out_and_listed(tmp_path):
         {"slide_id": "empty", "label": 1, "group": "p_empty",
          "features": tmp_path / "f" / "empty.zarr", "instances": tmp_path / "c" / "empty.zarr"}
     )  # fmt: skip
-    cfg = dataclasses.replace(_toy_eval_config(), mil_max_epochs=3, mil_min_epochs=1)
+    cfg = _toy_eval_config().updated({"mil.max_epochs": 3, "mil.min_epochs": 1})
     task = SlideTaskConfig(name="toy", label="abnormal", folds=2, seeds=(0,))
     res = run_mil(task, cfg, "toy", cohort, tmp_path / "abmil.json", tmp_path / "abmil")
     saved = json.loads((tmp_path / "abmil.json").read_text())

@@ -458,12 +458,14 @@ def test_malicious_pickle_in_a_checkpoint_is_refused(tmp_path):
 
     marker = tmp_path / "PWNED"
     store = _toy_dataset(tmp_path / "ds.zarr", {"a": 8, "b": 8})
-    cfg = PretrainConfig(
-        model_args={"embed_dim": 32, "depth": 1, "num_heads": 2},
-        global_size=16,
-        local_size=8,
-        batch_size=4,
-        steps=2,
+    cfg = PretrainConfig().updated(
+        {
+            "model.model_args": {"embed_dim": 32, "depth": 1, "num_heads": 2},
+            "crops.global_size": 16,
+            "crops.local_size": 8,
+            "optim.batch_size": 4,
+            "optim.steps": 2,
+        }
     )
     out = tmp_path / "pretrain"
     out.mkdir()

@@ -331,7 +331,10 @@ def interrupted(tmp_path_factory):
     # three pretraining slides, so tiling and cell jobs run side by side to be caught mid-way
     extra.write_text(
         yaml.safe_dump(
-            {"pretrain": {"steps": 12, "checkpoint_every": 3}, "demo": {"pretrain_slides": 3}}
+            {
+                "pretrain": {"optim": {"steps": 12}, "checkpoint_every": 3},
+                "demo": {"pretrain_slides": 3},
+            }
         )
     )
     out = {"root": root, "kills": {}}

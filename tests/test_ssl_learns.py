@@ -22,14 +22,16 @@ pytestmark = pytest.mark.slow_ok  # about two minutes; runs in CI
 def test_pretraining_beats_random_weights_on_pbc(tmp_path):
     root = shared("pbc_blood_subset", "images")
     run_import(DatasetConfig(name="pbc", path=str(root), patch_px=64), tmp_path / "pbc.zarr")
-    cfg = PretrainConfig(
-        steps=200,
-        warmup_steps=20,
-        teacher_temp_warmup_steps=20,
-        momentum=0.98,
-        lr=0.008,
-        knn_dataset="",
-        checkpoint_every=1000,
+    cfg = PretrainConfig().updated(
+        {
+            "optim.steps": 200,
+            "optim.warmup_steps": 20,
+            "teacher.temp_warmup_steps": 20,
+            "teacher.momentum": 0.98,
+            "optim.lr": 0.008,
+            "probe.dataset": "",
+            "checkpoint_every": 1000,
+        }
     )
     run_pretrain(cfg, [tmp_path / "pbc.zarr"], tmp_path / "model")
     ds = open_store(tmp_path / "pbc.zarr")

@@ -15,24 +15,26 @@ from cytofm.ssl.export import export_backbone, load_backbone
 from cytofm.ssl.train import NonFiniteLossError, Trainer
 from cytofm.store import PatchStoreWriter, atomic_group
 
-TINY = dict(
-    model_args={"embed_dim": 32, "depth": 1, "num_heads": 2},
-    patch_size=8,
-    global_size=32,
-    local_size=16,
-    n_local=2,
-    out_dim=64,
-    patch_out_dim=64,
-    head_hidden_dim=32,
-    head_bottleneck_dim=16,
-    batch_size=8,
-    steps=6,
-    warmup_steps=2,
-    teacher_temp_warmup_steps=2,
-    checkpoint_every=3,
-    log_every=1,
-    drop_path=0.1,
-    koleo_weight=0.1,
+TINY = PretrainConfig().updated(
+    {
+        "model.model_args": {"embed_dim": 32, "depth": 1, "num_heads": 2},
+        "model.patch_size": 8,
+        "model.drop_path": 0.1,
+        "crops.global_size": 32,
+        "crops.local_size": 16,
+        "crops.n_local": 2,
+        "heads.out_dim": 64,
+        "heads.patch_out_dim": 64,
+        "heads.hidden_dim": 32,
+        "heads.bottleneck_dim": 16,
+        "optim.batch_size": 8,
+        "optim.steps": 6,
+        "optim.warmup_steps": 2,
+        "teacher.temp_warmup_steps": 2,
+        "checkpoint_every": 3,
+        "log_every": 1,
+        "loss.koleo_weight": 0.1,
+    }
 )
 
 
@@ -54,7 +56,7 @@ def _weights(trainer):
 
 
 def test_resume_gives_identical_weights(store, tmp_path):
-    cfg = PretrainConfig(**TINY)
+    cfg = TINY
     straight = Trainer(cfg, PatchSource([store]), tmp_path / "a")
     straight.fit()
     assert straight.step == 6
@@ -72,7 +74,7 @@ def test_resume_gives_identical_weights(store, tmp_path):
 
 
 def test_training_changes_weights_and_logs_monitors(store, tmp_path):
-    cfg = PretrainConfig(**TINY)
+    cfg = TINY
     tr = Trainer(cfg, PatchSource([store]), tmp_path)
     before = _weights(tr)
     logged = []
@@ -102,7 +104,7 @@ def test_training_changes_weights_and_logs_monitors(store, tmp_path):
 
 
 def test_last_layer_frozen_during_first_steps(store, tmp_path):
-    cfg = PretrainConfig(**{**TINY, "freeze_last_layer_steps": 6})
+    cfg = TINY.updated({"optim.freeze_last_layer_steps": 6})
     tr = Trainer(cfg, PatchSource([store]), tmp_path)
     w0 = tr.student.cls_head.last_layer.parametrizations.weight.original1.detach().clone()
     tr.fit()
@@ -110,7 +112,7 @@ def test_last_layer_frozen_during_first_steps(store, tmp_path):
 
 
 def test_nan_guard_keeps_last_good_checkpoint(store, tmp_path, monkeypatch):
-    cfg = PretrainConfig(**TINY)
+    cfg = TINY
     tr = Trainer(cfg, PatchSource([store]), tmp_path)
     tr.fit(stop_at=3)
     good = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
@@ -123,22 +125,22 @@ def test_nan_guard_keeps_last_good_checkpoint(store, tmp_path, monkeypatch):
 
 
 def test_changed_config_starts_over(store, tmp_path):
-    Trainer(PretrainConfig(**TINY), PatchSource([store]), tmp_path).fit(stop_at=3)
-    other = Trainer(PretrainConfig(**{**TINY, "lr": 1e-3}), PatchSource([store]), tmp_path)
+    Trainer(TINY, PatchSource([store]), tmp_path).fit(stop_at=3)
+    other = Trainer(TINY.updated({"optim.lr": 1e-3}), PatchSource([store]), tmp_path)
     assert not other.load_checkpoint() and other.step == 0
     assert (tmp_path / "checkpoint.pt.stale").is_file()
 
 
 def test_export_loads_in_timm_strictly(store, tmp_path):
-    cfg = PretrainConfig(**TINY)
+    cfg = TINY
     tr = Trainer(cfg, PatchSource([store]), tmp_path)
     tr.fit(stop_at=2)
     vit = tr.teacher.backbone.vit
     export_backbone(
         vit,
         tmp_path / "bb",
-        arch=cfg.arch,
-        model_args=cfg.model_args,
+        arch=cfg.model.arch,
+        model_args=cfg.model.model_args,
         img_size=32,
         patch_size=8,
         mean=tr.mean,
@@ -175,7 +177,7 @@ def _ddp_worker(rank, world, port, store, out, results):
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
-    tr = Trainer(PretrainConfig(**{**TINY, "steps": 3}), PatchSource([store]), out, device="cpu")
+    tr = Trainer(TINY.updated({"optim.steps": 3}), PatchSource([store]), out, device="cpu")
     last = tr.fit()
     results[rank] = {
         "loss": last["loss"],
@@ -204,11 +206,11 @@ JOB_SCRIPT = """
 import json, sys
 from cytofm.log import setup_logging
 setup_logging(sys.argv[2])  # as a Snakemake job's script does
-from cytofm.config import PretrainConfig
+from cytofm.config import PretrainConfig, from_mapping
 from cytofm.stages.context import JobContext
 from cytofm.stages.pretrain import run_pretrain
 a = json.loads(open(sys.argv[1]).read())
-run_pretrain(PretrainConfig(**a["cfg"]), [a["store"]], a["out"],
+run_pretrain(from_mapping(PretrainConfig, a["cfg"]), [a["store"]], a["out"],
              job=JobContext(results_dir=a["results"]), nproc=2)
 """
 
@@ -233,7 +235,7 @@ def _run_job(store, tmp_path, hook: str | None):
         (tmp_path / "hook" / "sitecustomize.py").write_text(hook)
         env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "hook"), env.get("PYTHONPATH", "")])
     args = {
-        "cfg": {**TINY, "steps": 2, "knn_dataset": ""},
+        "cfg": TINY.updated({"optim.steps": 2, "probe.dataset": ""}).to_dict(),
         "store": str(store),
         "out": str(tmp_path / "model"),
         "results": str(tmp_path),
@@ -274,7 +276,7 @@ def test_torchrun_launch_from_the_stage(store, tmp_path, monkeypatch):
     from cytofm.stages.pretrain import run_pretrain
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    cfg = PretrainConfig(**{**TINY, "steps": 2, "knn_dataset": ""})
+    cfg = TINY.updated({"optim.steps": 2, "probe.dataset": ""})
     out = tmp_path / "model"
     summary = run_pretrain(cfg, [store], out, job=JobContext(results_dir=tmp_path), nproc=2)
     assert summary == {"nproc": 2}
@@ -312,7 +314,7 @@ def test_resolve_nproc_refuses_bad_values(setting):
 def test_loader_workers_make_the_same_batches(store, tmp_path):
     """Batches from DataLoader worker processes equal the ones made in the training process
     (a pure function of seed, step and rank), so the worker count changes no result."""
-    cfg = PretrainConfig(**{**TINY, "knn_dataset": "", "num_workers": 2})
+    cfg = TINY.updated({"probe.dataset": "", "num_workers": 2})
     tr = Trainer(cfg, PatchSource([store]), tmp_path / "out")
     assert tr.num_workers == 2
     for step, batch in zip(range(1, 5), tr.loader(1, 5), strict=True):

@@ -50,3 +50,17 @@ def test_stage_runners_are_short_orchestration():
                 if n > 60:
                     long.append(f"{path.name}:{node.lineno} {node.name} ({n} lines)")
     assert not long, long
+
+
+def test_workflow_glue_is_short_and_spells_no_output_path():
+    """common.smk hands the run plan (cytofm/plan.py) to the rules in at most 150 lines, and
+    no rule file spells a results path: every one comes from cytofm/paths.py."""
+    rules = REPO / "workflow" / "rules"
+    assert len((rules / "common.smk").read_text().splitlines()) <= 150
+    spelled = [
+        f"{p.name}:{i}"
+        for p in sorted([*rules.glob("*.smk"), REPO / "Snakefile"])
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if "RESULTS" in line or 'f"{' in line or "/eval/" in line or ".zarr" in line
+    ]
+    assert not spelled, spelled

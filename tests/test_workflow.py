@@ -530,17 +530,18 @@ def test_new_pretraining_slide_retriggers_pretraining(results, tmp_path):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ({"knn_k": 5}, {"evaluate": 8, "eval_summary": 1, "report": 1, "all": 1}),
-        ({"mil_lr": 0.001}, {"mil": 2, "mil_summary": 1, "report": 1, "all": 1}),
+        ({"knn": {"k": 5}}, {"evaluate": 8, "eval_summary": 1, "report": 1, "all": 1}),
+        ({"mil": {"lr": 0.001}}, {"mil": 2, "mil_summary": 1, "report": 1, "all": 1}),
     ],
 )
 def test_evaluation_settings_reembed_nothing(results, tmp_path, override, expected):
     """Changing evaluation settings reruns evaluations (and the report) only; a MIL setting
     only MIL."""
     import yaml
+    from snakemake.utils import update_config
 
     cfg = yaml.safe_load(TINY.read_text())
-    cfg["evaluate"].update(override)
+    update_config(cfg["evaluate"], override)
     changed = tmp_path / "c.yaml"
     changed.write_text(yaml.safe_dump(cfg))
     exe = Path(sys.executable).with_name("snakemake")

@@ -114,6 +114,21 @@ class Section:
             out[f.name] = canonical(value)
         return out
 
+    def updated(self: T, changes: Mapping[str, Any]) -> T:  # type: ignore[misc]
+        """A copy with some keys changed, nested ones by dotted name
+        (``cfg.updated({"optim.steps": 2, "seed": 1})``); checked like a new section."""
+        direct: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in changes.items():
+            head, _, rest = key.partition(".")
+            if rest:
+                nested.setdefault(head, {})[rest] = value
+            else:
+                direct[head] = value
+        for head, sub in nested.items():
+            direct[head] = getattr(self, head).updated(sub)
+        return dataclasses.replace(self, **direct)  # type: ignore[type-var]
+
 
 def from_mapping(cls: type[T], mapping: Mapping[str, Any] | None, section: str = "") -> T:
     """Build a config dataclass from a (nested) mapping, refusing keys it does not know and

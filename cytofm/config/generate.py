@@ -259,7 +259,7 @@ def _cell(value: Any) -> str:
 
 
 def _rows(cls: type, path: str) -> list[str]:
-    rows = []
+    rows, optional = [], None
     for f in dataclasses.fields(cls):
         if f.name == "name" and path.endswith("<name>"):
             continue
@@ -274,12 +274,15 @@ def _rows(cls: type, path: str) -> list[str]:
             rows += _rows(entry, f"{key}.<name>")
         elif sub is not None and _default(f) is None:
             rows.append(f"| `{key}` | see meaning | {meaning} |")
+            optional = sub
         elif sub is not None:
             rows += _rows(sub, key)
         else:
             default = _default(f)
             shown = dataclasses.MISSING if default is dataclasses.MISSING else _plain(default)
             rows.append(f"| `{key}` | {_cell(shown)} | {meaning} |")
+    if optional is not None:  # the keys of the optional per-rule sections, once
+        rows += _rows(optional, f"{path}.<rule>")
     return rows
 
 

@@ -1041,8 +1041,8 @@ RESOURCE_DEFAULTS = {
     "pretrain": (8, 8000, 720),
     "pretrain_probe": (2, 4000, 60),
     "backbone": (1, 8000, 60),
-    "embed": (2, 4000, 120),
-    "evaluate": (2, 4000, 240),
+    "embed": (1, 4000, 120),  # 4 threads when jobs get a GPU (data loading)
+    "evaluate": (1, 4000, 240),
     "mil": (1, 4000, 120),
 }
 
@@ -1061,8 +1061,10 @@ class RuleResources(Section):
 
 def _rule_field(rule: str):
     t, m, r = RESOURCE_DEFAULTS[rule]
-    extra = " (4 threads when jobs get a GPU)" if rule in ("embed", "evaluate") else ""
-    return option(None, f"{rule} jobs (default: {t} threads, {m} MB, {r} min{extra})", output=False)
+    extra = "; threads 4 when jobs get a GPU" if rule in ("embed", "evaluate") else ""
+    return option(
+        None, f"{rule} jobs (default: threads {t}, mem_mb {m}, runtime {r}{extra})", output=False
+    )
 
 
 @dataclasses.dataclass(frozen=True)

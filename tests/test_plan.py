@@ -1,0 +1,119 @@
+"""The run plan (cytofm/plan.py) and output paths (cytofm/paths.py), without Snakemake."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import update_config
+
+from cytofm.errors import ConfigError, InputDataError
+from cytofm.paths import Paths
+from cytofm.plan import Plan
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def _plan(overlay=None, **kw) -> Plan:
+    config = copy.deepcopy(BASE)
+    update_config(config, copy.deepcopy(overlay or {}))
+    return Plan.build(config, **kw)
+
+
+def test_demo_plan():
+    plan = _plan({"results": "out"})
+    assert len(plan.slide_ids) == 52 and plan.demo_ids == plan.slide_ids
+    # the first 8 slides feed pretraining (split train); the rest are the slide task's cohort
+    assert plan.pretrain_slides == [f"demo_{i:03d}" for i in range(8)]
+    assert plan.pretrain_stores == [f"out/cells/demo_{i:03d}.zarr" for i in range(8)]
+    assert plan.knn_store == ["out/datasets/demo_cells.zarr"]
+    assert [r["slide_id"] for r in plan.cohort("demo_abnormal")] == plan.slide_ids[8:]
+    assert set(plan.datasets) == {"demo_cells"} and set(plan.backbones) == {"cytofm", "random"}
+    assert plan.held_out() == {}  # pretraining reads slides, not the task's dataset
+    targets = plan.targets()
+    assert len(targets) == len(set(targets))
+    assert all(t.startswith("out/") for t in targets)
+    # per slide: tiles, QC, cells and two backbones' cell features; the dataset's features;
+    # 4 protocols x 2 backbones, 2 MIL results, 2 summaries, report, sheet, detection QC
+    assert len(targets) == 52 * 5 + 1 + 2 + 2 + 8 + 2 + 2 + 1 + 2
+    assert "out/eval/demo_cells/random/lora.json" in targets
+    assert "out/eval/demo_abnormal/cytofm/abmil.json" in targets
+    assert plan.evaluate_inputs("demo_cells", "cytofm", "knn") == {
+        "dataset": "out/datasets/demo_cells.zarr",
+        "pretrained": "out/pretrain/cytofm_vit_demo/backbone",
+        "features": "out/features/cytofm/datasets/demo_cells.zarr",
+    }
+
+
+def test_paths_are_patterns_without_arguments():
+    p = Paths("r")
+    assert p.tiles() == "r/tiles/{slide}.zarr" and p.tiles("s1") == "r/tiles/s1.zarr"
+    assert p.features() == "r/features/{backbone}/{kind}/{source}.zarr"
+    assert p.result("t", "b", "knn") == "r/eval/t/b/knn.json"
+    assert p.abmil("t", "b") == "r/eval/t/b/abmil.json"
+    assert p.log("tile", "{slide}") == "r/logs/tile/{slide}.log"
+    assert p.log("report") == "r/logs/report.log"
+
+
+def test_resources_defaults_overrides_and_gpus():
+    plan = _plan({"resources": {"gpu": False, "tile": {"threads": 3, "mem_mb": 999}}})
+    assert (plan.threads("tile"), plan.mem_mb("tile"), plan.runtime("tile")) == (3, 999, 120)
+    assert plan.threads("embed") == 1 and plan.gpus("pretrain") == 0
+    gpu = _plan({"resources": {"gpu": True, "pretrain": {"gpus": 4}}})
+    assert gpu.threads("embed") == 4 and gpu.gpus("pretrain") == 4 and gpu.gpu == 1
+    # auto: jobs sent to a cluster ask for a GPU; a CPU-only machine run locally does not
+    assert _plan(local=False).gpu == 1 and _plan(local=True, gpus_here=0).gpu == 0
+    with pytest.raises(ConfigError, match="'gpus' is read for pretrain only"):
+        _plan({"resources": {"embed": {"gpus": 2}}})
+    with pytest.raises(Exception, match="tiles"):
+        _plan({"resources": {"tiles": {"threads": 2}}})  # no such rule
+
+
+def test_pretraining_on_a_slide_tasks_cohort_is_refused():
+    with pytest.raises(InputDataError, match="transductive"):
+        _plan({"pretrain": {"splits": []}})  # all slides, the cohort included
+    plan = _plan({"pretrain": {"splits": [], "transductive": True}})
+    assert len(plan.pretrain_slides) == 52
+    exposure = plan.mil_exposure("demo_abnormal", "cytofm")
+    assert exposure["cohort_slides_pretrained_on"] == 44 and exposure["transductive"]
+
+
+def test_old_keys_and_bad_references_fail_before_any_job():
+    with pytest.raises(ConfigError, match=r"'pretrain\.steps' is now 'pretrain\.optim\.steps'"):
+        _plan({"pretrain": {"steps": 3}})
+    with pytest.raises(ConfigError, match="'cric' is not an imported dataset"):
+        _plan({"evaluate": {"tasks": {"t": {"dataset": "cric"}}}})
+    with pytest.raises(ConfigError, match="nothing to do"):
+        _plan({"demo": {"enabled": False}})
+    with pytest.raises(ConfigError, match="embed.sources"):
+        _plan({"embed": {"sources": ["datasets"]}})  # the slide task needs cell features
+
+
+def test_user_sheet_missing_files_and_dataset_tasks(tmp_path):
+    slide = tmp_path / "a.tiff"
+    slide.write_bytes(b"")
+    sheet = tmp_path / "slides.tsv"
+    sheet.write_text(
+        "slide_id\tpath\tmpp\tsplit\tdx\n"
+        f"a\t{slide}\t0.25\ttrain\t\n"
+        f"b\t{tmp_path / 'gone.tiff'}\t\ttrain\t\n"
+    )
+    folder = tmp_path / "pbc"
+    overlay = {
+        "samples": str(sheet),
+        "demo": {"enabled": False},
+        "datasets": {"pbc": {"path": str(folder)}},
+        "pretrain": {"sources": ["cells", "pbc"], "probe": {"dataset": "pbc"}},
+        "evaluate": {"tasks": {"pbc": {"dataset": "pbc", "protocols": ["knn"]}}},
+    }
+    plan = _plan(overlay)
+    assert plan.slide_ids == ["a", "b"] and plan.missing_slides == ["b"]
+    assert any("not found: b" in note for note in plan.notes)
+    assert plan.slide_mpp("a") == 0.25 and plan.slide_mpp("b") is None
+    assert set(plan.tasks) == {"pbc"} and not plan.slide_tasks  # the demo's are left out
+    stores = plan.pretrain_stores
+    assert stores[-1] == "results/datasets/pbc.zarr" and len(stores) == 3
+    # pretraining leaves out the test rows of the task evaluated on a dataset it reads
+    assert list(plan.held_out()) == ["results/datasets/pbc.zarr"]
+    assert plan.held_out()["results/datasets/pbc.zarr"][0]["name"] == "pbc"
