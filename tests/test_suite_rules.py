@@ -4,10 +4,12 @@ or server would otherwise eat the whole CI run), and stage runners that only orc
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCKING = {"run", "call", "check_call", "check_output"}
+PATH_PART = r"/(eval|features|cells|tiles|datasets|pretrain|backbones|qc|logs|report|demo)/"
 
 
 def _calls_without_timeout(path: Path) -> list[str]:
@@ -61,6 +63,6 @@ def test_workflow_glue_is_short_and_spells_no_output_path():
         f"{p.name}:{i}"
         for p in sorted([*rules.glob("*.smk"), REPO / "Snakefile"])
         for i, line in enumerate(p.read_text().splitlines(), 1)
-        if "RESULTS" in line or 'f"{' in line or "/eval/" in line or ".zarr" in line
+        if "RESULTS" in line or ".zarr" in line or re.search(PATH_PART, line)
     ]
     assert not spelled, spelled
