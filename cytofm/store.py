@@ -18,6 +18,7 @@ import numpy as np
 import zarr
 
 from cytofm.errors import CytofmError
+from cytofm.store_attrs import check_version
 
 __all__ = [
     "PatchStoreWriter",
@@ -149,9 +150,10 @@ def open_store(path: str | Path) -> zarr.Group:
         )
     try:
         group = zarr.open_group(str(p), mode="r")
-        group.attrs.asdict()
+        attrs = group.attrs.asdict()
     except Exception as exc:
         raise _corrupt(p, "its zarr.json cannot be parsed", exc) from exc
+    check_version(attrs, str(p))  # a layout this code does not read fails here, saying so
     return _CheckedGroup(group, p)  # type: ignore[return-value]
 
 

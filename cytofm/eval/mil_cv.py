@@ -29,6 +29,7 @@ from cytofm.eval.metrics import classification_metrics, interval, summarise
 from cytofm.eval.mil import check_bags, grouped_folds, predict_mil, train_mil
 from cytofm.report.attention import attention_heatmap, top_cells_montage
 from cytofm.store import atomic_group, open_store
+from cytofm.store_attrs import store_attrs
 
 __all__ = [
     "MilCV",
@@ -262,7 +263,9 @@ def write_attention(path, co: MilCohort, cv: MilCV, backbone: str, task: SlideTa
             sub.create_array("attention", shape=a.shape, dtype="float32")[:] = a
             sub.create_array("rows", shape=feat_rows.shape, dtype="int64")[:] = feat_rows
         grp.attrs.update(
-            {"backbone": backbone, "task": task.name, "seeds": [int(s) for s in task.seeds]}
+            store_attrs(
+                "attention", backbone=backbone, task=task.name, seeds=[int(s) for s in task.seeds]
+            )
         )
 
 

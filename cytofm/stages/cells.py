@@ -19,6 +19,7 @@ from cytofm.provenance import provenance
 from cytofm.report.qc import patch_gallery
 from cytofm.stages.context import JobContext
 from cytofm.store import PatchStoreWriter, atomic_group, open_store, write_strings
+from cytofm.store_attrs import read_attrs, store_attrs
 from cytofm.wsi.reader import open_slide
 
 __all__ = ["run_cells"]
@@ -67,8 +68,9 @@ def run_cells(
     job = job or JobContext()
     tiles = open_store(tiles_store)
     boxes = tiles["boxes"][:]
-    background = np.asarray(tiles.attrs["background_rgb"], np.float32)
-    tile_prov = tiles.attrs["provenance"]
+    tile_attrs = read_attrs(tiles, "tiles", str(tiles_store))
+    background = np.asarray(tile_attrs.background_rgb, np.float32)
+    tile_prov = tile_attrs.provenance
     with job.run("cells", {"cells": cfg.to_dict(), "slide_id": slide_id}) as run:
         t0 = time.perf_counter()
         rng = np.random.default_rng([job.seed, 3])
@@ -189,14 +191,14 @@ def _store_attrs(slide, slide_id: str, cfg: CellsConfig, stain, tile_prov, n, wa
         stain=stain.to_dict(),
         warning=warning or None,
     )
-    return {
-        "provenance": record,
-        "slide_id": slide_id,
-        "slide_mpp": slide.mpp,
-        "mpp": cfg.patch_mpp,
-        "patch_um": cfg.patch_um,
-        "patch_px": cfg.patch_px,
-        "detector": cfg.detector,
-        "stain": stain.to_dict(),
-        "coords": "level-0 pixel centres (x, y)",
-    }
+    return store_attrs(
+        "cells",
+        provenance=record,
+        slide_id=slide_id,
+        slide_mpp=slide.mpp,
+        mpp=cfg.patch_mpp,
+        patch_um=cfg.patch_um,
+        patch_px=cfg.patch_px,
+        detector=cfg.detector,
+        stain=stain.to_dict(),
+    )

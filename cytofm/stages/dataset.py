@@ -17,6 +17,7 @@ from cytofm.errors import InputDataError
 from cytofm.provenance import provenance
 from cytofm.stages.context import JobContext
 from cytofm.store import PatchStoreWriter, atomic_group, write_strings
+from cytofm.store_attrs import store_attrs
 
 __all__ = ["run_import"]
 
@@ -74,17 +75,18 @@ def run_import(cfg: DatasetConfig, out_store: str | Path, job: JobContext | None
                 write_strings(g, "splits", splits.tolist())
             counts = {c: int((table["label"] == c).sum()) for c in classes}
             g.attrs.update(
-                {
-                    "provenance": provenance(
+                store_attrs(
+                    "datasets",
+                    provenance=provenance(
                         "import_dataset", cfg, source_sha256=digest.hexdigest(), n_images=n
                     ),
-                    "name": cfg.name,
-                    "classes": classes,
-                    "class_counts": counts,
-                    "mpp": (cfg.patch_um / cfg.patch_px) if cfg.patch_um else None,
-                    "patch_px": cfg.patch_px,
-                    "patch_um": cfg.patch_um,
-                }
+                    name=cfg.name,
+                    classes=classes,
+                    class_counts=counts,
+                    mpp=(cfg.patch_um / cfg.patch_px) if cfg.patch_um else None,
+                    patch_px=cfg.patch_px,
+                    patch_um=cfg.patch_um,
+                )
             )
         elapsed = time.perf_counter() - t0
         summary = {"n_images": n, "n_classes": len(classes), "seconds": elapsed}

@@ -11,6 +11,7 @@ import pandas as pd
 from cytofm.cells.metrics import match_points
 from cytofm.stages.context import JobContext
 from cytofm.store import open_store
+from cytofm.store_attrs import read_attrs
 
 __all__ = ["run_detection_eval"]
 
@@ -28,13 +29,14 @@ def run_detection_eval(
     totals = {"tp": 0, "fp": 0, "fn": 0}
     for store_path, truth_path in zip(cell_stores, truth_tables, strict=True):
         store = open_store(store_path)
-        mpp = float(store.attrs["slide_mpp"])
+        attrs = read_attrs(store, "cells", str(store_path))
+        mpp = float(attrs.slide_mpp)
         truth = pd.read_csv(truth_path, sep="\t")
         res = match_points(
             store["coords"][:] * mpp, truth[["x", "y"]].to_numpy() * mpp, tolerance_um
         )
         res["mean_distance_um"] = res.pop("mean_distance")
-        per_slide[store.attrs["slide_id"]] = res
+        per_slide[attrs.slide_id] = res
         for k in totals:
             totals[k] += res[k]
     tp, fp, fn = totals["tp"], totals["fp"], totals["fn"]

@@ -23,6 +23,7 @@ from cytofm.eval.features import embed_array, pick_device
 from cytofm.provenance import provenance, tree_sha256
 from cytofm.stages.context import JobContext
 from cytofm.store import as_str_array, atomic_group, open_store, write_strings
+from cytofm.store_attrs import store_attrs
 
 __all__ = ["run_backbone", "run_embed", "write_feature_store"]
 
@@ -177,11 +178,12 @@ def write_feature_store(out_store, feats: np.ndarray, src, record: dict, backbon
         if "ids" in src:
             write_strings(g, "ids", as_str_array(src["ids"][:]).tolist())
         g.attrs.update(
-            {
-                "provenance": record,
-                "backbone": backbone,
-                "n": n,
-                "dim": dim,
-                "source_mpp": src.attrs.get("mpp"),
-            }
+            store_attrs(
+                "features",
+                provenance=record,
+                backbone=backbone,
+                n=n,
+                dim=dim,
+                source_mpp=src.attrs.get("mpp"),
+            )
         )

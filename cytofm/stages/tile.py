@@ -15,6 +15,7 @@ from cytofm.provenance import file_sha256, provenance
 from cytofm.report.qc import draw_qc
 from cytofm.stages.context import JobContext
 from cytofm.store import atomic_group
+from cytofm.store_attrs import store_attrs
 from cytofm.wsi.mask import estimate_background, foreground_mask, read_thumbnail
 from cytofm.wsi.reader import open_slide
 from cytofm.wsi.tiling import tile_grid
@@ -126,18 +127,17 @@ def _write_tile_store(out_store, slide, slide_id, cfg, grid, mask, background, r
             ):
                 images[i] = slide.read(x0, y0, (cfg.tile_px, cfg.tile_px), cfg.mpp)
         g.attrs.update(
-            {
-                "provenance": record,
-                "slide_id": slide_id,
-                "slide_mpp": slide.mpp,
-                "tile_mpp": cfg.mpp,
-                "tile_px": cfg.tile_px,
-                "tile_um": cfg.tile_px * cfg.mpp,
-                "mask_mpp": cfg.mask_mpp,
-                "background_rgb": background.tolist(),
-                "coords": "level-0 pixel centres (x, y)",
-                "boxes": "level-0 pixels x0, y0, x1, y1",
-            }
+            store_attrs(
+                "tiles",
+                provenance=record,
+                slide_id=slide_id,
+                slide_mpp=slide.mpp,
+                tile_mpp=cfg.mpp,
+                tile_px=cfg.tile_px,
+                tile_um=cfg.tile_px * cfg.mpp,
+                mask_mpp=cfg.mask_mpp,
+                background_rgb=background.tolist(),
+            )
         )
 
 
