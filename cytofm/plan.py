@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,7 @@ SCHEMA = _WORKFLOW / "config.schema.yaml"
 SHEET_SCHEMA = _WORKFLOW / "slides.schema.yaml"
 
 
-def _validate(data: Any, schema: Path) -> None:
-    from snakemake.utils import validate  # fills defaults; the workflow's own validator
-
-    validate(data, str(schema))
+Validator = Callable[[Any, str], Any]
 
 
 @dataclasses.dataclass
@@ -56,20 +54,32 @@ class Plan:
     slide_tasks: dict[str, SlideTaskConfig]
     gpu: int
     notes: list[str] = dataclasses.field(default_factory=list)
+    validate: Validator | None = None
 
     # ------------------------------------------------------------------------- building
 
     @classmethod
-    def build(cls, config: dict, *, local: bool = True, gpus_here: int | None = None) -> Plan:
-        """``config`` as Snakemake holds it (defaults are filled in place). ``local``: jobs
-        run on this machine (``--cores``), not sent to a cluster (``--jobs``)."""
+    def build(
+        cls,
+        config: dict,
+        *,
+        local: bool = True,
+        gpus_here: int | None = None,
+        validate: Validator | None = None,
+    ) -> Plan:
+        """``config`` as Snakemake holds it. ``local``: jobs run on this machine (``--cores``),
+        not sent to a cluster (``--jobs``). ``validate(data, schema_path)`` checks the config
+        and the sheet against their JSON schemas (Snakemake's ``snakemake.utils.validate``,
+        which also fills defaults in place); the dataclasses check every key in any case."""
         from cytofm.hardware import gpu_request
 
         check_moved(config)
-        _validate(config, SCHEMA)
+        if validate is not None:
+            validate(config, str(SCHEMA))
         cfg = from_mapping(Config, config)
         gpu = gpu_request(cfg.resources.gpu, local=local, gpus_here=gpus_here)
         plan = cls(cfg, Paths(cfg.results), pd.DataFrame(), {}, {}, {}, {}, gpu)
+        plan.validate = validate
         plan.slides = plan._slide_table()
         plan.datasets = plan._datasets()
         if not plan.slide_ids and not plan.datasets:
@@ -98,7 +108,8 @@ class Plan:
             frames.append(make_demo_sheet(self.config.demo, self.paths.demo_slides_dir()))
         if self.config.samples:
             sheet = load_sheet(self.config.samples)
-            _validate(sheet, SHEET_SCHEMA)
+            if self.validate is not None:
+                self.validate(sheet, str(SHEET_SCHEMA))
             frames.append(sheet)
         if not frames:  # no slides: a run on imported collections only
             empty = pd.DataFrame(columns=["slide_id", "path", "mpp", "split"])

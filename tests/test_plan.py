@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from snakemake.utils import update_config
+from snakemake.utils import update_config, validate
 
 from cytofm.errors import ConfigError, InputDataError
 from cytofm.paths import Paths
@@ -18,7 +18,7 @@ BASE = yaml.safe_load((REPO / "config.yaml").read_text())
 def _plan(overlay=None, **kw) -> Plan:
     config = copy.deepcopy(BASE)
     update_config(config, copy.deepcopy(overlay or {}))
-    return Plan.build(config, **kw)
+    return Plan.build(config, validate=validate, **kw)
 
 
 def test_demo_plan():

@@ -5,6 +5,8 @@ import os
 import sys
 from pathlib import Path
 
+from snakemake.utils import validate
+
 from cytofm.errors import InputDataError
 from cytofm.eval.protocols import PROTOCOLS as EVAL_PROTOCOLS
 from cytofm.hardware import visible_gpus
