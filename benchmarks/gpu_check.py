@@ -133,10 +133,10 @@ def pretrain_one(pre: dict, store: Path, steps: int, warmup: int, workdir: Path)
     waits = [h["data_wait_fraction"] for h in tr.history if "data_wait_fraction" in h]
     out = {
         "world": tr.world,
-        "batch_size": cfg.batch_size,
+        "batch_size": cfg.optim.batch_size,
         "num_workers": tr.num_workers,
         "steps": steps,
-        "images_per_s": steps * cfg.batch_size / dt,
+        "images_per_s": steps * cfg.optim.batch_size / dt,
         "step_s": dt / steps,
         "flops_per_step": flops,
         "achieved_tflops": flops * steps / dt / 1e12,
@@ -350,7 +350,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        px = pre["global_size"] if args.smoke else 224
+        px = pre["crops"]["global_size"] if args.smoke else 224
         store = patch_store(tmp / "patches.zarr", 64 if args.smoke else 8192, px)
         res["pretrain"] = [pretrain_one(pre, store, steps, warmup, tmp / "one")]
         print(json.dumps(res["pretrain"][-1]), flush=True)

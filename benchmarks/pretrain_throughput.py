@@ -70,7 +70,7 @@ def _child(name: str, steps: int, warmup: int, batch: int | None, workers: int) 
         rng = np.random.default_rng(0)
         w.append(
             rng.integers(
-                0, 255, (max(cfg.batch_size * 2, 128), patch_px, patch_px, 3), dtype=np.uint8
+                0, 255, (max(cfg.optim.batch_size * 2, 128), patch_px, patch_px, 3), dtype=np.uint8
             )
         )
         w.close()
@@ -88,7 +88,7 @@ def _child(name: str, steps: int, warmup: int, batch: int | None, workers: int) 
         t2 = time.perf_counter()
         load_s += t1 - t0
         train_s += t2 - t1
-    n_img = steps * cfg.batch_size
+    n_img = steps * cfg.optim.batch_size
     # the same steps through the training loop's DataLoader (worker processes read and augment)
     tr.num_workers = workers
     tr.history.clear()
@@ -101,7 +101,7 @@ def _child(name: str, steps: int, warmup: int, batch: int | None, workers: int) 
     out = {
         "config": name,
         "device": str(tr.device),
-        "batch_size": cfg.batch_size,
+        "batch_size": cfg.optim.batch_size,
         "params_m": sum(p.numel() for p in tr.student.parameters()) / 1e6,
         "images_per_s": n_img / (load_s + train_s),
         "images_per_s_model_only": n_img / train_s,
