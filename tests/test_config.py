@@ -28,9 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SHIPPED = [
     REPO / "config.yaml",
-    REPO / ".test" / "config.yaml",
+    *sorted((REPO / ".test").glob("*.yaml")),
     *sorted(REPO.glob("configs/*.yaml")),
 ]
+# overlays used on top of another overlay (tests/test_real_eval.py)
+BASES = {"real_data_ci.yaml": REPO / "configs" / "real_data.yaml"}
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -81,6 +83,8 @@ def _noop_mappings(base, over, path=""):
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name + ":" + p.parent.name)
 def test_every_shipped_config_validates_and_builds(path):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
+    if path.name in BASES:
+        config = _merge(config, yaml.safe_load(BASES[path.name].read_text()))
     config = _merge(config, yaml.safe_load(path.read_text()))
     validate(config, str(SCHEMA))  # fills defaults
     cfg = from_mapping(Config, config)
