@@ -198,6 +198,15 @@ class Plan:
             return [self.paths.dataset(name)]
         return []
 
+    def probe_task(self) -> TaskConfig:
+        """The task whose split the pretraining probe uses: the first evaluating the probe
+        dataset, else one with the default split settings."""
+        name = self.pretrain.probe.dataset
+        for task in self.tasks.values():
+            if task.dataset == name:
+                return task
+        return TaskConfig(name=name or "probe", dataset=name or "probe")
+
     def held_out(self) -> dict[str, list[dict]]:
         """Dataset store -> the tasks evaluated on it, whose test rows pretraining leaves out."""
         if self.pretrain.transductive:

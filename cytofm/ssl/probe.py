@@ -1,24 +1,23 @@
-"""Does pretraining help? Linear probe on frozen features: pretrained vs. random weights.
+"""Does pretraining help? The evaluation's linear probe on frozen features, pretrained vs.
+random weights.
 
-Both backbones share the architecture; the random one is initialised by timm with a fixed
-seed. Features are the [CLS]/pooled outputs; a logistic regression is fitted on a group-wise
-split (crops sharing a stain group never straddle train and test) and scored by balanced
-accuracy on the held-out part.
+Both backbones share the architecture; the random one is initialised by timm with each seed.
+Features are the [CLS]/pooled outputs. The probe is the evaluation harness's own linear
+protocol: the split of the task that evaluates the dataset (grouped, and the test rows those
+pretraining leaves out), logistic regression with C chosen on its validation rows
+(:func:`cytofm.eval.linear.fit_linear`), balanced accuracy on its test rows.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
+from cytofm.config import LinearConfig
+from cytofm.eval.linear import fit_linear, full_proba, select_score
+from cytofm.eval.splits import Split, make_split
 from cytofm.ssl.export import load_backbone, read_backbone_config
 from cytofm.ssl.monitor import embed
-from cytofm.store import as_str_array
 
 __all__ = ["linear_probe", "random_like", "ssl_vs_random"]
 
@@ -34,46 +33,67 @@ def random_like(model_dir, seed: int = 0) -> torch.nn.Module:
     ).eval()
 
 
-def _split(labels: np.ndarray, groups: np.ndarray, seed: int):
-    """Half/half split, stratified by label and, when groups are given, grouped (no group in
-    both halves): StratifiedGroupKFold with two folds, first fold held out."""
-    groups = as_str_array(groups)
-    labels = np.asarray(labels)
-    if len(np.unique(groups)) >= 4 and not (groups == "").all():
-        folds = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed)
-        return next(folds.split(labels, labels, groups))
-    folds = StratifiedKFold(n_splits=2, shuffle=True, random_state=seed)
-    return next(folds.split(labels, labels))
-
-
-def linear_probe(features: np.ndarray, labels: np.ndarray, train, test) -> float:
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
-    clf.fit(features[train], labels[train])
-    return float(balanced_accuracy_score(labels[test], clf.predict(features[test])))
+def linear_probe(
+    features: np.ndarray,
+    labels: np.ndarray,
+    split: Split,
+    classes: list[str],
+    linear: LinearConfig,
+    metric: str = "balanced_accuracy",
+) -> tuple[float, float]:
+    """(test balanced accuracy, chosen C) of the evaluation's linear protocol."""
+    clf, C, _ = fit_linear(
+        features[split.train],
+        labels[split.train],
+        features[split.val],
+        labels[split.val],
+        Cs=list(linear.Cs),
+        class_names=classes,
+        metric=metric,
+        max_iter=linear.max_iter,
+    )
+    proba = full_proba(clf, features[split.test], len(classes))
+    return select_score(labels[split.test], proba, "balanced_accuracy", classes), float(C)
 
 
 def ssl_vs_random(
-    model_dir, images: np.ndarray, labels: np.ndarray, groups: np.ndarray, seeds=(0, 1, 2)
+    model_dir,
+    images: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray | None = None,
+    seeds=(0, 1, 2),
+    *,
+    split: Split | None = None,
+    classes: list[str] | None = None,
+    linear: LinearConfig | None = None,
+    metric: str = "balanced_accuracy",
 ) -> dict:
-    """Balanced accuracy of the linear probe for the pretrained and a random backbone."""
+    """Balanced accuracy of the linear probe for the pretrained backbone and random ones (one
+    per seed) on the same split (default: the evaluation's derived grouped 60/20/20 split)."""
+    labels = np.asarray(labels).astype(np.int64)
+    split = split or make_split(labels, groups)
+    classes = classes or [str(c) for c in range(int(labels.max()) + 1)]
+    linear = linear or LinearConfig()
     cfg = read_backbone_config(model_dir)
     pc = cfg["pretrained_cfg"]
     size = pc["input_size"][-1]
-    ssl_model = load_backbone(model_dir)
-    f_ssl = embed(ssl_model, images, pc["mean"], pc["std"], size, "cpu").numpy()
-    results = {"ssl": [], "random": [], "seeds": list(seeds)}
+    f_ssl = embed(load_backbone(model_dir), images, pc["mean"], pc["std"], size, "cpu").numpy()
+    ssl_score, ssl_c = linear_probe(f_ssl, labels, split, classes, linear, metric)
+    results = {"ssl": [], "random": [], "C": {"ssl": ssl_c, "random": []}, "seeds": list(seeds)}
     for seed in seeds:
-        f_rnd = embed(
-            random_like(model_dir, seed), images, pc["mean"], pc["std"], size, "cpu"
-        ).numpy()
-        train, test = _split(labels, groups, seed)
-        results["ssl"].append(linear_probe(f_ssl, labels, train, test))
-        results["random"].append(linear_probe(f_rnd, labels, train, test))
+        model = random_like(model_dir, seed)
+        f_rnd = embed(model, images, pc["mean"], pc["std"], size, "cpu").numpy()
+        score, c = linear_probe(f_rnd, labels, split, classes, linear, metric)
+        results["ssl"].append(ssl_score)  # the pretrained features do not depend on the seed
+        results["random"].append(score)
+        results["C"]["random"].append(c)
     for key in ("ssl", "random"):
         results[f"{key}_mean"] = float(np.mean(results[key]))
         results[f"{key}_std"] = float(np.std(results[key]))
     results["margin"] = results["ssl_mean"] - results["random_mean"]
     results["n_images"] = len(labels)
-    results["n_classes"] = int(len(np.unique(labels)))
-    results["chance"] = 1.0 / results["n_classes"]
+    results["n_classes"] = len(classes)
+    results["chance"] = 1.0 / len(classes)
+    results["split"] = split.to_dict()
+    results["protocol"] = "linear (the evaluation's: C chosen on validation, test rows scored)"
     return results

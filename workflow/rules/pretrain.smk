@@ -42,5 +42,8 @@ rule pretrain_probe:
     resources:
         mem_mb=mem_of("pretrain_probe"),
         runtime=runtime_of("pretrain_probe"),
+    params:
+        task=PLAN.probe_task().to_dict(),
+        evaluate=CFG.evaluate.part("patch"),
     script:
         "../scripts/pretrain_probe.py"
