@@ -270,6 +270,9 @@ def _rows(cls: type, path: str) -> list[str]:
         more = f.metadata.get("more", "")
         meaning = f"{doc}. {more}".strip() if more else doc
         if entry is not None:
+            shipped = f.metadata.get("shipped")
+            if shipped:
+                meaning += f" (`config.yaml` sets {', '.join(f'`{n}`' for n in shipped)})"
             rows.append(f"| `{key}` | `{{}}` | {meaning} |")
             rows += _rows(entry, f"{key}.<name>")
         elif sub is not None and _default(f) is None:
@@ -294,7 +297,10 @@ def reference_md() -> str:
         title = f.name if (sub or entry) else None
         if title is None:
             continue
-        out.append(f"## `{title}`\n\n{f.metadata.get('doc', '')}\n")
+        doc = f.metadata.get("doc", "")
+        if f.metadata.get("shipped"):
+            doc += f" (`config.yaml` sets {', '.join(f'`{n}`' for n in f.metadata['shipped'])})"
+        out.append(f"## `{title}`\n\n{doc}\n")
         out.append("| key | default | meaning |\n|---|---|---|")
         if entry is not None:
             out.append("\n".join(_rows(entry, f"{f.name}.<name>")) + "\n")

@@ -7,6 +7,7 @@ one would: same data order, same schedule position, same weights.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -188,16 +189,7 @@ class Trainer:
         grid = cfg.crops.global_size // cfg.model.patch_size
         self.masker = BlockMasker((grid, grid))
         self.augment = MultiCrop(
-            AugmentConfig(
-                global_size=cfg.crops.global_size,
-                local_size=cfg.crops.local_size,
-                n_local=cfg.crops.n_local,
-                global_scale=tuple(cfg.crops.global_scale),
-                local_scale=tuple(cfg.crops.local_scale),
-                keep_centre=cfg.crops.keep_centre,
-                hed_sigma=cfg.crops.hed_sigma,
-                blur_prob=cfg.crops.blur_prob,
-            ),
+            AugmentConfig(**dataclasses.asdict(cfg.crops)),  # the config's crops section
             self.mean,
             self.std,
         )
