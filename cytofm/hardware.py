@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["gpu_request", "visible_gpus"]
+__all__ = ["gpu_request", "loader_workers", "visible_gpus"]
 
 
 def visible_gpus(environ: Mapping[str, str] | None = None, dev: str | Path = "/dev") -> int:
@@ -41,3 +41,16 @@ def gpu_request(setting: bool | str, *, local: bool, gpus_here: int | None = Non
     if not local:
         return 1
     return int((visible_gpus() if gpus_here is None else gpus_here) > 0)
+
+
+def loader_workers(setting: int | str, device, nproc: int = 1) -> int:
+    """DataLoader worker processes of one process feeding a device (training, embedding).
+    ``auto``: on a GPU, the cores this process may use (its share when several share the
+    machine) less one for the main loop, at most 8; on the CPU none, since workers would take
+    cores from the model itself."""
+    if setting != "auto":
+        return int(setting)
+    if getattr(device, "type", str(device).split(":")[0]) != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(8, (cores or 2) // max(nproc, 1) - 1))

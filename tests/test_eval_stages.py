@@ -103,6 +103,50 @@ def test_feature_store_round_trip(setup):
     assert prov["stage"] == "embed"
 
 
+def test_loader_workers_and_background_writes_change_no_feature(setup, tmp_path):
+    """Two DataLoader workers and chunked background writes (chunks of 7 rows, batches of 5):
+    the same features as one process writing once."""
+    from cytofm.eval.features import ChunkSink
+
+    bb = load_backbone_spec(setup["spec"], setup["bb_dir"])
+    src = open_store(setup["store"])
+    expected = embed_array(bb, src["images"], batch_size=16)
+    with atomic_group(tmp_path / "f.zarr") as g:
+        arr = g.create_array("f", shape=expected.shape, chunks=(7, 32), dtype="float32")
+        with ChunkSink(arr) as sink:
+            embed_array(bb, src["images"], batch_size=5, num_workers=2, sink=sink.put)
+    got = open_store(tmp_path / "f.zarr")["f"][:]
+    assert np.array_equal(got, expected)
+    out = tmp_path / "w.zarr"
+    summary = run_embed(
+        setup["spec"],
+        setup["store"],
+        out,
+        pretrained_dir=setup["bb_dir"],
+        batch_size=16,
+        device="cpu",
+        num_workers=2,
+    )
+    assert summary["num_workers"] == 2 and summary["images_per_second"] > 0
+    same = open_store(setup["feats"])["features"][:]
+    assert np.array_equal(open_store(out)["features"][:], same)
+
+
+def test_a_failed_background_write_is_raised(tmp_path):
+    from cytofm.eval.features import ChunkSink
+
+    class Broken:
+        dtype, chunks = np.float32, (4, 2)
+
+        def __setitem__(self, key, value):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        with ChunkSink(Broken()) as sink:
+            for _ in range(6):
+                sink.put(np.zeros((3, 2)))
+
+
 def labels_of(store):
     return np.asarray(open_store(store)["labels"][:]).astype(int)
 

@@ -658,8 +658,22 @@ class EmbedConfig(Section):
         "auto", "auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32", choices=PRECISIONS
     )
     device: str = option("auto", "auto | cpu | cuda | cuda:1 ...")
+    num_workers: int | str = option(
+        "auto",
+        "DataLoader processes that read and decode batches: auto = cores - 1 (max 8) on GPU, "
+        "0 on CPU",
+        output=False,
+        more="Features are written chunk by chunk from a background thread meanwhile; the "
+        "log and MLflow report images/s. The features do not depend on it.",
+    )
 
     def __post_init__(self) -> None:
+        if self.num_workers != "auto" and not (
+            isinstance(self.num_workers, int) and self.num_workers >= 0
+        ):
+            raise ConfigError(
+                f"embed.num_workers must be 'auto' or an integer >= 0, got {self.num_workers!r}"
+            )
         bad = sorted(set(self.sources) - {"datasets", "cells", "tiles"})
         if bad:
             raise ConfigError(f"embed.sources: unknown {bad}; choose from datasets, cells, tiles")

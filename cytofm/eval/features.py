@@ -1,8 +1,15 @@
-"""Batched feature extraction from a patch store's ``images`` array."""
+"""Batched feature extraction from a patch store's ``images`` array.
+
+Batches are read by ``DataLoader`` workers (zarr chunks decoded off the main loop, pinned
+memory on a GPU) and features can stream to a :class:`ChunkSink`, which writes whole chunks of
+the feature array from a background thread while the device computes the next batches.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -12,7 +19,7 @@ from tqdm import tqdm
 from cytofm.errors import InputDataError
 from cytofm.eval.backbones import LoadedBackbone
 
-__all__ = ["batches", "embed_array", "pick_device", "preprocess"]
+__all__ = ["ChunkSink", "batches", "embed_array", "pick_device", "preprocess"]
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -43,6 +50,83 @@ def batches(array, batch: int) -> Iterator[tuple[int, np.ndarray]]:
         yield start, np.asarray(array[start : start + batch])
 
 
+class _Batches(torch.utils.data.Dataset):
+    """Item i: (first row, uint8 rows) of batch i of an image array (zarr or numpy)."""
+
+    def __init__(self, images, batch: int):
+        self.images, self.batch = images, batch
+
+    def __len__(self) -> int:
+        return -(-self.images.shape[0] // self.batch)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        start = i * self.batch
+        rows = np.ascontiguousarray(self.images[start : start + self.batch])
+        return start, torch.from_numpy(rows)
+
+
+def _loader(images, batch: int, workers: int, pin: bool):
+    return torch.utils.data.DataLoader(
+        _Batches(images, batch),
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin,
+        prefetch_factor=4 if workers else None,
+    )
+
+
+class ChunkSink:
+    """Feature rows, in order, written to a zarr array a whole chunk at a time by a background
+    thread (so a chunk is never rewritten and the device never waits for the disk). Use as a
+    context manager: leaving it normally writes the last partial chunk and waits for the
+    thread; an exception stops the thread and propagates."""
+
+    def __init__(self, array, chunk_rows: int | None = None, pending: int = 2):
+        self.array = array
+        self.chunk = int(chunk_rows or array.chunks[0])
+        self._parts: list[np.ndarray] = []
+        self._buffered = 0
+        self._next = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._write, name="feature-writer", daemon=True)
+        self._thread.start()
+
+    def _write(self) -> None:
+        while (item := self._queue.get()) is not None:
+            start, block = item
+            if self._error is None:
+                try:
+                    self.array[start : start + len(block)] = block
+                except BaseException as exc:  # reported by put() / close() in the main thread
+                    self._error = exc
+
+    def _send(self, block: np.ndarray) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((self._next, block))
+        self._next += len(block)
+
+    def put(self, rows: np.ndarray) -> None:
+        self._parts.append(np.asarray(rows, dtype=self.array.dtype))
+        self._buffered += len(rows)
+        while self._buffered >= self.chunk:
+            data = np.concatenate(self._parts)
+            self._send(data[: self.chunk])
+            self._parts, self._buffered = [data[self.chunk :]], len(data) - self.chunk
+
+    def __enter__(self) -> ChunkSink:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and self._buffered:
+            self._send(np.concatenate(self._parts))
+        self._queue.put(None)
+        self._thread.join()
+        if exc_type is None and self._error is not None:
+            raise self._error
+
+
 @torch.no_grad()
 def embed_array(
     bb: LoadedBackbone,
@@ -52,15 +136,21 @@ def embed_array(
     device: str | torch.device = "cpu",
     precision: str = "auto",
     desc: str = "embed",
-) -> np.ndarray:
-    """Pooled features (N, D) float32 of every image; bf16 autocast on GPU when asked."""
+    num_workers: int = 0,
+    sink: Callable[[np.ndarray], None] | None = None,
+) -> np.ndarray | None:
+    """Pooled features (N, D) float32 of every image; bf16 autocast on GPU when asked.
+
+    ``num_workers`` DataLoader processes read the batches; with ``sink`` each batch's features
+    go to it in row order (nothing is kept, None is returned)."""
     device = torch.device(device)
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     bb.model.to(device).eval()
     n = images.shape[0]
-    out = np.zeros((n, bb.model.num_features), np.float32)
+    out = None if sink else np.zeros((n, bb.model.num_features), np.float32)
+    loader = _loader(images, batch_size, num_workers, pin=device.type == "cuda")
     with tqdm(total=n, desc=desc, unit="img", mininterval=5) as bar:
-        for start, rows in batches(images, batch_size):
+        for start, rows in loader:
             x = preprocess(rows, bb, device)
             finite = torch.isfinite(x).flatten(1).all(1)
             if not bool(finite.all()):
@@ -72,7 +162,10 @@ def embed_array(
                     "'std' in config.yaml)"
                 )
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                f = bb.model(x)
-            out[start : start + len(rows)] = f.float().cpu().numpy()
+                f = bb.model(x).float().cpu().numpy()
+            if sink is None:
+                out[start : start + len(rows)] = f
+            else:
+                sink(f)
             bar.update(len(rows))
     return out

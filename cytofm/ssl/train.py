@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from cytofm.config import PretrainConfig
 from cytofm.errors import CytofmError, InputDataError
+from cytofm.hardware import loader_workers
 from cytofm.ssl.augment import AugmentConfig, MultiCrop
 from cytofm.ssl.data import PatchSource
 from cytofm.ssl.heads import DINOHead
@@ -33,19 +34,8 @@ from cytofm.ssl.schedules import cosine_schedule, linear_warmup_then_constant
 
 __all__ = ["NonFiniteLossError", "StepBatches", "Trainer", "loader_workers"]
 
+
 log = logging.getLogger(__name__)
-
-
-def loader_workers(setting: int | str, device: torch.device, nproc: int = 1) -> int:
-    """DataLoader worker processes of one training process. ``auto``: on a GPU, the cores
-    this process may use (its share when several share the machine) less one for the training
-    loop, at most 8; on the CPU none, since workers would take cores from the model itself."""
-    if setting != "auto":
-        return int(setting)
-    if device.type != "cuda":
-        return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(8, (cores or 2) // max(nproc, 1) - 1))
 
 
 class StepBatches(torch.utils.data.Dataset):

@@ -19,7 +19,8 @@ import numpy as np
 
 from cytofm.errors import InputDataError
 from cytofm.eval.backbones import BackboneSpec, LoadedBackbone, load_backbone_spec
-from cytofm.eval.features import embed_array, pick_device
+from cytofm.eval.features import ChunkSink, embed_array, pick_device
+from cytofm.hardware import loader_workers
 from cytofm.provenance import provenance, tree_sha256
 from cytofm.stages.context import JobContext
 from cytofm.store import as_str_array, atomic_group, open_store, write_strings
@@ -93,8 +94,12 @@ def run_embed(
     batch_size: int = 256,
     precision: str = "auto",
     device: str = "auto",
+    num_workers: int | str = "auto",
     job: JobContext | None = None,
 ) -> dict[str, Any]:
+    """Features of every image of ``source_store``: batches read by DataLoader workers,
+    features written chunk by chunk in the background into a store renamed into place when
+    complete (a failure leaves nothing that looks finished)."""
     job = job or JobContext()
     src = open_store(source_store)
     if "images" not in src:
@@ -103,23 +108,13 @@ def run_embed(
             "embed cell stores or imported datasets, or set tiling.save_images: true"
         )
     dev = pick_device(device)
+    workers = loader_workers(num_workers, dev)
     settings = {"batch_size": batch_size, "precision": precision}
     params = {"backbone": spec.to_dict(), "source": str(source_store), **settings}
-    with job.run("embed", {**params, "device": str(dev)}) as run:
+    with job.run("embed", {**params, "device": str(dev), "num_workers": workers}) as run:
         t0 = time.perf_counter()
         bb, runtime = _load_for_embedding(spec, backbone_dir, pretrained_dir, dev)
         _warn_on_resolution(src.attrs.get("mpp"), bb, spec.name, source_store)
-        t_load = time.perf_counter() - t0
-        feats = embed_array(
-            bb,
-            src["images"],
-            batch_size=batch_size,
-            device=str(dev),
-            precision=precision,
-            desc=f"embed {spec.name} {Path(source_store).stem}",
-        )
-        t_embed = time.perf_counter() - t0 - t_load
-        _check_finite(feats, spec.name, source_store)
         record = provenance(
             "embed",
             settings,
@@ -130,15 +125,53 @@ def run_embed(
             device=str(dev),
             runtime=runtime,
         )
-        write_feature_store(out_store, feats, src, record, spec.name)
-        seconds = time.perf_counter() - t0
-        n, dim = feats.shape
-        summary = {"n_images": n, "dim": dim, "seconds": seconds}
+        t1 = time.perf_counter()
+        n, dim = _stream_features(
+            bb,
+            src,
+            out_store,
+            record,
+            spec.name,
+            source_store,
+            batch_size=batch_size,
+            device=str(dev),
+            precision=precision,
+            num_workers=workers,
+        )
+        t_embed, seconds = time.perf_counter() - t1, time.perf_counter() - t0
+        summary = {"n_images": n, "dim": dim, "seconds": seconds, "num_workers": workers}
         summary["images_per_second"] = n / t_embed if t_embed > 0 else float("nan")
         run.log_metrics(summary)
         run.set_tags({"backbone.weights_sha256": bb.identity["weights_sha256"]})
-        log.info("%s x %s: %d x %d features in %.1f s", spec.name, source_store, n, dim, seconds)
+        log.info(
+            "%s x %s: %d x %d features in %.1f s (%.0f images/s)",
+            spec.name,
+            source_store,
+            n,
+            dim,
+            seconds,
+            summary["images_per_second"],
+        )
     return summary
+
+
+def _stream_features(bb, src, out_store, record, name, source_store, **embed_kw) -> tuple:
+    """Embed into a new feature store as the batches come; (rows, feature width)."""
+    n, dim = src["images"].shape[0], bb.model.num_features
+    desc = f"embed {name} {Path(source_store).stem}"
+
+    def checked(feats: np.ndarray) -> np.ndarray:
+        _check_finite(feats, name, source_store)
+        return feats
+
+    with atomic_group(out_store) as g:
+        arr = _feature_array(g, n, dim)
+        with ChunkSink(arr) as sink:
+            embed_array(
+                bb, src["images"], desc=desc, sink=lambda f: sink.put(checked(f)), **embed_kw
+            )
+        _finish_feature_store(g, n, dim, src, record, name)
+    return n, dim
 
 
 def _warn_on_resolution(src_mpp, bb, name: str, source_store) -> None:
@@ -158,32 +191,32 @@ def _check_finite(feats: np.ndarray, name: str, source_store) -> None:
         )
 
 
+def _feature_array(g, n: int, dim: int):
+    return g.create_array(
+        "features",
+        shape=(n, dim),
+        chunks=(max(min(n, 8192), 1), dim),
+        dtype="float16",
+        dimension_names=["n", "feature"],
+    )
+
+
+def _finish_feature_store(g, n: int, dim: int, src, record: dict, backbone: str) -> None:
+    rows = g.create_array("rows", shape=(n,), chunks=(max(n, 1),), dtype="int64")
+    if n:
+        rows[:] = np.arange(n)
+    if "ids" in src:
+        write_strings(g, "ids", as_str_array(src["ids"][:]).tolist())
+    attrs = dict(backbone=backbone, n=n, dim=dim, source_mpp=src.attrs.get("mpp"))
+    g.attrs.update(store_attrs("features", provenance=record, **attrs))
+
+
 def write_feature_store(out_store, feats: np.ndarray, src, record: dict, backbone: str) -> None:
     """``features`` float16 (N, D), ``rows`` (row i of the source store), the source's ``ids``
-    and the provenance, written atomically."""
+    and the provenance, written atomically (for features already in memory)."""
     n, dim = feats.shape
     with atomic_group(out_store) as g:
-        arr = g.create_array(
-            "features",
-            shape=(n, dim),
-            chunks=(max(min(n, 8192), 1), dim),
-            dtype="float16",
-            dimension_names=["n", "feature"],
-        )
+        arr = _feature_array(g, n, dim)
         if n:
             arr[:] = feats.astype(np.float16)
-        rows = g.create_array("rows", shape=(n,), chunks=(max(n, 1),), dtype="int64")
-        if n:
-            rows[:] = np.arange(n)
-        if "ids" in src:
-            write_strings(g, "ids", as_str_array(src["ids"][:]).tolist())
-        g.attrs.update(
-            store_attrs(
-                "features",
-                provenance=record,
-                backbone=backbone,
-                n=n,
-                dim=dim,
-                source_mpp=src.attrs.get("mpp"),
-            )
-        )
+        _finish_feature_store(g, n, dim, src, record, backbone)

@@ -23,5 +23,6 @@ run_embed(
     batch_size=sm.params.embed["batch_size"],
     precision=sm.params.embed["precision"],
     device=sm.params.embed["device"],
+    num_workers=sm.config["embed"].get("num_workers", "auto"),  # not a param: no rerun
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
 )
