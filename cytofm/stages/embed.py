@@ -101,12 +101,7 @@ def run_embed(
     features written chunk by chunk in the background into a store renamed into place when
     complete (a failure leaves nothing that looks finished)."""
     job = job or JobContext()
-    src = open_store(source_store)
-    if "images" not in src:
-        raise ValueError(
-            f"{source_store} has no 'images' array (a tile store without tiling.save_images?); "
-            "embed cell stores or imported datasets, or set tiling.save_images: true"
-        )
+    src = _open_source(source_store)
     dev = pick_device(device)
     workers = loader_workers(num_workers, dev)
     settings = {"batch_size": batch_size, "precision": precision}
@@ -115,16 +110,7 @@ def run_embed(
         t0 = time.perf_counter()
         bb, runtime = _load_for_embedding(spec, backbone_dir, pretrained_dir, dev)
         _warn_on_resolution(src.attrs.get("mpp"), bb, spec.name, source_store)
-        record = provenance(
-            "embed",
-            settings,
-            backbone=bb.identity,
-            preprocessing=bb.preprocessing,
-            source_store=Path(source_store).name,
-            source_sha256=tree_sha256(source_store),
-            device=str(dev),
-            runtime=runtime,
-        )
+        record = _record(bb, settings, source_store, dev, runtime)
         t1 = time.perf_counter()
         n, dim = _stream_features(
             bb,
@@ -153,6 +139,29 @@ def run_embed(
             summary["images_per_second"],
         )
     return summary
+
+
+def _open_source(source_store):
+    src = open_store(source_store)
+    if "images" not in src:
+        raise ValueError(
+            f"{source_store} has no 'images' array (a tile store without tiling.save_images?); "
+            "embed cell stores or imported datasets, or set tiling.save_images: true"
+        )
+    return src
+
+
+def _record(bb, settings: dict, source_store, dev, runtime: str) -> dict:
+    return provenance(
+        "embed",
+        settings,
+        backbone=bb.identity,
+        preprocessing=bb.preprocessing,
+        source_store=Path(source_store).name,
+        source_sha256=tree_sha256(source_store),
+        device=str(dev),
+        runtime=runtime,
+    )
 
 
 def _stream_features(bb, src, out_store, record, name, source_store, **embed_kw) -> tuple:
