@@ -358,7 +358,12 @@ class Plan:
         return {
             "features": [self.paths.features(backbone, kind, r["slide_id"]) for r in cohort],
             "instances": [self.paths.store(kind, r["slide_id"]) for r in cohort],
-            "slides": [r["path"] for r in cohort if r["slide_id"] not in missing],
+            "slides": [
+                f
+                for r in cohort
+                if r["slide_id"] not in missing
+                for f in (self.specimen_fields(r["slide_id"]) or [r["path"]])
+            ],
             "truth": [r["truth"] for r in cohort if r["truth"]],
         }
 
@@ -446,15 +451,15 @@ class Plan:
     def missing_slides(self) -> list[str]:
         """Sheet slides whose local file is missing: their jobs fail alone, naming the file."""
         from cytofm.sheet import is_remote
+        from cytofm.wsi.fields import field_files, is_specimen
+
+        def present(path: str) -> bool:
+            if is_specimen(path):
+                return os.path.isdir(path) or bool(field_files(path))
+            return is_remote(path) or os.path.isfile(path)
 
         demo = set(self.demo_ids)
-        return [
-            s
-            for s in self.slide_ids
-            if s not in demo
-            and not is_remote(self.slides.loc[s, "path"])
-            and not os.path.isfile(self.slides.loc[s, "path"])
-        ]
+        return [s for s in self.slide_ids if s not in demo and not present(self.slide_file(s))]
 
     def _note_missing_slides(self) -> None:
         missing = self.missing_slides
@@ -469,6 +474,14 @@ class Plan:
 
     def slide_file(self, slide: str) -> str:
         return str(self.slides.loc[slide, "path"])
+
+    def specimen_fields(self, slide: str) -> list[str] | None:
+        """The field images of a specimen row (a folder or glob), None for a slide file: the
+        job's inputs, so adding a field reruns that specimen only."""
+        from cytofm.wsi.fields import field_files, is_specimen
+
+        path = self.slide_file(slide)
+        return [str(f) for f in field_files(path)] if is_specimen(path) else None
 
     def slide_stain(self, slide: str) -> str:
         """The sheet's stain of the slide ("" = cells.stain)."""

@@ -72,6 +72,8 @@ class CellAttrs:
     stain: dict[str, Any]
     provenance: dict[str, Any]
     coords: str = "level-0 pixel centres (x, y)"
+    fields: list[dict] | None = None  # a specimen of fields: name and mosaic box of each
+    bad_fields: list[dict] | None = None  # fields left out, with the reason
 
 
 @dataclasses.dataclass

@@ -86,7 +86,7 @@ def _check_name(what: str, name: str) -> None:
 def _check_reader(section: str, backend: str) -> None:
     """``auto``, a built-in reader, or one a package registers (checked without importing the
     readers unless the name is not built in)."""
-    if backend in ("auto", "openslide", "image", "tiatoolbox"):
+    if backend in ("auto", "openslide", "image", "tiatoolbox", "fields"):
         return
     from cytofm.wsi.reader import BACKENDS
 

@@ -48,9 +48,11 @@ log = logging.getLogger(__name__)
 
 
 def _inner_split(labels, groups, train, seed):
-    """Hold out about a quarter of the training slides (whole patients) for early stopping."""
+    """Hold out about a quarter of the training slides (whole patients) for early stopping;
+    none when there are too few for a stratified quarter (under 4 patients, or no class with
+    4 slides): the model then trains for the configured epochs."""
     n_groups = len(np.unique(groups[train]))
-    if n_groups < 4:
+    if n_groups < 4 or np.bincount(np.unique(labels[train], return_inverse=True)[1]).max() < 4:
         return train, train[:0]
     inner = grouped_folds(labels[train], groups[train], 4, seed)[0]
     return train[inner[0]], train[inner[1]]

@@ -87,8 +87,8 @@ def run_cells(
             if warning:  # a smear field without a nucleated cell is normal: recorded, not fatal
                 log.warning(warning)
             write_strings(g, "ids", [f"{slide_id}:{i}" for i in range(n)])
-            elapsed = time.perf_counter() - t0
-            w, h = slide.dimensions
+            fields = _specimen_fields(g, slide, n)  # {} for a slide
+            elapsed, (w, h) = time.perf_counter() - t0, slide.dimensions
             g.attrs.update(_store_attrs(slide, slide_id, cfg, stain, tile_prov, n, warning))
         patch_gallery(np.asarray(reservoir), out_gallery, stain=stain, n_cells=n)
         summary = _cells_metrics(n, boxes, slide.mpp, pixels, w * h, elapsed)
@@ -98,11 +98,35 @@ def run_cells(
         if warning:
             run.set_tags({"cells.warning": warning[:500]})
         summary = {"slide_id": slide_id, **summary, "stain": stain.to_dict(), "warning": warning}
+        summary.update(fields)
         if out_summary is not None:
             Path(out_summary).parent.mkdir(parents=True, exist_ok=True)
             Path(out_summary).write_text(json.dumps(summary, indent=1) + "\n")
             run.log_artifact(out_summary, "qc")
     return summary
+
+
+def _specimen_fields(g, slide, n: int) -> dict:
+    """A specimen of fields: each cell's field index and field-local coordinates, and per
+    field counts, the fields left out and those without cells (listed in the log and QC)."""
+    if not hasattr(slide, "field_of"):
+        return {}
+    coords = np.asarray(g["coords"][:]) if n else np.zeros((0, 2), np.int64)
+    index, local = slide.field_of(coords)
+    g.create_array("field", shape=(n,), dtype="int32")[:] = index.astype(np.int32)
+    g.create_array("field_coords", shape=(n, 2), dtype="int64")[:] = np.round(local)
+    names = [f["name"] for f in slide.fields]
+    counts = np.bincount(index[index >= 0], minlength=len(names))
+    empty = [name for name, c in zip(names, counts, strict=True) if c == 0]
+    for bad in slide.bad_fields:
+        log.warning("%s: field %s left out: %s", slide.slide_id, bad["name"], bad["reason"])
+    if empty:
+        log.warning("%s: no cells in field(s) %s", slide.slide_id, ", ".join(empty))
+    return {
+        "fields": [{**f, "n_cells": int(c)} for f, c in zip(slide.fields, counts, strict=True)],
+        "bad_fields": slide.bad_fields,
+        "fields_without_cells": empty,
+    }
 
 
 def _cells_metrics(n, boxes, slide_mpp, pixels_read, slide_pixels, elapsed) -> dict:
@@ -201,4 +225,6 @@ def _store_attrs(slide, slide_id: str, cfg: CellsConfig, stain, tile_prov, n, wa
         patch_px=cfg.patch_px,
         detector=cfg.detector,
         stain=stain.to_dict(),
+        fields=getattr(slide, "fields", None),
+        bad_fields=getattr(slide, "bad_fields", None),
     )

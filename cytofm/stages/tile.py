@@ -11,11 +11,12 @@ from tqdm import tqdm
 
 from cytofm.config import TilingConfig
 from cytofm.errors import InputDataError
-from cytofm.provenance import file_sha256, provenance
+from cytofm.provenance import provenance
 from cytofm.report.qc import draw_qc
 from cytofm.stages.context import JobContext
 from cytofm.store import atomic_group
 from cytofm.store_attrs import store_attrs
+from cytofm.wsi.fields import slide_sha256
 from cytofm.wsi.mask import estimate_background, foreground_mask, read_thumbnail
 from cytofm.wsi.reader import open_slide
 from cytofm.wsi.tiling import tile_grid
@@ -54,7 +55,7 @@ def run_tile(
                 "tile",
                 cfg,
                 slide=slide.info(),
-                slide_sha256=file_sha256(slide_path),
+                slide_sha256=slide_sha256(slide_path),
                 background_rgb=background.tolist(),
                 n_tiles=len(grid),
                 n_tiles_total=grid.n_total,

@@ -4,7 +4,8 @@ Backends are registered by name. ``openslide`` reads vendor formats (SVS, NDPI, 
 TIFF, ...) with OpenSlide, composited on white where the file has no data; ``tiatoolbox``
 reads anything tiatoolbox's ``WSIReader.open`` understands, including formats OpenSlide cannot
 (OME-TIFF, DICOM, JPEG 2000, plain images); ``image`` reads plain JPEG, PNG and BMP images
-(microscope fields) whole with OpenCV. ``auto`` picks ``openslide`` whenever OpenSlide
+(microscope fields) whole with OpenCV; ``fields`` reads a folder (or glob) of a specimen's field
+images as one slide (:mod:`cytofm.wsi.fields`). ``auto`` picks ``openslide`` whenever OpenSlide
 recognises the file, ``image`` for a plain image, and tiatoolbox otherwise.
 """
 
@@ -443,8 +444,14 @@ def open_slide(
     Raises :class:`MissingResolutionError` naming the slide and the sheet column to set when no
     resolution is known, and :class:`InputDataError` for missing or unreadable files.
     """
+    from cytofm.wsi.fields import is_specimen
+
+    slide_id = slide_id or Path(path).stem
+    if backend in ("auto", "fields") and is_specimen(path):  # a folder or glob of fields
+        slide = BACKENDS["fields"](Path(path), slide_id, mpp)
+        log.info("opened %r (%d fields)", slide, len(slide.fields))
+        return slide
     path = Path(path)
-    slide_id = slide_id or path.stem
     if not path.is_file():
         raise InputDataError(
             f"slide '{slide_id}': file not found: {path}. Fix the 'path' column of the sample "
@@ -463,3 +470,6 @@ def open_slide(
     slide = BACKENDS[backend](path, slide_id, mpp)
     log.info("opened %r", slide)
     return slide
+
+
+from cytofm.wsi import fields as _fields  # noqa: E402,F401  registers 'fields'

@@ -92,6 +92,9 @@ def slide_path(wildcards):
     path = PLAN.slide_file(wildcards.slide)
     if wildcards.slide in PLAN.missing_slides:
         return []
+    fields = PLAN.specimen_fields(wildcards.slide)  # a specimen: its field images
+    if fields is not None:
+        return fields
     if not is_remote(path):
         return path
     try:

@@ -7,11 +7,14 @@ setup_logging(snakemake.log[0])  # noqa: F821 - injected by Snakemake
 from cytofm.config import CellsConfig, from_mapping  # noqa: E402
 from cytofm.stages.cells import run_cells  # noqa: E402
 from cytofm.stages.context import JobContext  # noqa: E402
+from cytofm.wsi.fields import is_specimen  # noqa: E402
 
 sm = snakemake  # noqa: F821
 # the file Snakemake localised (a URL in the sheet is fetched by its storage plugin); a missing
 # local file has no input, and the path itself then fails with the fix
-slide = sm.input.get("slide") or sm.params.path
+# a specimen of fields (a folder or glob) is read from where the sheet names it
+path = sm.params.path
+slide = path if is_specimen(path) else (sm.input.get("slide") or path)
 run_cells(
     slide_path=slide,
     slide_id=sm.wildcards.slide,
