@@ -202,10 +202,13 @@ class Plan:
         """The task whose split the pretraining probe uses: the first evaluating the probe
         dataset, else one with the default split settings."""
         name = self.pretrain.probe.dataset
+        probe = TaskConfig(name=name or "probe", dataset=name or "probe")
+        split_keys = ("name", "label", "group", "split", "val_fraction", "test_fraction",
+                      "split_seed")  # fmt: skip
         for task in self.tasks.values():
-            if task.dataset == name:
-                return task
-        return TaskConfig(name=name or "probe", dataset=name or "probe")
+            if task.dataset == name:  # its split only: other task settings never rerun it
+                return dataclasses.replace(probe, **{k: getattr(task, k) for k in split_keys})
+        return probe
 
     def held_out(self) -> dict[str, list[dict]]:
         """Dataset store -> the tasks evaluated on it, whose test rows pretraining leaves out."""

@@ -1020,12 +1020,15 @@ class EvalConfig(Section):
     bootstrap: int = option(1000, "bootstrap resamples of the test rows for the 95% CIs", minimum=1)
 
     def part(self, protocol: str) -> dict:
-        """What a protocol family reads: ``mil`` (attention MIL, plus ``bootstrap``) or
-        ``patch`` (everything else but the tasks). Rules pass only these, so changing a MIL
+        """What a protocol family reads: ``mil`` (attention MIL, plus ``bootstrap``), ``probe``
+        (the linear protocol the pretraining probe runs) or ``patch`` (everything else but the
+        tasks). Rules pass only these, so changing a MIL
         setting never reruns a patch-level evaluation and vice versa."""
         d = {k: v for k, v in self.to_dict().items() if k not in ("tasks", "slide_tasks")}
         if protocol == "mil":
             return {"mil": d["mil"], "bootstrap": d["bootstrap"]}
+        if protocol == "probe":  # the pretraining probe: the linear protocol only
+            return {"linear": d["linear"], "select_metric": d["select_metric"]}
         return {k: v for k, v in d.items() if k != "mil"}
 
     def __post_init__(self) -> None:

@@ -44,6 +44,6 @@ rule pretrain_probe:
         runtime=runtime_of("pretrain_probe"),
     params:
         task=PLAN.probe_task().to_dict(),
-        evaluate=CFG.evaluate.part("patch"),
+        evaluate=CFG.evaluate.part("probe"),
     script:
         "../scripts/pretrain_probe.py"
