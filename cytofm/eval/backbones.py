@@ -35,7 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from cytofm.config import _Section
+from cytofm.config import BackboneSpec  # the config entry, defined with the config
+from cytofm.config.sections import BACKBONE_KINDS_BUILTIN
 from cytofm.errors import ConfigError, InputDataError
 from cytofm.provenance import file_sha256
 from cytofm.registry import Registry
@@ -44,55 +45,11 @@ __all__ = ["BackboneSpec", "LoadedBackbone", "load_backbone_spec", "state_sha256
 
 log = logging.getLogger(__name__)
 
-KINDS = ("pretrained", "random", "timm", "hub")
+KINDS = BACKBONE_KINDS_BUILTIN
 # kinds other packages add: name -> factory(spec) -> nn.Module (see the module's doc)
 BACKBONE_KINDS: Registry = Registry("backbone kind", "cytofm.backbones", "backbones.<name>.kind")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclasses.dataclass(frozen=True)
-class BackboneSpec(_Section):
-    """One entry of the ``backbones`` config section (docs/configuration.md lists every key)."""
-
-    name: str
-    kind: str
-    like: str = ""  # random: the pretrained backbone whose architecture/preprocessing to copy
-    arch: str = ""  # random/timm/hub: timm architecture name or hf-hub:org/name
-    weights: str = ""  # timm: local weights file
-    model_args: dict = dataclasses.field(default_factory=dict)
-    input_size: int = 0  # 0 = the model's own default
-    mean: tuple | None = None  # None = the model's own (ImageNet for most timm models)
-    std: tuple | None = None
-    seed: int = 0  # random: initialisation seed
-
-    def __post_init__(self) -> None:
-        s = f"backbones.{self.name}"
-        if not self.name or not all(ch.isalnum() or ch in "._-" for ch in self.name):
-            raise ConfigError(f"backbone name {self.name!r} may hold only letters, digits, '._-'")
-        if self.kind not in KINDS and self.kind not in BACKBONE_KINDS:
-            raise ConfigError(
-                f"{s}.kind must be one of {list(KINDS)} or a kind an installed package adds "
-                f"({BACKBONE_KINDS.names() or 'none installed'}), got {self.kind!r}"
-            )
-        if self.kind == "timm" and not (self.arch and self.weights):
-            raise ConfigError(f"{s}: kind 'timm' needs 'arch' and a local 'weights' file")
-        if self.kind == "hub" and not self.arch:
-            raise ConfigError(
-                f"{s}: kind 'hub' needs 'arch', e.g. hf-hub:timm/vit_small_patch16_224"
-            )
-        if self.kind == "random" and not (self.like or self.arch):
-            raise ConfigError(f"{s}: kind 'random' needs 'like' (a pretrained backbone) or 'arch'")
-        for key in ("mean", "std"):
-            v = getattr(self, key)
-            if v is not None:
-                if len(v) != 3:
-                    raise ConfigError(f"{s}.{key} must hold 3 numbers (RGB), got {v!r}")
-                object.__setattr__(self, key, tuple(float(x) for x in v))
-        if self.std is not None and min(self.std) <= 0:
-            raise ConfigError(
-                f"{s}.std must be positive (images are divided by it), got {list(self.std)}"
-            )
 
 
 @dataclasses.dataclass
