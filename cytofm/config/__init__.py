@@ -6,6 +6,4 @@ from cytofm.config.fields import MOVED, Section, check_moved, from_mapping, opti
 from cytofm.config.sections import *  # noqa: F403
 from cytofm.config.sections import __all__ as _sections
 
-_Section = Section  # the name older modules import
-
 __all__ = ["MOVED", "Section", "check_moved", "from_mapping", "option", *_sections]
