@@ -149,23 +149,57 @@ def embed_array(
     n = images.shape[0]
     out = None if sink else np.zeros((n, bb.model.num_features), np.float32)
     loader = _loader(images, batch_size, num_workers, pin=device.type == "cuda")
+
+    def emit(done: _InFlight) -> None:
+        feats, finite = done.result()
+        if not finite.all():
+            bad = done.start + np.flatnonzero(~finite)
+            raise InputDataError(
+                f"{desc}: {len(bad)} image(s) (rows {bad[:5].tolist()}) are not finite after "
+                f"normalisation with mean {list(bb.mean)} and std {list(bb.std)}; the "
+                "backbone's std must be positive (check its config.json or the backbone's "
+                "'std' in config.yaml)"
+            )
+        if sink is None:
+            out[done.start : done.start + len(feats)] = feats
+        else:
+            sink(feats)
+        bar.update(len(feats))
+
+    # one batch in flight: batch i's features are read back while the device runs batch i+1
+    pending: _InFlight | None = None
     with tqdm(total=n, desc=desc, unit="img", mininterval=5) as bar:
         for start, rows in loader:
             x = preprocess(rows, bb, device)
             finite = torch.isfinite(x).flatten(1).all(1)
-            if not bool(finite.all()):
-                bad = start + torch.nonzero(~finite).flatten().cpu().numpy()
-                raise InputDataError(
-                    f"{desc}: {len(bad)} image(s) (rows {bad[:5].tolist()}) are not finite after "
-                    f"normalisation with mean {list(bb.mean)} and std {list(bb.std)}; the "
-                    "backbone's std must be positive (check its config.json or the backbone's "
-                    "'std' in config.yaml)"
-                )
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                f = bb.model(x).float().cpu().numpy()
-            if sink is None:
-                out[start : start + len(rows)] = f
-            else:
-                sink(f)
-            bar.update(len(rows))
+                f = bb.model(x).float()
+            current = _InFlight(start, f, finite)
+            if pending is not None:
+                emit(pending)
+            pending = current
+        if pending is not None:
+            emit(pending)
     return out
+
+
+class _InFlight:
+    """A batch's features and finiteness flags on their way to the host (copied without
+    blocking into pinned memory on a GPU; ``result`` waits for that copy alone)."""
+
+    def __init__(self, start: int, feats: torch.Tensor, finite: torch.Tensor):
+        self.start, self._event = start, None
+        if feats.device.type == "cuda":
+            self._feats = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
+            self._finite = torch.empty(finite.shape, dtype=finite.dtype, pin_memory=True)
+            self._feats.copy_(feats, non_blocking=True)
+            self._finite.copy_(finite, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._feats, self._finite = feats, finite
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._event is not None:
+            self._event.synchronize()
+        return self._feats.numpy(), self._finite.numpy()
