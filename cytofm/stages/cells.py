@@ -57,9 +57,11 @@ def run_cells(
     gallery_size: int = 48,
     sheet_stain: str | None = None,
     out_summary: str | Path | None = None,
+    threads: int = 1,
 ) -> dict:
     """Extract cells of one slide into ``out_store`` (zarr) and a patch gallery PNG;
-    ``sheet_stain`` is the slide's ``stain`` in the sample sheet (else ``cfg.stain``).
+    ``sheet_stain`` is the slide's ``stain`` in the sample sheet (else ``cfg.stain``);
+    ``threads`` blocks of tiles are read and searched at once (the rule's ``threads``).
 
     A slide with foreground but no nucleus found (an acellular smear field) gets a store with
     zero cells and a warning, in the log, the store's provenance and ``out_summary`` (the QC
@@ -81,7 +83,7 @@ def run_cells(
             stain = _slide_stain(slide, slide_id, boxes, cfg, sheet_stain)
             detector = make_detector(cfg, background, stain)
             n, pixels, reservoir = _extract_cells(
-                g, slide, slide_id, boxes, cfg, detector, rng, gallery_size
+                g, slide, slide_id, boxes, cfg, detector, rng, gallery_size, threads
             )
             warning = _no_cells_warning(slide, slide_id, len(boxes), cfg, stain) if n == 0 else ""
             if warning:  # a smear field without a nucleated cell is normal: recorded, not fatal
@@ -159,7 +161,7 @@ def _slide_stain(slide, slide_id: str, boxes, cfg: CellsConfig, sheet_stain) -> 
     return stain
 
 
-def _extract_cells(g, slide, slide_id, boxes, cfg, detector, rng, gallery_size):
+def _extract_cells(g, slide, slide_id, boxes, cfg, detector, rng, gallery_size, threads=1):
     """Detect and cut every tile's cells into the store; returns (cells, pixels read, a
     reservoir sample of patches for the gallery, in bounded memory)."""
     writer = PatchStoreWriter(
@@ -171,7 +173,7 @@ def _extract_cells(g, slide, slide_id, boxes, cfg, detector, rng, gallery_size):
     pixels, seen = 0, 0
     reservoir: list[np.ndarray] = []
     for cells in tqdm(
-        iter_tile_cells(slide, boxes, cfg.patch_px, cfg.patch_mpp, detector),
+        iter_tile_cells(slide, boxes, cfg.patch_px, cfg.patch_mpp, detector, threads=threads),
         total=len(boxes),
         desc=f"cells {slide_id}",
         mininterval=5,

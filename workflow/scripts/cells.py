@@ -26,4 +26,5 @@ run_cells(
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
     sheet_stain=sm.params.stain,
     out_summary=sm.output.summary,
+    threads=sm.threads,
 )
