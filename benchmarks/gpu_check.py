@@ -426,6 +426,7 @@ def main() -> None:
         },
         "config": copy.deepcopy(pre),
     }
+
     def save() -> None:
         res["seconds"] = time.perf_counter() - t_start
         (out_dir / "gpu_check.json").write_text(json.dumps(res, indent=1))
@@ -435,7 +436,7 @@ def main() -> None:
         t = time.perf_counter()
         try:
             res[key] = fn()
-        except Exception as exc:  # noqa: BLE001 - reported in the results, not hidden
+        except Exception as exc:  # reported in the results, not hidden
             import traceback
 
             traceback.print_exc()
@@ -450,7 +451,8 @@ def main() -> None:
             embedding(a, n, batch, device, args.smoke, tmp)
             for a in ("vit_small_patch16_224", "vit_base_patch16_224")
         ])  # fmt: skip
-        cells = patch_store(tmp / "cells.zarr", 64 if args.smoke else 32768, 32 if args.smoke else 96)
+        n_cells, cell_px = (64, 32) if args.smoke else (32768, 96)
+        cells = patch_store(tmp / "cells.zarr", n_cells, cell_px)
         px = pre["crops"]["global_size"] if args.smoke else 224
         store = patch_store(tmp / "patches.zarr", 64 if args.smoke else 8192, px)
         section("embed_stage", lambda: embed_stage(cells, batch, args.smoke, tmp)

@@ -61,6 +61,7 @@ def test_blocks_give_every_cell_to_one_tile_and_threads_change_nothing(synthetic
         assert ((c.coords >= [x0, y0]) & (c.coords < [x1, y1])).all()
     all_xy = np.concatenate([c.coords for c in blocks])
     assert len(np.unique(all_xy, axis=0)) == len(all_xy) > 20
+
     # cells away from tile borders are found whether or not tiles share a read (the sampling
     # grid starts elsewhere, so centres move by under a detector pixel: 1 um = 4 px here)
     def interior(cells):
