@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -181,7 +183,9 @@ class PatchStoreWriter:
     Columns are declared up front as ``name -> (dtype, trailing shape)``; strings use
     ``dtype=str``. Images are buffered until a whole chunk can be written, so image memory is
     bounded by ``chunk`` patches. Per-row columns (a few bytes a row) are kept in memory and
-    written once on :meth:`close`, which saves a metadata rewrite per chunk.
+    written once on :meth:`close`, which saves a metadata rewrite per chunk. Whole chunks are
+    compressed and written by a background thread; :meth:`close` waits for it and raises its
+    error, if any.
     """
 
     def __init__(
@@ -206,6 +210,9 @@ class PatchStoreWriter:
         self._cols: dict[str, list[np.ndarray]] = {k: [] for k in self.columns}
         self._buffered = 0
         self.n = 0
+        self._writer: threading.Thread | None = None
+        self._queue: queue.Queue | None = None
+        self._error: BaseException | None = None
 
     def append(self, images: np.ndarray, **columns: np.ndarray) -> None:
         """Add rows: ``images`` (n, P, P, 3) uint8 and one array of length n per column."""
@@ -234,14 +241,39 @@ class PatchStoreWriter:
         images = np.concatenate(self._buf_images)
         # write whole chunks only (unless closing) so no chunk is rewritten
         n_write = len(images) if final else (len(images) // self.chunk) * self.chunk
-        self.images.append(images[:n_write])
+        self._write(images[:n_write])
         self.n += n_write
         self._buf_images = [images[n_write:]] if n_write < len(images) else []
         self._buffered = len(images) - n_write
 
+    def _write(self, images: np.ndarray) -> None:
+        """Chunks are compressed and written by one background thread, in order, while the
+        caller goes on (at most two blocks wait, so memory stays bounded)."""
+        if self._writer is None:
+            self._queue = queue.Queue(maxsize=2)
+            self._writer = threading.Thread(target=self._drain, name="patch-writer", daemon=True)
+            self._writer.start()
+        if self._error is not None:
+            raise self._error
+        self._queue.put(images)
+
+    def _drain(self) -> None:
+        while (images := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self.images.append(images)
+                except BaseException as exc:  # raised in the caller's thread by close()
+                    self._error = exc
+
     def close(self) -> int:
         """Write buffered images and every column; returns the number of rows."""
         self._flush(final=True)
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
+        if self._error is not None:
+            raise self._error
         for name, (dtype, tail) in self.columns.items():
             parts = self._cols[name]
             data = np.concatenate(parts) if parts else np.zeros((0, *tail))

@@ -222,3 +222,29 @@ def test_white_cell_found_on_real_blood_fields(field, tmp_path):
         inside = (xy[:, 0] >= b.xmin) & (xy[:, 0] <= b.xmax)
         inside &= (xy[:, 1] >= b.ymin) & (xy[:, 1] <= b.ymax)
         assert inside.any(), (field, b)
+
+
+def test_isolated_peaks_skip_the_merge_loop_and_change_nothing():
+    """Peaks with no neighbour within the radius pass through untouched; clustered ones merge
+    as the greedy loop over every peak would merge them."""
+    from cytofm.cells.detect import _isolated
+
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 500, (400, 2))
+    xy[:40] = xy[40:80] + rng.normal(0, 1, (40, 2))  # 40 close pairs
+    scores = rng.uniform(0.1, 1, 400).astype(np.float32)
+    d = np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(-1))
+    np.fill_diagonal(d, np.inf)
+    alone = _isolated(xy, 4.0)
+    assert not (alone & (d.min(1) <= 4.0)).any() and alone.sum() > 200
+    out, out_scores = merge_close(xy, scores, 4.0)
+    # brute force: strongest first, each takes the untaken points within the radius
+    order = np.argsort(-scores, kind="stable")
+    taken, ref = np.zeros(400, bool), []
+    for i in order:
+        if taken[i]:
+            continue
+        group = [j for j in order if not taken[j] and np.hypot(*(xy[j] - xy[i])) <= 4.0]
+        taken[group] = True
+        ref.append((xy[group] * scores[group, None]).sum(0) / scores[group].sum())
+    assert np.allclose(out, np.asarray(ref)) and len(out) < 400

@@ -70,15 +70,35 @@ def _local_maxima(response: np.ndarray, radius: int, threshold: float) -> np.nda
     return np.argwhere((response >= dilated) & (response >= threshold))
 
 
-def _within(xy: np.ndarray, radius: float) -> list[np.ndarray]:
+def _isolated(xy: np.ndarray, radius: float) -> np.ndarray:
+    """True for points with no other point within ``radius`` for sure (no other point in the
+    3 x 3 grid cells of side ``radius`` around it); False may still be isolated."""
+    cell = np.floor((xy - xy.min(0)) / max(radius, 1e-9)).astype(np.int64)
+    keys = cell[:, 0] * (cell[:, 1].max() + 3) + cell[:, 1]
+    uniq, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    stride = cell[:, 1].max() + 3
+    total = np.zeros(len(xy), np.int64)
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            probe = keys + dx * stride + dy
+            pos = np.clip(np.searchsorted(uniq, probe), 0, len(uniq) - 1)
+            total += np.where(uniq[pos] == probe, counts[pos], 0)
+    return total == 1
+
+
+def _within(xy: np.ndarray, radius: float, only: np.ndarray | None = None) -> list[np.ndarray]:
     """For each point, the sorted indices of the points at distance <= ``radius`` (itself
-    included): a sweep over x, so a cells job does not import scipy.spatial (0.4 s)."""
+    included): a sweep over x, so a cells job does not import scipy.spatial (0.4 s). Points
+    not in ``only`` (a mask) get just themselves."""
     by_x = np.argsort(xy[:, 0], kind="stable")
     xs = xy[by_x, 0]
     lo = np.searchsorted(xs, xy[:, 0] - radius, side="left")
     hi = np.searchsorted(xs, xy[:, 0] + radius, side="right")
     found = []
     for i in range(len(xy)):
+        if only is not None and not only[i]:
+            found.append(np.array([i]))
+            continue
         near = by_x[lo[i] : hi[i]]
         d2 = ((xy[near] - xy[i]) ** 2).sum(1)
         found.append(np.sort(near[d2 <= radius * radius]))
@@ -92,7 +112,10 @@ def merge_close(xy: np.ndarray, scores: np.ndarray, radius: float) -> tuple[np.n
         return xy, scores
     order = np.argsort(-scores, kind="stable")
     xy, scores = xy[order], scores[order]
-    neighbours = _within(xy, radius * (1 - 1e-9))
+    alone = _isolated(xy, radius)
+    if alone.all():
+        return np.asarray(xy, np.float64), np.asarray(scores, np.float32)
+    neighbours = _within(xy, radius * (1 - 1e-9), only=~alone)
     taken = np.zeros(len(xy), bool)
     out_xy, out_s = [], []
     for i in range(len(xy)):

@@ -42,9 +42,9 @@ def draw_qc(
     m = cv2.resize(
         mask.astype(np.uint8), (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST
     )
-    tint = img.copy()
-    tint[m > 0] = (0.6 * tint[m > 0] + 0.4 * np.array([80, 200, 80])).astype(np.uint8)
-    img = tint
+    green = np.empty_like(img)
+    green[:] = (80, 200, 80)
+    np.copyto(img, cv2.addWeighted(img, 0.6, green, 0.4, 0), where=(m > 0)[..., None])
     contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(img, contours, -1, (0, 140, 0), 1)
     f = slide_mpp / thumb_mpp * scale  # level-0 px -> drawing px

@@ -6,6 +6,7 @@ import logging
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -17,7 +18,12 @@ from cytofm.stages.context import JobContext
 from cytofm.store import atomic_group
 from cytofm.store_attrs import store_attrs
 from cytofm.wsi.fields import slide_sha256
-from cytofm.wsi.mask import estimate_background, foreground_mask, read_thumbnail
+from cytofm.wsi.mask import (
+    estimate_background,
+    foreground_mask,
+    read_thumbnail,
+    thumbnail_size,
+)
 from cytofm.wsi.reader import open_slide
 from cytofm.wsi.tiling import tile_grid
 
@@ -37,11 +43,14 @@ def run_tile(
     out_qc: str | Path,
     job: JobContext | None = None,
     source: str | None = None,
+    threads: int = 1,
 ) -> dict:
     """Tile one slide: ``out_store`` (zarr: boxes, centres, mask, optional images) + QC PNG.
 
     ``slide_path`` is the file read (for a URL in the sheet, the copy Snakemake fetched);
     ``source`` is what the sheet names, logged as the slide's path when paths are logged.
+    The slide is decoded once, at the QC image's resolution (``threads`` blocks at a time);
+    the mask's thumbnail is that image shrunk.
     """
     job = job or JobContext()
     params = {"tiling": cfg.to_dict(), "slide_id": slide_id}
@@ -50,7 +59,10 @@ def run_tile(
     with job.run("tile", params) as run:
         t0 = time.perf_counter()
         with open_slide(slide_path, slide_id, mpp, cfg.backend) as slide:
-            thumb, background, mask, grid = _find_tiles(slide, slide_id, cfg)
+            view_mpp = _qc_view_mpp(slide, cfg)
+            view = read_thumbnail(slide, view_mpp, threads=threads)
+            thumb = view if view_mpp == cfg.mask_mpp else _shrink(view, slide, cfg.mask_mpp)
+            background, mask, grid = _find_tiles(slide, slide_id, cfg, thumb)
             record = provenance(
                 "tile",
                 cfg,
@@ -65,7 +77,7 @@ def run_tile(
             if job.tracking.log_slide_metadata:  # opt-in: may hold personal data
                 run.log_dict(slide.properties(), "slide_properties.json")
             _write_tile_store(out_store, slide, slide_id, cfg, grid, mask, background, record)
-            _draw_tile_qc(slide, slide_id, cfg, thumb, mask, grid, out_qc)
+            _draw_tile_qc(slide, slide_id, cfg, view, view_mpp, mask, grid, out_qc)
             w, h = slide.dimensions
             elapsed = time.perf_counter() - t0
         summary = {
@@ -81,9 +93,19 @@ def run_tile(
     return summary
 
 
-def _find_tiles(slide, slide_id: str, cfg: TilingConfig):
-    """Thumbnail, glass colour, foreground mask and the tile grid; no foreground is an error."""
-    thumb = read_thumbnail(slide, cfg.mask_mpp)
+def _qc_view_mpp(slide, cfg: TilingConfig) -> float:
+    """The QC image's resolution: the mask's, or finer up to QC_SIDE_PX on the longest side."""
+    w, h = slide.dimensions
+    return min(cfg.mask_mpp, max(slide.mpp, max(w, h) * slide.mpp / QC_SIDE_PX))
+
+
+def _shrink(view: np.ndarray, slide, mpp: float) -> np.ndarray:
+    """``view`` (the whole slide, finer than ``mpp``) resampled to the thumbnail at ``mpp``."""
+    return cv2.resize(view, thumbnail_size(slide, mpp), interpolation=cv2.INTER_AREA)
+
+
+def _find_tiles(slide, slide_id: str, cfg: TilingConfig, thumb: np.ndarray):
+    """Glass colour, foreground mask and the tile grid; no foreground is an error."""
     background = estimate_background(thumb)
     mask = foreground_mask(
         thumb,
@@ -107,7 +129,7 @@ def _find_tiles(slide, slide_id: str, cfg: TilingConfig):
         "%s: %d of %d tiles hold foreground (%.1f%% of the slide)",
         *(slide_id, len(grid), grid.n_total, 100 * mask.mean()),
     )
-    return thumb, background, mask, grid
+    return background, mask, grid
 
 
 def _write_tile_store(out_store, slide, slide_id, cfg, grid, mask, background, record) -> None:
@@ -142,13 +164,10 @@ def _write_tile_store(out_store, slide, slide_id, cfg, grid, mask, background, r
         )
 
 
-def _draw_tile_qc(slide, slide_id, cfg, thumb, mask, grid, out_qc) -> None:
+def _draw_tile_qc(slide, slide_id, cfg, view, view_mpp, mask, grid, out_qc) -> None:
     """The slide with its mask and tiles, at the mask's resolution or finer up to QC_SIDE_PX."""
     title = (
         f"{slide_id}  mpp {slide.mpp:.3g}  tiles {len(grid)}/{grid.n_total}  "
         f"foreground {100 * mask.mean():.1f}%"
     )
-    w, h = slide.dimensions
-    view_mpp = min(cfg.mask_mpp, max(slide.mpp, max(w, h) * slide.mpp / QC_SIDE_PX))
-    view = thumb if view_mpp == cfg.mask_mpp else read_thumbnail(slide, view_mpp)
     draw_qc(view, view_mpp, slide.mpp, mask, grid.boxes, out_qc, title)

@@ -11,32 +11,57 @@ is kept, down to the size of a single small cell.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 
 from cytofm.wsi.reader import Slide
 
-__all__ = ["estimate_background", "foreground_mask", "optical_density", "read_thumbnail"]
+__all__ = [
+    "estimate_background",
+    "foreground_mask",
+    "optical_density",
+    "read_thumbnail",
+    "thumbnail_size",
+]
 
 
-def read_thumbnail(slide: Slide, mpp: float, block_level_px: int = 2048) -> np.ndarray:
-    """The whole slide at ``mpp``, read block by block so memory stays bounded by the output.
+def read_thumbnail(
+    slide: Slide, mpp: float, block_level_px: int = 2048, threads: int = 1
+) -> np.ndarray:
+    """The whole slide at ``mpp``, read block by block so memory stays bounded by the output
+    (``threads`` blocks at a time).
 
     Each block spans at most ``block_level_px`` pixels of the pyramid level it is read from,
     so a slide without a low-resolution level never costs more than one such block.
     """
-    w0, h0 = slide.dimensions
+    w, h = thumbnail_size(slide, mpp)
     factor = mpp / slide.mpp
-    w, h = max(int(math.ceil(w0 / factor)), 1), max(int(math.ceil(h0 / factor)), 1)
     scale = factor / slide.level_downsamples[slide.best_level(factor)]  # level px per output px
     block = max(int(block_level_px / max(scale, 1.0)), 16)
     out = np.empty((h, w, 3), np.uint8)
-    for y in range(0, h, block):
-        for x in range(0, w, block):
-            bw, bh = min(block, w - x), min(block, h - y)
-            out[y : y + bh, x : x + bw] = slide.read(x * factor, y * factor, (bw, bh), mpp)
+
+    def read(xy: tuple[int, int]) -> None:
+        x, y = xy
+        bw, bh = min(block, w - x), min(block, h - y)
+        out[y : y + bh, x : x + bw] = slide.read(x * factor, y * factor, (bw, bh), mpp)
+
+    starts = [(x, y) for y in range(0, h, block) for x in range(0, w, block)]
+    if threads > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(threads, thread_name_prefix="thumbnail") as pool:
+            list(pool.map(read, starts))
+    else:
+        for xy in starts:
+            read(xy)
     return out
+
+
+def thumbnail_size(slide: Slide, mpp: float) -> tuple[int, int]:
+    """(width, height) of the whole slide at ``mpp``."""
+    w0, h0 = slide.dimensions
+    factor = mpp / slide.mpp
+    return max(int(math.ceil(w0 / factor)), 1), max(int(math.ceil(h0 / factor)), 1)
 
 
 def estimate_background(rgb: np.ndarray) -> np.ndarray:

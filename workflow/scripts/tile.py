@@ -24,4 +24,5 @@ run_tile(
     out_qc=sm.output.qc,
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
     source=sm.params.path,
+    threads=sm.threads,
 )
