@@ -237,7 +237,7 @@ def test_isolated_peaks_skip_the_merge_loop_and_change_nothing():
     np.fill_diagonal(d, np.inf)
     alone = _isolated(xy, 4.0)
     assert not (alone & (d.min(1) <= 4.0)).any() and alone.sum() > 200
-    out, out_scores = merge_close(xy, scores, 4.0)
+    out, _ = merge_close(xy, scores, 4.0)
     # brute force: strongest first, each takes the untaken points within the radius
     order = np.argsort(-scores, kind="stable")
     taken, ref = np.zeros(400, bool), []

@@ -74,9 +74,9 @@ def _isolated(xy: np.ndarray, radius: float) -> np.ndarray:
     """True for points with no other point within ``radius`` for sure (no other point in the
     3 x 3 grid cells of side ``radius`` around it); False may still be isolated."""
     cell = np.floor((xy - xy.min(0)) / max(radius, 1e-9)).astype(np.int64)
-    keys = cell[:, 0] * (cell[:, 1].max() + 3) + cell[:, 1]
-    uniq, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
     stride = cell[:, 1].max() + 3
+    keys = cell[:, 0] * stride + cell[:, 1]
+    uniq, counts = np.unique(keys, return_counts=True)
     total = np.zeros(len(xy), np.int64)
     for dx in (-1, 0, 1):
         for dy in (-1, 0, 1):
