@@ -115,15 +115,15 @@ def iter_tile_cells(
     detector: Detector,
     margin_px: int | None = None,
     threads: int = 1,
-    block_px: int = 1536,
+    block_px: int = 1024,
 ) -> Iterator[TileCells]:
     """Yield the cells of each tile (level-0 ``boxes``), block by block and in tile order
     within a block.
 
     Neighbouring tiles are read together in blocks of about ``block_px`` pixels a side (so
     the margins read twice are a small share of the pixels) and ``threads`` blocks are
-    decoded and searched at once (OpenSlide and OpenCV release the GIL); at most twice as
-    many blocks are in flight, so memory does not grow with the slide.
+    decoded and searched at once (OpenSlide and OpenCV release the GIL); at most one block
+    more than that is in flight, so memory does not grow with the slide.
     """
     boxes = np.asarray(boxes)
     f = patch_mpp / slide.mpp
@@ -141,7 +141,7 @@ def iter_tile_cells(
         pending: deque = deque()
         for idx in blocks:
             pending.append(pool.submit(work, idx))
-            if len(pending) >= 2 * threads:
+            if len(pending) > threads:
                 yield from pending.popleft().result()
         while pending:
             yield from pending.popleft().result()

@@ -28,7 +28,7 @@ __all__ = [
 
 
 def read_thumbnail(
-    slide: Slide, mpp: float, block_level_px: int = 2048, threads: int = 1
+    slide: Slide, mpp: float, block_level_px: int = 1024, threads: int = 1
 ) -> np.ndarray:
     """The whole slide at ``mpp``, read block by block so memory stays bounded by the output
     (``threads`` blocks at a time).
