@@ -15,6 +15,7 @@ from cytofm.cells.extract import iter_tile_cells
 from cytofm.cells.stain import StainChoice, choose_stain, stain_mode
 from cytofm.config import CellsConfig
 from cytofm.errors import InputDataError
+from cytofm.hardware import limit_malloc_arenas
 from cytofm.provenance import provenance
 from cytofm.report.qc import patch_gallery
 from cytofm.stages.context import JobContext
@@ -68,6 +69,7 @@ def run_cells(
     JSON the report's detection table is made from), rather than failing its job.
     """
     job = job or JobContext()
+    limit_malloc_arenas()  # threads: the rule's, zarr's and the background writer's
     tiles = open_store(tiles_store)
     boxes = tiles["boxes"][:]
     tile_attrs = read_attrs(tiles, "tiles", str(tiles_store))

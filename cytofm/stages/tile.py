@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from cytofm.config import TilingConfig
 from cytofm.errors import InputDataError
+from cytofm.hardware import limit_malloc_arenas
 from cytofm.provenance import provenance
 from cytofm.report.qc import draw_qc
 from cytofm.stages.context import JobContext
@@ -53,6 +54,7 @@ def run_tile(
     the mask's thumbnail is that image shrunk.
     """
     job = job or JobContext()
+    limit_malloc_arenas()  # threads: the rule's, zarr's and the background writer's
     params = {"tiling": cfg.to_dict(), "slide_id": slide_id}
     if job.tracking.log_slide_paths:
         params["slide_path"] = str(source or slide_path)
