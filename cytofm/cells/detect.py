@@ -60,6 +60,26 @@ def _neg_log(image: np.ndarray, sigma: float) -> np.ndarray:
     )
 
 
+def _scale_space_max(image: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """The strongest scale-normalised LoG response over ``sigmas`` (increasing). Each scale's
+    blur is the previous one blurred by the difference (Gaussians compose: sigma_k^2 =
+    sigma_(k-1)^2 + d^2), so the wide kernels of the coarse scales are never applied."""
+    blurred = cv2.GaussianBlur(image, (0, 0), sigmaX=sigmas[0], borderType=cv2.BORDER_REFLECT)
+    response = _laplacian(blurred, sigmas[0])
+    for prev, sigma in zip(sigmas[:-1], sigmas[1:], strict=True):
+        step = float(np.sqrt(max(sigma**2 - prev**2, 0.0)))
+        if step > 0:
+            blurred = cv2.GaussianBlur(blurred, (0, 0), sigmaX=step, borderType=cv2.BORDER_REFLECT)
+        np.maximum(response, _laplacian(blurred, sigma), out=response)
+    return response
+
+
+def _laplacian(blurred: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.Laplacian(
+        blurred, cv2.CV_32F, ksize=1, scale=-(sigma**2), borderType=cv2.BORDER_REFLECT
+    )
+
+
 def _local_maxima(response: np.ndarray, radius: int, threshold: float) -> np.ndarray:
     """(row, col) of pixels that are the maximum of their (2r+1)^2 neighbourhood and >= threshold.
 
@@ -179,9 +199,7 @@ class ClassicalDetector:
         r_min = cfg.nucleus_min_um / 2 / cfg.detect_mpp
         r_max = cfg.nucleus_max_um / 2 / cfg.detect_mpp
         sigmas = np.geomspace(r_min / np.sqrt(2), r_max / np.sqrt(2), 5)
-        response = _neg_log(dark, sigmas[0])  # (H, W): the strongest response over scales
-        for sigma in sigmas[1:]:
-            np.maximum(response, _neg_log(dark, sigma), out=response)
+        response = _scale_space_max(dark, sigmas)
         peaks = _local_maxima(response, max(int(r_min), 1), cfg.threshold)
         if len(peaks) == 0:
             return np.zeros((0, 2)), np.zeros((0,), np.float32)

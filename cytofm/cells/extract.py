@@ -1,10 +1,12 @@
 """Cell-centred patches: detect nuclei tile by tile and cut fixed-size patches around them.
 
-Neighbouring tiles are read together, once, as a block at the patch resolution with a margin
-of half a patch (plus room for the detector's filters), so every patch around a centre inside
-the block lies within the read region and no cell is lost at tile or block borders. Each centre
-goes to the one tile whose own (unpadded) box holds it, so a cell on a border belongs to
-exactly one tile.
+Neighbouring tiles are decoded together, once, as a block of the pyramid level the patches
+are made from, with a margin of half a patch (plus room for the detector's filters), so every
+patch around a centre inside the block lies within the decoded pixels and no cell is lost at
+tile or block borders. The detector works on those pixels (resampling them to its own
+resolution) and each patch is resampled from them around its centre, so no pixel is decoded
+twice and the block is never resampled whole. Each centre goes to the one tile whose own
+(unpadded) box holds it, so a cell on a border belongs to exactly one tile.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 import numpy as np
 
 from cytofm.cells.detect import Detector
 from cytofm.wsi.reader import Slide
 
-__all__ = ["TileCells", "crop_patches", "iter_tile_cells"]
+__all__ = ["TileCells", "crop_patches", "iter_tile_cells", "resample_patches"]
 
 
 @dataclasses.dataclass
@@ -59,31 +62,30 @@ def _blocks(boxes: np.ndarray, f: float, block_px: int) -> list[np.ndarray]:
 
 
 def _block_cells(slide, boxes, idx, patch_px, patch_mpp, detector, margin) -> list[TileCells]:
-    """Read one block of tiles once (with a margin for patches and filters), detect on it,
-    cut patches from the same pixels and give each cell to the tile whose box holds it."""
+    """Decode one block of tiles once, at the pyramid level the patches are made from (with
+    a margin for patches and filters), detect on those pixels, resample a patch around each
+    centre from them and give each cell to the tile whose box holds it."""
     f = patch_mpp / slide.mpp  # level-0 px per patch px
+    level = slide.best_level(f)
+    ds = float(slide.level_downsamples[level])
+    s = f / ds  # level px per patch px (>= 1 unless the patches are finer than the slide)
     tb = boxes[idx]
-    x0, y0 = tb[:, 0].min(), tb[:, 1].min()
-    x1, y1 = tb[:, 2].max(), tb[:, 3].max()
-    core_w, core_h = int(np.ceil((x1 - x0) / f)), int(np.ceil((y1 - y0) / f))
-    ox, oy = x0 - margin * f, y0 - margin * f  # level-0 origin of the padded read
-    region = slide.read(ox, oy, (core_w + 2 * margin, core_h + 2 * margin), patch_mpp)
-    xy, scores = detector(region, patch_mpp)
-    level0 = (
-        np.column_stack([ox + (xy[:, 0] + 0.5) * f, oy + (xy[:, 1] + 0.5) * f])
-        if len(xy)
-        else np.zeros((0, 2))
-    )
-    # patches need a half-patch margin around the (rounded) centre
-    half = patch_px // 2
-    r = np.round(xy)
+    lx0 = int(np.floor((tb[:, 0].min() - margin * f) / ds))
+    ly0 = int(np.floor((tb[:, 1].min() - margin * f) / ds))
+    lx1 = int(np.ceil((tb[:, 2].max() + margin * f) / ds))
+    ly1 = int(np.ceil((tb[:, 3].max() + margin * f) / ds))
+    region = slide.read_level(lx0, ly0, lx1 - lx0, ly1 - ly0, level)
+    xy, scores = detector(region, slide.mpp * ds)
+    centres = np.asarray(xy, np.float64).reshape(-1, 2) + 0.5  # continuous level coordinates
+    level0 = (centres + [lx0, ly0]) * ds
+    reach = _patch_reach(patch_px, s)
     fits = (
-        (r[:, 0] >= half)
-        & (r[:, 1] >= half)
-        & (r[:, 0] - half + patch_px <= region.shape[1])
-        & (r[:, 1] - half + patch_px <= region.shape[0])
+        (centres[:, 0] - reach >= 0)
+        & (centres[:, 1] - reach >= 0)
+        & (centres[:, 0] + reach <= region.shape[1])
+        & (centres[:, 1] + reach <= region.shape[0])
     )
-    out, taken = [], np.zeros(len(xy), bool)
+    out, taken = [], np.zeros(len(centres), bool)
     for n, t in enumerate(idx):
         bx0, by0, bx1, by1 = boxes[t]
         keep = (
@@ -98,11 +100,58 @@ def _block_cells(slide, boxes, idx, patch_px, patch_mpp, detector, margin) -> li
         out.append(
             TileCells(
                 tile_index=int(t),
-                images=crop_patches(region, xy[keep], patch_px),
+                images=resample_patches(region, centres[keep], patch_px, s),
                 coords=level0[keep],
-                scores=scores[keep].astype(np.float32),
+                scores=np.asarray(scores, np.float32)[keep],
                 pixels_read=int(region.shape[0] * region.shape[1]) if n == 0 else 0,
             )
+        )
+    return out
+
+
+def _blur_pad(scale: float) -> int:
+    return int(np.ceil(3 * 0.45 * scale)) + 2 if scale > 1 else 1
+
+
+def _patch_reach(patch_px: int, scale: float) -> float:
+    """Level pixels from a centre to the edge of what its patch's resampling reads."""
+    return patch_px / 2 * scale + _blur_pad(scale) + 1
+
+
+def resample_patches(
+    region: np.ndarray, centres: np.ndarray, patch_px: int, scale: float
+) -> np.ndarray:
+    """(n, P, P, 3) patches of ``region`` centred on ``centres`` (continuous pixel
+    coordinates: pixel i spans [i, i + 1)), ``scale`` region pixels per patch pixel.
+
+    Patch pixel u covers region [c - P/2 * scale + u * scale, ... + scale), as
+    :meth:`Slide.read` defines it: a Gaussian anti-alias (sigma 0.45 x scale) and bilinear
+    sampling when shrinking, a plain crop when the centre is on the pixel grid at scale 1.
+    The caller guarantees ``_patch_reach`` pixels of region around every centre.
+    """
+    out = np.empty((len(centres), patch_px, patch_px, 3), np.uint8)
+    half = patch_px / 2 * scale
+    pad = _blur_pad(scale)
+    for i, (cx, cy) in enumerate(np.asarray(centres, np.float64)):
+        wx0, wy0 = int(np.floor(cx - half)) - pad, int(np.floor(cy - half)) - pad
+        wx1, wy1 = int(np.ceil(cx + half)) + pad + 1, int(np.ceil(cy + half)) + pad + 1
+        window = region[wy0:wy1, wx0:wx1]
+        ox, oy = cx - half - wx0, cy - half - wy0  # patch origin in window coordinates
+        if abs(scale - 1) < 1e-9 and abs(ox - round(ox)) < 1e-6 and abs(oy - round(oy)) < 1e-6:
+            x, y = round(ox), round(oy)
+            out[i] = window[y : y + patch_px, x : x + patch_px]
+            continue
+        if scale > 1:
+            window = cv2.GaussianBlur(window, (0, 0), sigmaX=0.45 * scale)
+        matrix = np.array(
+            [[scale, 0.0, ox + 0.5 * scale - 0.5], [0.0, scale, oy + 0.5 * scale - 0.5]]
+        )
+        out[i] = cv2.warpAffine(
+            window,
+            matrix,
+            (patch_px, patch_px),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
         )
     return out
 

@@ -147,6 +147,11 @@ class Slide:
             borderMode=cv2.BORDER_REPLICATE,
         )
 
+    def read_level(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
+        """``w`` x ``h`` pixels of pyramid ``level`` from its pixel (x, y), as stored (no
+        resampling); areas outside the slide are white."""
+        return self._read_level_padded(int(x), int(y), int(w), int(h), level)
+
     def _read_level_checked(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
         try:
             return self._read_level(x, y, w, h, level)
