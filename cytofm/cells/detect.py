@@ -10,6 +10,7 @@ package adds its own with an entry point in the group ``cytofm.detectors`` namin
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Callable
 from typing import Protocol
 
@@ -20,6 +21,7 @@ from cytofm.cells.stain import StainChoice, min_od_map
 from cytofm.config import CellsConfig
 from cytofm.registry import Registry
 from cytofm.wsi.mask import optical_density
+from cytofm.wsi.reader import resample
 
 __all__ = ["DETECTORS", "ClassicalDetector", "Detector", "make_detector", "register_detector"]
 
@@ -66,7 +68,7 @@ def _scale_space_max(image: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
     sigma_(k-1)^2 + d^2), so the wide kernels of the coarse scales are never applied."""
     blurred = cv2.GaussianBlur(image, (0, 0), sigmaX=sigmas[0], borderType=cv2.BORDER_REFLECT)
     response = _laplacian(blurred, sigmas[0])
-    for prev, sigma in zip(sigmas[:-1], sigmas[1:], strict=True):
+    for prev, sigma in itertools.pairwise(sigmas):
         step = float(np.sqrt(max(sigma**2 - prev**2, 0.0)))
         if step > 0:
             blurred = cv2.GaussianBlur(blurred, (0, 0), sigmaX=step, borderType=cv2.BORDER_REFLECT)
@@ -185,16 +187,7 @@ class ClassicalDetector:
 
     def __call__(self, rgb: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]:
         cfg = self.cfg
-        scale = mpp / cfg.detect_mpp
-        if abs(scale - 1.0) > 1e-3:
-            size = (
-                max(int(round(rgb.shape[1] * scale)), 1),
-                max(int(round(rgb.shape[0] * scale)), 1),
-            )
-            interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-            work = cv2.resize(rgb, size, interpolation=interp)
-        else:
-            work = rgb
+        work, scale = resample(rgb, mpp, cfg.detect_mpp)  # as a slide read at detect_mpp
         dark, purity = self.maps(work)
         r_min = cfg.nucleus_min_um / 2 / cfg.detect_mpp
         r_max = cfg.nucleus_max_um / 2 / cfg.detect_mpp

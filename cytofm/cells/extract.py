@@ -77,7 +77,7 @@ def _block_cells(slide, boxes, idx, patch_px, patch_mpp, detector, margin) -> li
     region = slide.read_level(lx0, ly0, lx1 - lx0, ly1 - ly0, level)
     xy, scores = detector(region, slide.mpp * ds)
     centres = np.asarray(xy, np.float64).reshape(-1, 2) + 0.5  # continuous level coordinates
-    level0 = (centres + [lx0, ly0]) * ds
+    level0 = (centres + np.array([lx0, ly0], np.float64)) * ds
     reach = _patch_reach(patch_px, s)
     fits = (
         (centres[:, 0] - reach >= 0)

@@ -28,6 +28,7 @@ import numpy as np
 from cytofm.cells.detect import Detector, merge_close, register_detector
 from cytofm.config import CellsConfig
 from cytofm.errors import ConfigError
+from cytofm.wsi.reader import resample
 
 __all__ = ["WindowedDetector", "centroids_of_masks", "resample"]
 
@@ -52,17 +53,6 @@ def _weights(cfg: CellsConfig) -> str | None:
             "(or leave it empty to download the named model's weights when online)"
         )
     return str(path)
-
-
-def resample(rgb: np.ndarray, mpp: float, to_mpp: float) -> tuple[np.ndarray, float]:
-    """``rgb`` (at ``mpp``) resampled to ``to_mpp``; returns the image and the factor
-    (output px per input px)."""
-    scale = mpp / to_mpp
-    if abs(scale - 1.0) <= 1e-3:
-        return rgb, 1.0
-    size = (max(int(round(rgb.shape[1] * scale)), 1), max(int(round(rgb.shape[0] * scale)), 1))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    return cv2.resize(rgb, size, interpolation=interp), scale
 
 
 class WindowedDetector:

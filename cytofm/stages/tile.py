@@ -6,7 +6,6 @@ import logging
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -19,12 +18,7 @@ from cytofm.stages.context import JobContext
 from cytofm.store import atomic_group
 from cytofm.store_attrs import store_attrs
 from cytofm.wsi.fields import slide_sha256
-from cytofm.wsi.mask import (
-    estimate_background,
-    foreground_mask,
-    read_thumbnail,
-    thumbnail_size,
-)
+from cytofm.wsi.mask import estimate_background, foreground_mask, read_thumbnail
 from cytofm.wsi.reader import open_slide
 from cytofm.wsi.tiling import tile_grid
 
@@ -50,8 +44,7 @@ def run_tile(
 
     ``slide_path`` is the file read (for a URL in the sheet, the copy Snakemake fetched);
     ``source`` is what the sheet names, logged as the slide's path when paths are logged.
-    The slide is decoded once, at the QC image's resolution (``threads`` blocks at a time);
-    the mask's thumbnail is that image shrunk.
+    Thumbnails are read ``threads`` blocks at a time.
     """
     job = job or JobContext()
     limit_malloc_arenas()  # threads: the rule's, zarr's and the background writer's
@@ -61,10 +54,14 @@ def run_tile(
     with job.run("tile", params) as run:
         t0 = time.perf_counter()
         with open_slide(slide_path, slide_id, mpp, cfg.backend) as slide:
-            view_mpp = _qc_view_mpp(slide, cfg)
-            view = read_thumbnail(slide, view_mpp, threads=threads)
-            thumb = view if view_mpp == cfg.mask_mpp else _shrink(view, slide, cfg.mask_mpp)
+            thumb = read_thumbnail(slide, cfg.mask_mpp, threads=threads)
             background, mask, grid = _find_tiles(slide, slide_id, cfg, thumb)
+            view_mpp = _qc_view_mpp(slide, cfg)
+            view = (
+                thumb
+                if view_mpp == cfg.mask_mpp
+                else read_thumbnail(slide, view_mpp, threads=threads)
+            )
             record = provenance(
                 "tile",
                 cfg,
@@ -99,11 +96,6 @@ def _qc_view_mpp(slide, cfg: TilingConfig) -> float:
     """The QC image's resolution: the mask's, or finer up to QC_SIDE_PX on the longest side."""
     w, h = slide.dimensions
     return min(cfg.mask_mpp, max(slide.mpp, max(w, h) * slide.mpp / QC_SIDE_PX))
-
-
-def _shrink(view: np.ndarray, slide, mpp: float) -> np.ndarray:
-    """``view`` (the whole slide, finer than ``mpp``) resampled to the thumbnail at ``mpp``."""
-    return cv2.resize(view, thumbnail_size(slide, mpp), interpolation=cv2.INTER_AREA)
 
 
 def _find_tiles(slide, slide_id: str, cfg: TilingConfig, thumb: np.ndarray):
