@@ -108,3 +108,13 @@ def test_macenko_vectors_equal_tiatoolbox(tmp_path):
     for rgb in samples:
         ours = estimate_stain_vectors(rgb)
         assert np.array_equal(ours, MacenkoExtractor().get_stain_matrix(rgb.copy()))
+
+
+def test_best_level_takes_a_level_a_hair_coarser_than_asked(synthetic_slide):
+    """An odd-sized pyramid's levels are a hair coarser than powers of two (12500 px halved
+    four times: 781 px, downsample 16.005): asked for 16, the slide reads that level rather
+    than one with four times the pixels; a level 5% too coarse is still passed over."""
+    with open_slide(synthetic_slide[0]) as s:
+        s.level_downsamples = [1.0, 2.0, 4.0, 8.0026, 16.005]
+        assert s.best_level(16.0) == 4 and s.best_level(8.0) == 3
+        assert s.best_level(15.2) == 3 and s.best_level(3.9) == 1

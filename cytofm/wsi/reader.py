@@ -106,10 +106,13 @@ class Slide:
         return {}
 
     def best_level(self, downsample: float) -> int:
-        """Coarsest level whose downsample does not exceed ``downsample`` (never upsample)."""
+        """Coarsest level whose downsample does not exceed ``downsample`` by more than 1%:
+        pyramids of odd-sized slides have levels a hair coarser than a power of two (12500 px
+        halved four times is 781 px, a downsample of 16.005), and passing such a level over
+        for one twice as large would decode four times the pixels to gain nothing visible."""
         best = 0
         for i, d in enumerate(self.level_downsamples):
-            if d <= downsample * 1.0001:
+            if d <= downsample * 1.01:
                 best = i
         return best
 
