@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 __all__ = ["gpu_request", "loader_workers", "visible_gpus"]
@@ -77,3 +78,18 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return bool(ctypes.CDLL(name).mallopt(_M_ARENA_MAX, int(arenas)))
     except (OSError, AttributeError, ValueError):
         return False
+
+
+@contextlib.contextmanager
+def opencv_threads(n: int = 1) -> Iterator[None]:
+    """OpenCV's own worker threads limited to ``n`` while a stage runs: a stage that runs
+    its work on the job's ``threads`` calls OpenCV from each, and OpenCV spreading every call
+    over all cores too would take more cores than the job was given."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(int(n))
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)

@@ -15,7 +15,7 @@ from cytofm.cells.extract import iter_tile_cells
 from cytofm.cells.stain import StainChoice, choose_stain, stain_mode
 from cytofm.config import CellsConfig
 from cytofm.errors import InputDataError
-from cytofm.hardware import limit_malloc_arenas
+from cytofm.hardware import limit_malloc_arenas, opencv_threads
 from cytofm.provenance import provenance
 from cytofm.report.qc import patch_gallery
 from cytofm.stages.context import JobContext
@@ -70,12 +70,13 @@ def run_cells(
     """
     job = job or JobContext()
     limit_malloc_arenas()  # threads: the rule's, zarr's and the background writer's
+    # the work runs on the rule's threads; OpenCV fanning out each call would exceed them
     tiles = open_store(tiles_store)
     boxes = tiles["boxes"][:]
     tile_attrs = read_attrs(tiles, "tiles", str(tiles_store))
     background = np.asarray(tile_attrs.background_rgb, np.float32)
     tile_prov = tile_attrs.provenance
-    with job.run("cells", {"cells": cfg.to_dict(), "slide_id": slide_id}) as run:
+    with opencv_threads(1), job.run("cells", {"cells": cfg.to_dict(), "slide_id": slide_id}) as run:
         t0 = time.perf_counter()
         rng = np.random.default_rng([job.seed, 3])
         with (

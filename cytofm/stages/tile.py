@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from cytofm.config import TilingConfig
 from cytofm.errors import InputDataError
-from cytofm.hardware import limit_malloc_arenas
+from cytofm.hardware import limit_malloc_arenas, opencv_threads
 from cytofm.provenance import provenance
 from cytofm.report.qc import draw_qc
 from cytofm.stages.context import JobContext
@@ -48,10 +48,11 @@ def run_tile(
     """
     job = job or JobContext()
     limit_malloc_arenas()  # threads: the rule's, zarr's and the background writer's
+    # the work runs on the rule's threads; OpenCV fanning out each call would exceed them
     params = {"tiling": cfg.to_dict(), "slide_id": slide_id}
     if job.tracking.log_slide_paths:
         params["slide_path"] = str(source or slide_path)
-    with job.run("tile", params) as run:
+    with opencv_threads(1), job.run("tile", params) as run:
         t0 = time.perf_counter()
         with open_slide(slide_path, slide_id, mpp, cfg.backend) as slide:
             thumb = read_thumbnail(slide, cfg.mask_mpp, threads=threads)
