@@ -42,9 +42,10 @@ def draw_qc(
     m = cv2.resize(
         mask.astype(np.uint8), (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST
     )
-    green = np.empty_like(img)
-    green[:] = (80, 200, 80)
-    np.copyto(img, cv2.addWeighted(img, 0.6, green, 0.4, 0), where=(m > 0)[..., None])
+    # masked pixels: 0.6 x colour + 0.4 x green, in place (no full-size temporaries)
+    tinted = cv2.convertScaleAbs(img, alpha=0.6)
+    cv2.add(tinted, (32.0, 80.0, 32.0, 0.0), dst=img, mask=m)
+    del tinted
     contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(img, contours, -1, (0, 140, 0), 1)
     f = slide_mpp / thumb_mpp * scale  # level-0 px -> drawing px

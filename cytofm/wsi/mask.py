@@ -117,8 +117,10 @@ def foreground_mask(
         _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
         small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_px)
         small = small[small > 0]  # label 0 is background
-        if len(small):
-            mask &= ~np.isin(labels, small)
+        if len(small):  # a lookup per label: np.isin would sort a copy of every label
+            keep = np.ones(len(stats), bool)
+            keep[small] = False
+            mask &= keep[labels]
         del labels
     radius = int(round(dilate_um / mpp))
     if radius > 0:
