@@ -76,7 +76,12 @@ def git_commit(path: str | Path = _PKG_DIR) -> str:
     """
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True
+            ["git", "rev-parse", "HEAD"],
+            cwd=path,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
@@ -84,8 +89,9 @@ def git_commit(path: str | Path = _PKG_DIR) -> str:
             capture_output=True,
             text=True,
             check=True,
+            timeout=30,
         ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
 

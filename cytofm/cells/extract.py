@@ -74,6 +74,12 @@ def _block_cells(slide, boxes, idx, patch_px, patch_mpp, detector, margin) -> li
     ly0 = int(np.floor((tb[:, 1].min() - margin * f) / ds))
     lx1 = int(np.ceil((tb[:, 2].max() + margin * f) / ds))
     ly1 = int(np.ceil((tb[:, 3].max() + margin * f) / ds))
+    # no further than a margin past the slide's edge: a tile larger than the image (a
+    # microscope field) would otherwise mostly be white padding to decode and filter
+    pad = int(np.ceil(margin * f / ds))
+    width, height = slide.level_dimensions[level]
+    lx0, ly0 = max(lx0, -pad), max(ly0, -pad)
+    lx1, ly1 = min(lx1, width + pad), min(ly1, height + pad)
     region = slide.read_level(lx0, ly0, lx1 - lx0, ly1 - ly0, level)
     xy, scores = detector(region, slide.mpp * ds)
     centres = np.asarray(xy, np.float64).reshape(-1, 2) + 0.5  # continuous level coordinates

@@ -37,10 +37,15 @@ def stain_sample(slide, boxes: np.ndarray, patch_mpp: float, n_tiles: int = 8,
     f = patch_mpp / slide.mpp
     picks = np.unique(np.linspace(0, len(boxes) - 1, min(n_tiles, len(boxes))).round().astype(int))
     pixels = []
+    w0, h0 = slide.dimensions
     for x0, y0, x1, y1 in np.asarray(boxes)[picks]:
+        # the slide's own pixels: a tile may reach past the edge of a small image
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w0), min(y1, h0)
+        if x1 <= x0 or y1 <= y0:
+            continue
         size = (max(int(np.ceil((x1 - x0) / f)), 1), max(int(np.ceil((y1 - y0) / f)), 1))
         pixels.append(slide.read(x0, y0, size, patch_mpp).reshape(-1, 3))
-    out = np.concatenate(pixels)
+    out = np.concatenate(pixels) if pixels else np.zeros((0, 3), np.uint8)
     if len(out) > max_pixels:  # evenly spaced, so the same slide gives the same sample
         out = out[np.linspace(0, len(out) - 1, max_pixels).astype(np.int64)]
     return out
