@@ -133,22 +133,14 @@ class Slide:
         lx0, ly0 = int(math.floor(fx)), int(math.floor(fy))
         if abs(scale - 1.0) < 1e-6 and abs(fx - lx0) < 1e-6 and abs(fy - ly0) < 1e-6:
             return self._read_level_padded(lx0, ly0, w_out, h_out, level)  # aligned: no resampling
-        lw = int(math.ceil(fx + w_out * scale)) - lx0 + 2
-        lh = int(math.ceil(fy + h_out * scale)) - ly0 + 2
+        extra = _block_factor(scale)  # room for whole k x k blocks when shrinking a lot
+        lw = int(math.ceil(fx + w_out * scale)) - lx0 + 2 + extra
+        lh = int(math.ceil(fy + h_out * scale)) - ly0 + 2 + extra
         region = self._read_level_padded(lx0, ly0, lw, lh, level)
-        if scale > 1.0:  # anti-alias before sampling
-            region = cv2.GaussianBlur(region, (0, 0), sigmaX=0.45 * scale)
         # output pixel centre u + 0.5 sits at level coordinate fx + (u + 0.5) * scale
         tx = fx - lx0 + 0.5 * scale - 0.5
         ty = fy - ly0 + 0.5 * scale - 0.5
-        matrix = np.array([[scale, 0.0, tx], [0.0, scale, ty]], np.float64)
-        return cv2.warpAffine(
-            region,
-            matrix,
-            (w_out, h_out),
-            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
+        return _sample(region, scale, tx, ty, (w_out, h_out))
 
     def read_level(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
         """``w`` x ``h`` pixels of pyramid ``level`` from its pixel (x, y), as stored (no
@@ -340,13 +332,37 @@ def resample(rgb: np.ndarray, mpp: float, to_mpp: float) -> tuple[np.ndarray, fl
         return rgb, 1.0
     size = (max(int(round(rgb.shape[1] * factor)), 1), max(int(round(rgb.shape[0] * factor)), 1))
     s = 1.0 / factor  # input px per output px
-    src = cv2.GaussianBlur(rgb, (0, 0), sigmaX=0.45 * s) if s > 1 else rgb
-    matrix = np.array([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5]], np.float64)
-    out = cv2.warpAffine(
-        src, matrix, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+    return _sample(rgb, s, 0.5 * s - 0.5, 0.5 * s - 0.5, size), factor
+
+
+def _block_factor(scale: float) -> int:
+    """Shrinking by more than 4, pixels are first averaged in k x k blocks (k = scale // 2)."""
+    return int(scale // 2) if scale > 4 else 1
+
+
+def _sample(
+    region: np.ndarray, scale: float, tx: float, ty: float, size: tuple[int, int]
+) -> np.ndarray:
+    """Output pixel (u, v) sampled at ``region`` pixel coordinate (tx + u * scale, ty + v *
+    scale), bilinearly, after a Gaussian anti-alias of sigma 0.45 x scale when shrinking.
+
+    Shrinking by more than 4 (a thumbnail), the region is first averaged over k x k blocks
+    (exact, cheap) and the Gaussian makes up the rest of the blur (variances add: a k-pixel box
+    has (k^2 - 1) / 12), so its kernel stays a few pixels wide instead of 6 x 0.45 x scale."""
+    k = _block_factor(scale)
+    sigma = 0.45 * scale if scale > 1 else 0.0
+    if k > 1:
+        h, w = region.shape[0] // k * k, region.shape[1] // k * k
+        region = cv2.resize(region[:h, :w], (w // k, h // k), interpolation=cv2.INTER_AREA)
+        sigma = math.sqrt(max(sigma**2 - (k * k - 1) / 12, 0.0)) / k
+        scale, tx, ty = scale / k, (tx - (k - 1) / 2) / k, (ty - (k - 1) / 2) / k
+    if sigma > 0:
+        region = cv2.GaussianBlur(region, (0, 0), sigmaX=sigma)
+    matrix = np.array([[scale, 0.0, tx], [0.0, scale, ty]], np.float64)
+    return cv2.warpAffine(
+        region, matrix, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REPLICATE,
     )  # fmt: skip
-    return out, factor
 
 
 def _openslide_bgra(osr, loc: tuple[int, int], level: int, w: int, h: int) -> np.ndarray | None:
