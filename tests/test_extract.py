@@ -1,13 +1,25 @@
+import cv2
 import numpy as np
 
-from cytofm.cells.extract import crop_patches, iter_tile_cells
-from cytofm.wsi.reader import open_slide
+from cytofm.cells.extract import iter_tile_cells, resample_patches
+from cytofm.wsi.reader import _sample, open_slide
 
 
-def test_crop_patches_centres():
-    img = np.arange(20 * 20 * 3, dtype=np.uint8).reshape(20, 20, 3)
-    out = crop_patches(img, np.array([[10.2, 9.6]]), 4)
-    assert (out[0] == img[8:12, 8:12]).all()
+def test_resampled_patches_are_the_read_around_their_centre():
+    """A patch is what a slide read of its field of view gives (Gaussian anti-alias, bilinear
+    at pixel centres), computed on a window around the centre; at scale 1 on the pixel grid,
+    a plain crop."""
+    rng = np.random.default_rng(0)
+    region = cv2.GaussianBlur(rng.integers(0, 255, (300, 300, 3), np.uint8), (0, 0), 2)
+    centres = np.array([[150.0, 150.0], [120.3, 171.8], [180.5, 140.25]])
+    for scale in (1.0, 1.5, 3.57):
+        got = resample_patches(region, centres, 32, scale)
+        for patch, (cx, cy) in zip(got, centres, strict=True):
+            tx, ty = cx - 16 * scale + 0.5 * scale - 0.5, cy - 16 * scale + 0.5 * scale - 0.5
+            ref = _sample(region, scale, tx, ty, (32, 32))
+            assert np.abs(patch.astype(int) - ref.astype(int)).max() <= 1
+    crop = resample_patches(region, np.array([[100.0, 90.0]]), 16, 1.0)[0]
+    assert np.array_equal(crop, region[82:98, 92:108])
 
 
 def test_patches_are_centred_on_their_coordinates(synthetic_slide):

@@ -50,22 +50,13 @@ def make_detector(
     return factory(cfg, background)
 
 
-def _neg_log(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Scale-normalised negative Laplacian of Gaussian: positive on dark-in-OD (bright) blobs.
-
-    OpenCV's separable blur and 3x3 Laplacian are several times faster than
-    ``scipy.ndimage.gaussian_laplace`` and agree with it to a few percent for sigma >= 1 px.
-    """
-    blurred = cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
-    return cv2.Laplacian(
-        blurred, cv2.CV_32F, ksize=1, scale=-(sigma**2), borderType=cv2.BORDER_REFLECT
-    )
-
-
 def _scale_space_max(image: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
-    """The strongest scale-normalised LoG response over ``sigmas`` (increasing). Each scale's
-    blur is the previous one blurred by the difference (Gaussians compose: sigma_k^2 =
-    sigma_(k-1)^2 + d^2), so the wide kernels of the coarse scales are never applied."""
+    """The strongest scale-normalised negative Laplacian of Gaussian over ``sigmas``
+    (increasing): positive on blobs brighter than their surroundings (dark in the slide).
+    Each scale's blur is the previous one blurred by the difference (Gaussians compose:
+    sigma_k^2 = sigma_(k-1)^2 + d^2), so the wide kernels of the coarse scales are never
+    applied. OpenCV's separable blur and 3x3 Laplacian agree with
+    ``scipy.ndimage.gaussian_laplace`` to a few percent for sigma >= 1 px."""
     blurred = cv2.GaussianBlur(image, (0, 0), sigmaX=sigmas[0], borderType=cv2.BORDER_REFLECT)
     response = _laplacian(blurred, sigmas[0])
     for prev, sigma in itertools.pairwise(sigmas):

@@ -22,7 +22,7 @@ import numpy as np
 from cytofm.cells.detect import Detector
 from cytofm.wsi.reader import Slide
 
-__all__ = ["TileCells", "crop_patches", "iter_tile_cells", "resample_patches"]
+__all__ = ["TileCells", "iter_tile_cells", "resample_patches"]
 
 
 @dataclasses.dataclass
@@ -32,18 +32,6 @@ class TileCells:
     coords: np.ndarray  # (n, 2) level-0 (x, y) centres, float64
     scores: np.ndarray  # (n,) float32
     pixels_read: int  # pixels decoded for this tile (at patch mpp)
-
-
-def crop_patches(image: np.ndarray, centres: np.ndarray, size: int) -> np.ndarray:
-    """Cut (n, size, size, 3) patches centred on integer-rounded ``centres`` (x, y).
-
-    The caller guarantees every patch lies inside ``image``.
-    """
-    half = size // 2
-    out = np.empty((len(centres), size, size, 3), np.uint8)
-    for i, (x, y) in enumerate(np.round(centres).astype(np.int64)):
-        out[i] = image[y - half : y - half + size, x - half : x - half + size]
-    return out
 
 
 def _blocks(boxes: np.ndarray, f: float, block_px: int) -> list[np.ndarray]:
