@@ -73,3 +73,18 @@ def test_missing_mpp_fails_the_job_and_writes_nothing(tmp_path):
     with pytest.raises(MissingResolutionError, match="slide 'nores'.*'mpp' column"):
         run_tile(path, "nores", None, TilingConfig(), tmp_path / "t.zarr", tmp_path / "qc.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nores.tif"]
+
+
+def test_tile_on_two_threads_gives_the_same_store(tiled, tmp_path):
+    """Thumbnail blocks read on two threads and the checksum taken beside them: the same
+    grid, mask and provenance checksum as on one."""
+    from cytofm.provenance import file_sha256
+
+    path, _canvas, out, _summary = tiled
+    cfg = TilingConfig(tile_px=256, save_images=True)
+    run_tile(path, "syn", None, cfg, tmp_path / "t2.zarr", tmp_path / "qc.png", threads=2)
+    one, two = open_store(out / "tiles.zarr"), open_store(tmp_path / "t2.zarr")
+    assert np.array_equal(one["boxes"][:], two["boxes"][:])
+    assert np.array_equal(one["mask"][:], two["mask"][:])
+    assert two.attrs["provenance"]["slide_sha256"] == file_sha256(path)
+    assert one.attrs["provenance"]["slide_sha256"] == file_sha256(path)

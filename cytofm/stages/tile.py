@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,13 @@ def run_tile(
         params["slide_path"] = str(source or slide_path)
     with opencv_threads(1), job.run("tile", params) as run:
         t0 = time.perf_counter()
-        with open_slide(slide_path, slide_id, mpp, cfg.backend) as slide:
+        with (
+            open_slide(slide_path, slide_id, mpp, cfg.backend) as slide,
+            ThreadPoolExecutor(1, thread_name_prefix="hash") as hasher,
+        ):
+            # the file's checksum (seconds for a large scan) on a thread of its own when the
+            # job has threads to spare; hashlib releases the GIL
+            digest = hasher.submit(slide_sha256, slide_path) if threads > 1 else None
             thumb = read_thumbnail(slide, cfg.mask_mpp, threads=threads)
             background, mask, grid = _find_tiles(slide, slide_id, cfg, thumb)
             view_mpp = _qc_view_mpp(slide, cfg)
@@ -67,7 +74,7 @@ def run_tile(
                 "tile",
                 cfg,
                 slide=slide.info(),
-                slide_sha256=slide_sha256(slide_path),
+                slide_sha256=digest.result() if digest else slide_sha256(slide_path),
                 background_rgb=background.tolist(),
                 n_tiles=len(grid),
                 n_tiles_total=grid.n_total,

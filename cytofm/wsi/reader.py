@@ -347,8 +347,9 @@ def _sample(
     scale), bilinearly, after a Gaussian anti-alias of sigma 0.45 x scale when shrinking.
 
     Shrinking by more than 4 (a thumbnail), the region is first averaged over k x k blocks
-    (exact, cheap) and the Gaussian makes up the rest of the blur (variances add: a k-pixel box
-    has (k^2 - 1) / 12), so its kernel stays a few pixels wide instead of 6 x 0.45 x scale."""
+    (exact, cheap) and the Gaussian, on k x k fewer pixels, makes up the rest of the blur
+    (variances add: a k-pixel box has (k^2 - 1) / 12), so its kernel stays a few pixels wide
+    instead of 6 x 0.45 x scale (within 3 grey levels of the one-step blur)."""
     k = _block_factor(scale)
     sigma = 0.45 * scale if scale > 1 else 0.0
     if k > 1:
