@@ -230,7 +230,9 @@ def embedding(arch: str, n: int, batch: int, device, smoke: bool, workdir: Path)
     }
 
 
-def embed_stage(store: Path, batch: int, smoke: bool, workdir: Path) -> list[dict]:
+def embed_stage(
+    store: Path, batch: int, smoke: bool, workdir: Path, workers: tuple = (0, "auto")
+) -> list[dict]:
     """The ``embed`` stage itself (``run_embed``: zarr patches read by DataLoader workers,
     features written chunk by chunk from a background thread) against the model's forward
     pass alone on the same images already in GPU-ready memory: the share of the forward-only
@@ -260,9 +262,9 @@ def embed_stage(store: Path, batch: int, smoke: bool, workdir: Path) -> list[dic
     sync()
     forward = n / (time.perf_counter() - t0)
     rows = []
-    for workers in (0, "auto"):
-        out = workdir / f"stage_{px}_{workers}.zarr"
-        kw = dict(batch_size=batch, precision="bf16", device=device, num_workers=workers, job=job)
+    for w in workers:
+        out = workdir / f"stage_{px}_{w}.zarr"
+        kw = dict(batch_size=batch, precision="bf16", device=device, num_workers=w, job=job)
         run_embed(spec, store, out, **kw)  # warm: kernels, worker start, page cache
         import shutil
 
@@ -390,12 +392,58 @@ def write_md(res: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def sweep(res: dict, pre: dict, smoke: bool, steps: int, warmup: int, out_dir: Path, t0) -> None:
+    """DataLoader workers against device use: the embed stage on cell-sized (96 px) and
+    224 px patches, and pretraining, at several worker counts."""
+    workers = (0, 2) if smoke else (0, 4, 8, 15)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        n_cells, cell_px = (64, 32) if smoke else (32768, 96)
+        px = pre["crops"]["global_size"] if smoke else 224
+        cells = patch_store(tmp / "cells.zarr", n_cells, cell_px)
+        big = patch_store(tmp / "patches.zarr", 64 if smoke else 8192, px)
+        batch = 16 if smoke else 512
+        res["embed_stage"] = []
+        for store in (cells, big):
+            res["embed_stage"] += embed_stage(store, batch, smoke, tmp, workers)
+            print(json.dumps(res["embed_stage"][-len(workers) :]), flush=True)
+        res["pretrain"] = []
+        for w in (0, 2) if smoke else (8, 15):
+            one = pretrain_one({**pre, "num_workers": w}, big, steps, warmup, tmp / f"p{w}")
+            res["pretrain"].append(one)
+            print(json.dumps(one), flush=True)
+    res["seconds"] = time.perf_counter() - t0
+    (out_dir / "gpu_check_sweep.json").write_text(json.dumps(res, indent=1))
+    lines = ["# DataLoader workers against device use", "",
+             f"`python benchmarks/gpu_check.py --sweep{' --smoke' if smoke else ''}` on "
+             f"{res['environment']['device']} ({res['environment']['cpu_threads']} CPU threads), "
+             f"{res['seconds']:.0f} s.", "", "## The embed stage (ViT-S/16, bf16)", "",
+             "| patch px | loader workers | stage images/s | share of forward rate |",
+             "|---|---|---|---|"]  # fmt: skip
+    for e in res["embed_stage"]:
+        lines.append(f"| {e['patch_px']} | {e['num_workers']} | {e['images_per_s']:.0f} | "
+                     f"{e['device_busy_share']:.0%} |")  # fmt: skip
+    lines += ["", "## Pretraining (configs/vits16.yaml)", "",
+              "| loader workers | images/s | loader wait |", "|---|---|---|"]  # fmt: skip
+    for p in res["pretrain"]:
+        lines.append(f"| {p['num_workers']} | {p['images_per_s']:.0f} | "
+                     f"{p['data_wait_fraction']:.0%} |")  # fmt: skip
+    (out_dir / "gpu_check_sweep.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
     ap.add_argument("--ddp-child", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--sweep",
+        action="store_true",
+        help="only DataLoader workers: the embed stage at 0/4/8/15 and pretraining at 8/15 "
+        "(gpu_check_sweep.{json,md})",
+    )
     args = ap.parse_args()
     if args.ddp_child:
         ddp_child(args.ddp_child)
@@ -444,6 +492,9 @@ def main() -> None:
         print(f"{key}: {time.perf_counter() - t:.1f} s {json.dumps(res.get(key))}", flush=True)
         save()
 
+    if args.sweep:
+        sweep(res, pre, args.smoke, steps, warmup, out_dir, t_start)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         n, batch = (64, 16) if args.smoke else (16384, 512)
