@@ -44,17 +44,18 @@ def gpu_request(setting: bool | str, *, local: bool, gpus_here: int | None = Non
     return int((visible_gpus() if gpus_here is None else gpus_here) > 0)
 
 
-def loader_workers(setting: int | str, device, nproc: int = 1) -> int:
+def loader_workers(setting: int | str, device, nproc: int = 1, most: int | None = None) -> int:
     """DataLoader worker processes of one process feeding a device (training, embedding).
     ``auto``: on a GPU, the cores this process may use (its share when several share the
-    machine) less one for the main loop, at most 8; on the CPU none, since workers would take
-    cores from the model itself."""
+    machine) less one for the main loop, at most ``most``; on the CPU none, since workers
+    would take cores from the model itself."""
     if setting != "auto":
         return int(setting)
     if getattr(device, "type", str(device).split(":")[0]) != "cuda":
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(8, (cores or 2) // max(nproc, 1) - 1))
+    n = max(1, (cores or 2) // max(nproc, 1) - 1)
+    return min(n, most) if most else n
 
 
 _M_ARENA_MAX = -8  # mallopt parameter of glibc's malloc.h

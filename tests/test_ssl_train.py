@@ -328,3 +328,4 @@ def test_loader_workers_auto():
     assert loader_workers("auto", torch.device("cpu")) == 0
     assert loader_workers(3, torch.device("cpu")) == 3
     assert 1 <= loader_workers("auto", torch.device("cuda"), nproc=64) <= 8
+    assert 1 <= loader_workers("auto", torch.device("cuda"), most=1) == 1

@@ -553,8 +553,8 @@ class PretrainConfig(Section):
     )
     num_workers: int | str = option(
         "auto",
-        "DataLoader processes that read and augment batches: auto = cores - 1 (max 8) on GPU, "
-        "0 on CPU",
+        "DataLoader processes that read and augment batches: auto = cores - 1 (max 16) on GPU "
+        "(a process's share under DDP), 0 on CPU",
         more="Every batch is a function of (seed, step, rank), so results do not depend on it; "
         "the log's `data_wait_fraction` is the share of step time spent waiting for the loader.",
     )
@@ -660,7 +660,7 @@ class EmbedConfig(Section):
     device: str = option("auto", "auto | cpu | cuda | cuda:1 ...")
     num_workers: int | str = option(
         "auto",
-        "DataLoader processes that read and decode batches: auto = cores - 1 (max 8) on GPU, "
+        "DataLoader processes that read and decode batches: auto = cores - 1 (max 4) on GPU, "
         "0 on CPU",
         output=False,
         more="Features are written chunk by chunk from a background thread meanwhile; the "

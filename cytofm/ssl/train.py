@@ -186,7 +186,9 @@ class Trainer:
         self.batches = StepBatches(
             source, self.augment, self.masker, cfg, self.rank, self.world, self.steps_per_epoch
         )
-        self.num_workers = loader_workers(cfg.num_workers, self.device, self.world)
+        # augmentation is CPU-heavy: on an H200 with 16 cores, 15 workers fed 338 images/s
+        # against 289 with 8 (benchmarks/results/gpu_check_sweep.md)
+        self.num_workers = loader_workers(cfg.num_workers, self.device, self.world, most=16)
         log.info(
             "process %d of %d on %s (%s): %d patches, batch %d of %d, %d loader worker(s)",
             self.rank,

@@ -30,6 +30,8 @@ __all__ = ["run_backbone", "run_embed", "write_feature_store"]
 
 log = logging.getLogger(__name__)
 
+EMBED_WORKERS_AUTO_MAX = 4
+
 
 def run_backbone(
     spec: BackboneSpec,
@@ -103,7 +105,9 @@ def run_embed(
     job = job or JobContext()
     src = _open_source(source_store)
     dev = pick_device(device)
-    workers = loader_workers(num_workers, dev)
+    # measured on an H200 with 16 cores (benchmarks/results/gpu_check_sweep.md): 4 workers
+    # beat 8 and 15 on 96 and 224 px patches; more processes only contend for the cores
+    workers = loader_workers(num_workers, dev, most=EMBED_WORKERS_AUTO_MAX)
     settings = {"batch_size": batch_size, "precision": precision}
     params = {"backbone": spec.to_dict(), "source": str(source_store), **settings}
     with job.run("embed", {**params, "device": str(dev), "num_workers": workers}) as run:
