@@ -31,7 +31,7 @@ class TileCells:
     images: np.ndarray  # (n, P, P, 3) uint8
     coords: np.ndarray  # (n, 2) level-0 (x, y) centres, float64
     scores: np.ndarray  # (n,) float32
-    pixels_read: int  # pixels decoded for this tile (at patch mpp)
+    pixels_read: int  # pixels decoded (the block's, on its first tile; 0 on the others)
 
 
 def _blocks(boxes: np.ndarray, f: float, block_px: int) -> list[np.ndarray]:
@@ -58,13 +58,14 @@ def _block_cells(slide, boxes, idx, patch_px, patch_mpp, detector, margin) -> li
     ds = float(slide.level_downsamples[level])
     s = f / ds  # level px per patch px (>= 1 unless the patches are finer than the slide)
     tb = boxes[idx]
-    lx0 = int(np.floor((tb[:, 0].min() - margin * f) / ds))
-    ly0 = int(np.floor((tb[:, 1].min() - margin * f) / ds))
-    lx1 = int(np.ceil((tb[:, 2].max() + margin * f) / ds))
-    ly1 = int(np.ceil((tb[:, 3].max() + margin * f) / ds))
-    # no further than a margin past the slide's edge: a tile larger than the image (a
-    # microscope field) would otherwise mostly be white padding to decode and filter
-    pad = int(np.ceil(margin * f / ds))
+    # level px around the block: the margin, and never less than a patch's resampling reads
+    pad = int(np.ceil(max(margin * s, _patch_reach(patch_px, s) + 1)))
+    lx0 = int(np.floor(tb[:, 0].min() / ds)) - pad
+    ly0 = int(np.floor(tb[:, 1].min() / ds)) - pad
+    lx1 = int(np.ceil(tb[:, 2].max() / ds)) + pad
+    ly1 = int(np.ceil(tb[:, 3].max() / ds)) + pad
+    # no further than that past the slide's edge: a tile larger than the image (a microscope
+    # field) would otherwise mostly be white padding to decode and filter
     width, height = slide.level_dimensions[level]
     lx0, ly0 = max(lx0, -pad), max(ly0, -pad)
     lx1, ly1 = min(lx1, width + pad), min(ly1, height + pad)
