@@ -12,7 +12,7 @@ import queue
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +177,40 @@ def read_table(group: zarr.Group, names: list[str]) -> dict[str, np.ndarray]:
     return {name: group[name][:] for name in names}
 
 
+class BackgroundWriter:
+    """Calls ``write(item)`` for each :meth:`put` item, in order, on one background thread,
+    so compression and disk writes overlap the caller's work; at most ``pending`` items wait
+    (memory stays bounded). An error in the thread is raised by the next :meth:`put` or by
+    :meth:`close`, which waits for every item to be written."""
+
+    def __init__(self, write: Callable[[Any], None], name: str, pending: int = 2):
+        self._write = write
+        self._queue: queue.Queue = queue.Queue(maxsize=pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name=name, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(item)
+                except BaseException as exc:  # raised in the caller's thread
+                    self._error = exc
+
+    def put(self, item: Any) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(item)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 class PatchStoreWriter:
     """Append patches (uint8 RGB, fixed size) and per-row columns in chunks along N.
 
@@ -210,9 +244,7 @@ class PatchStoreWriter:
         self._cols: dict[str, list[np.ndarray]] = {k: [] for k in self.columns}
         self._buffered = 0
         self.n = 0
-        self._writer: threading.Thread | None = None
-        self._queue: queue.Queue | None = None
-        self._error: BaseException | None = None
+        self._writer: BackgroundWriter | None = None
 
     def append(self, images: np.ndarray, **columns: np.ndarray) -> None:
         """Add rows: ``images`` (n, P, P, 3) uint8 and one array of length n per column."""
@@ -247,33 +279,16 @@ class PatchStoreWriter:
         self._buffered = len(images) - n_write
 
     def _write(self, images: np.ndarray) -> None:
-        """Chunks are compressed and written by one background thread, in order, while the
-        caller goes on (at most two blocks wait, so memory stays bounded)."""
         if self._writer is None:
-            self._queue = queue.Queue(maxsize=2)
-            self._writer = threading.Thread(target=self._drain, name="patch-writer", daemon=True)
-            self._writer.start()
-        if self._error is not None:
-            raise self._error
-        self._queue.put(images)
-
-    def _drain(self) -> None:
-        while (images := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    self.images.append(images)
-                except BaseException as exc:  # raised in the caller's thread by close()
-                    self._error = exc
+            self._writer = BackgroundWriter(self.images.append, "patch-writer")
+        self._writer.put(images)
 
     def close(self) -> int:
         """Write buffered images and every column; returns the number of rows."""
         self._flush(final=True)
         if self._writer is not None:
-            self._queue.put(None)
-            self._writer.join()
+            self._writer.close()
             self._writer = None
-        if self._error is not None:
-            raise self._error
         for name, (dtype, tail) in self.columns.items():
             parts = self._cols[name]
             data = np.concatenate(parts) if parts else np.zeros((0, *tail))

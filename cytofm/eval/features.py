@@ -7,8 +7,6 @@ the feature array from a background thread while the device computes the next ba
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -18,6 +16,7 @@ from tqdm import tqdm
 
 from cytofm.errors import InputDataError
 from cytofm.eval.backbones import LoadedBackbone
+from cytofm.store import BackgroundWriter
 
 __all__ = ["ChunkSink", "batches", "embed_array", "pick_device", "preprocess"]
 
@@ -87,24 +86,14 @@ class ChunkSink:
         self._parts: list[np.ndarray] = []
         self._buffered = 0
         self._next = 0
-        self._queue: queue.Queue = queue.Queue(maxsize=pending)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._write, name="feature-writer", daemon=True)
-        self._thread.start()
+        self._writer = BackgroundWriter(self._store, "feature-writer", pending)
 
-    def _write(self) -> None:
-        while (item := self._queue.get()) is not None:
-            start, block = item
-            if self._error is None:
-                try:
-                    self.array[start : start + len(block)] = block
-                except BaseException as exc:  # reported by put() / close() in the main thread
-                    self._error = exc
+    def _store(self, item: tuple[int, np.ndarray]) -> None:
+        start, block = item
+        self.array[start : start + len(block)] = block
 
     def _send(self, block: np.ndarray) -> None:
-        if self._error is not None:
-            raise self._error
-        self._queue.put((self._next, block))
+        self._writer.put((self._next, block))
         self._next += len(block)
 
     def put(self, rows: np.ndarray) -> None:
@@ -121,10 +110,11 @@ class ChunkSink:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None and self._buffered:
             self._send(np.concatenate(self._parts))
-        self._queue.put(None)
-        self._thread.join()
-        if exc_type is None and self._error is not None:
-            raise self._error
+        try:
+            self._writer.close()
+        except BaseException:
+            if exc_type is None:
+                raise
 
 
 @torch.no_grad()
