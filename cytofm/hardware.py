@@ -94,3 +94,13 @@ def opencv_threads(n: int = 1) -> Iterator[None]:
         yield
     finally:
         cv2.setNumThreads(before)
+
+
+@contextlib.contextmanager
+def threaded_cpu_stage() -> Iterator[None]:
+    """A CPU stage running its work on the rule's threads: malloc arenas capped (peak memory
+    stays flat in slide size) and OpenCV kept to one thread per worker (the job uses the
+    cores its rule asks for)."""
+    limit_malloc_arenas()
+    with opencv_threads(1):
+        yield

@@ -26,11 +26,14 @@ import numpy as np
 
 
 def make(cfg, background):
-    """One nucleus at the centre of every region the cells stage hands over."""
+    """A nucleus at the centroid of every dark blob of the region the cells stage hands over."""
 
     def detect(rgb, mpp):
-        h, w = rgb.shape[:2]
-        return np.array([[(w - 1) / 2, (h - 1) / 2]]), np.array([1.0], np.float32)
+        import cv2
+
+        dark = (rgb.min(axis=2) < 150).astype(np.uint8)
+        n, _, _, centroids = cv2.connectedComponentsWithStats(dark)
+        return centroids[1:].astype(np.float64), np.ones(n - 1, np.float32)
 
     return detect
 
@@ -193,10 +196,11 @@ def test_an_evaluation_protocol_from_another_package_runs_like_the_built_in_ones
 def test_the_cells_stage_uses_a_detector_and_reader_from_another_package(tmp_path):
     """`snakemake` with a package on the path (what `pip install` does) that registers a
     detector and a reader by entry points: config names them, the cells store holds exactly
-    what that detector found (one nucleus per tile, at the tile's centre)."""
+    what that detector found (a nucleus at each dark blob, once, in the tile holding it)."""
     site = _install_plugin(tmp_path)
     field = np.full((500, 700, 3), 232, np.uint8)
-    for x, y in ((150, 120), (420, 300), (600, 80)):
+    blobs = ((150, 120), (420, 300), (600, 80))
+    for x, y in blobs:
         cv2.circle(field, (x, y), 14, (90, 60, 140), -1)
     cv2.imwrite(str(tmp_path / "field.png"), field)
     (tmp_path / "sheet.tsv").write_text(f"slide_id\tpath\tmpp\nf1\t{tmp_path / 'field.png'}\t0.5\n")
@@ -225,7 +229,10 @@ def test_the_cells_stage_uses_a_detector_and_reader_from_another_package(tmp_pat
     tiles, cells = open_store(res / "tiles" / "f1.zarr"), open_store(target)
     boxes = np.asarray(tiles["boxes"][:], float)
     coords = np.asarray(cells["coords"][:], float)
-    assert len(boxes) >= 2 and len(coords) == len(boxes)
-    centres = np.column_stack([boxes[:, [0, 2]].mean(1), boxes[:, [1, 3]].mean(1)])
-    assert np.abs(np.sort(coords, 0) - np.sort(centres, 0)).max() <= 2.0  # level-0 px
+    assert len(boxes) >= 2 and len(coords) == len(blobs)
+    # pixel i spans [i, i + 1): a blob drawn around pixel (x, y) is centred on (x + .5, y + .5)
+    assert np.abs(np.sort(coords, 0) - np.sort(np.array(blobs) + 0.5, 0)).max() <= 0.5
+    tile = np.asarray(cells["tile_index"][:])
+    inside = (coords >= boxes[tile, :2]) & (coords < boxes[tile, 2:])
+    assert inside.all()
     assert cells.attrs["provenance"]["config"]["detector"] == "grid-test"

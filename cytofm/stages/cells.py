@@ -15,7 +15,7 @@ from cytofm.cells.extract import iter_tile_cells
 from cytofm.cells.stain import StainChoice, choose_stain, stain_mode
 from cytofm.config import CellsConfig
 from cytofm.errors import InputDataError
-from cytofm.hardware import limit_malloc_arenas, opencv_threads
+from cytofm.hardware import threaded_cpu_stage
 from cytofm.provenance import provenance
 from cytofm.report.qc import patch_gallery
 from cytofm.stages.context import JobContext
@@ -74,14 +74,11 @@ def run_cells(
     JSON the report's detection table is made from), rather than failing its job.
     """
     job = job or JobContext()
-    limit_malloc_arenas()  # threads: the rule's, zarr's and the background writer's
-    # the work runs on the rule's threads; OpenCV fanning out each call would exceed them
-    tiles = open_store(tiles_store)
-    boxes = tiles["boxes"][:]
-    tile_attrs = read_attrs(tiles, "tiles", str(tiles_store))
-    background = np.asarray(tile_attrs.background_rgb, np.float32)
-    tile_prov = tile_attrs.provenance
-    with opencv_threads(1), job.run("cells", {"cells": cfg.to_dict(), "slide_id": slide_id}) as run:
+    boxes, background, tile_prov = _read_tiles(tiles_store)
+    with (
+        threaded_cpu_stage(),
+        job.run("cells", {"cells": cfg.to_dict(), "slide_id": slide_id}) as run,
+    ):
         t0 = time.perf_counter()
         rng = np.random.default_rng([job.seed, 3])
         with (
@@ -109,11 +106,23 @@ def run_cells(
             run.set_tags({"cells.warning": warning[:500]})
         summary = {"slide_id": slide_id, **summary, "stain": stain.to_dict(), "warning": warning}
         summary.update(fields)
-        if out_summary is not None:
-            Path(out_summary).parent.mkdir(parents=True, exist_ok=True)
-            Path(out_summary).write_text(json.dumps(summary, indent=1) + "\n")
-            run.log_artifact(out_summary, "qc")
+        _write_summary(summary, out_summary, run)
     return summary
+
+
+def _read_tiles(tiles_store) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The tile store's boxes, glass colour and provenance."""
+    tiles = open_store(tiles_store)
+    attrs = read_attrs(tiles, "tiles", str(tiles_store))
+    return tiles["boxes"][:], np.asarray(attrs.background_rgb, np.float32), attrs.provenance
+
+
+def _write_summary(summary: dict, out_summary, run) -> None:
+    """The QC JSON the report's detection table is made from, logged with the run."""
+    if out_summary is not None:
+        Path(out_summary).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_summary).write_text(json.dumps(summary, indent=1) + "\n")
+        run.log_artifact(out_summary, "qc")
 
 
 def _specimen_fields(g, slide, n: int) -> dict:

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from cytofm.config import TilingConfig
 from cytofm.errors import InputDataError
-from cytofm.hardware import limit_malloc_arenas, opencv_threads
+from cytofm.hardware import threaded_cpu_stage
 from cytofm.provenance import provenance
 from cytofm.report.qc import draw_qc
 from cytofm.stages.context import JobContext
@@ -48,12 +48,10 @@ def run_tile(
     Thumbnails are read ``threads`` blocks at a time.
     """
     job = job or JobContext()
-    limit_malloc_arenas()  # threads: the rule's, zarr's and the background writer's
-    # the work runs on the rule's threads; OpenCV fanning out each call would exceed them
     params = {"tiling": cfg.to_dict(), "slide_id": slide_id}
     if job.tracking.log_slide_paths:
         params["slide_path"] = str(source or slide_path)
-    with opencv_threads(1), job.run("tile", params) as run:
+    with threaded_cpu_stage(), job.run("tile", params) as run:
         t0 = time.perf_counter()
         with (
             open_slide(slide_path, slide_id, mpp, cfg.backend) as slide,
@@ -64,12 +62,6 @@ def run_tile(
             digest = hasher.submit(slide_sha256, slide_path) if threads > 1 else None
             thumb = read_thumbnail(slide, cfg.mask_mpp, threads=threads)
             background, mask, grid = _find_tiles(slide, slide_id, cfg, thumb)
-            view_mpp = _qc_view_mpp(slide, cfg)
-            view = (
-                thumb
-                if view_mpp == cfg.mask_mpp
-                else read_thumbnail(slide, view_mpp, threads=threads)
-            )
             record = provenance(
                 "tile",
                 cfg,
@@ -84,20 +76,23 @@ def run_tile(
             if job.tracking.log_slide_metadata:  # opt-in: may hold personal data
                 run.log_dict(slide.properties(), "slide_properties.json")
             _write_tile_store(out_store, slide, slide_id, cfg, grid, mask, background, record)
-            _draw_tile_qc(slide, slide_id, cfg, view, view_mpp, mask, grid, out_qc)
-            w, h = slide.dimensions
-            elapsed = time.perf_counter() - t0
-        summary = {
-            "n_tiles": len(grid),
-            "n_tiles_total": grid.n_total,
-            "foreground_fraction": float(mask.mean()),
-            "slide_megapixels": w * h / 1e6,
-            "seconds": elapsed,
-            "slide_mpx_per_s": w * h / 1e6 / max(elapsed, 1e-9),
-        }
+            _draw_tile_qc(slide, slide_id, cfg, thumb, mask, grid, out_qc, threads)
+            summary = _summary(grid, mask, slide, time.perf_counter() - t0)
         run.log_metrics(summary)
         run.log_artifact(out_qc, "qc")
     return summary
+
+
+def _summary(grid, mask, slide, elapsed: float) -> dict:
+    w, h = slide.dimensions
+    return {
+        "n_tiles": len(grid),
+        "n_tiles_total": grid.n_total,
+        "foreground_fraction": float(mask.mean()),
+        "slide_megapixels": w * h / 1e6,
+        "seconds": elapsed,
+        "slide_mpx_per_s": w * h / 1e6 / max(elapsed, 1e-9),
+    }
 
 
 def _qc_view_mpp(slide, cfg: TilingConfig) -> float:
@@ -166,10 +161,12 @@ def _write_tile_store(out_store, slide, slide_id, cfg, grid, mask, background, r
         )
 
 
-def _draw_tile_qc(slide, slide_id, cfg, view, view_mpp, mask, grid, out_qc) -> None:
+def _draw_tile_qc(slide, slide_id, cfg, thumb, mask, grid, out_qc, threads: int) -> None:
     """The slide with its mask and tiles, at the mask's resolution or finer up to QC_SIDE_PX."""
     title = (
         f"{slide_id}  mpp {slide.mpp:.3g}  tiles {len(grid)}/{grid.n_total}  "
         f"foreground {100 * mask.mean():.1f}%"
     )
+    view_mpp = _qc_view_mpp(slide, cfg)
+    view = thumb if view_mpp == cfg.mask_mpp else read_thumbnail(slide, view_mpp, threads=threads)
     draw_qc(view, view_mpp, slide.mpp, mask, grid.boxes, out_qc, title)
