@@ -8,7 +8,14 @@ import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-__all__ = ["gpu_request", "loader_workers", "visible_gpus"]
+__all__ = [
+    "gpu_request",
+    "limit_malloc_arenas",
+    "loader_workers",
+    "opencv_threads",
+    "threaded_cpu_stage",
+    "visible_gpus",
+]
 
 
 def visible_gpus(environ: Mapping[str, str] | None = None, dev: str | Path = "/dev") -> int:

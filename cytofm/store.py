@@ -23,6 +23,7 @@ from cytofm.errors import CytofmError
 from cytofm.store_attrs import check_version
 
 __all__ = [
+    "BackgroundWriter",
     "PatchStoreWriter",
     "StoreError",
     "as_str_array",

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 
 from cytofm.cells.extract import iter_tile_cells, resample_patches
-from cytofm.wsi.reader import _sample, open_slide
+from cytofm.wsi.reader import open_slide, sample_window
 
 
 def test_resampled_patches_are_the_read_around_their_centre():
@@ -16,7 +16,7 @@ def test_resampled_patches_are_the_read_around_their_centre():
         got = resample_patches(region, centres, 32, scale)
         for patch, (cx, cy) in zip(got, centres, strict=True):
             tx, ty = cx - 16 * scale + 0.5 * scale - 0.5, cy - 16 * scale + 0.5 * scale - 0.5
-            ref = _sample(region, scale, tx, ty, (32, 32))
+            ref = sample_window(region, scale, tx, ty, (32, 32))
             assert np.abs(patch.astype(int) - ref.astype(int)).max() <= 1
     crop = resample_patches(region, np.array([[100.0, 90.0]]), 16, 1.0)[0]
     assert np.array_equal(crop, region[82:98, 92:108])

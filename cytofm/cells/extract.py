@@ -16,11 +16,10 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import cv2
 import numpy as np
 
 from cytofm.cells.detect import Detector
-from cytofm.wsi.reader import Slide
+from cytofm.wsi.reader import Slide, sample_window
 
 __all__ = ["TileCells", "iter_tile_cells", "resample_patches"]
 
@@ -136,18 +135,8 @@ def resample_patches(
             x, y = round(ox), round(oy)
             out[i] = window[y : y + patch_px, x : x + patch_px]
             continue
-        if scale > 1:
-            window = cv2.GaussianBlur(window, (0, 0), sigmaX=0.45 * scale)
-        matrix = np.array(
-            [[scale, 0.0, ox + 0.5 * scale - 0.5], [0.0, scale, oy + 0.5 * scale - 0.5]]
-        )
-        out[i] = cv2.warpAffine(
-            window,
-            matrix,
-            (patch_px, patch_px),
-            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
+        tx, ty = ox + 0.5 * scale - 0.5, oy + 0.5 * scale - 0.5
+        out[i] = sample_window(window, scale, tx, ty, (patch_px, patch_px), block_average=False)
     return out
 
 

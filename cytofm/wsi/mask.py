@@ -23,7 +23,6 @@ __all__ = [
     "foreground_mask",
     "optical_density",
     "read_thumbnail",
-    "thumbnail_size",
 ]
 
 
@@ -36,8 +35,9 @@ def read_thumbnail(
     Each block spans at most ``block_level_px`` pixels of the pyramid level it is read from,
     so a slide without a low-resolution level never costs more than one such block.
     """
-    w, h = thumbnail_size(slide, mpp)
+    w0, h0 = slide.dimensions
     factor = mpp / slide.mpp
+    w, h = max(int(math.ceil(w0 / factor)), 1), max(int(math.ceil(h0 / factor)), 1)
     scale = factor / slide.level_downsamples[slide.best_level(factor)]  # level px per output px
     block = max(int(block_level_px / max(scale, 1.0)), 16)
     out = np.empty((h, w, 3), np.uint8)
@@ -55,13 +55,6 @@ def read_thumbnail(
         for xy in starts:
             read(xy)
     return out
-
-
-def thumbnail_size(slide: Slide, mpp: float) -> tuple[int, int]:
-    """(width, height) of the whole slide at ``mpp``."""
-    w0, h0 = slide.dimensions
-    factor = mpp / slide.mpp
-    return max(int(math.ceil(w0 / factor)), 1), max(int(math.ceil(h0 / factor)), 1)
 
 
 def estimate_background(rgb: np.ndarray) -> np.ndarray:

@@ -23,7 +23,16 @@ import numpy as np
 from cytofm.errors import InputDataError, MissingResolutionError
 from cytofm.registry import Registry
 
-__all__ = ["BACKENDS", "Slide", "check_slide_file", "open_slide", "register_backend", "sniff"]
+__all__ = [
+    "BACKENDS",
+    "Slide",
+    "check_slide_file",
+    "open_slide",
+    "register_backend",
+    "resample",
+    "sample_window",
+    "sniff",
+]
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +149,7 @@ class Slide:
         # output pixel centre u + 0.5 sits at level coordinate fx + (u + 0.5) * scale
         tx = fx - lx0 + 0.5 * scale - 0.5
         ty = fy - ly0 + 0.5 * scale - 0.5
-        return _sample(region, scale, tx, ty, (w_out, h_out))
+        return sample_window(region, scale, tx, ty, (w_out, h_out))
 
     def read_level(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
         """``w`` x ``h`` pixels of pyramid ``level`` from its pixel (x, y), as stored (no
@@ -332,7 +341,7 @@ def resample(rgb: np.ndarray, mpp: float, to_mpp: float) -> tuple[np.ndarray, fl
         return rgb, 1.0
     size = (max(int(round(rgb.shape[1] * factor)), 1), max(int(round(rgb.shape[0] * factor)), 1))
     s = 1.0 / factor  # input px per output px
-    return _sample(rgb, s, 0.5 * s - 0.5, 0.5 * s - 0.5, size), factor
+    return sample_window(rgb, s, 0.5 * s - 0.5, 0.5 * s - 0.5, size), factor
 
 
 def _block_factor(scale: float) -> int:
@@ -340,8 +349,13 @@ def _block_factor(scale: float) -> int:
     return int(scale // 2) if scale > 4 else 1
 
 
-def _sample(
-    region: np.ndarray, scale: float, tx: float, ty: float, size: tuple[int, int]
+def sample_window(
+    region: np.ndarray,
+    scale: float,
+    tx: float,
+    ty: float,
+    size: tuple[int, int],
+    block_average: bool = True,
 ) -> np.ndarray:
     """Output pixel (u, v) sampled at ``region`` pixel coordinate (tx + u * scale, ty + v *
     scale), bilinearly, after a Gaussian anti-alias of sigma 0.45 x scale when shrinking.
@@ -349,8 +363,9 @@ def _sample(
     Shrinking by more than 4 (a thumbnail), the region is first averaged over k x k blocks
     (exact, cheap) and the Gaussian, on k x k fewer pixels, makes up the rest of the blur
     (variances add: a k-pixel box has (k^2 - 1) / 12), so its kernel stays a few pixels wide
-    instead of 6 x 0.45 x scale (within 3 grey levels of the one-step blur)."""
-    k = _block_factor(scale)
+    instead of 6 x 0.45 x scale (within 3 grey levels of the one-step blur); not with
+    ``block_average=False``."""
+    k = _block_factor(scale) if block_average else 1
     sigma = 0.45 * scale if scale > 1 else 0.0
     if k > 1:
         h, w = region.shape[0] // k * k, region.shape[1] // k * k
