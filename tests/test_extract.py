@@ -22,6 +22,17 @@ def test_resampled_patches_are_the_read_around_their_centre():
     assert np.array_equal(crop, region[82:98, 92:108])
 
 
+def test_dense_patches_blur_the_region_once_with_the_same_pixels():
+    """Past a density, the region is blurred once instead of each window: the patches are
+    identical, since the kernel never reaches past a window's padding."""
+    rng = np.random.default_rng(1)
+    region = rng.integers(0, 255, (200, 220, 3), np.uint8)
+    centres = rng.uniform(40, 160, (40, 2))
+    dense = resample_patches(region, centres, 24, 1.5)  # 40 windows > the region's pixels
+    one_by_one = np.stack([resample_patches(region, c[None], 24, 1.5)[0] for c in centres])
+    assert np.array_equal(dense, one_by_one)
+
+
 def test_patches_are_centred_on_their_coordinates(synthetic_slide):
     """A stored patch equals the slide read around its stored centre at the patch mpp."""
     path, _canvas = synthetic_slide

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 import numpy as np
 
 from cytofm.cells.detect import Detector
@@ -79,28 +80,33 @@ def _block_cells(slide, boxes, idx, patch_px, patch_mpp, detector, margin) -> li
         & (centres[:, 0] + reach <= region.shape[1])
         & (centres[:, 1] + reach <= region.shape[0])
     )
-    out, taken = [], np.zeros(len(centres), bool)
+    owner = np.full(len(centres), -1)  # position in idx of the tile whose box holds it
     for n, t in enumerate(idx):
         bx0, by0, bx1, by1 = boxes[t]
-        keep = (
-            fits
-            & ~taken
+        inside = (
+            (owner < 0)
+            & fits
             & (level0[:, 0] >= bx0)
             & (level0[:, 0] < bx1)
             & (level0[:, 1] >= by0)
             & (level0[:, 1] < by1)
         )
-        taken |= keep
-        out.append(
-            TileCells(
-                tile_index=int(t),
-                images=resample_patches(region, centres[keep], patch_px, s),
-                coords=level0[keep],
-                scores=np.asarray(scores, np.float32)[keep],
-                pixels_read=int(region.shape[0] * region.shape[1]) if n == 0 else 0,
-            )
+        owner[inside] = n
+    order = np.argsort(owner, kind="stable")
+    order = order[owner[order] >= 0]  # cells by tile, in detection order within a tile
+    images = resample_patches(region, centres[order], patch_px, s)  # the block's at once
+    starts = np.searchsorted(owner[order], np.arange(len(idx) + 1))
+    scores = np.asarray(scores, np.float32)
+    return [
+        TileCells(
+            tile_index=int(t),
+            images=images[starts[n] : starts[n + 1]],
+            coords=level0[order[starts[n] : starts[n + 1]]],
+            scores=scores[order[starts[n] : starts[n + 1]]],
+            pixels_read=int(region.shape[0] * region.shape[1]) if n == 0 else 0,
         )
-    return out
+        for n, t in enumerate(idx)
+    ]
 
 
 def _blur_pad(scale: float) -> int:
@@ -123,10 +129,17 @@ def resample_patches(
     sampling when shrinking, a plain crop when the centre is on the pixel grid at scale 1.
     The caller guarantees ``_patch_reach`` pixels of region around every centre.
     """
+    centres = np.asarray(centres, np.float64)
     out = np.empty((len(centres), patch_px, patch_px, 3), np.uint8)
     half = patch_px / 2 * scale
     pad = _blur_pad(scale)
-    for i, (cx, cy) in enumerate(np.asarray(centres, np.float64)):
+    # Many patches in a region: blur the region once rather than each window (windows
+    # overlap); the kernel never reaches past a window's pad, so the pixels are the same.
+    window_px = (2 * half + 2 * pad + 2) ** 2
+    blurred = scale > 1 and len(centres) * window_px > region.shape[0] * region.shape[1]
+    if blurred:
+        region = cv2.GaussianBlur(region, (0, 0), sigmaX=0.45 * scale)
+    for i, (cx, cy) in enumerate(centres):
         wx0, wy0 = int(np.floor(cx - half)) - pad, int(np.floor(cy - half)) - pad
         wx1, wy1 = int(np.ceil(cx + half)) + pad + 1, int(np.ceil(cy + half)) + pad + 1
         window = region[wy0:wy1, wx0:wx1]
@@ -136,7 +149,9 @@ def resample_patches(
             out[i] = window[y : y + patch_px, x : x + patch_px]
             continue
         tx, ty = ox + 0.5 * scale - 0.5, oy + 0.5 * scale - 0.5
-        out[i] = sample_window(window, scale, tx, ty, (patch_px, patch_px), block_average=False)
+        out[i] = sample_window(
+            window, scale, tx, ty, (patch_px, patch_px), block_average=False, blur=not blurred
+        )
     return out
 
 

@@ -356,6 +356,7 @@ def sample_window(
     ty: float,
     size: tuple[int, int],
     block_average: bool = True,
+    blur: bool = True,
 ) -> np.ndarray:
     """Output pixel (u, v) sampled at ``region`` pixel coordinate (tx + u * scale, ty + v *
     scale), bilinearly, after a Gaussian anti-alias of sigma 0.45 x scale when shrinking.
@@ -364,9 +365,9 @@ def sample_window(
     (exact, cheap) and the Gaussian, on k x k fewer pixels, makes up the rest of the blur
     (variances add: a k-pixel box has (k^2 - 1) / 12), so its kernel stays a few pixels wide
     instead of 6 x 0.45 x scale (within 3 grey levels of the one-step blur); not with
-    ``block_average=False``."""
+    ``block_average=False``. ``blur=False``: the caller has blurred ``region`` already."""
     k = _block_factor(scale) if block_average else 1
-    sigma = 0.45 * scale if scale > 1 else 0.0
+    sigma = 0.45 * scale if scale > 1 and blur else 0.0
     if k > 1:
         h, w = region.shape[0] // k * k, region.shape[1] // k * k
         region = cv2.resize(region[:h, :w], (w // k, h // k), interpolation=cv2.INTER_AREA)
