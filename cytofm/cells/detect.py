@@ -178,7 +178,7 @@ class ClassicalDetector:
 
     def __call__(self, rgb: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]:
         cfg = self.cfg
-        work, scale = resample(rgb, mpp, cfg.detect_mpp)  # as a slide read at detect_mpp
+        work, scale = resample(rgb, mpp, cfg.detect_mpp, coarse=True)  # ~ a read at detect_mpp
         dark, purity = self.maps(work)
         r_min = cfg.nucleus_min_um / 2 / cfg.detect_mpp
         r_max = cfg.nucleus_max_um / 2 / cfg.detect_mpp

@@ -55,13 +55,21 @@ def run_tile(
         t0 = time.perf_counter()
         with (
             open_slide(slide_path, slide_id, mpp, cfg.backend) as slide,
-            ThreadPoolExecutor(1, thread_name_prefix="hash") as hasher,
+            ThreadPoolExecutor(2, thread_name_prefix="tile-side") as side,
         ):
-            # the file's checksum (seconds for a large scan) on a thread of its own when the
-            # job has threads to spare; hashlib releases the GIL
-            digest = hasher.submit(slide_sha256, slide_path) if threads > 1 else None
+            # With threads to spare, the file's checksum (seconds for a large scan; hashlib
+            # releases the GIL), the QC view's read and then its drawing run beside the mask
+            # and the store
+            spare = threads > 1
+            digest = side.submit(slide_sha256, slide_path) if spare else None
+            view_mpp = _qc_view_mpp(slide, cfg)
+            view = None
+            if spare and view_mpp != cfg.mask_mpp:
+                view = side.submit(read_thumbnail, slide, view_mpp)
             thumb = read_thumbnail(slide, cfg.mask_mpp, threads=threads)
             background, mask, grid = _find_tiles(slide, slide_id, cfg, thumb)
+            qc_args = (slide, slide_id, cfg, thumb, mask, grid, out_qc, threads, view)
+            qc = side.submit(_draw_tile_qc, *qc_args) if spare else None
             record = provenance(
                 "tile",
                 cfg,
@@ -76,7 +84,10 @@ def run_tile(
             if job.tracking.log_slide_metadata:  # opt-in: may hold personal data
                 run.log_dict(slide.properties(), "slide_properties.json")
             _write_tile_store(out_store, slide, slide_id, cfg, grid, mask, background, record)
-            _draw_tile_qc(slide, slide_id, cfg, thumb, mask, grid, out_qc, threads)
+            if qc is None:
+                _draw_tile_qc(*qc_args)
+            else:
+                qc.result()
             summary = _summary(grid, mask, slide, time.perf_counter() - t0)
         run.log_metrics(summary)
         run.log_artifact(out_qc, "qc")
@@ -96,9 +107,13 @@ def _summary(grid, mask, slide, elapsed: float) -> dict:
 
 
 def _qc_view_mpp(slide, cfg: TilingConfig) -> float:
-    """The QC image's resolution: the mask's, or finer up to QC_SIDE_PX on the longest side."""
+    """The QC image's resolution: the mask's, or finer up to QC_SIDE_PX on the longest side;
+    a pyramid level within 25% of that is taken as it is stored (a read without resampling)."""
     w, h = slide.dimensions
-    return min(cfg.mask_mpp, max(slide.mpp, max(w, h) * slide.mpp / QC_SIDE_PX))
+    want = min(cfg.mask_mpp, max(slide.mpp, max(w, h) * slide.mpp / QC_SIDE_PX))
+    levels = [slide.mpp * d for d in slide.level_downsamples]
+    near = [m for m in levels if want / 1.25 <= m <= want * 1.25 and m <= cfg.mask_mpp]
+    return min(near, key=lambda m: abs(np.log(m / want))) if near else want
 
 
 def _find_tiles(slide, slide_id: str, cfg: TilingConfig, thumb: np.ndarray):
@@ -161,12 +176,18 @@ def _write_tile_store(out_store, slide, slide_id, cfg, grid, mask, background, r
         )
 
 
-def _draw_tile_qc(slide, slide_id, cfg, thumb, mask, grid, out_qc, threads: int) -> None:
-    """The slide with its mask and tiles, at the mask's resolution or finer up to QC_SIDE_PX."""
+def _draw_tile_qc(slide, slide_id, cfg, thumb, mask, grid, out_qc, threads, view=None) -> None:
+    """The slide with its mask and tiles, at the mask's resolution or finer up to QC_SIDE_PX
+    (``view``: that finer image, being read already)."""
     title = (
         f"{slide_id}  mpp {slide.mpp:.3g}  tiles {len(grid)}/{grid.n_total}  "
         f"foreground {100 * mask.mean():.1f}%"
     )
     view_mpp = _qc_view_mpp(slide, cfg)
-    view = thumb if view_mpp == cfg.mask_mpp else read_thumbnail(slide, view_mpp, threads=threads)
-    draw_qc(view, view_mpp, slide.mpp, mask, grid.boxes, out_qc, title)
+    if view is not None:
+        image = view.result()
+    elif view_mpp == cfg.mask_mpp:
+        image = thumb
+    else:
+        image = read_thumbnail(slide, view_mpp, threads=threads)
+    draw_qc(image, view_mpp, slide.mpp, mask, grid.boxes, out_qc, title)
