@@ -27,23 +27,25 @@ __all__ = [
 
 
 def read_thumbnail(
-    slide: Slide, mpp: float, block_level_px: int = 2048, threads: int = 1
+    slide: Slide, mpp: float, block_level_px: int = 1024, threads: int = 1
 ) -> np.ndarray:
     """The whole slide at ``mpp``, read block by block so memory stays bounded by the output
     (``threads`` blocks at a time).
 
     Each block spans at most ``block_level_px`` pixels of the pyramid level it is read from,
-    so a slide without a low-resolution level never costs more than one such block. Blocks
-    are large because OpenSlide resamples (through cairo, 2-3x slower) every read that starts
-    between two pixels of a level whose downsample is not a whole number, as in most scanners'
-    pyramids (16.005 for a 12,500 px slide's 781 px level); a level up to that size is read
-    in one piece from its origin, which is on the pixel grid.
+    so a slide without a low-resolution level never costs more than one such block. A
+    thumbnail of up to twice that a side is read in one piece instead: OpenSlide resamples
+    (through cairo, 2-3x slower) every read that starts between two pixels of a level whose
+    downsample is not a whole number, as in most scanners' pyramids (16.005 for a 12,500 px
+    slide's 781 px level), and a read from the level's origin starts on its pixel grid.
     """
     w0, h0 = slide.dimensions
     factor = mpp / slide.mpp
     w, h = max(int(math.ceil(w0 / factor)), 1), max(int(math.ceil(h0 / factor)), 1)
     scale = factor / slide.level_downsamples[slide.best_level(factor)]  # level px per output px
     block = max(int(block_level_px / max(scale, 1.0)), 16)
+    if max(w, h) <= 2 * block:
+        block = max(w, h)
     out = np.empty((h, w, 3), np.uint8)
 
     def read(xy: tuple[int, int]) -> None:
@@ -109,9 +111,10 @@ def foreground_mask(
     # per channel of the same table optical_density uses, then an OR over the channels
     values = np.arange(256, dtype=np.uint8).reshape(256, 1, 1).repeat(3, axis=2)
     above = (optical_density(values, background) > od_threshold).astype(np.uint8)  # (256,1,3)
-    hits = cv2.LUT(np.ascontiguousarray(thumb), above)
-    channels = cv2.split(hits)
-    mask = cv2.bitwise_or(cv2.bitwise_or(channels[0], channels[1]), channels[2]).astype(bool)
+    mask = np.empty(thumb.shape[:2], bool)
+    for y in range(0, thumb.shape[0], 256):  # strips: no full-size temporaries
+        c0, c1, c2 = cv2.split(cv2.LUT(np.ascontiguousarray(thumb[y : y + 256]), above))
+        mask[y : y + 256] = cv2.bitwise_or(cv2.bitwise_or(c0, c1), c2).view(bool)
     min_px = int(min_object_um2 / (mpp * mpp))
     if min_px > 1:
         _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
