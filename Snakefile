@@ -15,7 +15,9 @@ include: "workflow/rules/tile.smk"
 include: "workflow/rules/cells.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/predict.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/export.smk"
 
 
 rule all:

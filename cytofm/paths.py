@@ -108,6 +108,33 @@ class Paths:
         return self._at("eval", task, f"{name}.png")
 
     # report, logs, tracking
+    # predictions of slide tasks' final models
+    def predict(self, stask: str = STASK, backbone: str = BACKBONE, slide: str = SLIDE) -> str:
+        return self._at("predict", stask, backbone, f"{slide}.json")
+
+    def predict_attention(
+        self, stask: str = STASK, backbone: str = BACKBONE, slide: str = SLIDE
+    ) -> str:
+        return self._at("predict", stask, backbone, f"{slide}.attention.npz")
+
+    def predict_heatmap(
+        self, stask: str = STASK, backbone: str = BACKBONE, slide: str = SLIDE
+    ) -> str:
+        return self._at("predict", stask, backbone, f"{slide}.png")
+
+    def predict_table(self, stask: str = STASK) -> str:
+        return self._at("predict", stask, "predictions.csv")
+
+    # exports for other tools
+    def geojson(self, slide: str = SLIDE) -> str:
+        return self._at("export", "geojson", f"{slide}.geojson")
+
+    def features_h5(
+        self, layout: str, backbone: str = BACKBONE, kind: str = KIND, name: str = SOURCE
+    ) -> str:
+        """``layout``: trident | stamp."""
+        return self._at("export", layout, backbone, kind, f"{name}.h5")
+
     def report(self, part: str = "index.html") -> str:
         return self._at("report", part)
 

@@ -352,6 +352,37 @@ class Plan:
             )
         return rows
 
+    def predict_slides(self, name: str) -> list[str]:
+        """Slides of the sheet with no label for a slide task: its final model scores them
+        (``slides: demo`` limits what the model is trained on, not what it is applied to)."""
+        label, missing = self.slide_tasks[name].label, self.missing_slides
+        return [s for s in self.slide_ids if not self.sheet_value(s, label) and s not in missing]
+
+    def predict_inputs(self, stask: str, backbone: str, slide: str) -> dict[str, str]:
+        kind = self.slide_tasks[stask].instances
+        return {
+            "model": self.paths.abmil_dir(stask, backbone),
+            "features": self.paths.features(backbone, kind, slide),
+            "instances": self.paths.store(kind, slide),
+        }
+
+    def predict_targets(self) -> list[str]:
+        """Per slide task with unlabelled slides: their predictions (every backbone) and the
+        task's table."""
+        p, out = self.paths, []
+        for t in self.slide_tasks:
+            slides = self.predict_slides(t)
+            if not slides:
+                continue
+            out += [
+                f(t, b, s)
+                for b in self.backbones
+                for s in slides
+                for f in (p.predict, p.predict_attention, p.predict_heatmap)
+            ]
+            out.append(p.predict_table(t))
+        return out
+
     def mil_inputs(self, stask: str, backbone: str) -> dict[str, list[str]]:
         """Per cohort slide: its feature store and patch store (same order as the cohort),
         the slide file (for the heatmap thumbnail) and any cell truth table."""
@@ -567,10 +598,29 @@ class Plan:
         for t in all_tasks:
             out += self.task_results(t)
         out += [p.summary(t) for t in all_tasks]
+        out += self.predict_targets()
+        out += self.export_targets()
         if self.config.report.enabled:
             out.append(p.report())
         if self.config.demo.enabled:
             out += [p.demo_sheet(), p.detection()]
+        return out
+
+    def export_targets(self) -> list[str]:
+        """GeoJSON of every slide and HDF5 features of every slide and backbone, as
+        ``export`` asks (specimens of fields are left out: no one image holds them)."""
+        p, cfg = self.paths, self.config.export
+        slides = [s for s in self.slide_ids if self.specimen_fields(s) is None]
+        out = [p.geojson(s) for s in slides] if cfg.geojson else []
+        if cfg.hdf5:
+            kinds = [k for k in self.config.embed.sources if k in ("cells", "tiles")]
+            out += [
+                p.features_h5(layout, b, kind, s)
+                for b in self.backbones
+                for kind in kinds
+                for s in slides
+                for layout in ("trident", "stamp")
+            ]
         return out
 
     def wildcard_constraints(self) -> dict[str, str]:

@@ -511,11 +511,51 @@ def _add_slide_sheet(results, tmp_path, split):
 
 def test_new_slide_plans_only_its_own_jobs(results, tmp_path):
     """Adding a slide outside the pretraining splits runs its tiling, cells and embedding
-    (one per backbone) and the report: pretraining and every evaluation stay as they are."""
+    (one per backbone), its predictions, the prediction table and the report: pretraining and
+    every evaluation stay as they are."""
     sheet = _add_slide_sheet(results, tmp_path, "test")
     proc = snakemake("-n", "--config", f"results={results}", f"samples={sheet}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert planned_jobs(proc.stdout) == {"tile": 1, "cells": 1, "embed": 2, "report": 1, "all": 1}
+    assert planned_jobs(proc.stdout) == {
+        **{"tile": 1, "cells": 1, "embed": 2, "report": 1, "all": 1},
+        **{"predict": 2, "predict_table": 1},  # it has no label: each backbone's model scores it
+    }
+
+
+def test_unlabelled_slides_get_predictions_and_heatmaps(results, tmp_path):
+    """Slides without a label for the slide task (two new ones, and the demo's unlabelled
+    pretraining slide) are scored by each backbone's final model: probabilities, attention
+    over their cells, a heatmap and one table; a third new slide then plans only its own jobs,
+    its predictions and the table (and the report)."""
+    work = tmp_path / "results"
+    shutil.copytree(results, work, ignore=shutil.ignore_patterns("mlflow*", "logs"))
+    demo = pd.read_csv(work / "demo" / "slides.tsv", sep="\t", dtype=str, keep_default_na=False)
+    header = "slide_id\tpath\tmpp\tpatient_id\tsplit\n"
+    rows = []
+    for i in range(3):
+        shutil.copy(work / "demo" / "slides" / f"demo_00{i}.tif", tmp_path / f"new{i}.tif")
+        rows.append(f"new{i}\tnew{i}.tif\t\tP9{i}\ttest\n")
+    two, three = tmp_path / "two.tsv", tmp_path / "three.tsv"
+    two.write_text(header + "".join(rows[:2]))
+    three.write_text(header + "".join(rows))
+    proc = snakemake("--config", f"results={work}", f"samples={two}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    unlabelled = {*demo.loc[demo["abnormal"] == "", "slide_id"], "new0", "new1"}
+    table = pd.read_csv(work / "predict" / "demo_abnormal" / "predictions.csv")
+    assert set(table["slide_id"]) == unlabelled and len(table) == 2 * len(unlabelled)
+    assert (table[["p_0", "p_1"]].sum(axis=1) - 1).abs().max() < 1e-5
+    for b in ("cytofm", "random"):
+        for s in ("new0", "new1"):
+            out = work / "predict" / "demo_abnormal" / b
+            assert (out / f"{s}.png").stat().st_size > 1000
+            att = np.load(out / f"{s}.attention.npz")
+            assert len(att["attention"]) > 0 and abs(att["attention"].sum() - 1) < 1e-4
+    proc = snakemake("-n", "--config", f"results={work}", f"samples={three}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert planned_jobs(proc.stdout) == {
+        **{"tile": 1, "cells": 1, "embed": 2, "predict": 2, "predict_table": 1},
+        **{"report": 1, "all": 1},
+    }
 
 
 def test_new_pretraining_slide_retriggers_pretraining(results, tmp_path):
@@ -555,6 +595,39 @@ def test_evaluation_settings_reembed_nothing(results, tmp_path, override, expect
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert planned_jobs(proc.stdout) == expected
+
+
+def test_exports_run_alone_and_hold_the_stores_coordinates(results, tmp_path):
+    """README's `export:` recipe plans the export jobs only (one GeoJSON per slide, one HDF5
+    pair per slide and backbone); a GeoJSON and a feature file asked for as targets hold the
+    cell store's centres (QuPath's level-0 pixels) and the feature store's rows."""
+    import h5py
+    import shapely
+
+    from cytofm.store import open_store
+
+    overlay = tmp_path / "export.yaml"
+    overlay.write_text(yaml.safe_dump({"export": {"geojson": True, "hdf5": True}}))
+    proc = snakemake("-n", "--configfile", str(overlay), "--config", f"results={results}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    n_slides = len(list((results / "cells").glob("*.zarr")))
+    jobs = planned_jobs(proc.stdout)
+    assert jobs == {"export_geojson": n_slides, "export_features": 2 * n_slides, "all": 1}
+    geo = results / "export" / "geojson" / "demo_000.geojson"
+    h5 = results / "export" / "trident" / "random" / "cells" / "demo_000.h5"
+    proc = snakemake("--config", f"results={results}", str(geo), str(h5))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cells = open_store(results / "cells" / "demo_000.zarr")
+    coords = np.asarray(cells["coords"][:], float)
+    doc = json.loads(geo.read_text())
+    det = [f for f in doc["features"] if f["properties"]["objectType"] == "detection"]
+    centroids = [shapely.from_geojson(json.dumps(f["geometry"])).centroid for f in det]
+    assert np.abs(np.array([[c.x, c.y] for c in centroids]) - coords).max() < 0.05
+    feats = open_store(results / "features" / "random" / "cells" / "demo_000.zarr")
+    with h5py.File(h5) as f:
+        assert np.array_equal(f["features"][:], feats["features"][:].astype(np.float32))
+        assert np.allclose(f["centres"][:], coords[feats["rows"][:]])
+    assert (h5.parent.parent.parent.parent / "stamp" / "random" / "cells" / "demo_000.h5").is_file()
 
 
 def test_slide_without_mpp_fails_alone(results, tmp_path):

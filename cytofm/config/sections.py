@@ -25,6 +25,7 @@ __all__ = [
     "DetectionEvalConfig",
     "EmbedConfig",
     "EvalConfig",
+    "ExportConfig",
     "HeadsConfig",
     "KnnConfig",
     "LinearConfig",
@@ -1147,6 +1148,31 @@ class ReportConfig(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class ExportConfig(Section):
+    """files for other tools: QuPath GeoJSON, TRIDENT and STAMP HDF5 (results/export/)"""
+
+    geojson: bool = option(
+        False,
+        "each slide's cells (detections) and tissue (annotations) as GeoJSON QuPath imports",
+        more="`results/export/geojson/{slide}.geojson`, level-0 pixels; one such file can be "
+        "asked for as a target without this flag. Specimens of fields are left out.",
+    )
+    tiles: bool = option(False, "also the kept tiles (objectType tile) in the GeoJSON")
+    cell_diameter_um: float = option(
+        9.0, "diameter of the circle a cell is drawn as in QuPath, um", above=0
+    )
+    hdf5: bool = option(
+        False,
+        "each backbone's features of each slide as HDF5 in TRIDENT's and STAMP's layouts",
+        more="`results/export/trident/{backbone}/{kind}/{slide}.h5` (coords: level-0 px of "
+        "each patch's top-left corner) and `results/export/stamp/...` (coords in um).",
+    )
+
+    def __post_init__(self) -> None:
+        _positive("export", cell_diameter_um=self.cell_diameter_um)
+
+
+@dataclasses.dataclass(frozen=True)
 class TrackingConfig(Section):
     """tracking; MLFLOW_TRACKING_URI in the environment wins over tracking_uri"""
 
@@ -1227,4 +1253,5 @@ class Config(Section):
     detection_eval: DetectionEvalConfig = option(DetectionEvalConfig(), DetectionEvalConfig.__doc__)
     resources: ResourcesConfig = option(ResourcesConfig(), ResourcesConfig.__doc__)
     report: ReportConfig = option(ReportConfig(), ReportConfig.__doc__)
+    export: ExportConfig = option(ExportConfig(), ExportConfig.__doc__)
     mlflow: TrackingConfig = option(TrackingConfig(), TrackingConfig.__doc__)

@@ -41,6 +41,7 @@ __all__ = [
     "mil_result",
     "result_block",
     "slide_outputs",
+    "slide_thumbnail",
     "write_attention",
 ]
 
@@ -128,7 +129,9 @@ def _read_bag(features_store: str | Path, slide: str) -> tuple[np.ndarray, np.nd
     return feats, rows
 
 
-def _thumbnail(path, slide_id, mpp, thumb_mpp):
+def slide_thumbnail(path, slide_id, mpp, thumb_mpp):
+    """(thumbnail at ``thumb_mpp`` or the slide's own resolution if coarser, level-0 px per
+    thumbnail px, slide mpp)."""
     from cytofm.wsi.mask import read_thumbnail
     from cytofm.wsi.reader import open_slide
 
@@ -297,7 +300,7 @@ def slide_outputs(
         if r.get("truth") and task.truth_positive:
             table = pd.read_csv(r["truth"], sep=None, engine="python")
         if r.get("path"):
-            thumb, down, slide_mpp = _thumbnail(r["path"], s, r.get("mpp"), thumbnail_mpp)
+            thumb, down, slide_mpp = slide_thumbnail(r["path"], s, r.get("mpp"), thumbnail_mpp)
             label = co.classes[co.y[i]]
             attention_heatmap(
                 thumb,

@@ -27,6 +27,12 @@ from cytofm.eval.mil_cv import (
     slide_outputs,
     write_attention,
 )
+from cytofm.eval.mil_model import (
+    feature_signature,
+    final_epochs,
+    save_mil_model,
+    train_final_models,
+)
 from cytofm.eval.predictions import save_predictions
 from cytofm.provenance import provenance
 from cytofm.results import write_result
@@ -82,7 +88,11 @@ def run_mil(
             provenance=provenance("mil", params),
         )
         write_result(out_json, result)
+        final = _final_model(co, cv, task, cfg, backbone, backbone_kind, block, params)
+        save_mil_model(out_dir / "model", final["models"], final["card"])
+        run.log_artifacts(out_dir / "model", "model")
         metrics = {f"abmil.{m}": v["mean"] for m, v in block["summary"].items()}
+        metrics["final_model.epochs"] = final["card"]["training"]["epochs"]
         if attention_eval:
             metrics["attention.auroc"] = attention_eval["auroc"]["mean"]
             metrics["attention.top_k_positive_rate"] = attention_eval["top_k_positive_rate"]["mean"]
@@ -96,3 +106,38 @@ def run_mil(
         auroc = block["summary"]["auroc"]["mean"]
         log.info(f"{task.name}/{backbone}/abmil: slide AUROC {auroc:.3f}, attention AUROC {attn}")
     return result
+
+
+def _final_model(co, cv, task, cfg, backbone, backbone_kind, block, params) -> dict:
+    """Models on every labelled slide (one per seed, the folds' median best epoch) and the
+    card saying what they were trained on and how well the cross-validation scored them."""
+    train_args = cfg.mil.train_args()
+    epochs = final_epochs(cv.folds, train_args["max_epochs"])
+    models = train_final_models(co.bags, co.y, len(co.classes), task.seeds, epochs, train_args)
+    counts = np.bincount(co.y, minlength=len(co.classes))
+    card = {
+        "task": task.name,
+        "label": task.label,
+        "classes": co.classes,
+        "protocol": "abmil",
+        "instances": task.instances,
+        "backbone": backbone,
+        "backbone_kind": backbone_kind,
+        "features": feature_signature(co.rows[0]["features"], co.rows[0]["instances"]),
+        "architecture": {
+            "name": "gated attention MIL",
+            "in_dim": int(co.bags[0].shape[1]),
+            **{k: train_args[k] for k in ("hidden", "attn_dim", "dropout")},
+        },
+        "training": {
+            "slides": co.slides,
+            "class_counts": dict(zip(co.classes, counts.tolist(), strict=True)),
+            "seeds": [int(s) for s in task.seeds],
+            "epochs": epochs,
+            "epochs_from": "median best epoch of the cross-validation folds",
+            "train_args": train_args,
+        },
+        "cross_validation": block["summary"],
+        "provenance": provenance("mil", params),
+    }
+    return {"models": models, "card": card}
