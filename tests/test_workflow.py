@@ -301,8 +301,9 @@ def test_every_job_logged_one_mlflow_run(results, runs):
     # 5 slides x (demo_slide, tile, cells) + sheet + crops + import + detection_eval
     # + pretrain + pretrain_probe + 2 backbones (backbone) + 2 backbones x 6 stores (embed)
     # + 2 x 4 protocols (evaluate) + eval_summary + 2 backbones x abmil (mil) + mil_summary
-    # + report
-    assert len(runs) == 19 + 2 + 2 + 12 + 8 + 1 + 2 + 1 + 1, stages
+    # + 2 backbones x the unlabelled pretraining slide (predict) + predict_table + report
+    assert len(runs) == 19 + 2 + 2 + 12 + 8 + 1 + 2 + 1 + 2 + 1 + 1, stages
+    assert stages.count("predict") == 2 and stages.count("predict_table") == 1
     assert stages.count("backbone") == 2
     assert all(r.info.status == "FINISHED" for r in runs)
     tile = next(r for r in runs if r.data.tags["cytofm.stage"] == "tile")
@@ -608,14 +609,17 @@ def test_exports_run_alone_and_hold_the_stores_coordinates(results, tmp_path):
 
     overlay = tmp_path / "export.yaml"
     overlay.write_text(yaml.safe_dump({"export": {"geojson": True, "hdf5": True}}))
-    proc = snakemake("-n", "--configfile", str(overlay), "--config", f"results={results}")
+    proc = snakemake(
+        "-n", "--configfile", str(TINY), str(overlay), "--config", f"results={results}"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     n_slides = len(list((results / "cells").glob("*.zarr")))
     jobs = planned_jobs(proc.stdout)
     assert jobs == {"export_geojson": n_slides, "export_features": 2 * n_slides, "all": 1}
     geo = results / "export" / "geojson" / "demo_000.geojson"
     h5 = results / "export" / "trident" / "random" / "cells" / "demo_000.h5"
-    proc = snakemake("--config", f"results={results}", str(geo), str(h5))
+    # "-p" ends --configfile's list, so the two files are read as targets
+    proc = snakemake("-p", str(geo), str(h5), "--config", f"results={results}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     cells = open_store(results / "cells" / "demo_000.zarr")
     coords = np.asarray(cells["coords"][:], float)
