@@ -559,6 +559,28 @@ def test_unlabelled_slides_get_predictions_and_heatmaps(results, tmp_path):
     }
 
 
+def test_cli_predict_gives_the_workflows_prediction(results, tmp_path):
+    """`cytofm predict` takes one slide through tiling, cells, embedding and a final model
+    outside Snakemake, and gets what the workflow's predict job got for it."""
+    demo = pd.read_csv(results / "demo" / "slides.tsv", sep="\t", dtype=str, keep_default_na=False)
+    sid = demo.loc[demo["abnormal"] == "", "slide_id"].iloc[0]
+    cmd = [
+        str(Path(sys.executable).with_name("cytofm")),
+        "predict",
+        *("--model", str(results / "eval" / "demo_abnormal" / "cytofm" / "abmil" / "model")),
+        *("--backbone", str(results / "backbones" / "cytofm")),
+        *("--slide", str(results / "demo" / "slides" / f"{sid}.tif"), "--slide-id", sid),
+        *("--config", str(TINY), "--out", str(tmp_path)),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mine = json.loads((tmp_path / "prediction.json").read_text())
+    job = json.loads((results / "predict" / "demo_abnormal" / "cytofm" / f"{sid}.json").read_text())
+    assert mine["n_cells"] == job["n_cells"] > 0
+    assert mine["probabilities"] == pytest.approx(job["probabilities"], abs=1e-5)
+    assert (tmp_path / "heatmap.png").is_file()
+
+
 def test_new_pretraining_slide_retriggers_pretraining(results, tmp_path):
     """A new slide in a pretraining split changes pretraining's input set, so it reruns."""
     sheet = _add_slide_sheet(results, tmp_path, "train")

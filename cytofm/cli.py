@@ -1,0 +1,162 @@
+"""``cytofm``: what is not a workflow step.
+
+    cytofm inspect <store>                       what a store holds and where it came from
+    cytofm export --results R --slides A B [--geojson] [--hdf5 --backbone NAME]
+    cytofm predict --model DIR --backbone DIR --slide FILE --out DIR [--mpp X]
+
+``export`` writes the same files as the workflow's export rules for the slides named;
+``predict`` takes one slide through tiling, cells, embedding and a slide task's final model,
+outside Snakemake, for a quick look (the workflow is the way for a cohort).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+log = logging.getLogger("cytofm")
+
+
+def _inspect(args) -> int:
+    from cytofm.store import open_store
+    from cytofm.store_attrs import check_version
+
+    store = open_store(args.store)
+    attrs = dict(store.attrs)
+    kind, version = check_version(attrs, str(args.store))
+    print(f"{args.store}: {kind or 'unversioned'} store, schema version {version}")
+    for name in sorted(store.array_keys()):
+        arr = store[name]
+        print(f"  {name:<14} {arr.dtype!s:<10} {tuple(arr.shape)}")
+    for name in sorted(store.group_keys()):
+        print(f"  {name}/ (group)")
+    prov = attrs.get("provenance") or {}
+    keep = ("stage", "cytofm_version", "git_commit", "config_hash", "created_utc", "job_id")
+    for key in keep:
+        if key in prov:
+            print(f"  provenance.{key}: {prov[key]}")
+    for name, recs in (prov.get("inputs") or {}).items():
+        for r in recs:
+            print(f"  input {name}: {r.get('artifact')} ({r.get('stage')}, job {r.get('job_id')})")
+    if args.json:
+        print(json.dumps({k: v for k, v in attrs.items() if k != "provenance"}, default=str))
+    return 0
+
+
+def _export(args) -> int:
+    from cytofm.config import ExportConfig
+    from cytofm.paths import Paths
+    from cytofm.stages.export import run_export_features, run_export_geojson
+
+    if not (args.geojson or args.hdf5):
+        raise SystemExit("cytofm export: say what to write, --geojson and/or --hdf5")
+    if args.hdf5 and not args.backbone:
+        raise SystemExit("cytofm export --hdf5 needs --backbone (a name under backbones:)")
+    p = Paths(str(args.results))
+    cfg = ExportConfig(tiles=args.tiles)
+    for slide in args.slides:
+        if args.geojson:
+            counts = run_export_geojson(p.cells(slide), p.tiles(slide), p.geojson(slide), cfg)
+            print(f"{p.geojson(slide)}: {counts}")
+        if args.hdf5:
+            kind = args.kind
+            out = [
+                p.features_h5(layout, args.backbone, kind, slide) for layout in ("trident", "stamp")
+            ]
+            run_export_features(p.features(args.backbone, kind, slide), p.store(kind, slide), *out)
+            print(f"{out[0]}, {out[1]}")
+    return 0
+
+
+def _predict(args) -> int:
+    from cytofm.config import CellsConfig, TilingConfig, from_mapping
+    from cytofm.eval.backbones import BackboneSpec
+    from cytofm.eval.mil_model import load_mil_model
+    from cytofm.eval.traced import read_backbone_card
+    from cytofm.stages.cells import run_cells
+    from cytofm.stages.embed import run_embed
+    from cytofm.stages.predict import run_predict
+    from cytofm.stages.tile import run_tile
+
+    _, card = load_mil_model(args.model)
+    bcard = read_backbone_card(args.backbone)
+    spec = from_mapping(BackboneSpec, bcard["provenance"]["config"], "backbone")
+    out = Path(args.out)
+    sid = args.slide_id or Path(args.slide).stem
+    # the model's patch geometry unless a config says otherwise (a mismatch is refused below)
+    cells = {"patch_um": card["features"]["patch_um"], "patch_px": card["features"]["patch_px"]}
+    tiling: dict = {}
+    if args.config:
+        import yaml
+
+        user = yaml.safe_load(Path(args.config).read_text()) or {}
+        tiling, cells = user.get("tiling") or {}, {**cells, **(user.get("cells") or {})}
+    tiling_cfg = from_mapping(TilingConfig, tiling, "tiling")
+    cells_cfg = from_mapping(CellsConfig, cells, "cells")
+    run_tile(args.slide, sid, args.mpp, tiling_cfg, out / "tiles.zarr", out / "qc.png",
+             threads=args.threads)  # fmt: skip
+    run_cells(args.slide, sid, args.mpp, out / "tiles.zarr", cells_cfg, out / "cells.zarr",
+              out / "cells.png", threads=args.threads)  # fmt: skip
+    run_embed(spec, out / "cells.zarr", out / "features.zarr", backbone_dir=args.backbone,
+              pretrained_dir=args.pretrained, device=args.device)  # fmt: skip
+    res = run_predict(args.model, sid, out / "features.zarr", out / "cells.zarr",
+                      out / "prediction.json", out / "attention.npz", out / "heatmap.png",
+                      slide_path=args.slide, mpp=args.mpp)  # fmt: skip
+    probs = ", ".join(f"{c}: {p:.3f}" for c, p in res["probabilities"].items())
+    print(f"{sid}: {res['predicted'] or 'no cells'} ({probs}); files in {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="cytofm", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = ap.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("inspect", help="shape, provenance and lineage of a zarr store")
+    a.add_argument("store", type=Path)
+    a.add_argument("--json", action="store_true", help="also print the attributes as JSON")
+    a = sub.add_parser("export", help="QuPath GeoJSON / TRIDENT and STAMP HDF5 of given slides")
+    a.add_argument("--results", type=Path, default=Path("results"), help="the results folder")
+    a.add_argument("--slides", nargs="+", required=True, help="slide ids")
+    a.add_argument("--geojson", action="store_true", help="cells and tissue for QuPath")
+    a.add_argument("--tiles", action="store_true", help="also the tiles in the GeoJSON")
+    a.add_argument("--hdf5", action="store_true", help="features as HDF5 (needs --backbone)")
+    a.add_argument("--backbone", help="backbone name (results/features/<backbone>/)")
+    a.add_argument("--kind", default="cells", choices=("cells", "tiles"))
+    a = sub.add_parser("predict", help="one slide through a slide task's final model")
+    a.add_argument(
+        "--model", type=Path, required=True, help="results/eval/<task>/<backbone>/abmil/model"
+    )
+    a.add_argument("--backbone", type=Path, required=True, help="results/backbones/<backbone>")
+    a.add_argument(
+        "--pretrained",
+        type=Path,
+        help="the pretrained weights folder, if the backbone folder has no TorchScript copy",
+    )
+    a.add_argument("--slide", required=True, help="slide file (or a specimen's folder of fields)")
+    a.add_argument("--slide-id", help="id for the outputs (default: the file name)")
+    a.add_argument("--mpp", type=float, help="um/px at level 0 when the file does not say")
+    a.add_argument("--config", type=Path, help="a config YAML whose tiling: and cells: to use")
+    a.add_argument("--out", type=Path, required=True, help="folder for the outputs")
+    a.add_argument("--threads", type=int, default=2)
+    a.add_argument("--device", default="auto")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import os
+
+    os.environ.setdefault("MLFLOW_TRACKING_URI", "none")  # a quick look is not a tracked run
+    from cytofm.errors import InputDataError
+
+    try:
+        return {"inspect": _inspect, "export": _export, "predict": _predict}[args.command](args)
+    except (InputDataError, FileNotFoundError) as err:
+        print(f"cytofm {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
