@@ -35,8 +35,12 @@ def test_demo_plan():
     assert len(targets) == len(set(targets))
     assert all(t.startswith("out/") for t in targets)
     # per slide: tiles, QC, cells and two backbones' cell features; the dataset's features;
-    # 4 protocols x 2 backbones, 2 MIL results, 2 summaries, report, sheet, detection QC
-    assert len(targets) == 52 * 5 + 1 + 2 + 2 + 8 + 2 + 2 + 1 + 2
+    # 4 protocols x 2 backbones, 2 MIL results, 2 summaries, report, sheet, detection QC;
+    # the 8 unlabelled pretraining slides' predictions (json, attention, heatmap) per backbone
+    # and the prediction table
+    assert len(targets) == 52 * 5 + 1 + 2 + 2 + 8 + 2 + 2 + 1 + 2 + 8 * 2 * 3 + 1
+    assert plan.predict_slides("demo_abnormal") == plan.slide_ids[:8]
+    assert "out/predict/demo_abnormal/predictions.csv" in targets
     assert "out/eval/demo_cells/random/lora.json" in targets
     assert "out/eval/demo_abnormal/cytofm/abmil.json" in targets
     assert plan.evaluate_inputs("demo_cells", "cytofm", "knn") == {

@@ -594,12 +594,15 @@ def test_new_pretraining_slide_retriggers_pretraining(results, tmp_path):
     ("override", "expected"),
     [
         ({"knn": {"k": 5}}, {"evaluate": 8, "eval_summary": 1, "report": 1, "all": 1}),
-        ({"mil": {"lr": 0.001}}, {"mil": 2, "mil_summary": 1, "report": 1, "all": 1}),
+        (  # and the predictions of the models it retrains
+            {"mil": {"lr": 0.001}},
+            {"mil": 2, "mil_summary": 1, "predict": 2, "predict_table": 1, "report": 1, "all": 1},
+        ),
     ],
 )
 def test_evaluation_settings_reembed_nothing(results, tmp_path, override, expected):
     """Changing evaluation settings reruns evaluations (and the report) only; a MIL setting
-    only MIL."""
+    only MIL and the predictions of its final models."""
     import yaml
     from snakemake.utils import update_config
 

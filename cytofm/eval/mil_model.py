@@ -12,6 +12,7 @@ feature store that differs is refused with both named, never scored silently.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,11 @@ __all__ = [
     "load_mil_model",
     "predict_bag",
     "save_mil_model",
+    "score_slide",
     "train_final_models",
 ]
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE, CARD_FILE = "model.safetensors", "model.json"
 CARD_FORMAT = 1
@@ -165,3 +169,61 @@ def predict_bag(models, bag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probs.append(p[0])
         attn.append(a[0])
     return np.mean(probs, 0), np.mean(attn, 0)
+
+
+def _blank(out_png: Path, text: str) -> None:
+    import cv2
+
+    img = np.full((120, 640, 3), 255, np.uint8)
+    cv2.putText(img, text[:80], (10, 64), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out_png), img)
+
+
+def score_slide(
+    models, card, slide_id, features_store, instances_store, out_attention, out_heatmap,
+    slide_path=None, mpp=None, thumbnail_mpp: float = 4.0,
+) -> dict[str, Any]:  # fmt: skip
+    """One slide through the final models: class probabilities, the predicted class, each
+    cell's attention (``out_attention``: rows of the cell store, level-0 centres, attention)
+    and the attention over the slide's thumbnail (``out_heatmap``; a note when there is no
+    slide file or no cell). A slide without cells gets NaN probabilities and a warning."""
+    from cytofm.eval.mil_cv import slide_thumbnail
+    from cytofm.report.attention import attention_heatmap
+
+    fs = open_store(features_store)
+    feats = np.asarray(fs["features"][:], np.float32)
+    rows = np.asarray(fs["rows"][:], np.int64)
+    coords = np.asarray(open_store(instances_store)["coords"][:], float).reshape(-1, 2)[rows]
+    classes, warning = list(card["classes"]), ""
+    if len(feats) == 0:
+        probs, attention = np.full(len(classes), np.nan), np.zeros(0)
+        warning = f"slide '{slide_id}' has no cells: no prediction"
+        log.warning(warning)
+    else:
+        probs, attention = predict_bag(models, feats)
+    Path(out_attention).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out_attention, rows=rows, coords=coords, attention=attention.astype(np.float32))
+    predicted = classes[int(np.argmax(probs))] if len(feats) else ""
+    title = f"{slide_id}  {card['task']}: {predicted or 'no cells'}"
+    if len(feats) and slide_path:
+        title += f"  P={float(np.max(probs)):.2f}"
+        thumb, down, _ = slide_thumbnail(slide_path, slide_id, mpp, thumbnail_mpp)
+        attention_heatmap(thumb, coords, attention, down, out_heatmap, title)
+    else:
+        _blank(Path(out_heatmap), title)
+    return {
+        "slide_id": slide_id,
+        "task": card["task"],
+        "backbone": card["backbone"],
+        "classes": classes,
+        "probabilities": {c: float(p) for c, p in zip(classes, probs, strict=True)},
+        "predicted": predicted,
+        "n_cells": int(len(feats)),
+        "warning": warning,
+        "model": {
+            "weights_sha256": card["weights_sha256"],
+            "n_models": card["n_models"],
+            "cross_validation_auroc": card["cross_validation"].get("auroc"),
+        },
+    }

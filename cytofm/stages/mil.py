@@ -73,7 +73,6 @@ def run_mil(
         write_attention(out_dir / "attention.zarr", co, cv, backbone, task)
         scores = slide_outputs(co, cv, task, cfg.mil.top_k, out_dir, tolerance_um, thumbnail_mpp)
         attention_eval = attention_summary(scores, task, cfg.bootstrap, tolerance_um)
-        seconds = time.perf_counter() - t0
         result = mil_result(
             co,
             cv,
@@ -83,23 +82,21 @@ def run_mil(
             backbone_kind=backbone_kind,
             exposure=exposure,
             attention_vs_truth=attention_eval,
-            seconds=seconds,
+            seconds=time.perf_counter() - t0,
             evaluate=cfg.part("mil"),
             provenance=provenance("mil", params),
         )
         write_result(out_json, result)
-        final = _final_model(co, cv, task, cfg, backbone, backbone_kind, block, params)
-        save_mil_model(out_dir / "model", final["models"], final["card"])
-        run.log_artifacts(out_dir / "model", "model")
+        epochs = _final_model(co, cv, task, cfg, block, params, backbone_kind, out_dir / "model")
         metrics = {f"abmil.{m}": v["mean"] for m, v in block["summary"].items()}
-        metrics["final_model.epochs"] = final["card"]["training"]["epochs"]
+        metrics["final_model.epochs"] = epochs
         if attention_eval:
             metrics["attention.auroc"] = attention_eval["auroc"]["mean"]
             metrics["attention.top_k_positive_rate"] = attention_eval["top_k_positive_rate"]["mean"]
         metrics["seconds_per_fold"] = result["seconds_per_fold"]
         run.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
         run.log_artifact(out_json)
-        for sub in ("heatmap", "montage"):
+        for sub in ("heatmap", "montage", "model"):
             if (out_dir / sub).is_dir():
                 run.log_artifacts(out_dir / sub, sub)
         attn = f"{attention_eval['auroc']['mean']:.3f}" if attention_eval else "n/a"
@@ -108,9 +105,11 @@ def run_mil(
     return result
 
 
-def _final_model(co, cv, task, cfg, backbone, backbone_kind, block, params) -> dict:
-    """Models on every labelled slide (one per seed, the folds' median best epoch) and the
-    card saying what they were trained on and how well the cross-validation scored them."""
+def _final_model(co, cv, task, cfg, block, params, backbone_kind, out) -> int:
+    """Models on every labelled slide (one per seed, the folds' median best epoch), saved in
+    ``out`` with the card saying what they were trained on and how well the cross-validation
+    scored them; returns the epochs."""
+    backbone = params["backbone"]
     train_args = cfg.mil.train_args()
     epochs = final_epochs(cv.folds, train_args["max_epochs"])
     models = train_final_models(co.bags, co.y, len(co.classes), task.seeds, epochs, train_args)
@@ -140,4 +139,5 @@ def _final_model(co, cv, task, cfg, backbone, backbone_kind, block, params) -> d
         "cross_validation": block["summary"],
         "provenance": provenance("mil", params),
     }
-    return {"models": models, "card": card}
+    save_mil_model(out, models, card)
+    return epochs

@@ -13,25 +13,13 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from cytofm.eval.mil_model import check_signature, feature_signature, load_mil_model, predict_bag
+from cytofm.eval.mil_model import check_signature, feature_signature, load_mil_model, score_slide
 from cytofm.provenance import provenance
 from cytofm.stages.context import JobContext
-from cytofm.store import open_store
 
 __all__ = ["run_predict", "run_predict_table"]
 
 log = logging.getLogger(__name__)
-
-
-def _blank(out_png: Path, text: str) -> None:
-    import cv2
-
-    img = np.full((120, 640, 3), 255, np.uint8)
-    cv2.putText(img, text[:80], (10, 64), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out_png), img)
 
 
 def run_predict(
@@ -51,61 +39,24 @@ def run_predict(
     """Score one slide with the model in ``model_dir`` (a ``mil`` job's ``abmil/model``).
     Features made otherwise than the model's training features are refused; a slide without
     cells gets no probabilities and a warning, not a failure."""
-    from cytofm.eval.mil_cv import slide_thumbnail
-    from cytofm.report.attention import attention_heatmap
-
     job = job or JobContext()
     models, card = load_mil_model(model_dir)
     check_signature(card, feature_signature(features_store, instances_store), str(features_store))
     params = {"task": card["task"], "backbone": card["backbone"], "slide_id": slide_id,
               "model_sha256": card["weights_sha256"]}  # fmt: skip
-    out_json, out_attention, out_heatmap = Path(out_json), Path(out_attention), Path(out_heatmap)
+    out_json, out_heatmap = Path(out_json), Path(out_heatmap)
     with job.run("predict", params) as run:
-        fs = open_store(features_store)
-        feats = np.asarray(fs["features"][:], np.float32)
-        rows = np.asarray(fs["rows"][:], np.int64)
-        coords = np.asarray(open_store(instances_store)["coords"][:], float).reshape(-1, 2)[rows]
-        classes = list(card["classes"])
-        warning = ""
-        if len(feats) == 0:
-            probs, attention = np.full(len(classes), np.nan), np.zeros(0)
-            warning = f"slide '{slide_id}' has no cells: no prediction"
-            log.warning(warning)
-        else:
-            probs, attention = predict_bag(models, feats)
-        out_attention.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(out_attention, rows=rows, coords=coords, attention=attention.astype(np.float32))
-        predicted = classes[int(np.argmax(probs))] if len(feats) else ""
-        title = f"{slide_id}  {card['task']}: {predicted or 'no cells'}"
-        if len(feats) and slide_path:
-            title += f"  P={float(np.max(probs)):.2f}"
-            thumb, down, _ = slide_thumbnail(slide_path, slide_id, mpp, thumbnail_mpp)
-            attention_heatmap(thumb, coords, attention, down, out_heatmap, title)
-        else:
-            _blank(out_heatmap, title)
-        result = {
-            "slide_id": slide_id,
-            "task": card["task"],
-            "backbone": card["backbone"],
-            "classes": classes,
-            "probabilities": {c: float(p) for c, p in zip(classes, probs, strict=True)},
-            "predicted": predicted,
-            "n_cells": int(len(feats)),
-            "warning": warning,
-            "model": {
-                "weights_sha256": card["weights_sha256"],
-                "n_models": card["n_models"],
-                "cross_validation_auroc": card["cross_validation"].get("auroc"),
-            },
-            "provenance": provenance("predict", params),
-        }
+        stores = (features_store, instances_store)
+        result = score_slide(models, card, slide_id, *stores, out_attention, out_heatmap,
+                             slide_path, mpp, thumbnail_mpp)  # fmt: skip
+        result["provenance"] = provenance("predict", params)
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(result, indent=1, default=str) + "\n")
-        if len(feats):
-            run.log_metrics({f"p.{c}": float(p) for c, p in zip(classes, probs, strict=True)})
+        if result["n_cells"]:
+            run.log_metrics({f"p.{c}": p for c, p in result["probabilities"].items()})
         run.log_artifact(out_json)
         run.log_artifact(out_heatmap, "heatmap")
-        log.info("%s: %s (%s)", slide_id, predicted or "no cells", card["backbone"])
+        log.info("%s: %s (%s)", slide_id, result["predicted"] or "no cells", card["backbone"])
     return result
 
 

@@ -60,12 +60,10 @@ def run_tile(
             # With threads to spare, the file's checksum (seconds for a large scan; hashlib
             # releases the GIL), the QC view's read and then its drawing run beside the mask
             # and the store
-            spare = threads > 1
+            spare, view_mpp = threads > 1, _qc_view_mpp(slide, cfg)
             digest = side.submit(slide_sha256, slide_path) if spare else None
-            view_mpp = _qc_view_mpp(slide, cfg)
-            view = None
-            if spare and view_mpp != cfg.mask_mpp:
-                view = side.submit(read_thumbnail, slide, view_mpp)
+            finer = spare and view_mpp != cfg.mask_mpp
+            view = side.submit(read_thumbnail, slide, view_mpp) if finer else None
             thumb = read_thumbnail(slide, cfg.mask_mpp, threads=threads)
             background, mask, grid = _find_tiles(slide, slide_id, cfg, thumb)
             qc_args = (slide, slide_id, cfg, thumb, mask, grid, out_qc, threads, view)
