@@ -107,7 +107,6 @@ class Paths:
     def task_figure(self, task: str, name: str) -> str:
         return self._at("eval", task, f"{name}.png")
 
-    # report, logs, tracking
     # predictions of slide tasks' final models
     def predict(self, stask: str = STASK, backbone: str = BACKBONE, slide: str = SLIDE) -> str:
         return self._at("predict", stask, backbone, f"{slide}.json")
@@ -135,6 +134,7 @@ class Paths:
         """``layout``: trident | stamp."""
         return self._at("export", layout, backbone, kind, f"{name}.h5")
 
+    # report, logs, tracking
     def report(self, part: str = "index.html") -> str:
         return self._at("report", part)
 

@@ -76,16 +76,23 @@ def test_unlabelled_slides_get_probabilities_attention_and_a_table(trained, tmp_
     assert {"predicted", "p_0", "p_1", "model_sha256"} <= set(table.columns)
 
 
+def _feature_store(path, features, rows, attrs):
+    """A feature store of the given rows and attributes (as embed writes one)."""
+    with atomic_group(path) as g:
+        g.create_array("features", data=np.asarray(features))
+        g.create_array("rows", data=np.asarray(rows))
+        g.attrs.update(attrs)
+    return path
+
+
 def test_features_of_another_backbone_are_refused_naming_both(trained, tmp_path):
     tmp, cohort, _ = trained
     row = cohort[21]
-    other = tmp_path / "other.zarr"
     src = open_store(row["features"])
-    with atomic_group(other) as g:
-        g.create_array("features", data=np.asarray(src["features"][:]))
-        g.create_array("rows", data=np.asarray(src["rows"][:]))
-        g.attrs.update({**dict(src.attrs), "provenance": {"backbone": {"architecture": "toy",
-                        "weights_sha256": "xyz"}, "preprocessing": {"mean": [0.5]}}})  # fmt: skip
+    prov = {"backbone": {"architecture": "toy", "weights_sha256": "xyz"},
+            "preprocessing": {"mean": [0.5]}}  # fmt: skip
+    other = _feature_store(tmp_path / "other.zarr", src["features"][:], src["rows"][:],
+                           {**dict(src.attrs), "provenance": prov})  # fmt: skip
     with pytest.raises(InputDataError, match=r"weights_sha256: model 'abc', features 'xyz'"):
         run_predict(tmp / "abmil" / "model", "s21", other, row["instances"],
                     *(tmp_path / n for n in ("a.json", "a.npz", "a.png")))  # fmt: skip
@@ -106,12 +113,9 @@ def test_changed_weights_are_refused(trained, tmp_path):
 def test_a_slide_without_cells_gets_no_prediction_and_a_warning(trained, tmp_path):
     tmp, cohort, _ = trained
     row = cohort[20]
-    empty = tmp_path / "empty.zarr"
     src = open_store(row["features"])
-    with atomic_group(empty) as g:
-        g.create_array("features", shape=(0, 8), dtype="float16")
-        g.create_array("rows", shape=(0,), dtype="int64")
-        g.attrs.update(dict(src.attrs))
+    empty = _feature_store(tmp_path / "empty.zarr", np.zeros((0, 8), np.float16),
+                           np.zeros(0, np.int64), dict(src.attrs))  # fmt: skip
     res = run_predict(tmp / "abmil" / "model", "s20", empty, row["instances"],
                       *(tmp_path / n for n in ("e.json", "e.npz", "e.png")))  # fmt: skip
     assert res["predicted"] == "" and "no cells" in res["warning"]
