@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime as _dt
+import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -25,6 +28,7 @@ __all__ = [
     "file_sha256",
     "git_commit",
     "invocation_id",
+    "library_versions",
     "new_invocation_id",
     "provenance",
     "tree_sha256",
@@ -96,6 +100,48 @@ def git_commit(path: str | Path = _PKG_DIR) -> str:
     return f"{sha}-dirty" if dirty else sha
 
 
+# the libraries whose versions change what a stage computes
+_LIBRARIES = (
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "opencv-python",
+    "openslide-python",
+    "openslide-bin",
+    "tifffile",
+    "zarr",
+    "torch",
+    "timm",
+    "peft",
+    "safetensors",
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _installed() -> dict[str, str]:
+    found = {}
+    for name in _LIBRARIES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[name] = importlib.metadata.version(name)
+    return found
+
+
+def library_versions() -> dict[str, Any]:
+    """Versions of the libraries that shape the numbers, read from the installed packages (no
+    import), and, where this process uses torch, its CUDA and cuDNN builds and the GPU it ran
+    on (None on CPU)."""
+    out: dict[str, Any] = dict(_installed())
+    torch = sys.modules.get("torch")  # only where the stage imported it: no start-up cost
+    if torch is not None:
+        out["cuda"] = torch.version.cuda
+        out["cudnn"] = None
+        out["gpu"] = None
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            out["cudnn"] = torch.backends.cudnn.version()
+            out["gpu"] = torch.cuda.get_device_name(torch.cuda.current_device())
+    return out
+
+
 def canonical(obj: Any) -> Any:
     """Plain, order-independent form: mappings with sorted string keys, tuples as lists, paths
     as strings, numpy scalars as Python numbers."""
@@ -148,6 +194,7 @@ def provenance(stage: str, config: Mapping[str, Any] | Any, **extra: Any) -> dic
         "config": canonical(config),
         "config_hash": config_hash(config),
         "python": platform.python_version(),
+        "versions": library_versions(),
         "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "invocation_id": invocation_id(),
     }

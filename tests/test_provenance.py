@@ -30,3 +30,18 @@ def test_provenance_record(tmp_path):
     commit = git_commit()
     assert commit == "unknown" or len(commit.split("-")[0]) == 40
     assert git_commit(tmp_path) == "unknown"
+
+
+def test_provenance_names_library_versions_and_cuda_where_torch_runs():
+    """Versions come from the installed packages; a process that uses torch also records its
+    CUDA build and, when a GPU ran, cuDNN and the device (None on this CPU machine)."""
+    import importlib.metadata
+
+    import torch
+
+    versions = provenance("embed", {})["versions"]
+    for name in ("numpy", "zarr", "torch", "timm", "scikit-learn", "openslide-python"):
+        assert versions[name] == importlib.metadata.version(name)
+    assert versions["cuda"] == torch.version.cuda
+    if not torch.cuda.is_available():
+        assert versions["gpu"] is None and versions["cudnn"] is None

@@ -384,7 +384,12 @@ def test_killed_runs_are_marked_killed_in_mlflow(interrupted):
 
     client = MlflowClient(f"sqlite:///{interrupted['root'] / 'killed' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("cytofm-test")
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    found = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in found if r.data.tags.get("cytofm.role") == "invocation"]
+    runs = [r for r in found if r not in parents]
+    # the killed invocation's parent run was closed as such by the next one's end
+    assert "KILLED" in {r.info.status for r in parents}
+    assert not [r for r in parents if r.info.status == "RUNNING"]
     status = {}
     for r in runs:
         status.setdefault(r.info.run_name, []).append(r.info.status)

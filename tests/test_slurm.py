@@ -149,8 +149,12 @@ def test_tiny_workflow_runs_as_slurm_jobs(slurm_run, mlflow_server):
         filter_string=f"attributes.start_time > {int(started * 1000)}",
         max_results=1000,
     )
+    parents = [r for r in runs if r.data.tags.get("cytofm.role") == "invocation"]
+    runs = [r for r in runs if "cytofm.job_id" in r.data.tags]
     assert len(runs) == len(submitted)
     assert len({r.data.tags["cytofm.invocation_id"] for r in runs}) == 1
+    assert len(parents) <= 1  # its start is the invocation's, to the second: may predate ours
+    assert len({r.data.tags["mlflow.parentRunId"] for r in runs}) == 1
     assert all(r.info.status == "FINISHED" for r in runs)
 
     # and the outputs are those of a local run

@@ -196,7 +196,8 @@ def test_runs_of_killed_jobs_are_sent_as_killed_and_running_ones_wait(tmp_path, 
     _running_record(spool, "old", "node-7", 123, invocation="inv-0")  # an earlier workflow's
 
     assert flush_spool(spool) == {"sent": 1, "killed": 1, "left": 3}
-    assert sorted(p.name for p in spool.iterdir() if p.is_dir()) == ["live", "node", "old"]
+    left = sorted(p.name for p in spool.iterdir() if p.is_dir() and p.name != ".parents")
+    assert left == ["live", "node", "old"]
     # the workflow has ended: its jobs on other hosts cannot finish any more
     assert flush_spool(spool, final=True) == {"sent": 1, "killed": 1, "left": 2}
     # told that nothing runs anywhere (the CLI's --ended): all but the live process's
@@ -204,9 +205,14 @@ def test_runs_of_killed_jobs_are_sent_as_killed_and_running_ones_wait(tmp_path, 
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.get_experiment_by_name("cytofm")
-    runs = {r.info.run_name: r.info for r in client.search_runs([exp.experiment_id])}
+    found = [r for r in client.search_runs([exp.experiment_id]) if "cytofm.role" not in r.data.tags]
+    runs = {r.info.run_name: r.info for r in found}
     assert sorted(runs) == ["tile:dead", "tile:node", "tile:old"]
     assert {r.status for r in runs.values()} == {"KILLED"}
+    parents = {
+        r.data.tags["cytofm.invocation_id"]: r.data.tags["mlflow.parentRunId"] for r in found
+    }
+    assert len(set(parents.values())) == 2  # each invocation's runs under its own parent
     assert all(r.end_time >= r.start_time for r in runs.values())
 
 
@@ -253,14 +259,14 @@ def test_a_flush_stopped_half_way_does_not_leave_a_duplicate(tmp_path, monkeypat
     real = tracking._send
     calls = []
 
-    def crash_after_create(client, exp, folder, record):
+    def crash_after_create(client, exp, folder, record, *parents):
         calls.append(folder.name)
         if len(calls) == 1:
             client.create_run(exp, run_name=record["run_name"], tags=record["tags"])
             record["mlflow_run_id"] = client.search_runs([exp])[0].info.run_id
             tracking._write_json(folder / "run.json", record)
             raise ConnectionError("server went away")
-        return real(client, exp, folder, record)
+        return real(client, exp, folder, record, *parents)
 
     monkeypatch.setattr(tracking, "_send", crash_after_create)
     assert tracking.flush_spool(spool)["left"] == 2
@@ -269,3 +275,126 @@ def test_a_flush_stopped_half_way_does_not_leave_a_duplicate(tmp_path, monkeypat
     exp = client.get_experiment_by_name("cytofm")
     active = client.search_runs([exp.experiment_id])
     assert sorted(r.data.tags["cytofm.stage"] for r in active) == ["cells", "tile"]
+
+
+# -- one parent run per workflow invocation ------------------------------------------------------
+
+
+def _invocation(monkeypatch, tmp_path, invocation: str):
+    from cytofm.provenance import INVOCATION_ENV
+    from cytofm.tracking import PARENTS_DIR, PARENTS_ENV, SPOOL_ENV
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv(INVOCATION_ENV, invocation)
+    monkeypatch.setenv(SPOOL_ENV, str(tmp_path / "mlflow-spool"))
+    monkeypatch.setenv(PARENTS_ENV, str(tmp_path / "mlflow-spool" / PARENTS_DIR))
+
+
+def test_jobs_nest_under_one_parent_run_per_invocation(tmp_path, monkeypatch):
+    """A live job and two spooled ones of one invocation end up children of one parent run,
+    which the workflow's end closes with its status; every run carries MLflow's standard
+    source and user tags. A workflow killed before its end leaves its parent running: the next
+    invocation's end closes it as KILLED."""
+    from cytofm.tracking import end_invocation
+
+    _invocation(monkeypatch, tmp_path, "20261130T120000Z-aaaa0001")
+    tags = {"snakemake.rule": "tile"}
+    with job_run("pretrain", results_dir=tmp_path, tags={"snakemake.rule": "pretrain"}, live=True):
+        pass
+    for _ in range(2):
+        with job_run("tile", results_dir=tmp_path, tags=tags):
+            pass
+    spool = tmp_path / "mlflow-spool"
+    assert (spool / ".parents" / "20261130T120000Z-aaaa0001.json").is_file()
+    counts = end_invocation(spool, "FINISHED")
+    assert counts["sent"] == 2 and counts["parents_closed"] == 1
+    assert not spool.exists()
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("cytofm")
+    found = client.search_runs([exp.experiment_id])
+    parents = [r for r in found if r.data.tags.get("cytofm.role") == "invocation"]
+    children = [r for r in found if "cytofm.job_id" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.info.end_time is not None
+    assert parent.info.start_time == 1796040000000  # the invocation id's UTC stamp
+    assert parent.data.tags["cytofm.invocation_id"] == "20261130T120000Z-aaaa0001"
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    for run in children:
+        assert run.data.tags["mlflow.source.type"] == "JOB"
+        assert run.data.tags["mlflow.user"]
+        rule = run.data.tags["snakemake.rule"]
+        assert run.data.tags["mlflow.source.name"] == f"snakemake rule {rule}"
+        commit = run.data.tags["cytofm.git_commit"]
+        if commit != "unknown":
+            assert run.data.tags["mlflow.source.git.commit"] == commit.removesuffix("-dirty")
+
+    # killed: a live job made the parent, the workflow never reached its end
+    _invocation(monkeypatch, tmp_path, "20261130T130000Z-aaaa0002")
+    with job_run("pretrain", results_dir=tmp_path, live=True):
+        pass
+    _invocation(monkeypatch, tmp_path, "20261130T140000Z-aaaa0003")
+    with job_run("tile", results_dir=tmp_path, tags=tags):
+        pass
+    assert end_invocation(spool, "FAILED")["parents_closed"] == 2
+    status = {
+        r.data.tags["cytofm.invocation_id"]: r.info.status
+        for r in client.search_runs([exp.experiment_id], "tags.`cytofm.role` = 'invocation'")
+    }
+    assert status == {
+        "20261130T120000Z-aaaa0001": "FINISHED",
+        "20261130T130000Z-aaaa0002": "KILLED",
+        "20261130T140000Z-aaaa0003": "FAILED",
+    }
+
+
+def test_jobs_racing_to_create_the_parent_keep_one(tmp_path, monkeypatch):
+    """Two jobs both find no parent and both create one: each keeps the oldest, and the
+    other is deleted."""
+    from cytofm.tracking.invocation import parent_run
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.create_experiment("cytofm")
+    real = MlflowClient.search_runs
+    calls = []
+
+    def miss_first(self, *args, **kwargs):  # the first search runs before either create
+        calls.append(1)
+        return [] if len(calls) <= 1 else real(self, *args, **kwargs)
+
+    first = parent_run(client, exp, "inv-race", 1000)
+    monkeypatch.setattr(MlflowClient, "search_runs", miss_first)
+    second = parent_run(client, exp, "inv-race", 2000)
+    assert first == second
+    alive = real(client, [exp], "tags.`cytofm.role` = 'invocation'")
+    assert [r.info.run_id for r in alive] == [first]
+
+
+def test_long_jobs_log_system_metrics_under_mlflows_names(tmp_path, monkeypatch):
+    """A job run with ``system_metrics`` samples CPU and memory beside its work, into the spool
+    as into a live run; other jobs log none."""
+    import time
+
+    from cytofm.tracking import flush_spool
+
+    _invocation(monkeypatch, tmp_path, "20261130T150000Z-aaaa0004")
+    fast = TrackingConfig(system_metrics_s=0.05)
+    with job_run("embed", tracking=fast, results_dir=tmp_path, system_metrics=True):
+        time.sleep(0.3)
+    with job_run("pretrain", tracking=fast, results_dir=tmp_path, system_metrics=True, live=True):
+        time.sleep(0.3)
+    with job_run("tile", tracking=fast, results_dir=tmp_path):
+        time.sleep(0.1)
+    assert flush_spool(tmp_path / "mlflow-spool")["sent"] == 2
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("cytofm")
+    runs = {r.data.tags.get("cytofm.stage"): r for r in client.search_runs([exp.experiment_id])}
+    for stage in ("embed", "pretrain"):
+        run_id = runs[stage].info.run_id
+        history = client.get_metric_history(run_id, "system/cpu_utilization_percentage")
+        assert len(history) >= 3 and [m.step for m in history] == list(range(len(history)))
+        memory = client.get_metric_history(run_id, "system/system_memory_usage_megabytes")
+        assert all(m.value > 0 for m in memory)
+        assert "system/process_memory_rss_megabytes" in runs[stage].data.metrics
+    assert not any(k.startswith("system/") for k in runs["tile"].data.metrics)

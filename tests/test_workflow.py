@@ -57,7 +57,7 @@ def runs(results, mlflow_server):
         filter_string=f"attributes.start_time >= {started}",
         max_results=1000,
     )
-    return {r.data.tags["cytofm.job_id"]: r for r in found}
+    return {r.data.tags["cytofm.job_id"]: r for r in found if "cytofm.job_id" in r.data.tags}
 
 
 def test_lint_is_clean():
@@ -313,6 +313,46 @@ def test_every_job_logged_one_mlflow_run(results, runs):
     assert not (results / "mlflow.db").exists()  # everything went to the server
 
 
+def test_registered_models_load_back_from_the_server_to_the_same_outputs(
+    results, runs, mlflow_server
+):
+    """The pretrained backbone and each backbone's final slide model are registered on the
+    server by their jobs' runs; loaded back with ``mlflow.pyfunc`` they give the features the
+    workflow stored and the probabilities its ``predict`` rule wrote."""
+    import mlflow.pyfunc
+    from mlflow.tracking import MlflowClient
+
+    from cytofm.store import open_store
+
+    client = MlflowClient(mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    mine = {r.info.run_id: r for r in runs.values()}
+
+    def version_of(name):  # other tests on this server register the same names
+        found = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id in mine]
+        assert len(found) == 1, (name, found)
+        return found[0]
+
+    bb = version_of("cytofm_vit_demo")
+    assert mine[bb.run_id].data.tags["cytofm.stage"] == "pretrain"
+    backbone = mlflow.pyfunc.load_model(f"models:/cytofm_vit_demo/{bb.version}")
+    images = open_store(results / "cells" / "demo_001.zarr")["images"][:16]
+    stored = open_store(results / "features" / "cytofm" / "cells" / "demo_001.zarr")["features"]
+    served = backbone.predict(images)
+    assert served.shape == (16, stored.shape[1])
+    assert np.allclose(served.astype(np.float16), stored[:16], rtol=1e-2, atol=1e-2)
+
+    prediction = json.loads((results / "predict" / "demo_abnormal" / "cytofm" / "demo_000.json")
+                            .read_text())  # fmt: skip
+    heads = {b: version_of(f"demo_abnormal.{b}.abmil") for b in ("cytofm", "random")}
+    assert {mine[v.run_id].data.tags["cytofm.stage"] for v in heads.values()} == {"mil"}
+    head = mlflow.pyfunc.load_model(f"models:/demo_abnormal.cytofm.abmil/{heads['cytofm'].version}")
+    bag = open_store(results / "features" / "cytofm" / "cells" / "demo_000.zarr")["features"][:]
+    probs = head.predict(np.asarray(bag, np.float32))
+    expected = [prediction["probabilities"][c] for c in probs.columns]
+    assert np.allclose(probs.to_numpy()[0], expected, atol=1e-5)
+
+
 def test_lineage_traces_a_result_to_its_backbone_run_and_slides(results, runs, mlflow_server):
     """From an evaluation JSON, follow job ids through the server: evaluate -> embed ->
     pretrain -> cells -> tile -> the slide's checksum; every run shares one invocation id."""
@@ -342,6 +382,20 @@ def test_lineage_traces_a_result_to_its_backbone_run_and_slides(results, runs, m
         slide = results / "demo" / "slides" / f"{tile.data.tags['snakemake.wildcard.slide']}.tif"
         assert tile.data.tags["cytofm.slide_sha256"] == file_sha256(slide)
 
+    # every job's run is nested under the one parent run of the invocation, closed at its end
+    (invocation,) = {r.data.tags["cytofm.invocation_id"] for r in runs.values()}
+    client = MlflowClient(mlflow_server)
+    parents = client.search_runs(
+        [evaluate.info.experiment_id],
+        filter_string=(
+            f"tags.`cytofm.invocation_id` = '{invocation}' and tags.`cytofm.role` = 'invocation'"
+        ),
+    )
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parents[0].info.run_id}
+    assert {r.data.tags["mlflow.source.type"] for r in runs.values()} == {"JOB"}
+    assert evaluate.data.tags["mlflow.source.name"] == "snakemake rule evaluate"
+
     # the same chain is written into the outputs, and the server serves lineage.json
     store_prov = json.loads(
         (results / "features" / "cytofm" / "datasets" / "demo_cells.zarr" / "zarr.json").read_text()
@@ -352,7 +406,6 @@ def test_lineage_traces_a_result_to_its_backbone_run_and_slides(results, runs, m
     backbone_prov = json.loads(weights.with_name("config.json").read_text())["provenance"]
     assert backbone_prov["mlflow_run_id"] == pretrain.info.run_id
     assert not (results / "mlflow-spool").exists()  # every spooled run was sent
-    client = MlflowClient(mlflow_server)
     names = [a.path for a in client.list_artifacts(evaluate.info.run_id)]
     assert "lineage.json" in names
 

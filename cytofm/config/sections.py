@@ -1185,6 +1185,17 @@ class TrackingConfig(Section):
         "jobs spool their runs (no mlflow import: 2-3 s less per job); the workflow sends them "
         "to MLflow when it ends. false = every job logs live (pretraining always does)",
     )
+    system_metrics_s: float = option(
+        10.0,
+        "seconds between samples of CPU, memory and GPU use logged by long jobs (pretraining, "
+        "embedding, LoRA); 0 = none",
+        minimum=0,
+    )
+    register_models: bool = option(
+        True,
+        "log the pretrained backbone and every final slide-level model as MLflow models and "
+        "register them in the model registry",
+    )
     log_slide_paths: bool = option(False, "log slide file paths (may hold personal data) to MLflow")
     log_slide_metadata: bool = option(
         False,

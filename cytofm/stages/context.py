@@ -65,10 +65,15 @@ class JobContext:
         return tags
 
     def run(
-        self, stage: str, params: Mapping[str, Any] | None = None, live: bool = False
+        self,
+        stage: str,
+        params: Mapping[str, Any] | None = None,
+        live: bool = False,
+        system_metrics: bool = False,
     ) -> AbstractContextManager[RunLogger]:
         """The job's one MLflow run, tagged with its rule and wildcards; ``live`` logs it to
-        MLflow as the job goes even where the workflow spools runs (long jobs)."""
+        MLflow as the job goes even where the workflow spools runs, ``system_metrics`` samples
+        CPU, memory and GPU use beside it (long jobs)."""
         return job_run(
             stage,
             tracking=self.tracking,
@@ -78,6 +83,7 @@ class JobContext:
             run_name=self.run_name,
             inputs=self.inputs,
             live=live,
+            system_metrics=system_metrics,
         )
 
     @property

@@ -110,7 +110,9 @@ def run_embed(
     workers = loader_workers(num_workers, dev, most=EMBED_WORKERS_AUTO_MAX)
     settings = {"batch_size": batch_size, "precision": precision}
     params = {"backbone": spec.to_dict(), "source": str(source_store), **settings}
-    with job.run("embed", {**params, "device": str(dev), "num_workers": workers}) as run:
+    with job.run(
+        "embed", {**params, "device": str(dev), "num_workers": workers}, system_metrics=True
+    ) as run:
         t0 = time.perf_counter()
         bb, runtime = _load_for_embedding(spec, backbone_dir, pretrained_dir, dev)
         _warn_on_resolution(src.attrs.get("mpp"), bb, spec.name, source_store)

@@ -172,7 +172,9 @@ def run_evaluate(
     data = load_task_data(task, dataset_store)
     split = task_split(task, data)
     params = {"task": task.to_dict(), "evaluate": cfg.part("patch"), "backbone": spec.to_dict()}
-    with job.run("evaluate", {**params, "protocol": protocol}) as run:
+    with job.run(
+        "evaluate", {**params, "protocol": protocol}, system_metrics=protocol == "lora"
+    ) as run:
         t0 = time.perf_counter()
         feats = _features(features_store, data) if kind.needs_features else None
         labels, classes, store = data["labels"], data["classes"], data["store"]

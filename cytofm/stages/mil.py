@@ -99,6 +99,7 @@ def run_mil(
         for sub in ("heatmap", "montage", "model"):
             if (out_dir / sub).is_dir():
                 run.log_artifacts(out_dir / sub, sub)
+        run.log_model("abmil", out_dir / "model", f"{task.name}.{backbone}.abmil", "mlflow_model")
         attn = f"{attention_eval['auroc']['mean']:.3f}" if attention_eval else "n/a"
         auroc = block["summary"]["auroc"]["mean"]
         log.info(f"{task.name}/{backbone}/abmil: slide AUROC {auroc:.3f}, attention AUROC {attn}")

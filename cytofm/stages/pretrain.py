@@ -69,7 +69,9 @@ def run_pretrain(
     params = {"pretrain": cfg.to_dict(), "n_patches": len(source), "n_stores": len(stores)}
     params.update(n_empty_stores=len(source.empty), world_size=trainer.world)
     params["device"] = str(trainer.device)
-    with job.run("pretrain", params, live=True) as run:  # loss curves visible while it trains
+    with job.run(
+        "pretrain", params, live=True, system_metrics=True
+    ) as run:  # loss curves visible while it trains
         run.set_tags({"pretrain.resumed_from_step": resumed_from})
         t0 = time.perf_counter()
         last = trainer.fit(logger=run, knn=knn)
@@ -86,6 +88,7 @@ def run_pretrain(
         )
         _export(trainer, cfg, stores, out, record)
         _log_outputs(run, trainer, out, cfg.name)
+        run.log_model("backbone", out / "backbone", cfg.name, "mlflow_model")
         run.log_metrics({"final_" + k: v for k, v in last.items() if np.isfinite(v)})
     return {**last, "seconds": elapsed, "steps": trainer.step, "resumed_from_step": resumed_from}
 

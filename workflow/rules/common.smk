@@ -13,7 +13,13 @@ from cytofm.hardware import visible_gpus
 from cytofm.plan import Plan
 from cytofm.provenance import INVOCATION_ENV, new_invocation_id
 from cytofm.sheet import is_remote
-from cytofm.tracking import SPOOL_ENV, flush_spool
+from cytofm.tracking import (
+    PARENTS_DIR,
+    PARENTS_ENV,
+    SPOOL_ENV,
+    end_invocation,
+    flush_spool,
+)
 
 # The executor is not known while the Snakefile is read; `--jobs` (profiles/slurm sets it) is:
 # jobs go to a cluster, whose nodes have the GPUs. Locally one runs with `--cores`.
@@ -31,16 +37,21 @@ os.environ.setdefault(INVOCATION_ENV, new_invocation_id())
 
 # Jobs write their MLflow runs to this spool instead of importing mlflow (2-3 s a job) and the
 # workflow sends them when it ends, or when the next run starts after a crash
-# (cytofm/tracking.py); pretraining logs live. `mlflow.defer: false` logs every job live.
+# (cytofm/tracking/); pretraining logs live. `mlflow.defer: false` logs every job live.
+# Every job's run nests under one parent run of this invocation, which the end closes.
 MLFLOW_SPOOL = Path(PATHS.mlflow_spool()).resolve()
+os.environ[PARENTS_ENV] = str(MLFLOW_SPOOL / PARENTS_DIR)
 if CFG.mlflow.defer:
     os.environ[SPOOL_ENV] = str(MLFLOW_SPOOL)
 else:
     os.environ.pop(SPOOL_ENV, None)
 
 
-def send_spooled_runs(final):
-    counts = flush_spool(MLFLOW_SPOOL, final=final)
+def send_spooled_runs(final, status="FINISHED"):
+    if final:
+        counts = end_invocation(MLFLOW_SPOOL, status)
+    else:
+        counts = flush_spool(MLFLOW_SPOOL)
     if counts["sent"] or counts["left"]:
         print(
             f"MLflow: sent {counts['sent']} spooled run(s) "
@@ -58,7 +69,7 @@ onsuccess:
 
 
 onerror:
-    send_spooled_runs(final=True)
+    send_spooled_runs(final=True, status="FAILED")
 
 
 # GPU rules ask for one GPU with the 'gpu' resource: on SLURM the plugin requests a GPU for the

@@ -27,6 +27,7 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -36,11 +37,33 @@ from typing import Any
 from cytofm.config import TrackingConfig
 from cytofm.lineage import compact, input_lineage, lineage_tags
 from cytofm.provenance import bind_job, config_hash, git_commit, invocation_id
+from cytofm.tracking.invocation import (
+    PARENTS_ENV,
+    close_invocations,
+    parent_run,
+    record_parent,
+    source_tags,
+)
+from cytofm.tracking.store import file_lock as _file_lock
+from cytofm.tracking.store import store_of as _store_of
+from cytofm.tracking.system import SystemSampler
 
-__all__ = ["SPOOL_ENV", "RunLogger", "flatten", "flush_spool", "job_run", "resolve_tracking_uri"]
+__all__ = [
+    "PARENTS_DIR",
+    "PARENTS_ENV",
+    "SPOOL_ENV",
+    "RunLogger",
+    "end_invocation",
+    "flatten",
+    "flush_spool",
+    "job_run",
+    "resolve_tracking_uri",
+]
 
 # the spool folder of the running workflow; jobs started without it log to MLflow directly
 SPOOL_ENV = "CYTOFM_MLFLOW_SPOOL"
+# in the spool folder: markers of the parent runs in use (cytofm/tracking/invocation.py)
+PARENTS_DIR = ".parents"
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +89,6 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path | None) -> Iterator[None]:
-    if path is None:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class RunLogger:
@@ -112,6 +121,13 @@ class RunLogger:
 
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
         """Every file under ``folder`` (PNG sets such as heatmaps), keeping the layout."""
+
+    # set from ``mlflow.register_models`` by :func:`job_run`
+    register_models: bool = False
+
+    def log_model(self, kind: str, folder: str | Path, name: str, artifact_path: str) -> None:
+        """A cytofm model folder of ``kind`` (cytofm/tracking/models.py) as an MLflow model
+        under ``artifact_path``, registered as ``name`` (when ``register_models``)."""
 
 
 def _params(params: Mapping[str, Any]) -> dict[str, str]:
@@ -169,6 +185,17 @@ class _LiveRun(RunLogger):
         with _file_lock(self._lock):
             self._client.log_artifacts(self.run_id, str(folder), artifact_path)
 
+    def log_model(self, kind: str, folder: str | Path, name: str, artifact_path: str) -> None:
+        if self.register_models:
+            with _file_lock(self._lock):
+                _log_model(self._client, self.run_id, kind, folder, name, artifact_path)
+
+
+def _log_model(client: Any, run_id: str, kind: str, folder, name: str, artifact_path: str):
+    from cytofm.tracking.models import log_model
+
+    return log_model(client, run_id, kind, folder, name, artifact_path)
+
 
 def _write_json(path: Path, obj: Any) -> None:
     """Atomic: a reader (the flush) sees the old file or the new one, never half of one."""
@@ -187,6 +214,7 @@ class _SpoolRun(RunLogger):
         super().__init__(job_id)
         self.folder = folder
         self.record = record
+        self._metrics_lock = threading.Lock()  # the system-metrics thread appends too
         self._save()
 
     @property
@@ -205,7 +233,7 @@ class _SpoolRun(RunLogger):
         lines = "".join(
             json.dumps([k, float(v), now, step or 0]) + "\n" for k, v in metrics.items()
         )
-        with open(self.folder / "metrics.jsonl", "a") as fh:
+        with self._metrics_lock, open(self.folder / "metrics.jsonl", "a") as fh:
             fh.write(lines)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
@@ -227,6 +255,12 @@ class _SpoolRun(RunLogger):
 
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
         shutil.copytree(folder, self._artifacts(artifact_path), dirs_exist_ok=True)
+
+    def log_model(self, kind: str, folder: str | Path, name: str, artifact_path: str) -> None:
+        if self.register_models:  # logged from the folder when the run is sent
+            model = {"kind": kind, "folder": str(Path(folder).resolve()), "name": name}
+            self.record.setdefault("models", []).append({**model, "artifact_path": artifact_path})
+            self._save()
 
     def close(self, status: str) -> None:
         self.record.update(status=status, end_time=_now_ms())
@@ -285,14 +319,6 @@ def close_dead_runs(client: Any, experiment_id: str, run_name: str) -> list[str]
     return closed
 
 
-def _store_of(uri: str) -> tuple[Path | None, str | None]:
-    """A SQLite store's lock file and artifact root (next to the database); None otherwise."""
-    if not uri.startswith("sqlite:///"):
-        return None, None
-    db = Path(uri.removeprefix("sqlite:///"))
-    return db.with_name(db.name + ".lock"), (db.parent / "mlflow-artifacts").resolve().as_uri()
-
-
 @contextlib.contextmanager
 def job_run(
     stage: str,
@@ -304,6 +330,7 @@ def job_run(
     run_name: str | None = None,
     inputs: Mapping[str, Any] | None = None,
     live: bool = False,
+    system_metrics: bool = False,
 ) -> Iterator[RunLogger]:
     """Open one run for a job; it ends FINISHED, or FAILED if the body raises.
 
@@ -312,7 +339,8 @@ def job_run(
     paths); callers add the rule and wildcards. Params are the stage's resolved config,
     flattened. Inside the block, every provenance record carries the job id and the input
     lineage. With ``CYTOFM_MLFLOW_SPOOL`` set and ``live`` false the run is spooled (see the
-    module's doc); otherwise it is logged to MLflow as the job goes.
+    module's doc); otherwise it is logged to MLflow as the job goes. ``system_metrics``
+    (long jobs) samples CPU, memory and GPU use every ``tracking.system_metrics_s`` seconds.
     """
     tracking = tracking or TrackingConfig()
     uri = resolve_tracking_uri(tracking, results_dir)
@@ -335,6 +363,7 @@ def job_run(
         **lineage_tags(lineage),
     }
     all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+    all_tags.update(source_tags(all_tags))
     spool = os.environ.get(SPOOL_ENV, "").strip()
     lock, artifact_root = _store_of(uri)
     if spool and not live:
@@ -364,9 +393,14 @@ def job_run(
             client = MlflowClient(tracking_uri=uri)
             experiment_id = _experiment_id(client, tracking.experiment, artifact_root)
             close_dead_runs(client, experiment_id, name)
+            _nest(client, experiment_id, all_tags, uri, tracking.experiment)
             run = client.create_run(experiment_id, run_name=name, tags=all_tags)
         logger = _LiveRun(job_id, client, run.info.run_id, lock)
+    logger.register_models = tracking.register_models
     status = "FAILED"
+    sampler = None
+    if system_metrics and tracking.system_metrics_s > 0:
+        sampler = SystemSampler(logger.log_metrics, tracking.system_metrics_s).start()
     try:
         if params:
             logger.log_params(params)
@@ -376,6 +410,8 @@ def job_run(
             yield logger
         status = "FINISHED"
     finally:
+        if sampler is not None:
+            sampler.stop()
         try:
             if isinstance(logger, _SpoolRun):
                 logger.close(status)
@@ -414,9 +450,43 @@ def _ended(record: Mapping[str, Any], final: bool, everywhere: bool) -> bool:
     return final and tags.get("cytofm.invocation_id") == (invocation_id() or "none")
 
 
-def _send(client: Any, experiment_id: str, folder: Path, record: dict[str, Any]) -> str:
+def _nest(
+    client: Any,
+    experiment_id: str,
+    tags: dict[str, str],
+    uri: str,
+    experiment: str,
+    markers: Path | None = None,
+    known: dict[tuple, str | None] | None = None,
+) -> None:
+    """Point a job's run at its invocation's parent run (found or created, or taken from
+    ``known``), and leave the marker the workflow's end closes that parent by."""
+    invocation = tags.get("cytofm.invocation_id", "none")
+    key = (uri, experiment_id, invocation)
+    if known is not None and key in known:
+        parent = known[key]
+    else:
+        parent = parent_run(client, experiment_id, invocation, _now_ms())
+        if parent is not None:
+            record_parent(parent, uri, experiment, invocation, markers)
+        if known is not None:
+            known[key] = parent
+    if parent is not None:
+        tags["mlflow.parentRunId"] = parent
+
+
+def _send(
+    client: Any,
+    experiment_id: str,
+    folder: Path,
+    record: dict[str, Any],
+    parents: dict[tuple, str | None] | None = None,
+) -> str:
     from mlflow.entities import Metric, Param
 
+    markers = folder.parent / PARENTS_DIR
+    tags, uri, experiment = record["tags"], record["tracking_uri"], record["experiment"]
+    _nest(client, experiment_id, tags, uri, experiment, markers, parents)
     if record.get("mlflow_run_id"):  # an earlier flush stopped half-way through this one
         with contextlib.suppress(Exception):
             client.delete_run(record["mlflow_run_id"])
@@ -440,6 +510,11 @@ def _send(client: Any, experiment_id: str, folder: Path, record: dict[str, Any])
             client.log_batch(run_id, metrics=metrics[start : start + 1000])
     if (folder / "artifacts").is_dir():
         client.log_artifacts(run_id, str(folder / "artifacts"))
+    for model in record.get("models", []) if record["status"] == "FINISHED" else []:
+        try:
+            _log_model(client, run_id, **model)
+        except Exception as err:  # a model folder removed since: the run is still sent
+            log.warning("could not log model %s from %s: %s", model["name"], model["folder"], err)
     client.set_terminated(run_id, status=record["status"], end_time=record["end_time"])
     return run_id
 
@@ -485,6 +560,7 @@ def flush_spool(
         from mlflow.tracking import MlflowClient
 
         clients: dict[tuple, tuple[Any, str]] = {}
+        parents: dict[tuple, str | None] = {}
         pending.sort(key=lambda item: item[0])
         for i, (_, folder, record) in enumerate(pending):
             uri = record["tracking_uri"]
@@ -497,7 +573,7 @@ def flush_spool(
                         exp = _experiment_id(client, record["experiment"], record["artifact_root"])
                         clients[key] = (client, exp)
                     client, exp = clients[key]
-                    _send(client, exp, folder, record)
+                    _send(client, exp, folder, record, parents)
                 shutil.rmtree(folder, ignore_errors=True)
             except Exception as err:  # keep the rest for the next flush
                 log.warning(
@@ -513,8 +589,29 @@ def flush_spool(
                 break
             counts["sent"] += 1
             counts["killed"] += record["status"] == "KILLED"
-    if not any(p.name != ".flush.lock" for p in spool.iterdir()):
+    _tidy(spool)
+    return counts
+
+
+def _tidy(spool: Path) -> None:
+    """Remove the spool once nothing but its lock is left in it."""
+    if spool.is_dir() and not any(p.name != ".flush.lock" for p in spool.iterdir()):
         shutil.rmtree(spool, ignore_errors=True)
+
+
+def end_invocation(spool: str | Path, status: str) -> dict[str, int]:
+    """The workflow's end: send the spooled runs of ended jobs, then close the parent runs of
+    this invocation (with ``status``: FINISHED or FAILED) and of earlier ones that were killed
+    before they could. Never raises."""
+    spool = Path(spool)
+    counts = flush_spool(spool, final=True)
+    waiting = {
+        (_read_json(p / "run.json") or {}).get("tags", {}).get("cytofm.invocation_id")
+        for p in spool.glob("*")
+        if (p / "run.json").is_file()
+    }
+    counts["parents_closed"] = close_invocations(spool / PARENTS_DIR, status, waiting)
+    _tidy(spool)
     return counts
 
 

@@ -1,0 +1,1 @@
+"""MLflow model code files, one per kind of cytofm model (cytofm/tracking/models.py)."""
