@@ -77,6 +77,10 @@ class Paths:
     def probe(self, model: str = MODEL) -> str:
         return self._at("pretrain", model, "probe.json")
 
+    def model_card(self, model: str = MODEL) -> str:
+        """The backbone with its README.md model card: a folder to share or push to a hub."""
+        return self._at("pretrain", model, "hub")
+
     # features and evaluation
     def backbone(self, backbone: str = BACKBONE) -> str:
         return self._at("backbones", backbone)

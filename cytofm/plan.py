@@ -431,6 +431,24 @@ class Plan:
             return self.paths.pretrained(self.pretrain.name)
         return None
 
+    def model_card_inputs(self) -> dict[str, str | list[str]]:
+        """What the pretrained backbone's card reports: the probe and every task's summary."""
+        p, name = self.paths, self.pretrain.name
+        files: dict[str, str | list[str]] = {"backbone": p.pretrained(name)}
+        if self.knn_store:
+            files["probe"] = p.probe(name)
+        files["summaries"] = [p.summary(t) for t in [*self.tasks, *self.slide_tasks]]
+        return files
+
+    def model_card_backbones(self) -> list[str]:
+        """The backbones the card's results table shows: those built from the pretrained
+        folder (the weights themselves and their random controls)."""
+        return [b for b in self.backbones if self.pretrained_dir(b)]
+
+    @property
+    def pretrained_on_demo(self) -> bool:
+        return bool(set(self.pretrain_slides) & set(self.demo_ids))
+
     def backbone_inputs(self, backbone: str) -> dict[str, str]:
         """Files a backbone is built from, so new weights re-embed and re-evaluate."""
         from cytofm.config.sections import BACKBONE_KINDS_BUILTIN
@@ -592,6 +610,7 @@ class Plan:
             out.append(p.pretrained(self.pretrain.name))
             if self.knn_store:
                 out.append(p.probe(self.pretrain.name))
+            out.append(p.model_card(self.pretrain.name))
         for b in self.backbones:
             out += [p.features(b, kind, name) for kind, name in self.embed_sources()]
         all_tasks = [*self.tasks, *self.slide_tasks]

@@ -78,6 +78,7 @@ def test_dry_run_lists_every_stage(tmp_path):
         "detection_eval",
         "pretrain",
         "pretrain_probe",
+        "model_card",
         "backbone",
         "embed",
         "evaluate",
@@ -239,6 +240,16 @@ def test_end_to_end_outputs(results):
     prov = json.loads((backbone / "config.json").read_text())["provenance"]
     assert prov["inductive"]["transductive"] is False
     assert [Path(s).stem for s in prov["sources"]] == ["demo_000"]
+    # the card folder: the same weights beside a hub README with the probe and task results
+    hub = results / "pretrain" / "cytofm_vit_demo" / "hub"
+    assert (hub / "model.safetensors").read_bytes() == (backbone / "model.safetensors").read_bytes()
+    card = (hub / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: timm") and "synthetic demo slides" in card
+    assert f"| these | {probe['ssl_mean']:.3f} +- {probe['ssl_std']:.3f} |" in card
+    assert "| demo_000 | slide (cells found by the pipeline) |" in card
+    assert (
+        "| demo_cells | cytofm | linear |" in card and "| demo_abnormal | random | abmil |" in card
+    )
 
 
 def test_every_backbone_embeds_every_store_and_is_evaluated(results):
@@ -301,8 +312,10 @@ def test_every_job_logged_one_mlflow_run(results, runs):
     # 5 slides x (demo_slide, tile, cells) + sheet + crops + import + detection_eval
     # + pretrain + pretrain_probe + 2 backbones (backbone) + 2 backbones x 6 stores (embed)
     # + 2 x 4 protocols (evaluate) + eval_summary + 2 backbones x abmil (mil) + mil_summary
-    # + 2 backbones x the unlabelled pretraining slide (predict) + predict_table + report
-    assert len(runs) == 19 + 2 + 2 + 12 + 8 + 1 + 2 + 1 + 2 + 1 + 1, stages
+    # + 2 backbones x the unlabelled pretraining slide (predict) + predict_table + model_card
+    # + report
+    assert len(runs) == 19 + 2 + 2 + 12 + 8 + 1 + 2 + 1 + 2 + 1 + 1 + 1, stages
+    assert stages.count("model_card") == 1
     assert stages.count("predict") == 2 and stages.count("predict_table") == 1
     assert stages.count("backbone") == 2
     assert all(r.info.status == "FINISHED" for r in runs)
@@ -336,11 +349,11 @@ def test_registered_models_load_back_from_the_server_to_the_same_outputs(
     bb = version_of("cytofm_vit_demo")
     assert mine[bb.run_id].data.tags["cytofm.stage"] == "pretrain"
     backbone = mlflow.pyfunc.load_model(f"models:/cytofm_vit_demo/{bb.version}")
-    images = open_store(results / "cells" / "demo_001.zarr")["images"][:16]
+    images = open_store(results / "cells" / "demo_001.zarr")["images"][:]
     stored = open_store(results / "features" / "cytofm" / "cells" / "demo_001.zarr")["features"]
     served = backbone.predict(images)
-    assert served.shape == (16, stored.shape[1])
-    assert np.allclose(served.astype(np.float16), stored[:16], rtol=1e-2, atol=1e-2)
+    assert served.shape == stored.shape and len(images) > 0
+    assert np.allclose(served.astype(np.float16), stored[:], rtol=1e-2, atol=1e-2)
 
     prediction = json.loads((results / "predict" / "demo_abnormal" / "cytofm" / "demo_000.json")
                             .read_text())  # fmt: skip
@@ -646,10 +659,14 @@ def test_new_pretraining_slide_retriggers_pretraining(results, tmp_path):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ({"knn": {"k": 5}}, {"evaluate": 8, "eval_summary": 1, "report": 1, "all": 1}),
+        (  # and the backbone's model card, which shows the results
+            {"knn": {"k": 5}},
+            {"evaluate": 8, "eval_summary": 1, "model_card": 1, "report": 1, "all": 1},
+        ),
         (  # and the predictions of the models it retrains
             {"mil": {"lr": 0.001}},
-            {"mil": 2, "mil_summary": 1, "predict": 2, "predict_table": 1, "report": 1, "all": 1},
+            {"mil": 2, "mil_summary": 1, "predict": 2, "predict_table": 1, "model_card": 1}
+            | {"report": 1, "all": 1},
         ),
     ],
 )

@@ -47,3 +47,20 @@ rule pretrain_probe:
         evaluate=CFG.evaluate.part("probe"),
     script:
         "../scripts/pretrain_probe.py"
+
+
+rule model_card:
+    input:
+        unpack(lambda w: PLAN.model_card_inputs()),
+    output:
+        directory(PATHS.model_card()),
+    log:
+        log_of("model_card", "{model}"),
+    conda:
+        "../../envs/cytofm.yaml"
+    threads: 1
+    params:
+        backbones=PLAN.model_card_backbones(),
+        synthetic=PLAN.pretrained_on_demo,
+    script:
+        "../scripts/model_card.py"
