@@ -125,6 +125,10 @@ class Paths:
     ) -> str:
         return self._at("predict", stask, backbone, f"{slide}.png")
 
+    def cell_head(self, task: str = TASK, backbone: str = BACKBONE) -> str:
+        """A cell task's final linear head on one backbone's features."""
+        return self._at("eval", task, backbone, "linear_head")
+
     def predict_table(self, stask: str = STASK) -> str:
         return self._at("predict", stask, "predictions.csv")
 

@@ -303,6 +303,16 @@ class Plan:
                 f"{s}.label {task.label!r} is not a column of the sample sheet "
                 f"({self.sheet_name}); its columns are {list(self.slides.columns)}"
             )
+        if task.cell_task and task.cell_task not in self.tasks:
+            raise ConfigError(
+                f"{s}.cell_task {task.cell_task!r} is not a cell task of evaluate.tasks "
+                f'({sorted(self.tasks)}); name one of them, or "" for no per-cell classes'
+            )
+        if task.cell_task and task.instances != "cells":
+            raise ConfigError(
+                f"{s}.cell_task labels cells, but the task's bags hold {task.instances}; "
+                'set cell_task: ""'
+            )
 
     def _check_cohort(self, name: str, task: SlideTaskConfig) -> None:
         from cytofm.labels import check_labels
@@ -359,12 +369,19 @@ class Plan:
         return [s for s in self.slide_ids if not self.sheet_value(s, label) and s not in missing]
 
     def predict_inputs(self, stask: str, backbone: str, slide: str) -> dict[str, str]:
-        kind = self.slide_tasks[stask].instances
-        return {
+        task = self.slide_tasks[stask]
+        files = {
             "model": self.paths.abmil_dir(stask, backbone),
-            "features": self.paths.features(backbone, kind, slide),
-            "instances": self.paths.store(kind, slide),
+            "features": self.paths.features(backbone, task.instances, slide),
+            "instances": self.paths.store(task.instances, slide),
         }
+        if task.cell_task:
+            files["cell_head"] = self.paths.cell_head(task.cell_task, backbone)
+        return files
+
+    def cell_head_targets(self) -> list[str]:
+        """Every cell task's final linear head on every backbone."""
+        return [self.paths.cell_head(t, b) for t in self.tasks for b in self.backbones]
 
     def predict_targets(self) -> list[str]:
         """Per slide task with unlabelled slides: their predictions (every backbone) and the
@@ -598,6 +615,9 @@ class Plan:
         }
         if self.pretrain.enabled:
             files["pretrained"] = [p.pretrained(self.pretrain.name)]
+        predicted = [t for t in self.slide_tasks if self.predict_slides(t)]
+        if predicted:
+            files["predictions"] = [p.predict_table(t) for t in predicted]
         return files
 
     # --------------------------------------------------------------------------- targets
@@ -617,6 +637,7 @@ class Plan:
         for t in all_tasks:
             out += self.task_results(t)
         out += [p.summary(t) for t in all_tasks]
+        out += self.cell_head_targets()
         out += self.predict_targets()
         out += self.export_targets()
         if self.config.report.enabled:

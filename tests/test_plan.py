@@ -37,8 +37,13 @@ def test_demo_plan():
     # per slide: tiles, QC, cells and two backbones' cell features; the dataset's features;
     # 4 protocols x 2 backbones, 2 MIL results, 2 summaries, report, sheet, detection QC;
     # the 8 unlabelled pretraining slides' predictions (json, attention, heatmap) per backbone
-    # and the prediction table
-    assert len(targets) == 52 * 5 + 1 + 2 + 2 + 8 + 2 + 2 + 1 + 2 + 8 * 2 * 3 + 1
+    # and the prediction table; the model card; the cell task's linear head per backbone
+    assert len(targets) == 52 * 5 + 1 + 2 + 2 + 8 + 2 + 2 + 1 + 2 + 8 * 2 * 3 + 1 + 1 + 2
+    assert "out/pretrain/cytofm_vit_demo/hub" in targets
+    assert "out/eval/demo_cells/cytofm/linear_head" in targets
+    assert plan.predict_inputs("demo_abnormal", "random", "demo_000")["cell_head"] == (
+        "out/eval/demo_cells/random/linear_head"
+    )
     assert plan.predict_slides("demo_abnormal") == plan.slide_ids[:8]
     assert "out/predict/demo_abnormal/predictions.csv" in targets
     assert "out/eval/demo_cells/random/lora.json" in targets
@@ -121,3 +126,18 @@ def test_user_sheet_missing_files_and_dataset_tasks(tmp_path):
     # pretraining leaves out the test rows of the task evaluated on a dataset it reads
     assert list(plan.held_out()) == ["results/datasets/pbc.zarr"]
     assert plan.held_out()["results/datasets/pbc.zarr"][0]["name"] == "pbc"
+
+
+@pytest.mark.parametrize(
+    ("cell_task", "extra", "pattern"),
+    [
+        ("nope", {}, r"cell_task 'nope' is not a cell task of evaluate.tasks \(\['demo_cells'\]\)"),
+        ("demo_cells", {"instances": "tiles"}, r"cell_task labels cells, but the task's bags"),
+    ],
+)
+def test_a_slide_tasks_cell_task_must_be_a_cell_task_on_cells(cell_task, extra, pattern):
+    overlay = {"embed": {"sources": ["cells", "tiles", "datasets"]}}
+    task = {"cell_task": cell_task, **extra}
+    overlay["evaluate"] = {"slide_tasks": {"demo_abnormal": task}}
+    with pytest.raises(ConfigError, match=pattern):
+        _plan({"results": "out", **overlay})

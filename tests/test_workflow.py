@@ -79,6 +79,7 @@ def test_dry_run_lists_every_stage(tmp_path):
         "pretrain",
         "pretrain_probe",
         "model_card",
+        "cell_head",
         "backbone",
         "embed",
         "evaluate",
@@ -313,9 +314,9 @@ def test_every_job_logged_one_mlflow_run(results, runs):
     # + pretrain + pretrain_probe + 2 backbones (backbone) + 2 backbones x 6 stores (embed)
     # + 2 x 4 protocols (evaluate) + eval_summary + 2 backbones x abmil (mil) + mil_summary
     # + 2 backbones x the unlabelled pretraining slide (predict) + predict_table + model_card
-    # + report
-    assert len(runs) == 19 + 2 + 2 + 12 + 8 + 1 + 2 + 1 + 2 + 1 + 1 + 1, stages
-    assert stages.count("model_card") == 1
+    # + 2 backbones x the cell task's linear head (cell_head) + report
+    assert len(runs) == 19 + 2 + 2 + 12 + 8 + 1 + 2 + 1 + 2 + 1 + 1 + 2 + 1, stages
+    assert stages.count("model_card") == 1 and stages.count("cell_head") == 2
     assert stages.count("predict") == 2 and stages.count("predict_table") == 1
     assert stages.count("backbone") == 2
     assert all(r.info.status == "FINISHED" for r in runs)
@@ -364,6 +365,13 @@ def test_registered_models_load_back_from_the_server_to_the_same_outputs(
     probs = head.predict(np.asarray(bag, np.float32))
     expected = [prediction["probabilities"][c] for c in probs.columns]
     assert np.allclose(probs.to_numpy()[0], expected, atol=1e-5)
+    # the cell task's head: each cell's classes, as the predict job wrote them
+    linear = version_of("demo_cells.cytofm.linear")
+    cells = mlflow.pyfunc.load_model(f"models:/demo_cells.cytofm.linear/{linear.version}")
+    saved = np.load(results / "predict" / "demo_abnormal" / "cytofm" / "demo_000.attention.npz")
+    served = cells.predict(np.asarray(bag, np.float32))
+    assert list(served.columns) == list(saved["cell_classes"])
+    assert np.allclose(served.to_numpy(), saved["cell_proba"], atol=1e-5)
 
 
 def test_lineage_traces_a_result_to_its_backbone_run_and_slides(results, runs, mlflow_server):
@@ -440,6 +448,7 @@ REPORT_FIGURES = [
         for kind in ("heatmap", "montage")
         for i in range(1, 5)
     ],
+    *[f"predict/demo_abnormal/{b}_demo_000.png" for b in ("cytofm", "random")],
 ]
 
 
@@ -448,8 +457,12 @@ def test_report_has_every_figure_and_table(results, runs):
     tables = sorted(p.name for p in (report / "tables").iterdir() if not p.name.startswith("."))
     assert tables == sorted(
         [f"{t}.{x}" for t in ("demo_cells", "demo_abnormal", "overview") for x in ("csv", "md")]
-        + ["detection.csv"]
+        + ["detection.csv", "predictions_demo_abnormal.csv"]
     )
+    # the unlabelled pretraining slide's predictions, with its cells by class
+    predicted = pd.read_csv(report / "tables" / "predictions_demo_abnormal.csv")
+    assert set(predicted["slide_id"]) == {"demo_000"} and len(predicted) == 2
+    assert {"p_1", "cells_dysplastic", "attention_dysplastic"} <= set(predicted.columns)
     # the QC section's detection table: one row per slide, each with cells and its stain map
     detection = pd.read_csv(report / "tables" / "detection.csv")
     assert len(detection) == len(list((results / "cells").glob("*.zarr")))
@@ -460,6 +473,7 @@ def test_report_has_every_figure_and_table(results, runs):
     )
     assert figures == sorted(REPORT_FIGURES)
     page = (report / "index.html").read_text()
+    assert 'id="predictions-demo_abnormal"' in page
     linked = re.findall(r'<img src="([^"]+)"', page)
     assert sorted(linked) == sorted(f"figures/{f}" for f in REPORT_FIGURES)  # every figure shown
     for f in REPORT_FIGURES:
@@ -611,6 +625,9 @@ def test_unlabelled_slides_get_predictions_and_heatmaps(results, tmp_path):
     table = pd.read_csv(work / "predict" / "demo_abnormal" / "predictions.csv")
     assert set(table["slide_id"]) == unlabelled and len(table) == 2 * len(unlabelled)
     assert (table[["p_0", "p_1"]].sum(axis=1) - 1).abs().max() < 1e-5
+    # each slide's cells by the cell task's classes (the demo's cell classes)
+    kinds = [f"cells_{c}" for c in ("dysplastic", "koilocyte", "lymphocyte", "squamous")]
+    assert (table[kinds].sum(axis=1) - 1).abs().max() < 1e-6
     for b in ("cytofm", "random"):
         for s in ("new0", "new1"):
             out = work / "predict" / "demo_abnormal" / b

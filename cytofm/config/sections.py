@@ -803,6 +803,11 @@ class SlideTaskConfig(Section):
         "the expected labels (any other is an error); [] = only catch likely typos",
         items="string",
     )
+    cell_task: str = option(
+        "",
+        "a cell task (evaluate.tasks) whose final linear head labels the cells of predicted "
+        'slides (per-cell class probabilities); "" = none',
+    )
 
     def __post_init__(self) -> None:
         s = f"evaluate.slide_tasks.{self.name}"
@@ -991,6 +996,7 @@ _DEMO_SLIDE_TASK = {
         "seeds": [0, 1, 2, 3, 4],
         "truth_positive": ["dysplastic"],
         "classes": ["0", "1"],
+        "cell_task": "demo_cells",
     }
 }
 

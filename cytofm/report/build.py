@@ -346,6 +346,32 @@ class ReportBuilder:
                 self.fig(copied, f"{name}: training curves", sec)
         self.sections.append(sec)
 
+    def predictions(self, tables: Sequence[str | Path]) -> None:
+        """Per slide task with unlabelled slides: their predictions and the heatmaps of up to
+        ``max_slides`` of them per backbone."""
+        from cytofm.report.predictions import INTRO, heatmap_of, predictions_html
+
+        for csv in tables:
+            table = pd.read_csv(csv)
+            if table.empty:
+                continue
+            task = str(table["task"].iloc[0])
+            sec = Section(f"predictions-{task}", f"Predictions: {task}", INTRO)
+            paths = {"csv": self.tabs / f"predictions_{task}.csv"}
+            table.to_csv(paths["csv"], index=False, float_format="%.4g")
+            self.written["tables"].append(paths["csv"].relative_to(self.out).as_posix())
+            sec.links = self._links(paths)
+            shown: dict[tuple[str, str], str] = {}
+            for backbone, rows in table.groupby("backbone", sort=True):
+                for slide in list(rows["slide_id"].astype(str))[: self.cfg.max_slides]:
+                    src = heatmap_of(Path(csv), slide, str(backbone))
+                    if src.is_file():
+                        dst = _copy(src, self.figs / "predict" / task / f"{backbone}_{slide}.png")
+                        shown[(slide, str(backbone))] = dst.relative_to(self.out).as_posix()
+                        self.fig(dst, f"{backbone}: {slide}", sec, thumb=True)
+            sec.tables_html.append(predictions_html(table, shown))
+            self.sections.append(sec)
+
     def quality_control(self, qc, detection) -> None:
         sec = Section("qc", "Quality control")
         det = detection_table(detection)

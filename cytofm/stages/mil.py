@@ -95,15 +95,20 @@ def run_mil(
             metrics["attention.top_k_positive_rate"] = attention_eval["top_k_positive_rate"]["mean"]
         metrics["seconds_per_fold"] = result["seconds_per_fold"]
         run.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
-        run.log_artifact(out_json)
-        for sub in ("heatmap", "montage", "model"):
-            if (out_dir / sub).is_dir():
-                run.log_artifacts(out_dir / sub, sub)
-        run.log_model("abmil", out_dir / "model", f"{task.name}.{backbone}.abmil", "mlflow_model")
+        _log_outputs(run, out_json, out_dir, f"{task.name}.{backbone}.abmil")
         attn = f"{attention_eval['auroc']['mean']:.3f}" if attention_eval else "n/a"
         auroc = block["summary"]["auroc"]["mean"]
         log.info(f"{task.name}/{backbone}/abmil: slide AUROC {auroc:.3f}, attention AUROC {attn}")
     return result
+
+
+def _log_outputs(run, out_json: Path, out_dir: Path, model_name: str) -> None:
+    """The result, heatmaps, montages and the final model (also as a registered model)."""
+    run.log_artifact(out_json)
+    for sub in ("heatmap", "montage", "model"):
+        if (out_dir / sub).is_dir():
+            run.log_artifacts(out_dir / sub, sub)
+    run.log_model("abmil", out_dir / "model", model_name, "mlflow_model")
 
 
 def _final_model(co, cv, task, cfg, block, params, backbone_kind, out) -> int:

@@ -69,9 +69,8 @@ def run_pretrain(
     params = {"pretrain": cfg.to_dict(), "n_patches": len(source), "n_stores": len(stores)}
     params.update(n_empty_stores=len(source.empty), world_size=trainer.world)
     params["device"] = str(trainer.device)
-    with job.run(
-        "pretrain", params, live=True, system_metrics=True
-    ) as run:  # loss curves visible while it trains
+    # live: loss curves visible while it trains
+    with job.run("pretrain", params, live=True, system_metrics=True) as run:
         run.set_tags({"pretrain.resumed_from_step": resumed_from})
         t0 = time.perf_counter()
         last = trainer.fit(logger=run, knn=knn)
@@ -88,18 +87,19 @@ def run_pretrain(
         )
         _export(trainer, cfg, stores, out, record)
         _log_outputs(run, trainer, out, cfg.name)
-        run.log_model("backbone", out / "backbone", cfg.name, "mlflow_model")
         run.log_metrics({"final_" + k: v for k, v in last.items() if np.isfinite(v)})
     return {**last, "seconds": elapsed, "steps": trainer.step, "resumed_from_step": resumed_from}
 
 
 def _log_outputs(run, trainer, out: Path, name: str) -> None:
-    """The training curves (drawn here), the resolved config and the backbone's config."""
+    """The training curves (drawn here), the resolved config, the backbone's config and the
+    backbone as an MLflow model."""
     if trainer.history:
         plot_history(trainer.history, out / "training.png", name)
         run.log_artifact(out / "training.png")
     run.log_artifact(out / "resolved_config.json")
     run.log_artifact(out / "backbone" / "config.json", "backbone")
+    run.log_model("backbone", out / "backbone", name, "mlflow_model")  # also registered
 
 
 def _knn_set(knn_store, seed: int):

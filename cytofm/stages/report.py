@@ -37,6 +37,7 @@ def run_report(
     qc: Sequence[tuple[str, str | Path]] = (),
     comparisons: Sequence[str | Path] = (),
     detection: Sequence[str | Path] = (),
+    predictions: Sequence[str | Path] = (),
     cfg: ReportConfig | None = None,
     job: JobContext | None = None,
 ) -> dict[str, Any]:
@@ -47,7 +48,8 @@ def run_report(
     ``pretrain_dirs``: exported backbone folders (``training.png`` sits beside each);
     ``qc``: (slide id, QC thumbnail) pairs; ``comparisons``: the tasks' paired-comparison
     CSVs (``eval/<task>/comparisons.csv``); ``detection``: the cells stage's per-slide QC
-    JSONs (``qc/<slide>.cells.json``), for the detection table. Returns what was written.
+    JSONs (``qc/<slide>.cells.json``), for the detection table; ``predictions``: the slide
+    tasks' prediction tables (``predict/<task>/predictions.csv``). Returns what was written.
     """
     cfg = cfg or ReportConfig()
     job = job or JobContext()
@@ -62,6 +64,7 @@ def run_report(
         page.overview(compared)
         if slide_features:
             page.slide_cells(slide_features, slide_meta)
+        page.predictions(predictions)
         if pretrain_dirs:
             page.pretraining(pretrain_dirs)
         if qc or detection:

@@ -6,6 +6,8 @@ code": nothing is pickled) around the files cytofm already writes, copied in as 
 * ``backbone``: the exported timm backbone folder (``model.safetensors`` + ``config.json``);
   ``predict`` takes uint8 images (N, H, W, 3) and returns features (N, D) float32, as the
   ``embed`` rule computes them (resized to the input size, normalised as in config.json);
+* ``linear``: a cell task's final head folder (``head.safetensors`` + ``head.json``);
+  ``predict`` takes cell features (N, D) and returns their class probabilities (N rows);
 * ``abmil``: a slide-level model folder (``model.safetensors`` + ``model.json``); ``predict``
   takes one slide's cell features (N, D) and returns its class probabilities (one row, a
   column per class), the mean over the seeds' models as the ``predict`` rule computes them.
@@ -26,11 +28,11 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
-__all__ = ["KINDS", "AbmilModel", "BackboneModel", "log_model"]
+__all__ = ["KINDS", "AbmilModel", "BackboneModel", "LinearHeadModel", "log_model"]
 
 log = logging.getLogger(__name__)
 
-KINDS = ("backbone", "abmil")
+KINDS = ("backbone", "linear", "abmil")
 
 
 class BackboneModel(mlflow.pyfunc.PythonModel):
@@ -80,6 +82,24 @@ class AbmilModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame([probs], columns=[str(c) for c in self.card["classes"]])
 
 
+class LinearHeadModel(mlflow.pyfunc.PythonModel):
+    """Cell features (N, D) -> class probabilities (N rows, a column a class)."""
+
+    def load_context(self, context) -> None:
+        from cytofm.eval.cell_head import load_cell_head
+
+        self.head, self.card = load_cell_head(context.artifacts["model"])
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+
+        x = np.asarray(model_input, dtype=np.float32)
+        dim = len(self.head.mean)
+        if x.ndim != 2 or x.shape[1] != dim:
+            raise ValueError(f"expected cell features (N, {dim}), got {x.shape}")
+        return pd.DataFrame(self.head.predict_proba(x), columns=list(self.card["classes"]))
+
+
 def _signature(kind: str, folder: Path):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema, TensorSpec
@@ -90,9 +110,12 @@ def _signature(kind: str, folder: Path):
             Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
             Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]),
         )
-    card = json.loads((folder / "model.json").read_text())
+    (card_file,) = (
+        folder / name for name in ("model.json", "head.json") if (folder / name).is_file()
+    )
+    card = json.loads(card_file.read_text())
     return ModelSignature(
-        Schema([TensorSpec(np.dtype(np.float32), (-1, card["architecture"]["in_dim"]))]),
+        Schema([TensorSpec(np.dtype(np.float32), (-1, card["features"]["dim"]))]),
         Schema([ColSpec("double", str(c)) for c in card["classes"]]),
     )
 

@@ -67,6 +67,26 @@ rule evaluate:
         "../scripts/evaluate.py"
 
 
+rule cell_head:
+    input:
+        dataset=lambda w: PATHS.dataset(PLAN.tasks[w.task].dataset),
+        features=lambda w: PATHS.features(
+            w.backbone, "datasets", PLAN.tasks[w.task].dataset
+        ),
+    output:
+        directory(PATHS.cell_head()),
+    log:
+        log_of("cell_head", "{task}", "{backbone}"),
+    conda:
+        "../../envs/cytofm.yaml"
+    threads: 1
+    params:
+        task=lambda wildcards: PLAN.tasks[wildcards.task].to_dict(),
+        evaluate=CFG.evaluate.part("probe"),  # the linear probe's settings only
+    script:
+        "../scripts/cell_head.py"
+
+
 rule eval_summary:
     input:
         lambda wildcards: PLAN.task_results(wildcards.task),

@@ -25,5 +25,6 @@ run_predict(
     slide_path=slide,
     mpp=sm.params.mpp,
     thumbnail_mpp=sm.params.thumbnail_mpp,
+    cell_head_dir=sm.input.get("cell_head"),
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
 )

@@ -21,6 +21,7 @@ run_report(
     qc=[tuple(q) for q in sm.params.qc],
     comparisons=list(sm.input.comparisons),
     detection=list(sm.input.detection),
+    predictions=list(sm.input.get("predictions", [])),
     cfg=from_mapping(ReportConfig, sm.params.report, "report"),
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
 )
