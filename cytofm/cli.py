@@ -2,7 +2,7 @@
 
     cytofm inspect <store>                       what a store holds and where it came from
     cytofm export --results R --slides A B [--geojson] [--hdf5 --backbone NAME]
-    cytofm predict --model DIR --backbone DIR --slide FILE --out DIR [--mpp X]
+    cytofm predict --model DIR --backbone DIR --slide FILE --out DIR [--mpp X] [--cell-head DIR]
 
 ``export`` writes the same files as the workflow's export rules for the slides named;
 ``predict`` takes one slide through tiling, cells, embedding and a slide task's final model,
@@ -106,7 +106,8 @@ def _predict(args) -> int:
               pretrained_dir=args.pretrained, device=args.device)  # fmt: skip
     res = run_predict(args.model, sid, out / "features.zarr", out / "cells.zarr",
                       out / "prediction.json", out / "attention.npz", out / "heatmap.png",
-                      slide_path=args.slide, mpp=args.mpp)  # fmt: skip
+                      slide_path=args.slide, mpp=args.mpp,
+                      cell_head_dir=args.cell_head)  # fmt: skip
     probs = ", ".join(f"{c}: {p:.3f}" for c, p in res["probabilities"].items())
     print(f"{sid}: {res['predicted'] or 'no cells'} ({probs}); files in {out}")
     return 0
@@ -142,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--mpp", type=float, help="um/px at level 0 when the file does not say")
     a.add_argument("--config", type=Path, help="a config YAML whose tiling: and cells: to use")
     a.add_argument("--out", type=Path, required=True, help="folder for the outputs")
+    a.add_argument(
+        "--cell-head",
+        type=Path,
+        help="results/eval/<cell task>/<backbone>/linear_head: also each cell's classes",
+    )
     a.add_argument("--threads", type=int, default=2)
     a.add_argument("--device", default="auto")
     args = ap.parse_args(argv)

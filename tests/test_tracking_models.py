@@ -84,3 +84,22 @@ def test_register_models_false_logs_no_model(tmp_path, monkeypatch, backbone_dir
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     assert client.search_model_versions("name = 'toy_vit_off'") == []
     assert [a.path for a in client.list_artifacts(run_id)] == []
+
+
+def test_readmes_mlflow_snippet_loads_the_registered_backbone(tmp_path, monkeypatch, backbone_dir):
+    """README's Python block, run as written in a folder whose results hold a registered
+    backbone (the demo's name, version 1), gives the backbone's features."""
+    import re
+    from pathlib import Path
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with job_run("pretrain", results_dir=Path("results"), live=True) as run:
+        run.log_model("backbone", backbone_dir, "cytofm_vit_demo", "mlflow_model")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "mlflow" in b]
+    images = np.random.default_rng(1).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    scope = {"images": images}
+    exec(block, scope)
+    local = load_backbone_spec(BackboneSpec("x", "pretrained"), backbone_dir)
+    assert np.allclose(scope["features"], embed_array(local, images), atol=1e-5)

@@ -654,6 +654,7 @@ def test_cli_predict_gives_the_workflows_prediction(results, tmp_path):
         *("--backbone", str(results / "backbones" / "cytofm")),
         *("--slide", str(results / "demo" / "slides" / f"{sid}.tif"), "--slide-id", sid),
         *("--config", str(TINY), "--out", str(tmp_path)),
+        *("--cell-head", str(results / "eval" / "demo_cells" / "cytofm" / "linear_head")),
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -661,6 +662,7 @@ def test_cli_predict_gives_the_workflows_prediction(results, tmp_path):
     job = json.loads((results / "predict" / "demo_abnormal" / "cytofm" / f"{sid}.json").read_text())
     assert mine["n_cells"] == job["n_cells"] > 0
     assert mine["probabilities"] == pytest.approx(job["probabilities"], abs=1e-5)
+    assert mine["cells"]["fraction"] == pytest.approx(job["cells"]["fraction"], abs=1e-6)
     assert (tmp_path / "heatmap.png").is_file()
 
 

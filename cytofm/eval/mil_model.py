@@ -42,7 +42,7 @@ CARD_FORMAT = 1
 
 def feature_signature(features_store: str | Path, instances_store: str | Path) -> dict[str, Any]:
     """What a model's inputs depend on: the backbone that made the features (architecture,
-    weights checksum), its preprocessing, and the patches' size in um and px."""
+    weights checksum), its preprocessing, and the patches' size in um and px (and so mpp)."""
     fattrs = dict(open_store(features_store).attrs)
     prov = fattrs.get("provenance") or {}
     ident = prov.get("backbone") or {}
@@ -55,6 +55,7 @@ def feature_signature(features_store: str | Path, instances_store: str | Path) -
         "dim": fattrs.get("dim"),
         "patch_um": inst.get("patch_um", inst.get("tile_um")),
         "patch_px": inst.get("patch_px", inst.get("tile_px")),
+        "mpp": inst.get("mpp", inst.get("tile_mpp")),
     }
 
 
