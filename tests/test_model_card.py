@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from cytofm.provenance import file_sha256
 from cytofm.report.model_card import write_model_card
 from cytofm.ssl.export import export_backbone, load_backbone
 from cytofm.store import atomic_group
@@ -54,6 +55,11 @@ def card_inputs(tmp_path):
          "balanced_accuracy_mean": m, "balanced_accuracy_ci_low": m - 0.05,
          "balanced_accuracy_ci_high": m + 0.05}
         for b, m in (("cytofm", 0.9), ("random", 0.6), ("uni", 0.95))
+    ] + [  # a data-fraction row and a few-shot row: not in the card
+        {"task": "cells", "backbone": "cytofm", "protocol": "linear", "shots": "all",
+         "fraction": 0.5, "balanced_accuracy_mean": 0.7},
+        {"task": "cells", "backbone": "cytofm", "protocol": "fewshot", "shots": "2",
+         "balanced_accuracy_mean": 0.5},
     ]).to_csv(summary, index=False)  # fmt: skip
     return backbone, probe, summary
 
@@ -83,7 +89,9 @@ def test_card_folder_is_the_backbone_with_a_hub_readme(card_inputs, tmp_path):
     # recipe and steps, probe and task results of these weights and their control only
     assert "40 optimiser steps" in text and "batch_size: 8" in text
     assert "| these | 0.810 +- 0.000 |" in text and "| random, same architecture | 0.520" in text
-    assert "| cells | cytofm | linear | 0.900 [0.850, 0.950] |" in text
+    assert "| cells | cytofm | linear | 0.900 [0.850, 0.950] | n/a |" in text
+    assert text.count("| cells | cytofm |") == 1  # not the fraction or few-shot rows
+    assert f"SHA-256 `{file_sha256(backbone / 'model.safetensors')}`" in text
     assert "| cells | random | linear |" in text and "| uni |" not in text
     assert "Intended use and limits" in text and "Not a medical device" in text
 

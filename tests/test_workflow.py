@@ -248,9 +248,8 @@ def test_end_to_end_outputs(results):
     assert card.startswith("---\nlibrary_name: timm") and "synthetic demo slides" in card
     assert f"| these | {probe['ssl_mean']:.3f} +- {probe['ssl_std']:.3f} |" in card
     assert "| demo_000 | slide (cells found by the pipeline) |" in card
-    assert (
-        "| demo_cells | cytofm | linear |" in card and "| demo_abnormal | random | abmil |" in card
-    )
+    assert "| demo_abnormal | random | abmil |" in card
+    assert card.count("| demo_cells | cytofm | linear |") == 1  # the full-label row only
 
 
 def test_every_backbone_embeds_every_store_and_is_evaluated(results):

@@ -130,15 +130,15 @@ def _results_section(
     for table in summaries:
         if table.empty or "backbone" not in table:
             continue
+        # every training label: not the few-shot rows, not the data-fraction curve's
         full = table[(table["backbone"].isin(backbones)) & (table["shots"].astype(str) == "all")]
-        if "skipped" in full:
-            full = full[full["skipped"].isna()]
+        for column in ("fraction", "skipped"):
+            if column in full:
+                full = full[full[column].isna()]
         for _, r in full.iterrows():
-            rows.append(
-                f"| {r['task']} | {r['backbone']} | {r['protocol']} | "
-                f"{_fmt(r.get('balanced_accuracy_mean'), r.get('balanced_accuracy_ci_low'), r.get('balanced_accuracy_ci_high'))} | "  # noqa: E501
-                f"{_fmt(r.get('auroc_mean'), r.get('auroc_ci_low'), r.get('auroc_ci_high'))} |"
-            )
+            ba, auroc = (_fmt(*(r.get(f"{m}_{k}") for k in ("mean", "ci_low", "ci_high")))
+                         for m in ("balanced_accuracy", "auroc"))  # fmt: skip
+            rows.append(f"| {r['task']} | {r['backbone']} | {r['protocol']} | {ba} | {auroc} |")
     if rows:
         lines += [
             "Evaluation tasks, every training label (95% intervals over seeds and test samples; "
@@ -203,7 +203,7 @@ def model_card_text(
         f"mean {pcfg['mean']} and std {pcfg['std']}",
         f"- patch geometry: {geometry.get('patch_um')} um cell-centred patches at "
         f"{geometry.get('mpp')} um/px (resize other resolutions to this before use)",
-        f"- weights: `model.safetensors`, SHA-256 `{prov.get('weights_sha256', '')}`".rstrip(" `"),
+        f"- weights: `model.safetensors`, SHA-256 `{prov.get('weights_sha256')}`",
         "",
         "## Use",
         "",
