@@ -96,7 +96,9 @@ def time_breakdown(out: Path) -> list[dict]:
     runs = client.search_runs([exp.experiment_id], max_results=10000)
     latest = max(r.data.tags.get("cytofm.invocation_id", "") for r in runs)
     stages: dict[str, list[float]] = {}
-    for r in runs:
+    for r in runs:  # the jobs' runs, not the invocation's parent run
+        if "cytofm.stage" not in r.data.tags:
+            continue
         if r.data.tags.get("cytofm.invocation_id") == latest and r.info.end_time:
             seconds = (r.info.end_time - r.info.start_time) / 1000
             stages.setdefault(r.data.tags["cytofm.stage"], []).append(seconds)
