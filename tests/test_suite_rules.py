@@ -68,3 +68,21 @@ def test_workflow_glue_is_short_and_spells_no_output_path():
         or (re.search(PATH_PART, line) and "../" not in line)
     ]
     assert not spelled, spelled
+
+
+def test_only_the_tracking_package_imports_mlflow():
+    """mlflow stays out of every job's start-up: only cytofm/tracking/ imports it (and its
+    submodules load it only where a run is sent, a model logged or loaded)."""
+    found = []
+    for path in sorted((REPO / "cytofm").rglob("*.py")):
+        if path.is_relative_to(REPO / "cytofm" / "tracking"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n.split(".")[0] == "mlflow" for n in names):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not found, found

@@ -1,4 +1,6 @@
-"""MLflow tracking: the only module of cytofm that imports mlflow.
+"""MLflow tracking: the only part of cytofm that imports mlflow (this package: runs and the
+spool here; the parent run of an invocation in ``invocation``, system metrics in ``system``,
+models in ``models``, the SQLite lock in ``store``).
 
 Every Snakemake job opens exactly one run through :func:`job_run`. The default store is a SQLite
 file under the results folder; ``MLFLOW_TRACKING_URI`` (or ``mlflow.tracking_uri`` in config)
@@ -13,8 +15,10 @@ ends (and picks up what an interrupted workflow left); ``python -m cytofm.tracki
 <results>`` does it by hand. Long jobs (pretraining) log live, so their curves can be watched.
 
 Every job has a ``job_id`` (uuid) that its outputs' provenance records and its MLflow run carries
-as the tag ``cytofm.job_id``; lineage follows these ids. Writes to a SQLite store are serialised
-with a file lock because parallel jobs share one database file.
+as the tag ``cytofm.job_id``; lineage follows these ids. Every job's run is nested under one
+parent run of its workflow invocation, which :func:`end_invocation` closes when the workflow
+ends. Writes to a SQLite store are serialised with a file lock because parallel jobs share one
+database file.
 """
 
 from __future__ import annotations
