@@ -33,11 +33,10 @@ def _vit(seed=0, **extra):
     ).eval()
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bb") / "backbone"
+def export_tiny(out, seed: int, patch_mpp: float, patch_um: float, **kw):
+    """A 2-block ViT exported as the pretrain stage exports one (32 px input)."""
     export_backbone(
-        _vit(seed=3),
+        _vit(seed=seed),
         out,
         arch="vit_small_patch16_224",
         model_args=dict(ARGS),
@@ -45,10 +44,16 @@ def exported(tmp_path_factory):
         patch_size=8,
         mean=[0.7, 0.6, 0.7],
         std=[0.2, 0.2, 0.2],
-        patch_mpp=0.75,
-        patch_um=24.0,
+        patch_mpp=patch_mpp,
+        patch_um=patch_um,
+        **kw,
     )
     return out
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return export_tiny(tmp_path_factory.mktemp("bb") / "backbone", 3, 0.75, 24.0)
 
 
 def _images(n=5):

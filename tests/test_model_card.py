@@ -13,9 +13,9 @@ import yaml
 
 from cytofm.provenance import file_sha256
 from cytofm.report.model_card import write_model_card
-from cytofm.ssl.export import export_backbone, load_backbone
+from cytofm.ssl.export import load_backbone
 from cytofm.store import atomic_group
-from tests.test_eval_backbones import ARGS, _vit
+from tests.test_eval_backbones import export_tiny
 
 
 @pytest.fixture
@@ -37,12 +37,7 @@ def card_inputs(tmp_path):
         "git_commit": "abc123",
         "versions": {"torch": torch.__version__},
     }
-    backbone = tmp_path / "backbone"
-    export_backbone(
-        _vit(seed=2), backbone, arch="vit_small_patch16_224", model_args=dict(ARGS),
-        img_size=32, patch_size=8, mean=[0.7, 0.6, 0.7], std=[0.2, 0.2, 0.2],
-        patch_mpp=0.5, patch_um=16.0, provenance=record,
-    )  # fmt: skip
+    backbone = export_tiny(tmp_path / "backbone", 2, 0.5, 16.0, provenance=record)
     probe = tmp_path / "probe.json"
     probe.write_text(json.dumps({
         "ssl_mean": 0.81, "ssl_std": 0.0, "random_mean": 0.52, "random_std": 0.03,

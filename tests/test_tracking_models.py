@@ -8,29 +8,15 @@ from cytofm.config import BackboneSpec, TrackingConfig
 from cytofm.eval.backbones import load_backbone_spec
 from cytofm.eval.features import embed_array
 from cytofm.eval.mil_model import load_mil_model, predict_bag
-from cytofm.ssl.export import export_backbone
 from cytofm.store import open_store
 from cytofm.tracking import SPOOL_ENV, flush_spool, job_run
-from tests.test_eval_backbones import ARGS, _vit
+from tests.test_eval_backbones import export_tiny
 from tests.test_predict import trained  # noqa: F401  the toy slide task's MIL job
 
 
 @pytest.fixture
 def backbone_dir(tmp_path):
-    out = tmp_path / "backbone"
-    export_backbone(
-        _vit(seed=5),
-        out,
-        arch="vit_small_patch16_224",
-        model_args=dict(ARGS),
-        img_size=32,
-        patch_size=8,
-        mean=[0.7, 0.6, 0.7],
-        std=[0.2, 0.2, 0.2],
-        patch_mpp=0.5,
-        patch_um=16.0,
-    )
-    return out
+    return export_tiny(tmp_path / "backbone", 5, 0.5, 16.0)
 
 
 def test_models_are_registered_and_load_back_to_the_same_outputs(

@@ -69,14 +69,7 @@ class CellHead:
 def fit_cell_head(features, labels, split, classes, linear, metric: str):
     """(head, C, validation scores, test metrics of the model fitted on the training rows):
     C chosen as the linear protocol chooses it, then refitted on training + validation."""
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from cytofm.eval.linear import fit_linear, full_proba
+    from cytofm.eval.linear import fit_linear, fit_standardised_logistic, full_proba
     from cytofm.eval.metrics import classification_metrics
 
     x, y = np.asarray(features, np.float32), np.asarray(labels, np.int64)
@@ -89,10 +82,7 @@ def fit_cell_head(features, labels, split, classes, linear, metric: str):
         proba = full_proba(clf, x[split.test], len(classes))
         test = classification_metrics(y[split.test], proba, list(classes))
     rows = np.concatenate([split.train, split.val])
-    final = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=linear.max_iter))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        final.fit(x[rows], y[rows])
+    final = fit_standardised_logistic(x[rows], y[rows], C, linear.max_iter)
     return CellHead.from_sklearn(final, len(classes)), C, scores, test, rows
 
 

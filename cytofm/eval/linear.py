@@ -13,7 +13,7 @@ from sklearn.preprocessing import StandardScaler
 
 from cytofm.eval.metrics import classification_metrics
 
-__all__ = ["fit_linear", "full_proba", "knn_proba", "select_score"]
+__all__ = ["fit_linear", "fit_standardised_logistic", "full_proba", "knn_proba", "select_score"]
 
 
 def full_proba(clf, x: np.ndarray, n_classes: int) -> np.ndarray:
@@ -26,6 +26,15 @@ def full_proba(clf, x: np.ndarray, n_classes: int) -> np.ndarray:
 
 def select_score(y: np.ndarray, proba: np.ndarray, metric: str, class_names) -> float:
     return float(classification_metrics(y, proba, list(class_names))[metric])
+
+
+def fit_standardised_logistic(x: np.ndarray, y: np.ndarray, C: float, max_iter: int):
+    """Standardise, then an L2 logistic regression of strength ``C``."""
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(x, y)
+    return clf
 
 
 def fit_linear(
@@ -48,10 +57,7 @@ def fit_linear(
     best = None
     candidates = list(Cs) if len(y_val) else [sorted(Cs)[len(Cs) // 2]]
     for C in candidates:
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            clf.fit(x_train, y_train)
+        clf = fit_standardised_logistic(x_train, y_train, C, max_iter)
         if len(y_val):
             scores[C] = select_score(y_val, full_proba(clf, x_val, n_classes), metric, class_names)
             if best is None or scores[C] > scores[best[0]]:

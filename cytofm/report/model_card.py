@@ -21,6 +21,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from cytofm.provenance import file_sha256
+
 __all__ = ["model_card_text", "write_model_card"]
 
 CARD_TAGS = ["cytology", "cytopathology", "self-supervised", "ibot", "vision-transformer", "cytofm"]
@@ -75,7 +77,7 @@ def _data_section(prov: Mapping[str, Any], geometry: Mapping[str, Any]) -> list[
             f"{attrs.get('mpp', 'n/a')} | {stain} |"
         )
     if len(rows) > MAX_SOURCES:
-        rest = [r for r in rows[MAX_SOURCES:]]
+        rest = rows[MAX_SOURCES:]
         total = sum(r[2] or 0 for r in rest)
         lines.append(f"| ... {len(rest)} more store(s) | | {total} | | |")
     return lines
@@ -269,8 +271,6 @@ def write_model_card(
     backbone_dir, out_dir = Path(backbone_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = json.loads((backbone_dir / "config.json").read_text())
-    from cytofm.provenance import file_sha256
-
     config.setdefault("provenance", {})["weights_sha256"] = file_sha256(
         backbone_dir / "model.safetensors"
     )
