@@ -53,23 +53,10 @@ def _block_cells(slide, boxes, idx, patch_px, patch_mpp, detector, margin) -> li
     """Decode one block of tiles once, at the pyramid level the patches are made from (with
     a margin for patches and filters), detect on those pixels, resample a patch around each
     centre from them and give each cell to the tile whose box holds it."""
-    f = patch_mpp / slide.mpp  # level-0 px per patch px
-    level = slide.best_level(f)
+    level, (lx0, ly0, lw, lh) = _block_region(slide, boxes[idx], patch_px, patch_mpp, margin)
     ds = float(slide.level_downsamples[level])
-    s = f / ds  # level px per patch px (>= 1 unless the patches are finer than the slide)
-    tb = boxes[idx]
-    # level px around the block: the margin, and never less than a patch's resampling reads
-    pad = int(np.ceil(max(margin * s, _patch_reach(patch_px, s) + 1)))
-    lx0 = int(np.floor(tb[:, 0].min() / ds)) - pad
-    ly0 = int(np.floor(tb[:, 1].min() / ds)) - pad
-    lx1 = int(np.ceil(tb[:, 2].max() / ds)) + pad
-    ly1 = int(np.ceil(tb[:, 3].max() / ds)) + pad
-    # no further than that past the slide's edge: a tile larger than the image (a microscope
-    # field) would otherwise mostly be white padding to decode and filter
-    width, height = slide.level_dimensions[level]
-    lx0, ly0 = max(lx0, -pad), max(ly0, -pad)
-    lx1, ly1 = min(lx1, width + pad), min(ly1, height + pad)
-    region = slide.read_level(lx0, ly0, lx1 - lx0, ly1 - ly0, level)
+    s = patch_mpp / slide.mpp / ds  # level px per patch px (>= 1 unless patches are finer)
+    region = slide.read_level(lx0, ly0, lw, lh, level)
     xy, scores = detector(region, slide.mpp * ds)
     centres = np.asarray(xy, np.float64).reshape(-1, 2) + 0.5  # continuous level coordinates
     level0 = (centres + np.array([lx0, ly0], np.float64)) * ds
@@ -107,6 +94,27 @@ def _block_cells(slide, boxes, idx, patch_px, patch_mpp, detector, margin) -> li
         )
         for n, t in enumerate(idx)
     ]
+
+
+def _block_region(slide, tb: np.ndarray, patch_px: int, patch_mpp: float, margin: int):
+    """The pyramid level a block of tiles (level-0 boxes ``tb``) is read from and the region
+    ``(x, y, w, h)`` of it that is decoded: the tiles, a margin for the detector's filters,
+    and never less than a patch's resampling reads."""
+    f = patch_mpp / slide.mpp  # level-0 px per patch px
+    level = slide.best_level(f)
+    ds = float(slide.level_downsamples[level])
+    s = f / ds  # level px per patch px
+    pad = int(np.ceil(max(margin * s, _patch_reach(patch_px, s) + 1)))
+    lx0 = int(np.floor(tb[:, 0].min() / ds)) - pad
+    ly0 = int(np.floor(tb[:, 1].min() / ds)) - pad
+    lx1 = int(np.ceil(tb[:, 2].max() / ds)) + pad
+    ly1 = int(np.ceil(tb[:, 3].max() / ds)) + pad
+    # no further than that past the slide's edge: a tile larger than the image (a microscope
+    # field) would otherwise mostly be white padding to decode and filter
+    width, height = slide.level_dimensions[level]
+    lx0, ly0 = max(lx0, -pad), max(ly0, -pad)
+    lx1, ly1 = min(lx1, width + pad), min(ly1, height + pad)
+    return level, (lx0, ly0, lx1 - lx0, ly1 - ly0)
 
 
 def _blur_pad(scale: float) -> int:
@@ -178,6 +186,10 @@ def iter_tile_cells(
     f = patch_mpp / slide.mpp
     margin = margin_px if margin_px is not None else patch_px // 2 + 8
     blocks = _blocks(boxes, f, block_px)
+
+    regions = [_block_region(slide, boxes[idx], patch_px, patch_mpp, margin) for idx in blocks]
+    if regions:  # tiles shared by neighbouring blocks are decoded once
+        slide.plan_reads(regions[0][0], [region for _, region in regions])
 
     def work(idx: np.ndarray) -> list[TileCells]:
         return _block_cells(slide, boxes, idx, patch_px, patch_mpp, detector, margin)

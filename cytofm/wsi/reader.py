@@ -187,6 +187,11 @@ class Slide:
     def _read_level(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
         raise NotImplementedError
 
+    def plan_reads(self, level: int, regions) -> None:
+        """Level regions ``(x, y, w, h)`` about to be read with :meth:`read_level`: a reader
+        that decodes tiles may keep those shared by several regions until the last one (the
+        default ignores the plan)."""
+
 
 # Leading bytes of file types a slide is sometimes confused with, for a clear error.
 _SIGNATURES = (
@@ -304,14 +309,28 @@ class OpenSlideSlide(Slide):
             objective_power=float(objective) if objective else None,
             vendor=props.get(openslide.PROPERTY_NAME_VENDOR),
         )
+        from cytofm.wsi.tiled import TiledTiff
+
+        # Aperio and generic TIFF levels are decoded straight from their tiles where that
+        # gives OpenSlide's pixels exactly (2.5-4x faster, each tile once)
+        self._tiles = TiledTiff.open(path, self.vendor, self.level_dimensions)
 
     def close(self) -> None:
+        if self._tiles is not None:
+            self._tiles.close()
         self._osr.close()
+
+    def plan_reads(self, level: int, regions) -> None:
+        if self._tiles is not None:
+            self._tiles.plan(level, self._osr, regions)
 
     def properties(self) -> dict[str, str]:
         return {str(k): str(v) for k, v in self._osr.properties.items()}
 
     def _read_level(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
+        tiles = self._tiles.level(level, self._osr) if self._tiles is not None else None
+        if tiles is not None:
+            return tiles.read(x, y, w, h)
         ds = self.level_downsamples[level]
         loc = (int(round(x * ds)), int(round(y * ds)))
         bgra = _openslide_bgra(self._osr, loc, level, w, h)
