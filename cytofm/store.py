@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from cytofm.errors import CytofmError
 from cytofm.store_attrs import check_version
@@ -215,6 +216,8 @@ class BackgroundWriter:
 class PatchStoreWriter:
     """Append patches (uint8 RGB, fixed size) and per-row columns in chunks along N.
 
+    Images are compressed with zstd at level 1: photographs of cells shrink by about 10%
+    whatever the level, and level 1 writes (and reads) twice as fast as zarr's default 3.
     Columns are declared up front as ``name -> (dtype, trailing shape)``; strings use
     ``dtype=str``. Images are buffered until a whole chunk can be written, so image memory is
     bounded by ``chunk`` patches. Per-row columns (a few bytes a row) are kept in memory and
@@ -239,6 +242,7 @@ class PatchStoreWriter:
             chunks=(chunk, patch_px, patch_px, 3),
             dtype="uint8",
             dimension_names=["n", "y", "x", "c"],
+            compressors=ZstdCodec(level=1),
         )
         self.columns = dict(columns)
         self._buf_images: list[np.ndarray] = []
