@@ -108,6 +108,12 @@ class Paths:
     def comparisons(self, task: str = TASK) -> str:
         return self._at("eval", task, "comparisons.csv")
 
+    def hierarchy(self, task: str = TASK) -> str:
+        return self._at("eval", task, "hierarchy.csv")
+
+    def calibration(self, task: str = TASK) -> str:
+        return self._at("eval", task, "calibration.csv")
+
     def task_figure(self, task: str, name: str) -> str:
         return self._at("eval", task, f"{name}.png")
 

@@ -599,11 +599,35 @@ class Plan:
             return {}
         return {s: {"stain": self.sheet_value(s, "stain")} for s in self.slide_ids}
 
+    def report_trees(self) -> dict:
+        """task -> its label tree, screening node and metrics CSV, for tasks with one."""
+        return {
+            name: {
+                "hierarchy": task.hierarchy,
+                "screening": task.screening,
+                "csv": self.paths.hierarchy(name),
+            }
+            for name, task in self.tasks.items()
+            if task.hierarchy
+        }
+
+    def report_calibration(self) -> dict:
+        """task -> its calibration table and reliability diagrams, for every task."""
+        return {
+            name: {
+                "csv": self.paths.calibration(name),
+                "png": self.paths.task_figure(name, "reliability"),
+            }
+            for name in [*self.tasks, *self.slide_tasks]
+        }
+
     def report_inputs(self) -> dict[str, list[str]]:
         p = self.paths
         all_tasks = [*self.tasks, *self.slide_tasks]
         files = {
             "results": [f for t in all_tasks for f in self.task_results(t)],
+            "hierarchy": [tree["csv"] for tree in self.report_trees().values()],
+            "calibration": [f for c in self.report_calibration().values() for f in c.values()],
             "abmil": [p.abmil_dir(t, b) for b in self.backbones for t in self.slide_tasks],
             "qc": [p.qc(s) for s in self.slide_ids],
             "detection": [p.cells_summary(s) for s in self.slide_ids],

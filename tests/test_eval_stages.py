@@ -12,6 +12,7 @@ from cytofm.errors import InputDataError
 from cytofm.eval.backbones import BackboneSpec, load_backbone_spec
 from cytofm.eval.features import embed_array
 from cytofm.eval.metrics import classification_metrics
+from cytofm.eval.calibration import apply_temperature, fit_temperature
 from cytofm.eval.predictions import load_predictions
 from cytofm.results import RESULT_VERSION
 from cytofm.ssl.export import export_backbone
@@ -217,6 +218,16 @@ def test_protocols_on_cached_features(setup, protocol, tmp_path):
             assert np.array(run["test"]["confusion_matrix"]).sum() == saved["split"]["n_test"]
             again = classification_metrics(y_test, proba, CLASSES)["balanced_accuracy"]
             assert again == pytest.approx(run["test"]["balanced_accuracy"], abs=1e-6)
+        # calibration: each run's temperature is fitted on the validation rows' probabilities
+        # kept beside the test ones, and the scaled test probabilities are those divided by it
+        assert len(preds["y_val"]) == saved["split"]["n_val"] > 0
+        for i, run in enumerate(block["runs"]):
+            val = preds["val"][key][i]
+            assert val.shape == (len(preds["y_val"]), len(CLASSES))
+            assert run["temperature"] == pytest.approx(fit_temperature(preds["y_val"], val))
+            assert preds["temperatures"][key][i] == pytest.approx(run["temperature"])
+            want = apply_temperature(preds["blocks"][key][i], run["temperature"])
+            assert np.allclose(preds["calibrated"][key][i], want, atol=1e-6)
     if protocol == "fewshot":
         assert [b["shots"] for b in blocks] == [1, 4]
         assert (

@@ -437,6 +437,8 @@ REPORT_FIGURES = [
     "demo_cells_embedding_cytofm.png",
     "demo_cells_embedding_random.png",
     "demo_abnormal_auroc.png",
+    "demo_cells_reliability.png",
+    "demo_abnormal_reliability.png",
     "slides_embedding_cytofm.png",
     "slides_embedding_random.png",
     "pretrain_cytofm_vit_demo.png",
@@ -456,7 +458,8 @@ def test_report_has_every_figure_and_table(results, runs):
     tables = sorted(p.name for p in (report / "tables").iterdir() if not p.name.startswith("."))
     assert tables == sorted(
         [f"{t}.{x}" for t in ("demo_cells", "demo_abnormal", "overview") for x in ("csv", "md")]
-        + ["detection.csv", "predictions_demo_abnormal.csv"]
+        + ["detection.csv", "predictions_demo_abnormal.csv", "demo_cells_hierarchy.csv"]
+        + ["demo_cells_calibration.csv", "demo_abnormal_calibration.csv"]
     )
     # the unlabelled pretraining slide's predictions, with its cells by class
     predicted = pd.read_csv(report / "tables" / "predictions_demo_abnormal.csv")
@@ -473,6 +476,8 @@ def test_report_has_every_figure_and_table(results, runs):
     assert figures == sorted(REPORT_FIGURES)
     page = (report / "index.html").read_text()
     assert 'id="predictions-demo_abnormal"' in page
+    assert 'id="tree-demo_cells"' in page and "sensitivity @ 95% spec." in page
+    assert 'id="calibration-demo_cells"' in page and 'id="calibration-demo_abnormal"' in page
     linked = re.findall(r'<img src="([^"]+)"', page)
     assert sorted(linked) == sorted(f"figures/{f}" for f in REPORT_FIGURES)  # every figure shown
     for f in REPORT_FIGURES:
@@ -523,6 +528,34 @@ def test_report_tables_equal_the_result_jsons(results):
     assert (
         checked == 2 * (1 + 1 + 2 + 2 + 2) + 2
     )  # linear, knn, 2 fewshot, 2 lora, 2 fractions; abmil
+
+
+def test_label_tree_metrics_agree_with_the_results(results):
+    """The demo task's tree: every result block scored at every level, and the last level
+    (the classes themselves) is the balanced accuracy the result JSON reports."""
+    tree = pd.read_csv(results / "eval" / "demo_cells" / "hierarchy.csv")
+    for path in sorted((results / "eval" / "demo_cells").glob("*/*.json")):
+        res = json.loads(path.read_text())
+        for block in res["results"]:
+            key = (
+                f"fraction={block['fraction']:g}"
+                if block.get("fraction") is not None
+                else (f"shots={block['shots']}" if block["shots"] is not None else "all")
+            )
+            rows = tree[
+                (tree.backbone == res["backbone"])
+                & (tree.protocol == res["protocol"])
+                & (tree.block == key)
+            ].set_index("metric")
+            assert {"level1_balanced_accuracy", "level2_macro_f1"} <= set(rows.index), key
+            assert {"sensitivity_at_90_specificity", "sensitivity_at_95_specificity"} <= set(
+                rows.index
+            )
+            fine = rows.loc["level3_balanced_accuracy"]
+            assert fine["mean"] == pytest.approx(
+                block["summary"]["balanced_accuracy"]["mean"], abs=1e-4
+            ), (res["backbone"], res["protocol"], key)
+            assert fine["ci95_low"] <= fine["mean"] <= fine["ci95_high"]
 
 
 def test_report_renders_in_headless_chromium(results, tmp_path):

@@ -9,6 +9,7 @@ names the key, the bad value and what is allowed. The schema, ``config.yaml`` an
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 from cytofm.config.fields import Section, option
 from cytofm.errors import ConfigError
@@ -45,6 +46,7 @@ __all__ = [
     "TeacherConfig",
     "TilingConfig",
     "TrackingConfig",
+    "check_hierarchy_spec",
 ]
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -688,6 +690,27 @@ class EmbedConfig(Section):
 PROTOCOLS = ("linear", "knn", "fewshot", "lora")  # built in; packages add more (eval.protocols)
 
 
+def check_hierarchy_spec(spec: object, where: str) -> None:
+    """The shape of a ``hierarchy`` mapping (names are checked against the classes later, when
+    the dataset's classes are known); raises ValueError naming the bad entry."""
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{where} must be a mapping of node -> [classes] or node -> {{...}}")
+    for node, children in spec.items():
+        if not isinstance(node, str) or not node:
+            raise ValueError(f"{where}: node names are non-empty strings, got {node!r}")
+        if isinstance(children, Mapping):
+            if not children:
+                raise ValueError(f"{where}.{node} is empty")
+            check_hierarchy_spec(children, f"{where}.{node}")
+        elif isinstance(children, (list, tuple)):
+            if not children or not all(isinstance(c, str) and c for c in children):
+                raise ValueError(f"{where}.{node} must list class names, got {children!r}")
+        else:
+            raise ValueError(
+                f"{where}.{node} must be a list of classes or a mapping of nodes, got {children!r}"
+            )
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskConfig(Section):
     """a classification task on an imported labelled collection"""
@@ -734,10 +757,27 @@ class TaskConfig(Section):
     split_seed: int = option(
         0, "derived split: seed (the split is shared by every backbone/protocol)"
     )
+    hierarchy: dict = option(
+        {},
+        "class tree, node -> [classes] or node -> {nodes}: metrics per level and mistake "
+        "severity ({} = none)",
+        more="Every class of the dataset appears exactly once; a mapping of coarse names to "
+        "lists of fine classes is the one-level case. See docs/evaluation.md (label trees).",
+    )
+    screening: str = option(
+        "",
+        "a node of hierarchy: its sensitivity at 90% and 95% specificity is reported",
+    )
 
     def __post_init__(self) -> None:
         s = f"evaluate.tasks.{self.name}"
         _check_name("task", self.name)
+        try:
+            check_hierarchy_spec(self.hierarchy, f"{s}.hierarchy")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.screening and not self.hierarchy:
+            raise ConfigError(f"{s}.screening names a node of {s}.hierarchy, which is empty")
         bad = sorted(set(self.protocols) - set(PROTOCOLS))
         if bad:
             from cytofm.eval.protocols import PROTOCOLS as REGISTERED
@@ -984,6 +1024,12 @@ _DEMO_TASK = {
         "val_fraction": 0.2,
         "test_fraction": 0.2,
         "split_seed": 0,
+        # the synthetic classes follow a Pap smear: koilocytes are low-grade (HPV) changes
+        "hierarchy": {
+            "negative": ["squamous", "lymphocyte"],
+            "abnormal": {"low_grade": ["koilocyte"], "high_grade": ["dysplastic"]},
+        },
+        "screening": "abnormal",
     }
 }
 _DEMO_SLIDE_TASK = {
@@ -1025,13 +1071,24 @@ class EvalConfig(Section):
         choices=METRICS,
     )
     bootstrap: int = option(1000, "bootstrap resamples of the test rows for the 95% CIs", minimum=1)
+    conformal_alpha: float = option(
+        0.1,
+        "split-conformal prediction sets for 1 - alpha coverage, fitted on validation (0 = none)",
+        minimum=0,
+        maximum=0.5,
+        more="Read by the task summaries only: changing it reruns no evaluation.",
+    )
 
     def part(self, protocol: str) -> dict:
         """What a protocol family reads: ``mil`` (attention MIL, plus ``bootstrap``), ``probe``
         (the linear protocol the pretraining probe runs) or ``patch`` (everything else but the
         tasks). Rules pass only these, so changing a MIL
         setting never reruns a patch-level evaluation and vice versa."""
-        d = {k: v for k, v in self.to_dict().items() if k not in ("tasks", "slide_tasks")}
+        d = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in ("tasks", "slide_tasks", "conformal_alpha")  # summaries read it
+        }
         if protocol == "mil":
             return {"mil": d["mil"], "bootstrap": d["bootstrap"]}
         if protocol == "probe":  # the pretraining probe: the linear protocol only

@@ -10,13 +10,11 @@ report bolds a winner only on that evidence.
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pandas as pd
 
 from cytofm.eval.metrics import SCALARS, paired_difference
-from cytofm.eval.predictions import block_key, load_predictions
-from cytofm.results import read_result
+from cytofm.eval.predictions import predictions_path, result_blocks
 
 __all__ = ["COMPARISON_COLUMNS", "compare_results", "predictions_path", "verdicts"]
 
@@ -40,14 +38,6 @@ COMPARISON_COLUMNS = [
 ]
 
 
-def predictions_path(result_json: str | Path) -> Path:
-    """Where the job that wrote ``result_json`` put its predictions."""
-    path = Path(result_json)
-    if path.name == "abmil.json":
-        return path.with_suffix("") / "predictions.npz"
-    return path.with_name(f"{path.stem}.predictions.npz")
-
-
 def _verdict(lo: float, hi: float) -> str:
     if lo > 0:
         return "better"
@@ -58,30 +48,19 @@ def _verdict(lo: float, hi: float) -> str:
 
 def compare_results(result_jsons, n_boot: int = 1000) -> pd.DataFrame:
     """One row per (block, backbone, other backbone, metric); see the module doc."""
-    loaded = []
-    for path in result_jsons:
-        res = read_result(path)
-        preds = predictions_path(path)
-        if not preds.is_file():
-            continue  # written by an older version: no predictions to pair
-        loaded.append((res, load_predictions(preds)))
     rows = []
     by_setting: dict[tuple, dict] = {}
-    for res, pred in loaded:
-        for block in res["results"]:
-            key = block_key(block.get("shots"), block.get("fraction"))
-            if key not in pred["blocks"]:
-                continue
-            setting = (res["task"], res["protocol"], key)
-            entry = {
-                "kind": res.get("backbone_kind", ""),
-                "probas": pred["blocks"][key],
-                "y": pred["y_test"],
-                "groups": pred["groups"],
-                "shots": block.get("shots"),
-                "fraction": block.get("fraction"),
-            }
-            by_setting.setdefault(setting, {})[res["backbone"]] = entry
+    for res, block, key, pred in result_blocks(result_jsons):
+        setting = (res["task"], res["protocol"], key)
+        entry = {
+            "kind": res.get("backbone_kind", ""),
+            "probas": pred["blocks"][key],
+            "y": pred["y_test"],
+            "groups": pred["groups"],
+            "shots": block.get("shots"),
+            "fraction": block.get("fraction"),
+        }
+        by_setting.setdefault(setting, {})[res["backbone"]] = entry
     for (task, protocol, key), backbones in sorted(by_setting.items()):
         names = sorted(backbones)
         pairs = []

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from cytofm.config import EvalConfig, SlideTaskConfig
 from cytofm.errors import InputDataError
+from cytofm.eval.calibration import apply_temperature, fit_temperature
 from cytofm.eval.metrics import classification_metrics, interval, summarise
 from cytofm.eval.mil import check_bags, grouped_folds, predict_mil, train_mil
 from cytofm.report.attention import attention_heatmap, top_cells_montage
@@ -210,8 +211,12 @@ class MilCV:
 
     probas: list[np.ndarray]  # per seed: (slides, classes)
     attention: dict[str, list[np.ndarray]]  # slide -> per seed: attention over its bag
-    folds: list[dict]  # per seed and fold: slides, best epoch, seconds
+    folds: list[dict]  # per seed and fold: slides, best epoch, seconds, temperature
     fold_seconds: list[float]
+    # per seed: the out-of-fold probabilities after each fold's temperature scaling, fitted on
+    # its inner validation slides (1.0 for a fold without them)
+    calibrated: list[np.ndarray] = dataclasses.field(default_factory=list)
+    temperatures: list[list[float]] = dataclasses.field(default_factory=list)
 
 
 def cross_validate(co: MilCohort, task: SlideTaskConfig, cfg: EvalConfig, desc: str) -> MilCV:
@@ -221,11 +226,18 @@ def cross_validate(co: MilCohort, task: SlideTaskConfig, cfg: EvalConfig, desc: 
     bar = tqdm(total=len(task.seeds) * task.folds, desc=desc, mininterval=5)
     for seed in (int(s) for s in task.seeds):
         p = np.zeros((len(co.slides), len(co.classes)))
+        scaled, temps = np.zeros_like(p), []
         for k, (train, test) in enumerate(grouped_folds(co.y, co.groups, task.folds, seed)):
             tf = time.perf_counter()
             tr, va = _inner_split(co.y, co.groups, train, seed)
             model, hist = train_mil(co.bags, co.y, tr, va, len(co.classes), seed=seed, **train_args)
             p[test], attn = predict_mil(model, co.bags, test, cfg.mil.batch_bags)
+            t = 1.0
+            if len(va):
+                p_val = predict_mil(model, co.bags, va, cfg.mil.batch_bags)[0]
+                t = fit_temperature(co.y[va], p_val)
+            scaled[test] = apply_temperature(p[test], t)
+            temps.append(t)
             for i, a in zip(test, attn, strict=True):
                 cv.attention[co.slides[i]].append(a)
             cv.fold_seconds.append(time.perf_counter() - tf)
@@ -238,11 +250,14 @@ def cross_validate(co: MilCohort, task: SlideTaskConfig, cfg: EvalConfig, desc: 
                     "test_slides": [co.slides[i] for i in test],
                     "best_epoch": hist["best_epoch"],
                     "epochs": hist["epochs"],
+                    "temperature": t,
                     "seconds": cv.fold_seconds[-1],
                 }
             )
             bar.update(1)
         cv.probas.append(p)
+        cv.calibrated.append(scaled)
+        cv.temperatures.append(temps)
     bar.close()
     return cv
 

@@ -4,7 +4,9 @@ A result JSON holds metrics; comparing two backbones on the same test rows needs
 predictions. Each evaluation job writes ``<protocol>.predictions.npz`` (MIL: ``abmil/
 predictions.npz``): the test labels, their groups (patients), and per result block (one label
 budget: all labels, k shots, a data share) the (seeds, n_test, n_classes) probabilities, in the
-order of the JSON's blocks and runs. Probabilities are stored as float32.
+order of the JSON's blocks and runs. Probabilities are stored as float32. Beside them: the test
+probabilities after temperature scaling and the temperatures, and the validation rows'
+probabilities they were fitted on (see :mod:`cytofm.eval.calibration`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["block_key", "load_predictions", "save_predictions"]
+__all__ = [
+    "LONG_COLUMNS",
+    "block_key",
+    "load_predictions",
+    "long_rows",
+    "predictions_path",
+    "result_blocks",
+    "save_predictions",
+]
 
 
 def block_key(shots=None, fraction=None) -> str:
@@ -31,14 +41,27 @@ def save_predictions(
     y_test: np.ndarray,
     groups: np.ndarray | None,
     blocks: dict[str, list[np.ndarray]],
+    *,
+    calibrated: dict[str, list[np.ndarray]] | None = None,
+    temperatures: dict[str, list] | None = None,
+    y_val: np.ndarray | None = None,
+    val: dict[str, list[np.ndarray]] | None = None,
 ) -> Path:
-    """Write atomically (a half-written file never has the final name)."""
+    """Write atomically (a half-written file never has the final name). ``calibrated``: the
+    test probabilities after temperature scaling, per block (the ``temperatures`` fitted per
+    seed, or per seed and fold); ``val``: the validation rows' probabilities (``y_val``) of
+    the models kept, per block."""
     path = Path(path)
     arrays = {"y_test": np.asarray(y_test, np.int64)}
     if groups is not None:
         arrays["groups"] = np.asarray(groups).astype(str)
-    for key, probas in blocks.items():
-        arrays[f"proba/{key}"] = np.stack(probas).astype(np.float32)
+    if y_val is not None:
+        arrays["y_val"] = np.asarray(y_val, np.int64)
+    for prefix, part in (("proba", blocks), ("calibrated", calibrated), ("val", val)):
+        for key, probas in (part or {}).items():
+            arrays[f"{prefix}/{key}"] = np.stack(probas).astype(np.float32)
+    for key, temps in (temperatures or {}).items():
+        arrays[f"temperature/{key}"] = np.asarray(temps, np.float64)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -49,8 +72,79 @@ def save_predictions(
 
 
 def load_predictions(path: str | Path) -> dict:
-    """``{"y_test", "groups" (or None), "blocks": {key: [proba per seed]}}``."""
+    """``{"y_test", "groups" (or None), "blocks": {key: [proba per seed]}}``, and where the
+    file has them ``"calibrated"``, ``"val"`` (the same layout), ``"temperatures"`` (key ->
+    array) and ``"y_val"`` (else empty / None)."""
     with np.load(path, allow_pickle=False) as z:
-        blocks = {k.split("/", 1)[1]: list(z[k]) for k in z.files if k.startswith("proba/")}
-        groups = z["groups"] if "groups" in z.files else None
-        return {"y_test": z["y_test"], "groups": groups, "blocks": blocks}
+
+        def part(prefix: str, as_list: bool = True) -> dict:
+            return {
+                k.split("/", 1)[1]: list(z[k]) if as_list else z[k]
+                for k in z.files
+                if k.startswith(f"{prefix}/")
+            }
+
+        return {
+            "y_test": z["y_test"],
+            "groups": z["groups"] if "groups" in z.files else None,
+            "blocks": part("proba"),
+            "calibrated": part("calibrated"),
+            "val": part("val"),
+            "temperatures": part("temperature", as_list=False),
+            "y_val": z["y_val"] if "y_val" in z.files else None,
+        }
+
+
+def predictions_path(result_json: str | Path) -> Path:
+    """Where the job that wrote ``result_json`` put its predictions."""
+    path = Path(result_json)
+    if path.name == "abmil.json":
+        return path.with_suffix("") / "predictions.npz"
+    return path.with_name(f"{path.stem}.predictions.npz")
+
+
+def result_blocks(result_jsons):
+    """(result, block, block key, loaded predictions) of every result block whose job kept
+    its predictions (results written by older versions have none and are passed over); each
+    file is read once."""
+    from cytofm.results import read_result
+
+    for path in result_jsons:
+        res, preds = read_result(path), predictions_path(path)
+        if not preds.is_file():
+            continue
+        pred = load_predictions(preds)
+        for block in res["results"]:
+            key = block_key(block.get("shots"), block.get("fraction"))
+            if key in pred["blocks"]:
+                yield res, block, key, pred
+
+
+LONG_COLUMNS = [
+    "task", "backbone", "backbone_kind", "protocol", "block", "metric",
+    "mean", "std", "ci95_low", "ci95_high", "n_seeds",
+]  # fmt: skip
+
+
+def long_rows(res: dict, key: str, metrics: dict) -> list[dict]:
+    """Rows of a long metrics table (``LONG_COLUMNS``) for one result block: ``metrics`` maps a
+    name to its summary (mean, std, ``ci95`` or ``range``, n_seeds)."""
+    rows = []
+    for name, m in metrics.items():
+        low, high = m.get("ci95", m.get("range"))
+        rows.append(
+            {
+                "task": res["task"],
+                "backbone": res["backbone"],
+                "backbone_kind": res.get("backbone_kind", ""),
+                "protocol": res["protocol"],
+                "block": key,
+                "metric": name,
+                "mean": m["mean"],
+                "std": m["std"],
+                "ci95_low": low,
+                "ci95_high": high,
+                "n_seeds": m["n_seeds"],
+            }
+        )
+    return rows

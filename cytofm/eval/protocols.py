@@ -67,6 +67,11 @@ class EvalInputs:
         return full_proba(clf, feats[self.split.test], self.n_classes), {
             "C": C,
             "val": _fmt(val_scores),
+            "val_proba": (
+                full_proba(clf, feats[va], self.n_classes)
+                if len(va)
+                else np.zeros((0, self.n_classes))
+            ),
         }
 
 
@@ -93,7 +98,9 @@ class Protocol:
         """Called once before the first budgeted run (load a model, read images)."""
 
     def run(self, rows: np.ndarray, seed: int, budget: Budget) -> tuple[np.ndarray, dict]:
-        """Test probabilities after training on ``rows`` with ``seed``, and what was chosen."""
+        """Test probabilities after training on ``rows`` with ``seed``, and what was chosen;
+        ``chosen["val_proba"]``, where given, holds the validation rows' probabilities of the
+        model kept (temperature scaling and conformal sets are fitted on them)."""
         raise NotImplementedError(f"protocol {self.name!r} declares budgets but has no run()")
 
     def block_extra(self, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -144,10 +151,14 @@ class Knn(Protocol):
 
         inp = self.inputs
         tr, te = inp.split.train, inp.split.test
-        p = knn_proba(
-            inp.features[tr], inp.labels[tr], inp.features[te], inp.cfg.knn.k, inp.n_classes
+        va, k = inp.split.val, inp.cfg.knn.k
+        p = knn_proba(inp.features[tr], inp.labels[tr], inp.features[te], k, inp.n_classes)
+        pv = (
+            knn_proba(inp.features[tr], inp.labels[tr], inp.features[va], k, inp.n_classes)
+            if len(va)
+            else np.zeros((0, inp.n_classes))
         )
-        return p, {"k": min(inp.cfg.knn.k, len(tr))}
+        return p, {"k": min(k, len(tr)), "val_proba": pv}
 
 
 @register_protocol
@@ -203,7 +214,7 @@ class Lora(Protocol):
         train_images = _rows(self.images, rows)
         shots = amount if kind == "shots" else None
         plan = steps_for(self.settings, shots=shots, n_train=len(rows))
-        best, val_scores = None, {}
+        best, val_scores, best_val = None, {}, None
         for lr in inp.cfg.lora.lrs:
             model = train_lora(
                 self.bb,
@@ -218,15 +229,16 @@ class Lora(Protocol):
                 device=self.device,
                 precision=inp.cfg.lora.precision,
             )
+            pv = np.zeros((0, inp.n_classes))
             if len(val):
                 pv = predict_proba(model, self.bb, self.val_images, self.device)
                 val_scores[lr] = select_score(labels[val], pv, inp.cfg.select_metric, inp.classes)
             else:
                 val_scores[lr] = 0.0
             if best is None or val_scores[lr] > val_scores[best[0]]:
-                best = (float(lr), model)
+                best, best_val = (float(lr), model), pv
         p = predict_proba(best[1], self.bb, self.test_images, self.device)
-        return p, {"lr": best[0], "val": _fmt(val_scores), "budget": plan}
+        return p, {"lr": best[0], "val": _fmt(val_scores), "budget": plan, "val_proba": best_val}
 
     def block_extra(self, runs):
         """Steps run against the protocol's (max over seeds)."""

@@ -56,6 +56,28 @@ EXPLAIN = {
 }
 
 
+CALIBRATION_COLUMNS = {
+    "ece": "ECE raw",
+    "ece_scaled": "ECE scaled",
+    "nll": "NLL raw",
+    "nll_scaled": "NLL scaled",
+    "temperature": "temperature [range]",
+    "coverage": "conformal coverage",
+    "set_size": "mean set size",
+}
+CALIBRATION_INTRO = (
+    "Does a probability of 0.9 mean 90%? Expected calibration error (top label, 15 confidence "
+    "bins) and negative log-likelihood of the test predictions, raw and after temperature "
+    "scaling (one temperature per trained model, fitted on the validation rows that chose its "
+    "settings; for attention MIL on each fold's inner validation slides). Conformal: "
+    "split-conformal prediction sets fitted on validation for the configured coverage "
+    "(evaluate.conformal_alpha), their coverage and mean size on test. Mean over seeds [95% CI "
+    "over test items (whole groups) and seeds; for the temperature, the range of the fitted "
+    "values]. Shown: each protocol with all labels, few-shot and LoRA with the most labels; "
+    "every setting is in the CSV."
+)
+
+
 def _copy(src: Path, dst: Path) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
@@ -251,13 +273,56 @@ class ReportBuilder:
     def _links(self, paths: Mapping[str, Path]) -> list[tuple[str, str]]:
         return [(p.relative_to(self.out).as_posix(), p.name) for p in paths.values()]
 
-    def tasks(self, by_task, compared, embeddings) -> None:
+    def tasks(self, by_task, compared, embeddings, trees=None, calibration=None) -> None:
         """One section per task: patch-level tasks first, then slide-level ones, each
-        alphabetically."""
+        alphabetically; a task with a label tree is followed by its section (``trees``:
+        task -> {"hierarchy", "screening", "csv"}), then by its calibration (``calibration``:
+        task -> {"csv", "png"})."""
         summaries = {task: summary_table(sorted(paths)) for task, paths in by_task.items()}
         for task in sorted(summaries, key=lambda t: (main_metric(summaries[t]) == "auroc", t)):
             embedding = (embeddings or {}).get(task) or {}
             self.task(task, sorted(by_task[task]), summaries[task], compared.get(task), embedding)
+            if task in (trees or {}):
+                self.label_tree(task, sorted(by_task[task]), trees[task])
+            if task in (calibration or {}):
+                self.calibration(task, calibration[task])
+
+    def calibration(self, task: str, files: Mapping[str, str]) -> None:
+        """ECE and NLL before and after temperature scaling, the temperatures, conformal
+        coverage, and the reliability diagrams."""
+        from cytofm.report.tables import long_view, plain_html
+
+        long = pd.read_csv(files["csv"])
+        if long.empty:
+            return
+        view = long_view(long, CALIBRATION_COLUMNS)
+        paths = {"csv": self.tabs / f"{task}_calibration.csv"}
+        long.to_csv(paths["csv"], index=False, float_format="%.4g")
+        self.written["tables"].append(paths["csv"].relative_to(self.out).as_posix())
+        sec = Section(f"calibration-{task}", f"Calibration: {task}", CALIBRATION_INTRO)
+        sec.tables_html.append(plain_html(view))
+        sec.links = self._links(paths)
+        png = _copy(Path(files["png"]), self.figs / f"{task}_reliability.png")
+        self.fig(png, "reliability before (raw) and after temperature scaling", sec)
+        self.sections.append(sec)
+
+    def label_tree(self, task: str, jsons, spec: Mapping) -> None:
+        """Per-level metrics, mistake severity and screening operating points."""
+        from cytofm.eval.hierarchy import LabelTree
+        from cytofm.report.hierarchy import INTRO, hierarchy_html, hierarchy_view
+
+        long = pd.read_csv(spec["csv"])
+        if long.empty:
+            return
+        tree = LabelTree(spec["hierarchy"], read_result(jsons[0])["classes"], spec["screening"])
+        view = hierarchy_view(long, tree)
+        paths = {"csv": self.tabs / f"{task}_hierarchy.csv"}
+        long.to_csv(paths["csv"], index=False, float_format="%.4g")
+        self.written["tables"].append(paths["csv"].relative_to(self.out).as_posix())
+        sec = Section(f"tree-{task}", f"Label tree: {task}", INTRO)
+        sec.tables_html.append(hierarchy_html(view, tree))
+        sec.links = self._links(paths)
+        self.sections.append(sec)
 
     def task(self, task, jsons, summary, compared, embeddings) -> None:
         metric = main_metric(summary)

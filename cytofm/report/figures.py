@@ -16,11 +16,13 @@ from cytofm.results import read_result
 
 __all__ = [
     "embedding_map",
+    "placeholder",
     "plot_confusion",
     "plot_fewshot",
     "plot_fractions",
     "plot_history",
     "plot_mil",
+    "plot_reliability",
     "project_2d",
 ]
 
@@ -331,3 +333,87 @@ def plot_history(history: list[dict], out_png: Path, title: str) -> Path:
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
+
+
+def _reliability_panels(result_jsons) -> list[tuple[str, str, dict]]:
+    """(backbone, setting, pooled test probabilities) of the settings a reliability diagram
+    shows (:func:`cytofm.report.tables.shown_block`), where calibrated ones were kept."""
+    from cytofm.eval.predictions import result_blocks
+    from cytofm.report.tables import setting_label, shown_block
+
+    found: dict[tuple[str, str], dict[str, tuple]] = {}
+    for res, block, key, pred in result_blocks(result_jsons):
+        if pred["calibrated"].get(key):
+            found.setdefault((res["backbone"], res["protocol"]), {})[key] = (block, pred)
+    panels = []
+    for (backbone, protocol), blocks in sorted(found.items()):
+        key = shown_block(blocks)
+        if key is None:
+            continue
+        block, pred = blocks[key]
+        _, label = setting_label(protocol, block.get("shots"), None)
+        n_seeds = len(pred["blocks"][key])
+        entry = {
+            "y": np.tile(pred["y_test"], n_seeds),
+            "before": np.concatenate(pred["blocks"][key]),
+            "after": np.concatenate(pred["calibrated"][key]),
+        }
+        panels.append((backbone, label, entry))
+    return panels
+
+
+def plot_reliability(result_jsons, out_png: str | Path, task: str = "") -> Path | None:
+    """Reliability diagrams: per backbone (columns) and shown setting (rows), the accuracy of
+    each confidence bin against its mean confidence, before and after temperature scaling
+    (seeds pooled), with each curve's ECE; the diagonal is perfect calibration."""
+    from cytofm.eval.calibration import ece, reliability
+
+    panels = _reliability_panels(result_jsons)
+    if not panels:
+        return None
+    plt = _plt()
+    backbones = sorted({p[0] for p in panels})
+    settings = list(dict.fromkeys(p[1] for p in panels))
+    fig, axes = plt.subplots(
+        len(settings),
+        len(backbones),
+        figsize=(2.9 * len(backbones) + 0.4, 2.7 * len(settings) + 0.4),
+        squeeze=False,
+    )
+    for ax in axes.ravel():
+        ax.set_visible(False)
+    for backbone, setting, e in panels:
+        ax = axes[settings.index(setting)][backbones.index(backbone)]
+        ax.set_visible(True)
+        ax.plot([0, 1], [0, 1], color="0.7", lw=1)
+        y = e["y"]
+        for name, colour in (("before", "tab:red"), ("after", "tab:blue")):
+            r = reliability(y, e[name])
+            seen = r["count"] > 0
+            label = f"{'raw' if name == 'before' else 'scaled'}: ECE {ece(y, e[name]):.3f}"
+            ax.plot(r["confidence"][seen], r["accuracy"][seen], "o-", ms=3, color=colour,
+                    label=label)  # fmt: skip
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{backbone}\n{setting}", fontsize=8)
+        ax.set_xlabel("confidence", fontsize=8)
+        ax.set_ylabel("accuracy", fontsize=8)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"{task}: reliability before and after temperature scaling", fontsize=9)
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return Path(out_png)
+
+
+def placeholder(out_png: str | Path, text: str) -> Path:
+    """A small figure that says why there is nothing to plot (a workflow output must exist)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4, 1))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9)
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+    return Path(out_png)

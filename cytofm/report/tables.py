@@ -244,3 +244,47 @@ def write_table(table: pd.DataFrame, stem: Path, first: str = "setting") -> dict
     table.to_csv(csv, index=False, float_format="%.4f")
     md.write_text(to_markdown(table, first))
     return {"csv": csv, "md": md}
+
+
+def shown_block(keys) -> str | None:
+    """The block of a protocol that a summary table or figure shows: all labels where the
+    protocol has it, else the most shots (fractions are in the CSVs only)."""
+    keys = list(keys)
+    if "all" in keys:
+        return "all"
+    shots = [k for k in keys if k.startswith("shots=")]
+    return max(shots, key=lambda k: int(k.split("=")[1]), default=None)
+
+
+def long_view(long: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """A long metrics table (``LONG_COLUMNS``) as rows of backbone x shown setting
+    (:func:`shown_block`) and columns ``label: 'mean [low, high]'`` for ``columns`` (metric ->
+    label, in order)."""
+    out = []
+    for (protocol, backbone), rows in long.groupby(["protocol", "backbone"], sort=False):
+        key = shown_block(dict.fromkeys(rows["block"]))
+        if key is None:
+            continue
+        shots = int(key.split("=")[1]) if key.startswith("shots=") else None
+        order, setting = setting_label(protocol, shots, None)
+        row = {"_key": order, "setting": setting, "backbone": backbone}
+        by_metric = rows[rows["block"] == key].set_index("metric")
+        for metric, label in columns.items():
+            if metric in by_metric.index:
+                r = by_metric.loc[metric]
+                row[label] = f"{r['mean']:.3f} [{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]"
+        out.append(row)
+    if not out:
+        return pd.DataFrame()
+    table = pd.DataFrame(out).sort_values(["_key", "backbone"], kind="stable")
+    return table.drop(columns="_key").fillna("-").reset_index(drop=True)
+
+
+def plain_html(table: pd.DataFrame) -> str:
+    """A table of strings, escaped."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+        for row in table.itertuples(index=False)
+    )
+    return f'<table class="results"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from cytofm.config import EvalConfig, TaskConfig
 from cytofm.errors import InputDataError
 from cytofm.eval.backbones import BackboneSpec
+from cytofm.eval.calibration import apply_temperature, fit_temperature
 from cytofm.eval.metrics import classification_metrics, summarise
 from cytofm.eval.predictions import block_key, save_predictions
 from cytofm.eval.protocols import PROTOCOLS, EvalInputs, Protocol
@@ -181,6 +182,7 @@ def run_evaluate(
         inputs = EvalInputs(task, cfg, spec, labels, classes, split, store, feats, pretrained_dir)
         g_test = _groups_of(data, split.test)
         blocks, skipped, predictions = _run_protocol(kind(inputs), g_test)
+        y_val = labels[split.val]
         seconds = time.perf_counter() - t0
         result = {
             **_result_head(task, spec, protocol, data, split, pretrained_dir, g_test),
@@ -192,7 +194,16 @@ def run_evaluate(
             ),
         }
         if out_predictions:
-            save_predictions(out_predictions, data["labels"][split.test], g_test, predictions)
+            save_predictions(
+                out_predictions,
+                labels[split.test],
+                g_test,
+                predictions["test"],
+                calibrated=predictions["calibrated"],
+                temperatures=predictions["temperatures"],
+                y_val=y_val,
+                val=predictions["val"],
+            )
         write_result(out_json, result, default=_json_default)
         for b in blocks:
             tag = protocol if b["shots"] is None else f"{protocol}.{b['shots']}shot"
@@ -223,17 +234,38 @@ def _run_protocol(proto: Protocol, g_test):
     result blocks (metrics with CIs), skipped budgets (a class too small) and predictions."""
     inp = proto.inputs
     y_test, classes = inp.labels[inp.split.test], inp.classes
+    y_val = inp.labels[inp.split.val]
     blocks: list[dict] = []
     skipped: list[dict] = []
-    predictions: dict[str, list[np.ndarray]] = {}
+    # per block key: test probabilities per seed, and where the protocol gives validation
+    # probabilities, those, the temperature fitted on them and the scaled test probabilities
+    predictions: dict[str, dict] = {"test": {}, "calibrated": {}, "temperatures": {}, "val": {}}
 
     def add_block(probas, runs, **kw):
         blocks.append(_block(y_test, probas, runs, inp.cfg, groups=g_test, **kw))
-        predictions[block_key(kw.get("shots"), kw.get("fraction"))] = probas
+        key = block_key(kw.get("shots"), kw.get("fraction"))
+        predictions["test"][key] = probas
+        vals = [r.pop("_val_proba", None) for r in runs]
+        if all(v is not None for v in vals):
+            temps = [r["temperature"] for r in runs]
+            predictions["val"][key] = vals
+            predictions["temperatures"][key] = temps
+            predictions["calibrated"][key] = [
+                apply_temperature(p, t) for p, t in zip(probas, temps, strict=True)
+            ]
+
+    def scaled(chosen: dict) -> dict:
+        """The run's record: the temperature fitted on its validation probabilities (kept
+        aside for the predictions file, not the JSON)."""
+        val = chosen.pop("val_proba", None)
+        if val is None:
+            return chosen
+        return {**chosen, "temperature": fit_temperature(y_val, val), "_val_proba": val}
 
     once = proto.once()
     if once is not None:
         p, chosen = once
+        chosen = scaled(chosen)
         runs = [{"seed": None, **chosen, "test": classification_metrics(y_test, p, classes)}]
         add_block([p], runs, seed_independent=True)
     budgets = type(proto).budgets(inp.task, inp.cfg)
@@ -257,6 +289,7 @@ def _run_protocol(proto: Protocol, g_test):
             if short:
                 break
             p, chosen = proto.run(rows, seed, (kind, amount))
+            chosen = scaled(chosen)
             probas.append(p)
             runs.append(
                 {

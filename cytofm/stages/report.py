@@ -38,6 +38,8 @@ def run_report(
     comparisons: Sequence[str | Path] = (),
     detection: Sequence[str | Path] = (),
     predictions: Sequence[str | Path] = (),
+    trees: Mapping[str, Mapping[str, Any]] | None = None,
+    calibration: Mapping[str, Mapping[str, str]] | None = None,
     cfg: ReportConfig | None = None,
     job: JobContext | None = None,
 ) -> dict[str, Any]:
@@ -49,7 +51,10 @@ def run_report(
     ``qc``: (slide id, QC thumbnail) pairs; ``comparisons``: the tasks' paired-comparison
     CSVs (``eval/<task>/comparisons.csv``); ``detection``: the cells stage's per-slide QC
     JSONs (``qc/<slide>.cells.json``), for the detection table; ``predictions``: the slide
-    tasks' prediction tables (``predict/<task>/predictions.csv``). Returns what was written.
+    tasks' prediction tables (``predict/<task>/predictions.csv``); ``trees``: task ->
+    {"hierarchy", "screening", "csv"} of the tasks with a label tree (``csv``: its
+    ``eval/<task>/hierarchy.csv``); ``calibration``: task -> {"csv", "png"} (its
+    ``calibration.csv`` and ``reliability.png``). Returns what was written.
     """
     cfg = cfg or ReportConfig()
     job = job or JobContext()
@@ -60,7 +65,7 @@ def run_report(
     with job.run("report", {"report": cfg.to_dict(), "n_results": len(eval_jsons)}) as run:
         page = ReportBuilder(out, cfg)
         compared = load_comparisons(comparisons)
-        page.tasks(by_task, compared, embeddings)
+        page.tasks(by_task, compared, embeddings, trees, calibration)
         page.overview(compared)
         if slide_features:
             page.slide_cells(slide_features, slide_meta)

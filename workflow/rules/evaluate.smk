@@ -93,6 +93,9 @@ rule eval_summary:
     output:
         csv=PATHS.summary("{task}"),
         comparisons=PATHS.comparisons("{task}"),
+        hierarchy=PATHS.hierarchy("{task}"),
+        calibration=PATHS.calibration("{task}"),
+        reliability=PATHS.task_figure("{task}", "reliability"),
         png=report(
             PATHS.task_figure("{task}", "fewshot"),
             caption="../report/fewshot.rst",
@@ -106,6 +109,9 @@ rule eval_summary:
     threads: 1
     params:
         bootstrap=CFG.evaluate.bootstrap,
+        conformal_alpha=CFG.evaluate.conformal_alpha,
+        hierarchy=lambda wildcards: PLAN.tasks[wildcards.task].hierarchy,
+        screening=lambda wildcards: PLAN.tasks[wildcards.task].screening,
     script:
         "../scripts/eval_summary.py"
 
@@ -144,6 +150,8 @@ rule mil_summary:
     output:
         csv=PATHS.summary("{stask}"),
         comparisons=PATHS.comparisons("{stask}"),
+        calibration=PATHS.calibration("{stask}"),
+        reliability=PATHS.task_figure("{stask}", "reliability"),
         png=report(
             PATHS.task_figure("{stask}", "slide_auroc"),
             caption="../report/mil.rst",

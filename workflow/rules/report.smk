@@ -29,5 +29,7 @@ rule report:
         slide_features=PLAN.report_slide_features(),
         slide_meta=PLAN.report_slide_meta(),
         qc=[[s, PATHS.qc(s)] for s in PLAN.slide_ids],
+        trees=PLAN.report_trees(),
+        calibration=PLAN.report_calibration(),
     script:
         "../scripts/report.py"

@@ -16,5 +16,11 @@ run_summary(
     plot=dict(sm.params).get("plot", "fewshot"),
     out_comparisons=sm.output.comparisons,
     n_boot=sm.params.bootstrap,
+    out_hierarchy=dict(sm.output).get("hierarchy"),
+    out_calibration=sm.output.calibration,
+    out_reliability=sm.output.reliability,
+    conformal_alpha=dict(sm.params).get("conformal_alpha", 0.0),
+    hierarchy=dict(sm.params).get("hierarchy"),
+    screening=dict(sm.params).get("screening", ""),
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
 )
