@@ -10,9 +10,9 @@ import torch
 from cytofm.config import EvalConfig, TaskConfig
 from cytofm.errors import InputDataError
 from cytofm.eval.backbones import BackboneSpec, load_backbone_spec
+from cytofm.eval.calibration import apply_temperature, fit_temperature
 from cytofm.eval.features import embed_array
 from cytofm.eval.metrics import classification_metrics
-from cytofm.eval.calibration import apply_temperature, fit_temperature
 from cytofm.eval.predictions import load_predictions
 from cytofm.results import RESULT_VERSION
 from cytofm.ssl.export import export_backbone
