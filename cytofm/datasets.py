@@ -23,7 +23,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 def list_collection(cfg: DatasetConfig) -> pd.DataFrame:
-    """Rows of (path, label, group, split) with absolute paths, in a stable order.
+    """Rows of (path, label, group, split) with absolute paths, in a stable order, and a
+    ``meta_<column>`` per ``meta_columns``.
 
     ``split`` is empty unless a CSV has the ``split_column`` (train/val/test per row).
     """
@@ -55,11 +56,12 @@ def list_collection(cfg: DatasetConfig) -> pd.DataFrame:
                 raise InputDataError(
                     f"dataset '{cfg.name}': query {cfg.query!r} failed on {root}: {exc}"
                 ) from exc
-        missing = [c for c in (cfg.path_column, cfg.label_column) if c not in table.columns]
+        needed = (cfg.path_column, cfg.label_column, *cfg.meta_columns)
+        missing = [c for c in needed if c not in table.columns]
         if missing:
             raise InputDataError(
                 f"dataset '{cfg.name}': {root} lacks column(s) {missing}; found "
-                f"{list(table.columns)}. Set path_column/label_column in its config"
+                f"{list(table.columns)}. Set path_column/label_column/meta_columns in its config"
             )
         group = table[cfg.group_column].astype(str) if cfg.group_column in table.columns else ""
         split = table[cfg.split_column].astype(str) if cfg.split_column in table.columns else ""
@@ -72,6 +74,7 @@ def list_collection(cfg: DatasetConfig) -> pd.DataFrame:
                 "label": table[cfg.label_column].astype(str),
                 "group": group,
                 "split": split,
+                **{f"meta_{c}": table[c].astype(str).to_numpy() for c in cfg.meta_columns},
             }
         )
     if table.empty:

@@ -24,14 +24,15 @@ __all__ = ["exposure", "held_out_rows", "leak_message", "slide_leaks"]
 def held_out_rows(dataset_store: str | Path, tasks: Sequence) -> tuple[np.ndarray, dict]:
     """Rows of ``dataset_store`` in the test split of any of ``tasks`` (TaskConfig), sorted,
     and per task how many there are."""
-    from cytofm.stages.evaluate import load_task_data, task_split
+    from cytofm.stages.evaluate import load_task_data, task_folds
 
     rows: set[int] = set()
     per_task = {}
-    for task in tasks:
-        split = task_split(task, load_task_data(task, dataset_store))
-        rows.update(int(r) for r in split.test)
-        per_task[task.name] = len(split.test)
+    for task in tasks:  # a leave-one-out task tests every row of a held-out value
+        tested = {int(r) for _, split in task_folds(task, load_task_data(task, dataset_store))
+                  for r in split.test}  # fmt: skip
+        rows.update(tested)
+        per_task[task.name] = len(tested)
     return np.array(sorted(rows), dtype=np.int64), per_task
 
 

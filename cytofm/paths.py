@@ -114,6 +114,10 @@ class Paths:
     def calibration(self, task: str = TASK) -> str:
         return self._at("eval", task, "calibration.csv")
 
+    def robustness(self, task: str = TASK, backbone: str = BACKBONE) -> str:
+        """A task's batch-leak probe and robustness index on one backbone."""
+        return self._at("eval", task, backbone, "robustness.json")
+
     def task_figure(self, task: str, name: str) -> str:
         return self._at("eval", task, f"{name}.png")
 

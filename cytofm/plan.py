@@ -145,6 +145,7 @@ class Plan:
                 "mpp": demo.mpp,
                 "patch_um": cells.patch_um,
                 "patch_px": cells.patch_px,
+                "meta_columns": ["stain"],  # the staining laboratory of each crop's slide
             }
         for name, entry in self.config.datasets.items():
             sets[name] = {k: v for k, v in entry.to_dict().items() if k != "name"}
@@ -308,6 +309,11 @@ class Plan:
                 f"{s}.cell_task {task.cell_task!r} is not a cell task of evaluate.tasks "
                 f'({sorted(self.tasks)}); name one of them, or "" for no per-cell classes'
             )
+        if task.cell_task and self.tasks[task.cell_task].split == "leave_one_out":
+            raise ConfigError(
+                f"{s}.cell_task {task.cell_task!r} holds out each value of a column in turn and "
+                "keeps no final model; name a cell task with a derived or given split"
+            )
         if task.cell_task and task.instances != "cells":
             raise ConfigError(
                 f"{s}.cell_task labels cells, but the task's bags hold {task.instances}; "
@@ -380,8 +386,14 @@ class Plan:
         return files
 
     def cell_head_targets(self) -> list[str]:
-        """Every cell task's final linear head on every backbone."""
-        return [self.paths.cell_head(t, b) for t in self.tasks for b in self.backbones]
+        """Every cell task's final linear head on every backbone (a leave-one-out task is an
+        evaluation of robustness only: it has no single split to fit one on)."""
+        return [
+            self.paths.cell_head(t, b)
+            for t, task in self.tasks.items()
+            if task.split != "leave_one_out"
+            for b in self.backbones
+        ]
 
     def predict_targets(self) -> list[str]:
         """Per slide task with unlabelled slides: their predictions (every backbone) and the
@@ -570,7 +582,9 @@ class Plan:
     # ---------------------------------------------------------------------------- report
 
     def report_embeddings(self) -> dict:
-        """task -> backbone -> the dataset's feature store and the dataset store."""
+        """task -> backbone -> the dataset's feature store, the dataset store and the task's
+        batch column (leave-one-out tasks map the same rows as their dataset's other tasks:
+        they get none)."""
         if "datasets" not in self.config.embed.sources:
             return {}
         return {
@@ -578,10 +592,12 @@ class Plan:
                 b: {
                     "features": self.paths.features(b, "datasets", t.dataset),
                     "dataset": self.paths.dataset(t.dataset),
+                    "batch": t.batch,
                 }
                 for b in self.backbones
             }
             for t in self.tasks.values()
+            if t.split != "leave_one_out"
         }
 
     def report_slide_features(self) -> dict:
@@ -611,6 +627,14 @@ class Plan:
             if task.hierarchy
         }
 
+    def report_robustness(self) -> dict:
+        """task -> backbone -> its robustness JSON, for tasks with a ``batch`` column."""
+        return {
+            name: {b: self.paths.robustness(name, b) for b in self.backbones}
+            for name, task in self.tasks.items()
+            if task.batch
+        }
+
     def report_calibration(self) -> dict:
         """task -> its calibration table and reliability diagrams, for every task."""
         return {
@@ -628,6 +652,7 @@ class Plan:
             "results": [f for t in all_tasks for f in self.task_results(t)],
             "hierarchy": [tree["csv"] for tree in self.report_trees().values()],
             "calibration": [f for c in self.report_calibration().values() for f in c.values()],
+            "robustness": [f for r in self.report_robustness().values() for f in r.values()],
             "abmil": [p.abmil_dir(t, b) for b in self.backbones for t in self.slide_tasks],
             "qc": [p.qc(s) for s in self.slide_ids],
             "detection": [p.cells_summary(s) for s in self.slide_ids],
@@ -662,6 +687,7 @@ class Plan:
             out += self.task_results(t)
         out += [p.summary(t) for t in all_tasks]
         out += self.cell_head_targets()
+        out += [f for r in self.report_robustness().values() for f in r.values()]
         out += self.predict_targets()
         out += self.export_targets()
         if self.config.report.enabled:

@@ -87,6 +87,8 @@ class DatasetAttrs:
     patch_px: int
     patch_um: float | None
     provenance: dict[str, Any]
+    # CSV columns kept per image as ``meta_<column>`` string arrays (site, stain, scanner...)
+    meta_columns: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass

@@ -49,7 +49,9 @@ def setup(tmp_path_factory):
             ids=np.array([f"img{i}.png" for i in range(len(labels))]),
         )
         w.close()
-        g.attrs.update({"classes": CLASSES, "mpp": 0.75})
+        # the site of each image (its group's): for leave-one-site-out and the batch probe
+        write_strings(g, "meta_site", [f"s{int(x[1:]) % 3}" for x in groups])
+        g.attrs.update({"classes": CLASSES, "mpp": 0.75, "meta_columns": ["site"]})
     torch.manual_seed(0)
     vit = timm.create_model(
         "vit_small_patch16_224",
@@ -377,3 +379,86 @@ def test_a_store_without_cells_gets_an_empty_feature_store(setup, tmp_path):
     f = open_store(tmp_path / "f.zarr")
     assert f["features"].shape[0] == 0 and f["features"].shape[1] > 0
     assert f["rows"].shape == (0,) and f["ids"].shape == (0,)
+
+
+def test_leave_one_site_out_tests_every_row_once_and_keeps_each_sites_score(setup, tmp_path):
+    task = _task(name="toy_lost", split="leave_one_out", hold_out="site", shots=[1, 4])
+    sites = np.array([f"s{i % 15 % 3}" for i in range(90)])
+    for protocol in ("linear", "fewshot"):
+        out = tmp_path / f"{protocol}.json"
+        preds_path = tmp_path / f"{protocol}.predictions.npz"
+        result = run_evaluate(
+            task,
+            CFG,
+            protocol,
+            setup["spec"],
+            setup["store"],
+            out,
+            out_predictions=preds_path,
+            features_store=setup["feats"],
+        )
+        saved = json.loads(out.read_text())
+        assert saved["split"]["source"] == "leave one out: site"
+        assert [f["held_out"] for f in saved["split"]["folds"]] == ["s0", "s1", "s2"]
+        rows = np.array(saved["test_rows"])
+        assert sorted(rows.tolist()) == list(range(90))  # every row tested exactly once
+        assert [f["n_test"] for f in saved["split"]["folds"]] == [30, 30, 30]
+        preds = load_predictions(preds_path)
+        assert preds["y_test"].tolist() == setup["labels"][rows].tolist()
+        assert preds["y_val"] is None and not preds["val"]  # no single validation set
+        for block in result["results"]:
+            key = "all" if block["shots"] is None else f"shots={block['shots']}"
+            probas = preds["blocks"][key]
+            # the pooled summary scores the pooled predictions; each site its own rows
+            pooled = [classification_metrics(preds["y_test"], p, CLASSES) for p in probas]
+            assert block["summary"]["balanced_accuracy"]["per_seed"] == pytest.approx(
+                [m["balanced_accuracy"] for m in pooled]
+            )
+            for h in block["held_out"]:
+                mine = sites[rows] == h["value"]
+                want = [
+                    classification_metrics(preds["y_test"][mine], p[mine], CLASSES)[
+                        "balanced_accuracy"
+                    ]
+                    for p in probas
+                ]
+                assert h["balanced_accuracy"] == pytest.approx(want)
+            # one temperature per seed and site, each site's rows scaled by its own
+            temps = np.asarray(preds["temperatures"][key])
+            assert temps.shape == (len(probas), 3)
+            for i, p in enumerate(probas):
+                for f, site in enumerate(["s0", "s1", "s2"]):
+                    mine = sites[rows] == site
+                    want = apply_temperature(p[mine], temps[i, f])
+                    assert np.allclose(preds["calibrated"][key][i][mine], want, atol=1e-5)
+        if protocol == "fewshot":
+            assert [b["shots"] for b in result["results"]] == [1, 4]
+            assert len(result["results"][0]["runs"][0]["folds"]) == 3
+
+
+def test_leave_one_out_of_a_single_value_or_a_missing_column_is_refused(setup):
+    from cytofm.errors import InputDataError
+    from cytofm.stages.evaluate import load_task_data, task_folds
+
+    data = load_task_data(_task(), setup["store"])
+    with pytest.raises(InputDataError, match="no column 'scanner'.*meta_columns"):
+        task_folds(_task(split="leave_one_out", hold_out="scanner"), data)
+    one = {**data, "groups": np.full(90, "g")}
+    with pytest.raises(InputDataError, match="at least two values"):
+        task_folds(_task(split="leave_one_out", hold_out="groups"), one)
+
+
+def test_batch_probe_and_robustness_index_of_a_backbone(setup, tmp_path):
+    """The toy images differ by class only; the site says nothing about them, so the probe
+    predicting the site is near chance and neighbourhoods follow the class."""
+    from cytofm.stages.robustness import run_robustness
+
+    out = tmp_path / "robustness.json"
+    r = run_robustness(_task(batch="site"), CFG, "ssl", setup["store"], setup["feats"], out)
+    assert json.loads(out.read_text())["batch_values"] == ["s0", "s1", "s2"]
+    assert r["class_probe"]["balanced_accuracy"] > 0.9
+    assert r["batch_probe"]["chance"] == pytest.approx(1 / 3)
+    assert r["batch_probe"]["balanced_accuracy"] < 0.6
+    lo, hi = r["batch_probe"]["ci95"]
+    assert lo <= r["batch_probe"]["balanced_accuracy"] <= hi
+    assert r["robustness"]["robustness_index"] > 0.8

@@ -37,8 +37,13 @@ def test_demo_plan():
     # per slide: tiles, QC, cells and two backbones' cell features; the dataset's features;
     # 4 protocols x 2 backbones, 2 MIL results, 2 summaries, report, sheet, detection QC;
     # the 8 unlabelled pretraining slides' predictions (json, attention, heatmap) per backbone
-    # and the prediction table; the model card; the cell task's linear head per backbone
-    assert len(targets) == 52 * 5 + 1 + 2 + 2 + 8 + 2 + 2 + 1 + 2 + 8 * 2 * 3 + 1 + 1 + 2
+    # and the prediction table; the model card; the cell task's linear head per backbone;
+    # the leave-one-stain-out task (linear, knn x 2 backbones, its summary, no linear head)
+    # and demo_cells' batch-leak probe per backbone
+    assert len(targets) == 52 * 5 + 1 + 2 + 2 + 8 + 2 + 2 + 1 + 2 + 8 * 2 * 3 + 1 + 1 + 2 + 5 + 2
+    assert "out/eval/demo_cells/cytofm/robustness.json" in targets
+    assert "out/eval/demo_stain_out/random/knn.json" in targets
+    assert "out/eval/demo_stain_out/cytofm/linear_head" not in targets
     assert "out/pretrain/cytofm_vit_demo/hub" in targets
     assert "out/eval/demo_cells/cytofm/linear_head" in targets
     assert plan.predict_inputs("demo_abnormal", "random", "demo_000")["cell_head"] == (
@@ -131,8 +136,9 @@ def test_user_sheet_missing_files_and_dataset_tasks(tmp_path):
 @pytest.mark.parametrize(
     ("cell_task", "extra", "pattern"),
     [
-        ("nope", {}, r"cell_task 'nope' is not a cell task of evaluate.tasks \(\['demo_cells'\]\)"),
+        ("nope", {}, r"cell_task 'nope' is not a cell task of evaluate.tasks \(\['demo_cells', "),
         ("demo_cells", {"instances": "tiles"}, r"cell_task labels cells, but the task's bags"),
+        ("demo_stain_out", {}, r"holds out each value of a column in turn"),
     ],
 )
 def test_a_slide_tasks_cell_task_must_be_a_cell_task_on_cells(cell_task, extra, pattern):

@@ -439,6 +439,9 @@ REPORT_FIGURES = [
     "demo_abnormal_auroc.png",
     "demo_cells_reliability.png",
     "demo_abnormal_reliability.png",
+    "demo_cells_batch.png",
+    "demo_stain_out_reliability.png",
+    "demo_stain_out_confusion.png",
     "slides_embedding_cytofm.png",
     "slides_embedding_random.png",
     "pretrain_cytofm_vit_demo.png",
@@ -457,9 +460,14 @@ def test_report_has_every_figure_and_table(results, runs):
     report = results / "report"
     tables = sorted(p.name for p in (report / "tables").iterdir() if not p.name.startswith("."))
     assert tables == sorted(
-        [f"{t}.{x}" for t in ("demo_cells", "demo_abnormal", "overview") for x in ("csv", "md")]
+        [
+            f"{t}.{x}"
+            for t in ("demo_cells", "demo_abnormal", "demo_stain_out", "overview")
+            for x in ("csv", "md")
+        ]
         + ["detection.csv", "predictions_demo_abnormal.csv", "demo_cells_hierarchy.csv"]
-        + ["demo_cells_calibration.csv", "demo_abnormal_calibration.csv"]
+        + [f"{t}_calibration.csv" for t in ("demo_cells", "demo_abnormal", "demo_stain_out")]
+        + ["demo_cells_batch.csv", "demo_stain_out_held_out.csv"]
     )
     # the unlabelled pretraining slide's predictions, with its cells by class
     predicted = pd.read_csv(report / "tables" / "predictions_demo_abnormal.csv")
@@ -478,6 +486,10 @@ def test_report_has_every_figure_and_table(results, runs):
     assert 'id="predictions-demo_abnormal"' in page
     assert 'id="tree-demo_cells"' in page and "sensitivity @ 95% spec." in page
     assert 'id="calibration-demo_cells"' in page and 'id="calibration-demo_abnormal"' in page
+    assert 'id="batch-demo_cells"' in page and 'id="held-out-demo_stain_out"' in page
+    held = pd.read_csv(report / "tables" / "demo_stain_out_held_out.csv")
+    assert {"held out: lab_a", "held out: lab_b", "held out: lab_c"} <= set(held.columns)
+    assert len(held) == 4  # linear and kNN x 2 backbones
     linked = re.findall(r'<img src="([^"]+)"', page)
     assert sorted(linked) == sorted(f"figures/{f}" for f in REPORT_FIGURES)  # every figure shown
     for f in REPORT_FIGURES:

@@ -341,12 +341,21 @@ class DatasetConfig(Section):
         "the expected labels (any other is an error); [] = only catch likely typos",
         items="string",
     )
+    meta_columns: tuple = option(
+        (),
+        "csv only: further columns kept per image (site, stain, scanner...) for a task's "
+        "hold_out and batch",
+        items="string",
+    )
 
     def __post_init__(self) -> None:
         s = f"datasets.{self.name}"
         _check_name("dataset", self.name)
         if self.query and self.format != "csv":
             raise ConfigError(f"{s}.query filters CSV rows; it needs format: csv")
+        if self.meta_columns and self.format != "csv":
+            raise ConfigError(f"{s}.meta_columns are CSV columns; they need format: csv")
+        object.__setattr__(self, "meta_columns", tuple(str(c) for c in self.meta_columns))
         _choice(s, "format", self.format, ("folder", "csv"))
         _at_least(s, 8, patch_px=self.patch_px)
         if (self.mpp is None) != (self.patch_um is None):
@@ -723,8 +732,19 @@ class TaskConfig(Section):
     )
     split: str = option(
         "auto",
-        "auto (the dataset's split column if it has one, else derived) | given | derived",
-        choices=("auto", "given", "derived"),
+        "auto (the dataset's split column if it has one, else derived) | given | derived | "
+        "leave_one_out (each value of hold_out is the test set once)",
+        choices=("auto", "given", "derived", "leave_one_out"),
+    )
+    hold_out: str = option(
+        "",
+        "leave_one_out: the dataset column whose values are held out in turn (a meta column "
+        "such as stain or site, or groups)",
+    )
+    batch: str = option(
+        "",
+        "a dataset column (stain, site, scanner...) for the batch-leak probe and robustness "
+        "index of each backbone ('' = none)",
     )
     protocols: tuple = option(
         PROTOCOLS, "any of linear, knn, fewshot, lora, or one a package adds", items="string"
@@ -807,7 +827,18 @@ class TaskConfig(Section):
             )
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ConfigError(f"{s}: val_fraction + test_fraction leave too little to train on")
-        _choice(s, "split", self.split, ("auto", "given", "derived"))
+        _choice(s, "split", self.split, ("auto", "given", "derived", "leave_one_out"))
+        if self.batch and self.split == "leave_one_out":
+            raise ConfigError(
+                f"{s}.batch: the batch-leak probe trains on one split; set it on a task with a "
+                "derived or given split (a leave-one-out task already tests each held-out value)"
+            )
+        if (self.split == "leave_one_out") != bool(self.hold_out):
+            raise ConfigError(
+                f"{s}: split: leave_one_out needs hold_out (the column whose values are held "
+                f"out in turn), and hold_out needs split: leave_one_out; got split="
+                f"{self.split!r}, hold_out={self.hold_out!r}"
+            )
         _tuples(self, "protocols", "shots", "lora_shots", "seeds", "fractions")
 
 
@@ -1030,7 +1061,18 @@ _DEMO_TASK = {
             "abnormal": {"low_grade": ["koilocyte"], "high_grade": ["dysplastic"]},
         },
         "screening": "abnormal",
-    }
+        # each crop's slide was stained in one of three laboratories: does it show?
+        "batch": "stain",
+    },
+    # the same cells, each laboratory's slides held out in turn (leave-one-stain-out)
+    "demo_stain_out": {
+        "dataset": "demo_cells",
+        "split": "leave_one_out",
+        "hold_out": "stain",
+        "protocols": ["linear", "knn"],
+        "seeds": [0],
+        "fractions": [],
+    },
 }
 _DEMO_SLIDE_TASK = {
     "demo_abnormal": {

@@ -218,6 +218,14 @@ class MilCV:
     calibrated: list[np.ndarray] = dataclasses.field(default_factory=list)
     temperatures: list[list[float]] = dataclasses.field(default_factory=list)
 
+    def predictions(self) -> dict:
+        """The out-of-fold probabilities, raw and scaled, as ``save_predictions`` takes them."""
+        return {
+            "blocks": {"all": self.probas},
+            "calibrated": {"all": self.calibrated},
+            "temperatures": {"all": self.temperatures},
+        }
+
 
 def cross_validate(co: MilCohort, task: SlideTaskConfig, cfg: EvalConfig, desc: str) -> MilCV:
     """Patient-grouped folds per seed, each trained with early stopping on an inner split."""

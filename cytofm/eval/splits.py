@@ -16,7 +16,15 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from cytofm.errors import InputDataError
 from cytofm.store import as_str_array
 
-__all__ = ["Split", "given_split", "has_groups", "make_split", "sample_fraction", "sample_shots"]
+__all__ = [
+    "Split",
+    "given_split",
+    "has_groups",
+    "leave_one_out",
+    "make_split",
+    "sample_fraction",
+    "sample_shots",
+]
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -114,6 +122,34 @@ def make_split(
         train, val = rest, idx[:0]
     source = "grouped" if has_groups(groups) else "stratified"
     return Split(np.sort(train), np.sort(val), np.sort(test), source)
+
+
+def leave_one_out(
+    labels, groups, values, *, val_fraction: float = 0.2, seed: int = 0
+) -> list[tuple[str, Split]]:
+    """One split per distinct value of ``values`` (a site, stain or scanner per row): its rows
+    are the test set; the validation rows are held out of the others as :func:`make_split`
+    holds them out (stratified, grouped where groups exist), the rest train. Needs two values
+    or more."""
+    labels = np.asarray(labels)
+    values = as_str_array(values)
+    groups = np.full(len(labels), "", dtype=str) if groups is None else as_str_array(groups)
+    kinds = sorted(set(values.tolist()))
+    if len(kinds) < 2:
+        raise InputDataError(
+            f"leave-one-out needs at least two values to hold out, found {kinds}; choose "
+            "another hold_out column or another split"
+        )
+    folds = []
+    for value in kinds:
+        test = np.flatnonzero(values == value)
+        rest = np.flatnonzero(values != value)
+        if val_fraction > 0:
+            train, val = _holdout(labels, groups, rest, val_fraction, seed + 1)
+        else:
+            train, val = rest, rest[:0]
+        folds.append((value, Split(np.sort(train), np.sort(val), test, f"held out: {value}")))
+    return folds
 
 
 def sample_shots(

@@ -85,7 +85,7 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 def _embedding_panels(entry: Mapping[str, str]) -> list[tuple[np.ndarray, np.ndarray, str]]:
-    """A task's dataset features, coloured by class and by group."""
+    """A task's dataset features, coloured by class, by group and by its batch column."""
     ds = open_store(entry["dataset"])
     feats = np.asarray(open_store(entry["features"])["features"][:], dtype=np.float32)
     classes = [str(c) for c in ds.attrs.get("classes", [])]
@@ -94,6 +94,9 @@ def _embedding_panels(entry: Mapping[str, str]) -> list[tuple[np.ndarray, np.nda
     panels = [(feats, names, "coloured by class")]
     if "groups" in ds:
         panels.append((feats, as_str_array(ds["groups"][:]), "coloured by group (slide/patient)"))
+    column = entry.get("batch", "")
+    if column and f"meta_{column}" in ds:  # the task's batch column: site, stain, scanner
+        panels.append((feats, as_str_array(ds[f"meta_{column}"][:]), f"coloured by {column}"))
     return panels
 
 
@@ -273,11 +276,14 @@ class ReportBuilder:
     def _links(self, paths: Mapping[str, Path]) -> list[tuple[str, str]]:
         return [(p.relative_to(self.out).as_posix(), p.name) for p in paths.values()]
 
-    def tasks(self, by_task, compared, embeddings, trees=None, calibration=None) -> None:
+    def tasks(
+        self, by_task, compared, embeddings, trees=None, calibration=None, robustness=None
+    ) -> None:
         """One section per task: patch-level tasks first, then slide-level ones, each
         alphabetically; a task with a label tree is followed by its section (``trees``:
         task -> {"hierarchy", "screening", "csv"}), then by its calibration (``calibration``:
-        task -> {"csv", "png"})."""
+        task -> {"csv", "png"}), its batch-leak probe (``robustness``: task -> backbone ->
+        JSON) and, for a leave-one-out task, its held-out values."""
         summaries = {task: summary_table(sorted(paths)) for task, paths in by_task.items()}
         for task in sorted(summaries, key=lambda t: (main_metric(summaries[t]) == "auroc", t)):
             embedding = (embeddings or {}).get(task) or {}
@@ -286,6 +292,42 @@ class ReportBuilder:
                 self.label_tree(task, sorted(by_task[task]), trees[task])
             if task in (calibration or {}):
                 self.calibration(task, calibration[task])
+            if task in (robustness or {}):
+                self.batch_leak(task, robustness[task])
+            self.held_out(task, sorted(by_task[task]))
+
+    def batch_leak(self, task: str, files: Mapping[str, str]) -> None:
+        """Per backbone: the batch-leak probe next to the class probe, and the robustness
+        index."""
+        from cytofm.report.robustness import BATCH_INTRO, batch_table, plot_batch
+        from cytofm.report.tables import plain_html
+
+        table = batch_table(files)
+        paths = {"csv": self.tabs / f"{task}_batch.csv"}
+        table.to_csv(paths["csv"], index=False)
+        self.written["tables"].append(paths["csv"].relative_to(self.out).as_posix())
+        sec = Section(f"batch-{task}", f"Batch effects: {task}", BATCH_INTRO)
+        sec.tables_html.append(plain_html(table))
+        sec.links = self._links(paths)
+        png = plot_batch(files, self.figs / f"{task}_batch.png", task)
+        self.fig(png, "batch-leak probe and robustness index", sec)
+        self.sections.append(sec)
+
+    def held_out(self, task: str, jsons) -> None:
+        """A leave-one-out task: each held-out value's balanced accuracy."""
+        from cytofm.report.robustness import HELD_OUT_INTRO, held_out_table
+        from cytofm.report.tables import plain_html
+
+        table = held_out_table(jsons)
+        if table.empty:
+            return
+        paths = {"csv": self.tabs / f"{task}_held_out.csv"}
+        table.to_csv(paths["csv"], index=False)
+        self.written["tables"].append(paths["csv"].relative_to(self.out).as_posix())
+        sec = Section(f"held-out-{task}", f"Held out in turn: {task}", HELD_OUT_INTRO)
+        sec.tables_html.append(plain_html(table))
+        sec.links = self._links(paths)
+        self.sections.append(sec)
 
     def calibration(self, task: str, files: Mapping[str, str]) -> None:
         """ECE and NLL before and after temperature scaling, the temperatures, conformal

@@ -71,8 +71,7 @@ def run_import(cfg: DatasetConfig, out_store: str | Path, job: JobContext | None
                     ids=ids[i : i + 1],
                 )
             n = writer.close()
-            if has_splits:
-                write_strings(g, "splits", splits.tolist())
+            _write_columns(g, cfg, table, splits if has_splits else None)
             counts = {c: int((table["label"] == c).sum()) for c in classes}
             g.attrs.update(
                 store_attrs(
@@ -86,6 +85,7 @@ def run_import(cfg: DatasetConfig, out_store: str | Path, job: JobContext | None
                     mpp=(cfg.patch_um / cfg.patch_px) if cfg.patch_um else None,
                     patch_px=cfg.patch_px,
                     patch_um=cfg.patch_um,
+                    meta_columns=list(cfg.meta_columns),
                 )
             )
         elapsed = time.perf_counter() - t0
@@ -94,3 +94,12 @@ def run_import(cfg: DatasetConfig, out_store: str | Path, job: JobContext | None
         run.log_metrics({f"count.{c}": v for c, v in counts.items()})
         log.info("%s: %d images, classes %s", cfg.name, n, counts)
     return summary
+
+
+def _write_columns(g, cfg: DatasetConfig, table, splits) -> None:
+    """The given split (where the CSV has one) and the meta columns (site, stain, scanner...:
+    a task's hold_out and batch)."""
+    if splits is not None:
+        write_strings(g, "splits", splits.tolist())
+    for column in cfg.meta_columns:
+        write_strings(g, f"meta_{column}", table[f"meta_{column}"].tolist())

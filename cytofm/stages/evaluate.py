@@ -9,6 +9,8 @@ mean/std over seeds with a bootstrap 95% CI, and the resolved config.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import time
@@ -29,6 +31,7 @@ from cytofm.eval.splits import (
     Split,
     given_split,
     has_groups,
+    leave_one_out,
     make_split,
     sample_fraction,
     sample_shots,
@@ -39,7 +42,7 @@ from cytofm.results import write_result
 from cytofm.stages.context import JobContext
 from cytofm.store import as_str_array, open_store
 
-__all__ = ["load_task_data", "run_evaluate", "task_split"]
+__all__ = ["dataset_column", "load_task_data", "run_evaluate", "task_folds", "task_split"]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,56 @@ def load_task_data(task: TaskConfig, dataset_store: str | Path) -> dict[str, Any
     return {"labels": labels, "groups": groups, "splits": splits, "classes": classes, "store": ds}
 
 
+def dataset_column(task: TaskConfig, data: dict[str, Any], name: str) -> np.ndarray:
+    """A per-row column of the task's dataset: ``groups``, or a meta column (site, stain...)."""
+    if name == task.group and data["groups"] is not None:
+        return data["groups"]
+    ds = data["store"]
+    for key in (f"meta_{name}", name):
+        if key in ds:
+            return as_str_array(ds[key][:])
+    kept = list(ds.attrs.get("meta_columns", []))
+    raise InputDataError(
+        f"task '{task.name}': dataset '{task.dataset}' has no column '{name}' (its meta "
+        f"columns: {kept}, and '{task.group}'). List it in datasets.{task.dataset}.meta_columns "
+        "(a CSV column kept per image) and import it again, or name another column."
+    )
+
+
+def task_folds(task: TaskConfig, data: dict[str, Any]) -> list[tuple[str | None, Split]]:
+    """The task's split as ``[(None, split)]``, or for ``split: leave_one_out`` one
+    ``(held-out value, split)`` per value of ``hold_out``; every class must be in each
+    training part (a held-out site may lack some classes)."""
+    if task.split != "leave_one_out":
+        return [(None, task_split(task, data))]
+    try:
+        folds = leave_one_out(
+            data["labels"],
+            data["groups"],
+            dataset_column(task, data, task.hold_out),
+            val_fraction=task.val_fraction,
+            seed=task.split_seed,
+        )
+    except InputDataError as e:
+        raise InputDataError(f"task '{task.name}': {e}") from None
+    for value, split in folds:
+        missing = sorted(set(range(len(data["classes"]))) - set(data["labels"][split.train]))
+        if missing:
+            names = [data["classes"][c] for c in missing]
+            raise InputDataError(
+                f"task '{task.name}': holding out {task.hold_out}={value!r} leaves no training "
+                f"examples of {names}; merge values of '{task.hold_out}' or drop those classes"
+            )
+    return folds
+
+
 def task_split(task: TaskConfig, data: dict[str, Any]) -> Split:
+    """The task's one split (a ``leave_one_out`` task has several: :func:`task_folds`)."""
+    if task.split == "leave_one_out":
+        raise InputDataError(
+            f"task '{task.name}' holds out each value of '{task.hold_out}' in turn; it has no "
+            "single split to fit a final model on (use a task with a derived or given split)"
+        )
     if task.split == "given" or (task.split == "auto" and data["splits"] is not None):
         if data["splits"] is None:
             raise InputDataError(
@@ -171,41 +223,30 @@ def run_evaluate(
         raise ValueError(f"protocol {protocol!r} is not configured for task '{task.name}'")
     kind = PROTOCOLS[protocol]
     data = load_task_data(task, dataset_store)
-    split = task_split(task, data)
+    folds = task_folds(task, data)
     params = {"task": task.to_dict(), "evaluate": cfg.part("patch"), "backbone": spec.to_dict()}
     with job.run(
         "evaluate", {**params, "protocol": protocol}, system_metrics=protocol == "lora"
     ) as run:
         t0 = time.perf_counter()
         feats = _features(features_store, data) if kind.needs_features else None
-        labels, classes, store = data["labels"], data["classes"], data["store"]
-        inputs = EvalInputs(task, cfg, spec, labels, classes, split, store, feats, pretrained_dir)
-        g_test = _groups_of(data, split.test)
-        blocks, skipped, predictions = _run_protocol(kind(inputs), g_test)
-        y_val = labels[split.val]
+        run_on = functools.partial(_run_split, kind, task, cfg, spec, data, feats, pretrained_dir)
+        ev = _evaluate_folds(run_on, folds, data, cfg, task)
         seconds = time.perf_counter() - t0
         result = {
-            **_result_head(task, spec, protocol, data, split, pretrained_dir, g_test),
-            "results": blocks,
-            "skipped": skipped,
+            **_result_head(task, spec, protocol, data, folds[0][1], pretrained_dir, ev.groups),
+            **ev.head,
+            "results": ev.blocks,
+            "skipped": ev.skipped,
             "seconds": seconds,
             "provenance": provenance(
                 "evaluate", params, protocol=protocol, features=_features_identity(features_store)
             ),
         }
         if out_predictions:
-            save_predictions(
-                out_predictions,
-                labels[split.test],
-                g_test,
-                predictions["test"],
-                calibrated=predictions["calibrated"],
-                temperatures=predictions["temperatures"],
-                y_val=y_val,
-                val=predictions["val"],
-            )
+            ev.save(out_predictions, data["labels"])
         write_result(out_json, result, default=_json_default)
-        for b in blocks:
+        for b in ev.blocks:
             tag = protocol if b["shots"] is None else f"{protocol}.{b['shots']}shot"
             run.log_metrics(
                 {f"{tag}.{m}": v["mean"] for m, v in b["summary"].items() if np.isfinite(v["mean"])}
@@ -214,7 +255,7 @@ def run_evaluate(
         run.log_artifact(out_json)
         log.info(
             "%s/%s/%s: %d result block(s), %d skipped, %.1f s",
-            *(task.name, spec.name, protocol, len(blocks), len(skipped), seconds),
+            *(task.name, spec.name, protocol, len(ev.blocks), len(ev.skipped), seconds),
         )
     return result
 
@@ -229,48 +270,65 @@ def _features(features_store, data) -> np.ndarray:
     return feats
 
 
+def _run_split(kind, task, cfg, spec, data, feats, pretrained_dir, split: Split):
+    """The protocol on one split of the task."""
+    inputs = EvalInputs(
+        task, cfg, spec, data["labels"], data["classes"], split, data["store"], feats,
+        pretrained_dir,
+    )  # fmt: skip
+    return _run_protocol(kind(inputs), _groups_of(data, split.test))
+
+
+class _Collected:
+    """A protocol's result blocks and predictions as its runs come in: per block key, the test
+    probabilities per seed and, where the protocol gives validation probabilities, those, the
+    temperature fitted on them and the scaled test probabilities."""
+
+    def __init__(self, inp: EvalInputs, g_test):
+        self.inp, self.g_test = inp, g_test
+        self.y_test, self.y_val = inp.labels[inp.split.test], inp.labels[inp.split.val]
+        self.blocks: list[dict] = []
+        self.skipped: list[dict] = []
+        self.predictions: dict[str, dict] = {
+            "test": {}, "calibrated": {}, "temperatures": {}, "val": {}
+        }  # fmt: skip
+
+    def run(self, p: np.ndarray, chosen: dict, **head) -> dict:
+        """A run's record: its test metrics and the temperature fitted on its validation
+        probabilities (kept aside for the predictions file, not the JSON)."""
+        val = chosen.pop("val_proba", None)
+        if val is not None:
+            chosen = {**chosen, "temperature": fit_temperature(self.y_val, val), "_val": val}
+        test = classification_metrics(self.y_test, p, self.inp.classes)
+        return {**head, **chosen, "test": test}
+
+    def block(self, probas, runs, **kw) -> None:
+        self.blocks.append(
+            _block(self.y_test, probas, runs, self.inp.cfg, groups=self.g_test, **kw)
+        )
+        key = block_key(kw.get("shots"), kw.get("fraction"))
+        self.predictions["test"][key] = probas
+        vals = [r.pop("_val", None) for r in runs]
+        if all(v is not None for v in vals):
+            temps = [r["temperature"] for r in runs]
+            self.predictions["val"][key] = vals
+            self.predictions["temperatures"][key] = temps
+            self.predictions["calibrated"][key] = [
+                apply_temperature(p, t) for p, t in zip(probas, temps, strict=True)
+            ]
+
+
 def _run_protocol(proto: Protocol, g_test):
     """The protocol's seed-independent run and its label budgets over the task's seeds, as
     result blocks (metrics with CIs), skipped budgets (a class too small) and predictions."""
     inp = proto.inputs
-    y_test, classes = inp.labels[inp.split.test], inp.classes
-    y_val = inp.labels[inp.split.val]
-    blocks: list[dict] = []
-    skipped: list[dict] = []
-    # per block key: test probabilities per seed, and where the protocol gives validation
-    # probabilities, those, the temperature fitted on them and the scaled test probabilities
-    predictions: dict[str, dict] = {"test": {}, "calibrated": {}, "temperatures": {}, "val": {}}
-
-    def add_block(probas, runs, **kw):
-        blocks.append(_block(y_test, probas, runs, inp.cfg, groups=g_test, **kw))
-        key = block_key(kw.get("shots"), kw.get("fraction"))
-        predictions["test"][key] = probas
-        vals = [r.pop("_val_proba", None) for r in runs]
-        if all(v is not None for v in vals):
-            temps = [r["temperature"] for r in runs]
-            predictions["val"][key] = vals
-            predictions["temperatures"][key] = temps
-            predictions["calibrated"][key] = [
-                apply_temperature(p, t) for p, t in zip(probas, temps, strict=True)
-            ]
-
-    def scaled(chosen: dict) -> dict:
-        """The run's record: the temperature fitted on its validation probabilities (kept
-        aside for the predictions file, not the JSON)."""
-        val = chosen.pop("val_proba", None)
-        if val is None:
-            return chosen
-        return {**chosen, "temperature": fit_temperature(y_val, val), "_val_proba": val}
-
+    out = _Collected(inp, g_test)
     once = proto.once()
     if once is not None:
-        p, chosen = once
-        chosen = scaled(chosen)
-        runs = [{"seed": None, **chosen, "test": classification_metrics(y_test, p, classes)}]
-        add_block([p], runs, seed_independent=True)
+        out.block([once[0]], [out.run(*once, seed=None)], seed_independent=True)
     budgets = type(proto).budgets(inp.task, inp.cfg)
     if not budgets:
-        return blocks, skipped, predictions
+        return out.blocks, out.skipped, out.predictions
     proto.prepare()
     seeds = [int(s) for s in inp.task.seeds]
     bar = tqdm(
@@ -282,32 +340,121 @@ def _run_protocol(proto: Protocol, g_test):
         probas, runs, short = [], [], []
         for seed in seeds:
             if kind == "shots":
-                rows, short = sample_shots(inp.labels, inp.split.train, amount, seed, len(classes))
+                n_classes = len(inp.classes)
+                rows, short = sample_shots(inp.labels, inp.split.train, amount, seed, n_classes)
             else:
                 rows = sample_fraction(inp.labels, inp.split.train, amount, seed)
             bar.update(1)
             if short:
                 break
             p, chosen = proto.run(rows, seed, (kind, amount))
-            chosen = scaled(chosen)
             probas.append(p)
-            runs.append(
-                {
-                    "seed": seed,
-                    "train_rows": rows.tolist(),
-                    **chosen,
-                    "test": classification_metrics(y_test, p, classes),
-                }
-            )
+            runs.append(out.run(p, chosen, seed=seed, train_rows=rows.tolist()))
         if short:
-            skipped.append({"shots": amount, "reason": _short_reason(inp, short, amount)})
-            reason = skipped[-1]["reason"]
+            out.skipped.append({"shots": amount, "reason": _short_reason(inp, short, amount)})
+            reason = out.skipped[-1]["reason"]
             log.warning("task %s: %s-shot skipped: %s", inp.task.name, amount, reason)
             continue
-        add_block(probas, runs, **{kind: amount})
-        blocks[-1].update(proto.block_extra(runs))
+        out.block(probas, runs, **{kind: amount})
+        out.blocks[-1].update(proto.block_extra(runs))
     bar.close()
-    return blocks, skipped, predictions
+    return out.blocks, out.skipped, out.predictions
+
+
+@dataclasses.dataclass
+class Evaluated:
+    """A protocol's results on the task's split, or pooled over its leave-one-out folds."""
+
+    blocks: list[dict]
+    skipped: list[dict]
+    predictions: dict[str, dict]
+    test_rows: np.ndarray  # in the order of the predictions
+    groups: np.ndarray | None
+    y_val: np.ndarray | None  # None: no single validation set (conformal sets need one)
+    head: dict[str, Any]  # result JSON keys that replace the single split's
+
+    def save(self, path, labels: np.ndarray) -> None:
+        """The predictions file (see :mod:`cytofm.eval.predictions`)."""
+        p = self.predictions
+        save_predictions(
+            path, labels[self.test_rows], self.groups, p["test"], calibrated=p["calibrated"],
+            temperatures=p["temperatures"], y_val=self.y_val, val=p["val"],
+        )  # fmt: skip
+
+
+def _evaluate_folds(evaluate, folds, data, cfg: EvalConfig, task: TaskConfig) -> Evaluated:
+    labels = data["labels"]
+    if folds[0][0] is None:
+        split = folds[0][1]
+        blocks, skipped, predictions = evaluate(split)
+        groups = _groups_of(data, split.test)
+        return Evaluated(blocks, skipped, predictions, split.test, groups, labels[split.val], {})
+    return _pool_folds([(v, split, *evaluate(split)) for v, split in folds], data, cfg, task)
+
+
+def _pool_folds(per_fold, data, cfg: EvalConfig, task: TaskConfig) -> Evaluated:
+    """Leave-one-out: every row is tested once, when its value is held out; each budget's
+    per-seed predictions are pooled over the folds and scored as one test set, and each held-out
+    value's own balanced accuracy is kept (``held_out``). Budgets skipped in any fold are
+    skipped."""
+    test_rows = np.concatenate([split.test for _, split, *_ in per_fold])
+    y, groups = data["labels"][test_rows], _groups_of(data, test_rows)
+    preds: dict[str, dict] = {"test": {}, "calibrated": {}, "temperatures": {}, "val": {}}
+    blocks = []
+    for key in [k for k in per_fold[0][4]["test"] if all(k in f[4]["test"] for f in per_fold)]:
+        parts = [
+            (value, split, next(b for b in fb if block_key(b["shots"], b["fraction"]) == key), pf)
+            for value, split, fb, _, pf in per_fold
+        ]
+        n = min(len(pf["test"][key]) for *_, pf in parts)
+        probas = [np.concatenate([pf["test"][key][i] for *_, pf in parts]) for i in range(n)]
+        first = parts[0][2]
+        runs = [
+            {
+                "seed": first["runs"][i]["seed"],
+                "folds": [
+                    {"held_out": v, **{k: x for k, x in b["runs"][i].items() if k not in _BULKY}}
+                    for v, _, b, _ in parts
+                ],
+                "test": classification_metrics(y, probas[i], data["classes"]),
+            }
+            for i in range(n)
+        ]
+        kw = {k: first[k] for k in ("shots", "fraction", "seed_independent")}
+        blocks.append(_block(y, probas, runs, cfg, groups=groups, **kw))
+        blocks[-1]["held_out"] = [
+            {
+                "value": v,
+                "n_test": len(split.test),
+                "balanced_accuracy": [b["runs"][i]["test"]["balanced_accuracy"] for i in range(n)],
+            }
+            for v, split, b, _ in parts
+        ]
+        preds["test"][key] = probas
+        if all(key in pf["calibrated"] for *_, pf in parts):
+            preds["calibrated"][key] = [
+                np.concatenate([pf["calibrated"][key][i] for *_, pf in parts]) for i in range(n)
+            ]
+            preds["temperatures"][key] = [
+                [pf["temperatures"][key][i] for *_, pf in parts] for i in range(n)
+            ]
+    skipped = [
+        {**sk, "held_out": v} for v, _, _, fold_skipped, _ in per_fold for sk in fold_skipped
+    ]
+    head = {
+        "split": {
+            "source": f"leave one out: {task.hold_out}",
+            "n_train": int(np.mean([len(split.train) for _, split, *_ in per_fold])),
+            "n_val": int(np.mean([len(split.val) for _, split, *_ in per_fold])),
+            "n_test": len(test_rows),
+            "folds": [{"held_out": v, **split.to_dict()} for v, split, *_ in per_fold],
+        },
+        "test_rows": test_rows.tolist(),
+    }
+    return Evaluated(blocks, skipped, preds, test_rows, groups, None, head)
+
+
+_BULKY = ("test", "train_rows", "seed")  # per-fold run keys the pooled run does not repeat
 
 
 def _short_reason(inp: EvalInputs, short, amount) -> str:

@@ -69,14 +69,7 @@ def run_mil(
         t0 = time.perf_counter()
         cv = cross_validate(co, task, cfg, f"abmil {backbone}")
         block = result_block(co, cv, task, cfg.bootstrap)
-        save_predictions(
-            out_dir / "predictions.npz",
-            co.y,
-            co.groups,
-            {"all": cv.probas},
-            calibrated={"all": cv.calibrated},
-            temperatures={"all": cv.temperatures},
-        )
+        save_predictions(out_dir / "predictions.npz", co.y, co.groups, **cv.predictions())
         write_attention(out_dir / "attention.zarr", co, cv, backbone, task)
         scores = slide_outputs(co, cv, task, cfg.mil.top_k, out_dir, tolerance_um, thumbnail_mpp)
         attention_eval = attention_summary(scores, task, cfg.bootstrap, tolerance_um)

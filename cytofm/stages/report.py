@@ -38,8 +38,7 @@ def run_report(
     comparisons: Sequence[str | Path] = (),
     detection: Sequence[str | Path] = (),
     predictions: Sequence[str | Path] = (),
-    trees: Mapping[str, Mapping[str, Any]] | None = None,
-    calibration: Mapping[str, Mapping[str, str]] | None = None,
+    extras: Mapping[str, Mapping[str, Any]] | None = None,
     cfg: ReportConfig | None = None,
     job: JobContext | None = None,
 ) -> dict[str, Any]:
@@ -51,10 +50,9 @@ def run_report(
     ``qc``: (slide id, QC thumbnail) pairs; ``comparisons``: the tasks' paired-comparison
     CSVs (``eval/<task>/comparisons.csv``); ``detection``: the cells stage's per-slide QC
     JSONs (``qc/<slide>.cells.json``), for the detection table; ``predictions``: the slide
-    tasks' prediction tables (``predict/<task>/predictions.csv``); ``trees``: task ->
-    {"hierarchy", "screening", "csv"} of the tasks with a label tree (``csv``: its
-    ``eval/<task>/hierarchy.csv``); ``calibration``: task -> {"csv", "png"} (its
-    ``calibration.csv`` and ``reliability.png``). Returns what was written.
+    tasks' prediction tables (``predict/<task>/predictions.csv``); ``extras``: the label
+    trees, calibration and batch-leak files per task (``trees``, ``calibration``,
+    ``robustness``: see :meth:`ReportBuilder.tasks`). Returns what was written.
     """
     cfg = cfg or ReportConfig()
     job = job or JobContext()
@@ -65,7 +63,7 @@ def run_report(
     with job.run("report", {"report": cfg.to_dict(), "n_results": len(eval_jsons)}) as run:
         page = ReportBuilder(out, cfg)
         compared = load_comparisons(comparisons)
-        page.tasks(by_task, compared, embeddings, trees, calibration)
+        page.tasks(by_task, compared, embeddings, **(extras or {}))
         page.overview(compared)
         if slide_features:
             page.slide_cells(slide_features, slide_meta)
@@ -74,13 +72,9 @@ def run_report(
             page.pretraining(pretrain_dirs)
         if qc or detection:
             page.quality_control(qc, detection)
-        meta = {
-            "cytofm": __version__,
-            "git commit": git_commit(),
-            "invocation": invocation_id() or "-",
-            "results": str(len(eval_jsons)),
-        }
-        index = render_page("cytofm results report", meta, page.sections, out / "index.html")
+        index = render_page(
+            "cytofm results report", _meta(eval_jsons), page.sections, out / "index.html"
+        )
         run.log_artifact(index, "report")
         run.log_artifacts(page.tabs, "report/tables")
         run.log_artifacts(page.figs, "report/figures")
@@ -90,3 +84,13 @@ def run_report(
         f"report: {len(written['tables'])} tables, {len(written['figures'])} figures -> {index}"
     )
     return written
+
+
+def _meta(eval_jsons) -> dict[str, str]:
+    """The report's header: version, commit, invocation and the number of results."""
+    return {
+        "cytofm": __version__,
+        "git commit": git_commit(),
+        "invocation": invocation_id() or "-",
+        "results": str(len(eval_jsons)),
+    }

@@ -23,7 +23,7 @@ from cytofm.synthetic.slide import (
     render_slide_canvas,
     write_pyramidal_tiff,
 )
-from cytofm.synthetic.stain import SlideStain
+from cytofm.synthetic.stain import LABS, SlideStain
 
 __all__ = [
     "demo_slide_ids",
@@ -151,23 +151,28 @@ def make_demo_crops(cfg: DemoConfig, out_dir: str | Path, group_size: int = 10) 
 
     Crops come in groups of ``group_size`` that share one stain, like cells of one slide; the
     ``group`` column lets evaluations split by group so a stain never spans train and test.
+    Each group's slide was stained in one of three laboratories (``stain``: a key of
+    :data:`LABS`, drawn independently of the classes), the column a leave-one-stain-out split
+    and the batch-leak probe use.
     """
     out = Path(out_dir)
     rows = []
     rng = np.random.default_rng([cfg.seed, 2])
+    labs = np.random.default_rng([cfg.seed, 5])
     jobs = [(cls, i) for cls in CELL_CLASSES for i in range(cfg.crops_per_class)]
     # groups are pseudo-slides: each mixes classes under one stain, as cells of a slide do
     jobs = [jobs[k] for k in rng.permutation(len(jobs))]
     stain = SlideStain.sample(rng)
     for n, (cls, i) in enumerate(tqdm(jobs, desc="demo crops", mininterval=2)):
         if n % group_size == 0:
-            stain = SlideStain.sample(rng)
+            lab = str(labs.choice(sorted(LABS)))
+            stain = SlideStain.sample(rng, lab)
             group = f"g{n // group_size:04d}"
         crop = render_crop(cls, cfg.crop_um, cfg.mpp, stain, rng)
         rel = Path(cls) / f"{cls}_{i:04d}.png"
         (out / cls).mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(out / rel), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
-        rows.append({"path": str(rel), "label": cls, "group": group})
-    table = pd.DataFrame(rows, columns=["path", "label", "group"])
+        rows.append({"path": str(rel), "label": cls, "group": group, "stain": lab})
+    table = pd.DataFrame(rows, columns=["path", "label", "group", "stain"])
     table.to_csv(out / "labels.csv", index=False)
     return table

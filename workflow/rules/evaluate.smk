@@ -87,6 +87,26 @@ rule cell_head:
         "../scripts/cell_head.py"
 
 
+rule robustness:
+    input:
+        dataset=lambda w: PATHS.dataset(PLAN.tasks[w.task].dataset),
+        features=lambda w: PATHS.features(
+            w.backbone, "datasets", PLAN.tasks[w.task].dataset
+        ),
+    output:
+        PATHS.robustness(),
+    log:
+        log_of("robustness", "{task}", "{backbone}"),
+    conda:
+        "../../envs/cytofm.yaml"
+    threads: 1
+    params:
+        task=lambda wildcards: PLAN.tasks[wildcards.task].to_dict(),
+        evaluate=CFG.evaluate.part("patch"),
+    script:
+        "../scripts/robustness.py"
+
+
 rule eval_summary:
     input:
         lambda wildcards: PLAN.task_results(wildcards.task),

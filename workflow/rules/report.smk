@@ -31,5 +31,6 @@ rule report:
         qc=[[s, PATHS.qc(s)] for s in PLAN.slide_ids],
         trees=PLAN.report_trees(),
         calibration=PLAN.report_calibration(),
+        robustness=PLAN.report_robustness(),
     script:
         "../scripts/report.py"

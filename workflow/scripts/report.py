@@ -22,8 +22,11 @@ run_report(
     comparisons=list(sm.input.comparisons),
     detection=list(sm.input.detection),
     predictions=list(sm.input.get("predictions", [])),
-    trees=sm.params.trees,
-    calibration=sm.params.calibration,
+    extras={
+        "trees": sm.params.trees,
+        "calibration": sm.params.calibration,
+        "robustness": sm.params.robustness,
+    },
     cfg=from_mapping(ReportConfig, sm.params.report, "report"),
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
 )
