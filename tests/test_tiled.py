@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cytofm.wsi.reader import open_slide
-from cytofm.wsi.tiled import TiledTiff, _Level
+from cytofm.wsi.tiled import TiledTiff, TileReader
 
 CMU1 = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides" / "cmu-1-small-region.svs"
 
@@ -57,13 +57,13 @@ def test_aperio_svs_tiles_decode_to_openslides_pixels():
 
 def test_planned_reads_decode_each_tile_once_and_keep_nothing_after(synthetic_slide, monkeypatch):
     decoded: list[int] = []
-    real = _Level.decode
+    real = TileReader.decode
 
     def counting(self, index):
         decoded.append(index)
         return real(self, index)
 
-    monkeypatch.setattr(_Level, "decode", counting)
+    monkeypatch.setattr(TileReader, "decode", counting)
     with open_slide(synthetic_slide[0], "s", 0.25) as slide:
         lv = slide._tiles.level(0, slide._osr)
         decoded.clear()  # the check's tile
@@ -81,8 +81,8 @@ def test_planned_reads_decode_each_tile_once_and_keep_nothing_after(synthetic_sl
 
 
 def test_a_level_decoding_differently_is_read_through_openslide(synthetic_slide, monkeypatch):
-    real = _Level.decode
-    monkeypatch.setattr(_Level, "decode", lambda self, i: real(self, i) ^ np.uint8(1))
+    real = TileReader.decode
+    monkeypatch.setattr(TileReader, "decode", lambda self, i: real(self, i) ^ np.uint8(1))
     with open_slide(synthetic_slide[0], "s", 0.25) as slide:
         assert slide._tiles.level(0, slide._osr) is None
         region = slide.read_level(100, 100, 300, 300, 0)

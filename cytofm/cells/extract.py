@@ -32,6 +32,7 @@ class TileCells:
     coords: np.ndarray  # (n, 2) level-0 (x, y) centres, float64
     scores: np.ndarray  # (n,) float32
     pixels_read: int  # pixels decoded (the block's, on its first tile; 0 on the others)
+    plane: int = -1  # a z-stack's focal plane the tile was read at (-1: a single plane)
 
 
 def _blocks(boxes: np.ndarray, f: float, block_px: int) -> list[np.ndarray]:
@@ -49,14 +50,40 @@ def _blocks(boxes: np.ndarray, f: float, block_px: int) -> list[np.ndarray]:
     return sorted((np.asarray(g) for g in groups.values()), key=lambda g: int(g[0]))
 
 
-def _block_cells(slide, boxes, idx, patch_px, patch_mpp, detector, margin) -> list[TileCells]:
+def _read_block(slide, tb, planes, level, window) -> np.ndarray:
+    """The block's pixels; on a z-stack (``planes``: each tile's chosen plane) each tile's box
+    from its own plane and the margins from the block's most chosen plane."""
+    lx0, ly0, lw, lh = window
+    if planes is None:
+        return slide.read_level(lx0, ly0, lw, lh, level)
+    values, counts = np.unique(planes, return_counts=True)
+    main = int(values[counts.argmax()])
+    region = slide.at_plane(main).read_level(lx0, ly0, lw, lh, level)
+    ds = float(slide.level_downsamples[level])
+    for (x0, y0, x1, y1), plane in zip(tb, planes, strict=True):
+        if int(plane) == main:
+            continue
+        bx0, by0 = max(int(np.floor(x0 / ds)) - lx0, 0), max(int(np.floor(y0 / ds)) - ly0, 0)
+        bx1, by1 = min(int(np.ceil(x1 / ds)) - lx0, lw), min(int(np.ceil(y1 / ds)) - ly0, lh)
+        if bx1 > bx0 and by1 > by0:
+            region[by0:by1, bx0:bx1] = slide.at_plane(int(plane)).read_level(
+                lx0 + bx0, ly0 + by0, bx1 - bx0, by1 - by0, level
+            )
+    return region
+
+
+def _block_cells(
+    slide, boxes, idx, patch_px, patch_mpp, detector, margin, planes=None
+) -> list[TileCells]:
     """Decode one block of tiles once, at the pyramid level the patches are made from (with
     a margin for patches and filters), detect on those pixels, resample a patch around each
     centre from them and give each cell to the tile whose box holds it."""
-    level, (lx0, ly0, lw, lh) = _block_region(slide, boxes[idx], patch_px, patch_mpp, margin)
+    level, window = _block_region(slide, boxes[idx], patch_px, patch_mpp, margin)
+    lx0, ly0 = window[:2]
     ds = float(slide.level_downsamples[level])
     s = patch_mpp / slide.mpp / ds  # level px per patch px (>= 1 unless patches are finer)
-    region = slide.read_level(lx0, ly0, lw, lh, level)
+    tile_planes = None if planes is None else np.asarray(planes)[idx]
+    region = _read_block(slide, boxes[idx], tile_planes, level, window)
     xy, scores = detector(region, slide.mpp * ds)
     centres = np.asarray(xy, np.float64).reshape(-1, 2) + 0.5  # continuous level coordinates
     level0 = (centres + np.array([lx0, ly0], np.float64)) * ds
@@ -91,6 +118,7 @@ def _block_cells(slide, boxes, idx, patch_px, patch_mpp, detector, margin) -> li
             coords=level0[order[starts[n] : starts[n + 1]]],
             scores=scores[order[starts[n] : starts[n + 1]]],
             pixels_read=int(region.shape[0] * region.shape[1]) if n == 0 else 0,
+            plane=-1 if tile_planes is None else int(tile_planes[n]),
         )
         for n, t in enumerate(idx)
     ]
@@ -173,6 +201,7 @@ def iter_tile_cells(
     margin_px: int | None = None,
     threads: int = 1,
     block_px: int = 1024,
+    planes: np.ndarray | None = None,
 ) -> Iterator[TileCells]:
     """Yield the cells of each tile (level-0 ``boxes``), block by block and in tile order
     within a block.
@@ -180,7 +209,8 @@ def iter_tile_cells(
     Neighbouring tiles are read together in blocks of about ``block_px`` pixels a side (so
     the margins read twice are a small share of the pixels) and ``threads`` blocks are
     decoded and searched at once (OpenSlide and OpenCV release the GIL); at most one block
-    more than that is in flight, so memory does not grow with the slide.
+    more than that is in flight, so memory does not grow with the slide. ``planes``: a
+    z-stack's chosen focal plane per tile (the tile stage's), each tile read at its own.
     """
     boxes = np.asarray(boxes)
     f = patch_mpp / slide.mpp
@@ -192,7 +222,7 @@ def iter_tile_cells(
         slide.plan_reads(regions[0][0], [region for _, region in regions])
 
     def work(idx: np.ndarray) -> list[TileCells]:
-        return _block_cells(slide, boxes, idx, patch_px, patch_mpp, detector, margin)
+        return _block_cells(slide, boxes, idx, patch_px, patch_mpp, detector, margin, planes)
 
     if threads <= 1:
         for idx in blocks:

@@ -50,7 +50,10 @@ __all__ = [
 ]
 
 PRECISIONS = ("auto", "fp32", "bf16")
-READERS = "auto | openslide | image (plain JPEG/PNG/BMP) | tiatoolbox | a reader a package adds"
+READERS = (
+    "auto | openslide | image (plain JPEG/PNG/BMP) | tiatoolbox | zstack (TIFF focal planes) | "
+    "a reader a package adds"
+)
 
 
 def _positive(section: str, **values: float) -> None:
@@ -89,7 +92,7 @@ def _check_name(what: str, name: str) -> None:
 def _check_reader(section: str, backend: str) -> None:
     """``auto``, a built-in reader, or one a package registers (checked without importing the
     readers unless the name is not built in)."""
-    if backend in ("auto", "openslide", "image", "tiatoolbox", "fields"):
+    if backend in ("auto", "openslide", "image", "tiatoolbox", "fields", "zstack"):
         return
     from cytofm.wsi.reader import BACKENDS
 
@@ -198,11 +201,17 @@ class TilingConfig(Section):
     save_images: bool = option(
         False, "also store tile images (tile_px x tile_px RGB) in the tile store"
     )
+    focus_mpp: float = option(
+        1.0,
+        "z-stacks: resolution the sharpest plane of each tile is chosen at (the detector's)",
+        above=0,
+    )
     backend: str = option(
         "auto",
         f"slide reader: {READERS}",
-        more="`auto` opens the formats OpenSlide knows with OpenSlide, plain JPEG/PNG/BMP "
-        "fields with `image`, anything else with tiatoolbox.",
+        more="`auto` opens TIFF z-stacks (an image with a Z axis) with `zstack`, the formats "
+        "OpenSlide knows with OpenSlide, plain JPEG/PNG/BMP fields with `image`, anything else "
+        "with tiatoolbox.",
     )
 
     def __post_init__(self) -> None:

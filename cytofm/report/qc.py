@@ -10,7 +10,7 @@ import numpy as np
 
 from cytofm.cells.stain import StainChoice
 
-__all__ = ["draw_qc", "patch_gallery"]
+__all__ = ["draw_qc", "patch_gallery", "plane_colours"]
 
 
 def draw_qc(
@@ -23,8 +23,10 @@ def draw_qc(
     title: str,
     points: np.ndarray | None = None,
     max_side: int = 2048,
+    box_colours: np.ndarray | None = None,
 ) -> Path:
-    """Write a PNG: mask outline in green, kept tiles in blue, optional points in red.
+    """Write a PNG: mask outline in green, kept tiles in blue (or each in its
+    ``box_colours`` BGR row), optional points in red.
 
     ``boxes`` and ``points`` are level-0 pixels; they are scaled to the thumbnail here.
     """
@@ -49,9 +51,11 @@ def draw_qc(
     contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(img, contours, -1, (0, 140, 0), 1)
     f = slide_mpp / thumb_mpp * scale  # level-0 px -> drawing px
-    for x0, y0, x1, y1 in boxes:
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        colour = (200, 90, 0) if box_colours is None else tuple(int(c) for c in box_colours[i])
+        thick = 1 if box_colours is None else 2
         cv2.rectangle(
-            img, (int(x0 * f), int(y0 * f)), (int(x1 * f) - 1, int(y1 * f) - 1), (200, 90, 0), 1
+            img, (int(x0 * f), int(y0 * f)), (int(x1 * f) - 1, int(y1 * f) - 1), colour, thick
         )
     if points is not None:
         for x, y in points:
@@ -66,6 +70,14 @@ def draw_qc(
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), np.concatenate([bar, img], axis=0))
     return out
+
+
+def plane_colours(planes: np.ndarray, n_planes: int) -> np.ndarray:
+    """BGR colour per tile of its focal plane (viridis: dark = first plane, yellow = last)."""
+    lut = cv2.applyColorMap(
+        np.linspace(0, 255, max(n_planes, 2)).astype(np.uint8), cv2.COLORMAP_VIRIDIS
+    )
+    return lut.reshape(-1, 3)[np.asarray(planes, np.int64)]
 
 
 def _stain_band(stain: StainChoice | None, n: int, width: int) -> np.ndarray:

@@ -74,7 +74,7 @@ def run_cells(
     JSON the report's detection table is made from), rather than failing its job.
     """
     job = job or JobContext()
-    boxes, background, tile_prov = _read_tiles(tiles_store)
+    boxes, background, tile_prov, planes = _read_tiles(tiles_store)
     with (
         threaded_cpu_stage(),
         job.run("cells", {"cells": cfg.to_dict(), "slide_id": slide_id}) as run,
@@ -88,7 +88,7 @@ def run_cells(
             stain = _slide_stain(slide, slide_id, boxes, cfg, sheet_stain)
             detector = make_detector(cfg, background, stain)
             n, pixels, reservoir = _extract_cells(
-                g, slide, slide_id, boxes, cfg, detector, rng, gallery_size, threads
+                g, slide, slide_id, boxes, cfg, detector, rng, gallery_size, threads, planes
             )
             warning = _no_cells_warning(slide, slide_id, len(boxes), cfg, stain) if n == 0 else ""
             if warning:  # a smear field without a nucleated cell is normal: recorded, not fatal
@@ -110,11 +110,12 @@ def run_cells(
     return summary
 
 
-def _read_tiles(tiles_store) -> tuple[np.ndarray, np.ndarray, dict]:
-    """The tile store's boxes, glass colour and provenance."""
+def _read_tiles(tiles_store) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray | None]:
+    """The tile store's boxes, glass colour, provenance and (z-stacks) chosen planes."""
     tiles = open_store(tiles_store)
     attrs = read_attrs(tiles, "tiles", str(tiles_store))
-    return tiles["boxes"][:], np.asarray(attrs.background_rgb, np.float32), attrs.provenance
+    planes = tiles["plane"][:] if "plane" in tiles else None
+    return tiles["boxes"][:], np.asarray(attrs.background_rgb, np.float32), attrs.provenance, planes
 
 
 def _write_summary(summary: dict, out_summary, run) -> None:
@@ -178,29 +179,31 @@ def _slide_stain(slide, slide_id: str, boxes, cfg: CellsConfig, sheet_stain) -> 
     return stain
 
 
-def _extract_cells(g, slide, slide_id, boxes, cfg, detector, rng, gallery_size, threads=1):
-    """Detect and cut every tile's cells into the store; returns (cells, pixels read, a
-    reservoir sample of patches for the gallery, in bounded memory)."""
-    writer = PatchStoreWriter(
-        g,
-        cfg.patch_px,
-        cfg.chunk,
-        {"coords": (np.int64, (2,)), "scores": (np.float32, ()), "tile_index": (np.int32, ())},
-    )
+def _extract_cells(
+    g, slide, slide_id, boxes, cfg, detector, rng, gallery_size, threads=1, planes=None
+):
+    """Detect and cut every tile's cells into the store (on a z-stack, with each cell's focal
+    plane); returns (cells, pixels read, a reservoir sample of patches for the gallery, in
+    bounded memory)."""
+    columns = {"coords": (np.int64, (2,)), "scores": (np.float32, ()), "tile_index": (np.int32, ())}
+    if planes is not None:
+        columns["plane"] = (np.int16, ())
+    writer = PatchStoreWriter(g, cfg.patch_px, cfg.chunk, columns)
     pixels, seen = 0, 0
     reservoir: list[np.ndarray] = []
-    for cells in tqdm(
-        iter_tile_cells(slide, boxes, cfg.patch_px, cfg.patch_mpp, detector, threads=threads),
-        total=len(boxes),
-        desc=f"cells {slide_id}",
-        mininterval=5,
-    ):
+    tiles = iter_tile_cells(
+        slide, boxes, cfg.patch_px, cfg.patch_mpp, detector, threads=threads, planes=planes
+    )
+    for cells in tqdm(tiles, total=len(boxes), desc=f"cells {slide_id}", mininterval=5):
         pixels += cells.pixels_read
+        n_new = len(cells.images)
+        extra = {} if planes is None else {"plane": np.full(n_new, cells.plane, np.int16)}
         writer.append(
             cells.images,
             coords=np.round(cells.coords).astype(np.int64),
             scores=cells.scores,
-            tile_index=np.full(len(cells.images), cells.tile_index, np.int32),
+            tile_index=np.full(n_new, cells.tile_index, np.int32),
+            **extra,
         )
         for img in cells.images:
             seen += 1

@@ -14,7 +14,7 @@ from cytofm.config import TilingConfig
 from cytofm.errors import InputDataError
 from cytofm.hardware import threaded_cpu_stage
 from cytofm.provenance import provenance
-from cytofm.report.qc import draw_qc
+from cytofm.report.qc import draw_qc, plane_colours
 from cytofm.stages.context import JobContext
 from cytofm.store import atomic_group
 from cytofm.store_attrs import store_attrs
@@ -22,6 +22,7 @@ from cytofm.wsi.fields import slide_sha256
 from cytofm.wsi.mask import estimate_background, foreground_mask, read_thumbnail
 from cytofm.wsi.reader import open_slide
 from cytofm.wsi.tiling import tile_grid
+from cytofm.wsi.zstack import choose_planes
 
 __all__ = ["run_tile"]
 
@@ -66,22 +67,17 @@ def run_tile(
             view = side.submit(read_thumbnail, slide, view_mpp) if finer else None
             thumb = read_thumbnail(slide, cfg.mask_mpp, threads=threads)
             background, mask, grid = _find_tiles(slide, slide_id, cfg, thumb)
-            qc_args = (slide, slide_id, cfg, thumb, mask, grid, out_qc, threads, view)
+            focus = choose_planes(slide, grid.boxes, cfg.focus_mpp, threads)  # z-stacks only
+            qc_args = (slide, slide_id, cfg, thumb, mask, grid, out_qc, threads, view, focus[0])
             qc = side.submit(_draw_tile_qc, *qc_args) if spare else None
-            record = provenance(
-                "tile",
-                cfg,
-                slide=slide.info(),
-                slide_sha256=digest.result() if digest else slide_sha256(slide_path),
-                background_rgb=background.tolist(),
-                n_tiles=len(grid),
-                n_tiles_total=grid.n_total,
-                foreground_fraction=float(mask.mean()),
-            )
+            sha = digest.result() if digest else slide_sha256(slide_path)
+            record = _record(slide, cfg, sha, background, grid, mask)
             run.set_tags({"cytofm.slide_sha256": record["slide_sha256"]})
             if job.tracking.log_slide_metadata:  # opt-in: may hold personal data
                 run.log_dict(slide.properties(), "slide_properties.json")
-            _write_tile_store(out_store, slide, slide_id, cfg, grid, mask, background, record)
+            _write_tile_store(
+                out_store, slide, slide_id, cfg, grid, mask, background, record, focus
+            )
             if qc is None:
                 _draw_tile_qc(*qc_args)
             else:
@@ -90,6 +86,20 @@ def run_tile(
         run.log_metrics(summary)
         run.log_artifact(out_qc, "qc")
     return summary
+
+
+def _record(slide, cfg: TilingConfig, sha: str, background, grid, mask) -> dict:
+    """The tile store's provenance."""
+    return provenance(
+        "tile",
+        cfg,
+        slide=slide.info(),
+        slide_sha256=sha,
+        background_rgb=background.tolist(),
+        n_tiles=len(grid),
+        n_tiles_total=grid.n_total,
+        foreground_fraction=float(mask.mean()),
+    )
 
 
 def _summary(grid, mask, slide, elapsed: float) -> dict:
@@ -142,12 +152,15 @@ def _find_tiles(slide, slide_id: str, cfg: TilingConfig, thumb: np.ndarray):
     return background, mask, grid
 
 
-def _write_tile_store(out_store, slide, slide_id, cfg, grid, mask, background, record) -> None:
+def _write_tile_store(out_store, slide, slide_id, cfg, grid, mask, background, record, focus):
     with atomic_group(out_store) as g:
         g.create_array("boxes", data=grid.boxes, chunks=(max(len(grid), 1), 4))
         g.create_array("coords", data=grid.centres, chunks=(max(len(grid), 1), 2))
         g.create_array("foreground", data=grid.foreground, chunks=(max(len(grid), 1),))
         g.create_array("mask", data=mask.astype(np.uint8))
+        if slide.planes > 1:  # a z-stack: each tile's sharpest plane and every plane's measure
+            g.create_array("plane", data=focus[0], chunks=(max(len(grid), 1),))
+            g.create_array("focus", data=focus[1], chunks=(max(len(grid), 1), slide.planes))
         if cfg.save_images:
             images = g.create_array(
                 "images",
@@ -174,13 +187,21 @@ def _write_tile_store(out_store, slide, slide_id, cfg, grid, mask, background, r
         )
 
 
-def _draw_tile_qc(slide, slide_id, cfg, thumb, mask, grid, out_qc, threads, view=None) -> None:
+def _draw_tile_qc(
+    slide, slide_id, cfg, thumb, mask, grid, out_qc, threads, view=None, planes=None
+) -> None:
     """The slide with its mask and tiles, at the mask's resolution or finer up to QC_SIDE_PX
-    (``view``: that finer image, being read already)."""
+    (``view``: that finer image, being read already); on a z-stack each tile is drawn in the
+    colour of its chosen plane."""
     title = (
         f"{slide_id}  mpp {slide.mpp:.3g}  tiles {len(grid)}/{grid.n_total}  "
         f"foreground {100 * mask.mean():.1f}%"
     )
+    colours = None
+    if slide.planes > 1 and planes is not None:
+        counts = np.bincount(planes, minlength=slide.planes)
+        title += "  planes " + " ".join(f"z{z}:{c}" for z, c in enumerate(counts) if c)
+        colours = plane_colours(planes, slide.planes)
     view_mpp = _qc_view_mpp(slide, cfg)
     if view is not None:
         image = view.result()
@@ -188,4 +209,4 @@ def _draw_tile_qc(slide, slide_id, cfg, thumb, mask, grid, out_qc, threads, view
         image = thumb
     else:
         image = read_thumbnail(slide, view_mpp, threads=threads)
-    draw_qc(image, view_mpp, slide.mpp, mask, grid.boxes, out_qc, title)
+    draw_qc(image, view_mpp, slide.mpp, mask, grid.boxes, out_qc, title, box_colours=colours)

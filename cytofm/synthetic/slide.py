@@ -23,7 +23,15 @@ from cytofm.synthetic.morphology import (
 )
 from cytofm.synthetic.stain import SlideStain
 
-__all__ = ["SlideCanvas", "class_mix", "od_to_rgb", "render_slide_canvas", "write_pyramidal_tiff"]
+__all__ = [
+    "SlideCanvas",
+    "class_mix",
+    "focal_surface",
+    "od_to_rgb",
+    "render_slide_canvas",
+    "write_pyramidal_tiff",
+    "write_zstack_tiff",
+]
 
 MIN_NUCLEAR_SPACING_UM = 12.0
 
@@ -239,3 +247,76 @@ def write_pyramidal_tiff(
                 metadata=None,
             )
     return dims
+
+
+def focal_surface(height: int, width: int, n_planes: int, block_px: int, rng) -> np.ndarray:
+    """The true sharpest plane per ``block_px`` block: a tilted, gently curved surface (as a
+    smear's thickness and a stage's tilt make it) spanning most of the stack, (rows, cols)."""
+    rows, cols = -(-height // block_px), -(-width // block_px)
+    yy, xx = np.meshgrid(np.linspace(0, 1, rows), np.linspace(0, 1, cols), indexing="ij")
+    a, b = rng.uniform(0.5, 1.0, 2) * rng.choice([-1, 1], 2)
+    phase = rng.uniform(0, 2 * np.pi)
+    surface = a * xx + b * yy + 0.35 * np.sin(2 * np.pi * (xx + yy) + phase)
+    surface = (surface - surface.min()) / max(np.ptp(surface), 1e-9)
+    return np.round(0.5 + surface * (n_planes - 2)).astype(np.int16)
+
+
+def write_zstack_tiff(
+    path: str | Path,
+    canvas: np.ndarray,
+    mpp: float,
+    best_plane: np.ndarray,
+    n_planes: int,
+    *,
+    block_px: int = 128,
+    blur_um_per_plane: float = 0.6,
+    tile: int = 256,
+    quality: int = 90,
+    min_level_px: int = 512,
+) -> None:
+    """Write ``canvas`` as a pyramidal OME-TIFF z-stack: plane z of block (r, c) is the canvas
+    blurred by a Gaussian of ``blur_um_per_plane`` x |z - best_plane[r, c]| micrometres (the
+    focal plane itself is sharp)."""
+    height, width = canvas.shape[:2]
+    step = blur_um_per_plane / mpp  # pixels of blur per plane away from focus
+    blurred = [canvas] + [
+        cv2.GaussianBlur(canvas, (0, 0), sigmaX=step * d) for d in range(1, n_planes)
+    ]
+    stack = np.empty((n_planes, height, width, 3), np.uint8)
+    for r in range(best_plane.shape[0]):
+        for c in range(best_plane.shape[1]):
+            ys, xs = (
+                slice(r * block_px, (r + 1) * block_px),
+                slice(c * block_px, (c + 1) * block_px),
+            )
+            for z in range(n_planes):
+                stack[z, ys, xs] = blurred[abs(z - int(best_plane[r, c]))][ys, xs]
+    levels = [stack]
+    while max(levels[-1].shape[1:3]) > min_level_px:
+        prev = levels[-1]
+        levels.append(
+            np.stack(
+                [
+                    cv2.resize(p, (p.shape[1] // 2, p.shape[0] // 2), interpolation=cv2.INTER_AREA)
+                    for p in prev
+                ]
+            )
+        )
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    common = {"tile": (tile, tile), "photometric": "rgb", "compression": "jpeg",
+              "compressionargs": {"level": quality}}  # fmt: skip
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
+        tif.write(
+            stack,
+            subifds=len(levels) - 1,
+            metadata={
+                "axes": "ZYXS",
+                "PhysicalSizeX": mpp,
+                "PhysicalSizeXUnit": "µm",
+                "PhysicalSizeY": mpp,
+                "PhysicalSizeYUnit": "µm",
+            },
+            **common,
+        )
+        for level in levels[1:]:
+            tif.write(level, subfiletype=1, **common)

@@ -5,12 +5,15 @@ TIFF, ...) with OpenSlide, composited on white where the file has no data; ``tia
 reads anything tiatoolbox's ``WSIReader.open`` understands, including formats OpenSlide cannot
 (OME-TIFF, DICOM, JPEG 2000, plain images); ``image`` reads plain JPEG, PNG and BMP images
 (microscope fields) whole with OpenCV; ``fields`` reads a folder (or glob) of a specimen's field
-images as one slide (:mod:`cytofm.wsi.fields`). ``auto`` picks ``openslide`` whenever OpenSlide
-recognises the file, ``image`` for a plain image, and tiatoolbox otherwise.
+images as one slide (:mod:`cytofm.wsi.fields`); ``zstack`` reads every focal plane of an
+OME-TIFF or multi-page TIFF z-stack (:mod:`cytofm.wsi.zstack`). ``auto`` picks ``zstack`` for a
+TIFF whose image has a Z axis, ``openslide`` whenever OpenSlide recognises the file, ``image``
+for a plain image, and tiatoolbox otherwise.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import sys
@@ -56,6 +59,8 @@ class Slide:
     """
 
     backend = "base"
+    planes = 1  # focal planes (a z-stack has several)
+    plane = 0  # the one this object reads
 
     def __init__(
         self,
@@ -94,6 +99,17 @@ class Slide:
 
     def close(self) -> None:
         """Release file handles."""
+
+    def at_plane(self, plane: int) -> Slide:
+        """This slide read at focal ``plane``: a view sharing its file and caches (threads may
+        read several planes at once); itself when it has one plane or that one."""
+        if int(plane) == self.plane:
+            return self
+        if not 0 <= int(plane) < self.planes:
+            raise ValueError(f"slide '{self.slide_id}' has {self.planes} plane(s), not {plane}")
+        view = copy.copy(self)
+        view.plane = int(plane)
+        return view
 
     def info(self) -> dict:
         """Metadata for provenance (no file names: those may carry personal data)."""
@@ -578,7 +594,11 @@ def open_slide(
     if backend == "auto":
         import openslide
 
-        if openslide.OpenSlide.detect_format(str(path)):
+        from cytofm.wsi.zstack import zstack_planes
+
+        if zstack_planes(path) > 1:  # OpenSlide would show the first plane only
+            backend = "zstack"
+        elif openslide.OpenSlide.detect_format(str(path)):
             backend = "openslide"
         elif sniff(path) in _PLAIN_IMAGES:  # tiatoolbox would decode it whole too
             backend = "image"
@@ -590,3 +610,4 @@ def open_slide(
 
 
 from cytofm.wsi import fields as _fields  # noqa: E402,F401  registers 'fields'
+from cytofm.wsi import zstack as _zstack  # noqa: E402,F401  registers 'zstack'

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["TiledTiff"]
+__all__ = ["TileReader", "TiledTiff"]
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +33,20 @@ log = logging.getLogger(__name__)
 PLAIN_VENDORS = frozenset({"aperio", "generic-tiff"})
 
 
-class _Level:
-    """One pyramid level: its TIFF page's tiles and the decoded ones still awaited."""
+class TileReader:
+    """One tiled TIFF page (a pyramid level, or a focal plane of one): its tiles, decoded on
+    demand, and the decoded ones still awaited by planned reads."""
 
     def __init__(self, page, fd: int):
-        self.fd = fd
-        self.width, self.height = int(page.imagewidth), int(page.imagelength)
-        self.tw, self.th = int(page.tilewidth), int(page.tilelength)
+        key = page.keyframe  # a TiffFrame (another plane of a z-stack) shares its keyframe's
+        self.fd = fd  # geometry, tables and decoder; only its tiles' offsets are its own
+        self.width, self.height = int(key.imagewidth), int(key.imagelength)
+        self.tw, self.th = int(key.tilewidth), int(key.tilelength)
         self.nx = -(-self.width // self.tw)
         self.offsets = np.asarray(page.dataoffsets, np.int64)
         self.counts = np.asarray(page.databytecounts, np.int64)
-        self.tables = page.jpegtables
-        self._decode = page.decode
+        self.tables = key.jpegtables
+        self._decode = key.decode
         self.awaited: dict[int, int] = {}  # tile -> planned reads not yet done
         self.cache: dict[int, np.ndarray] = {}
         self.lock = threading.Lock()
@@ -107,7 +109,7 @@ class TiledTiff:
         self._tif = tif
         self._fd = os.open(path, os.O_RDONLY)
         self._pages = pages  # OpenSlide level -> TIFF page, not yet checked
-        self._levels: dict[int, _Level | None] = {}
+        self._levels: dict[int, TileReader | None] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -138,12 +140,14 @@ class TiledTiff:
             return None
         return cls(path, tif, pages) if pages else None
 
-    def level(self, level: int, osr) -> _Level | None:
+    def level(self, level: int, osr) -> TileReader | None:
         """The level's tile reader once it has decoded one tile exactly as OpenSlide does."""
         with self._lock:
             if level not in self._levels:
                 page = self._pages.get(level)
-                self._levels[level] = _checked(_Level(page, self._fd), level, osr) if page else None
+                self._levels[level] = (
+                    _checked(TileReader(page, self._fd), level, osr) if page else None
+                )
             return self._levels[level]
 
     def plan(self, level: int, osr, regions) -> None:
@@ -165,7 +169,7 @@ class TiledTiff:
         os.close(self._fd)
 
 
-def _checked(lv: _Level, level: int, osr) -> _Level | None:
+def _checked(lv: TileReader, level: int, osr) -> TileReader | None:
     """``lv`` if a tile with data (the middle one) decodes to exactly OpenSlide's pixels."""
     present = np.flatnonzero(lv.counts > 0)
     if len(present) == 0:
