@@ -86,6 +86,115 @@ def headline(out: Path, task: str, setting: str) -> dict:
     return entry
 
 
+def clinical(out: Path) -> dict:
+    """The demo's label tree, calibration, batch-leak probe and leave-one-stain-out figures."""
+
+    def pick(csv: Path, protocol: str, block: str, metrics) -> dict:
+        table = pd.read_csv(csv)
+        table = table[(table.protocol == protocol) & (table.block == block)]
+        return {
+            b: {
+                m: [float(r["mean"]), float(r["ci95_low"]), float(r["ci95_high"])]
+                for _, r in rows.iterrows()
+                if (m := r["metric"]) in metrics
+            }
+            for b, rows in table.groupby("backbone")
+        }
+
+    tree = pick(
+        out / "eval" / "demo_cells" / "hierarchy.csv",
+        "linear",
+        "all",
+        ("level1_balanced_accuracy", "level2_balanced_accuracy", "mistake_distance",
+         "mistakes_across_root", "sensitivity_at_90_specificity", "sensitivity_at_95_specificity"),
+    )  # fmt: skip
+    calibration = {
+        task: pick(
+            out / "eval" / task / "calibration.csv",
+            protocol,
+            "all",
+            ("ece", "ece_scaled", "nll", "nll_scaled", "coverage", "set_size", "temperature"),
+        )
+        for task, protocol in (("demo_cells", "linear"), ("demo_abnormal", "abmil"))
+    }
+    batch = {}
+    for path in sorted((out / "eval" / "demo_cells").glob("*/robustness.json")):
+        r = json.loads(path.read_text())
+        batch[r["backbone"]] = {
+            "class_probe": [r["class_probe"]["balanced_accuracy"], *r["class_probe"]["ci95"]],
+            "stain_probe": [r["batch_probe"]["balanced_accuracy"], *r["batch_probe"]["ci95"]],
+            "chance": r["batch_probe"]["chance"],
+            "robustness_index": [r["robustness"]["robustness_index"], *r["robustness"]["ci95"]],
+        }
+    held_out = {}
+    for path in sorted((out / "eval" / "demo_stain_out").glob("*/linear.json")):
+        res = json.loads(path.read_text())
+        block = res["results"][0]
+        s = block["summary"]["balanced_accuracy"]
+        held_out[res["backbone"]] = {
+            "pooled": [s["mean"], *s["ci95"]],
+            "per_lab": {
+                h["value"]: sum(h["balanced_accuracy"]) / len(h["balanced_accuracy"])
+                for h in block["held_out"]
+            },
+        }
+    return {"tree": tree, "calibration": calibration, "batch": batch, "held_out": held_out}
+
+
+def _ci(v) -> str:
+    return f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
+
+
+def clinical_lines(c: dict) -> list[str]:
+    lines = [
+        "",
+        "Clinical criteria (crop task, linear probe on all labels; demo_abnormal: attention MIL):",
+        "",
+        "| backbone | negative vs abnormal BA | 3-level BA | mistake distance | mistakes across "
+        "root | sensitivity @ 90% spec. | @ 95% spec. |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    keys = (
+        "level1_balanced_accuracy",
+        "level2_balanced_accuracy",
+        "mistake_distance",
+        "mistakes_across_root",
+        "sensitivity_at_90_specificity",
+        "sensitivity_at_95_specificity",
+    )
+    for b, t in sorted(c["tree"].items()):
+        lines.append(f"| {b} | " + " | ".join(_ci(t[k]) for k in keys) + " |")
+    lines += [
+        "",
+        "| task | backbone | ECE raw | ECE scaled | NLL raw | NLL scaled | temperature | "
+        "conformal coverage (90%) | set size |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for task, per in c["calibration"].items():
+        for b, m in sorted(per.items()):
+            cells = [
+                _ci(m[k]) if k in m else "-" for k in ("ece", "ece_scaled", "nll", "nll_scaled")
+            ]
+            temp = f"{m['temperature'][0]:.2f}" if "temperature" in m else "-"
+            conf = [_ci(m[k]) if k in m else "-" for k in ("coverage", "set_size")]
+            lines.append(f"| {task} | {b} | " + " | ".join([*cells, temp, *conf]) + " |")
+    lines += [
+        "",
+        "| backbone | class probe BA | stain (lab) probe BA | chance | robustness index | "
+        "leave-one-stain-out BA (pooled) | per held-out lab |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for b, r in sorted(c["batch"].items()):
+        h = c["held_out"].get(b, {})
+        per = ", ".join(f"{k} {v:.3f}" for k, v in h.get("per_lab", {}).items())
+        pooled = _ci(h["pooled"]) if h else "-"
+        lines.append(
+            f"| {b} | {_ci(r['class_probe'])} | {_ci(r['stain_probe'])} | {r['chance']:.3f} | "
+            f"{_ci(r['robustness_index'])} | {pooled} | {per} |"
+        )
+    return lines
+
+
 def time_breakdown(out: Path) -> list[dict]:
     """Per stage, from the run's MLflow store: jobs and the seconds between each job's run start
     and end (what the job did once its imports were done; pretraining uses several threads)."""
@@ -147,6 +256,7 @@ def main() -> None:
         "headlines": heads,
         "detection": det,
         "probe": {k: probe[k] for k in ("ssl_mean", "random_mean", "margin", "n_images")},
+        "clinical": clinical(out),
         "time_by_stage": timing,
     }
     (RESULTS / "demo.json").write_text(json.dumps(record, indent=2, default=float))
@@ -183,6 +293,7 @@ def main() -> None:
         f"{det['precision']:.3f}.",
         f"Pretraining probe (demo crops): pretrained {probe['ssl_mean']:.3f}, random "
         f"{probe['random_mean']:.3f} (margin {probe['margin']:+.3f}).",
+        *clinical_lines(record["clinical"]),
         "",
         "Where the time goes: per stage, the jobs and the seconds inside their MLflow runs (from "
         "the run's start, after the job's imports, to its end; read from the run's store).",

@@ -106,3 +106,33 @@ def test_summary_table_equals_the_jsons(results):
             assert row["balanced_accuracy_mean"].iloc[0] == pytest.approx(
                 block["summary"]["balanced_accuracy"]["mean"], abs=1e-4
             )
+
+
+def test_cric_bethesda_tree_and_calibration_on_real_cells(results):
+    """CRIC's Bethesda tree (negative / low-grade / high-grade): every backbone's linear probe
+    scored per level with screening operating points, and calibrated on its validation rows."""
+    tree = pd.read_csv(results / "eval" / "cric" / "hierarchy.csv")
+    for backbone in ("cytofm", "random"):
+        rows = tree[(tree.backbone == backbone) & (tree.protocol == "linear")].set_index("metric")
+        fine = _load(results, "cric", backbone, "linear")["results"][0]["summary"]
+        # the last level is the task itself
+        assert rows.loc["level3_balanced_accuracy", "mean"] == pytest.approx(
+            fine["balanced_accuracy"]["mean"], abs=1e-4
+        )
+        # negative vs abnormal is the easier question
+        assert (
+            rows.loc["level1_balanced_accuracy", "mean"]
+            > rows.loc["level3_balanced_accuracy", "mean"]
+        )
+        sens90, sens95 = (rows.loc[f"sensitivity_at_{s}_specificity", "mean"] for s in (90, 95))
+        assert 0 <= sens95 <= sens90 <= 1
+    cal = pd.read_csv(results / "eval" / "cric" / "calibration.csv")
+    lin = cal[(cal.protocol == "linear") & (cal.block == "all")].set_index(["backbone", "metric"])
+    for backbone in ("cytofm", "random"):
+        assert {"ece", "ece_scaled", "nll", "nll_scaled", "coverage", "set_size"} <= {
+            m for b, m in lin.index if b == backbone
+        }
+        # scaling fitted on validation does not make the test NLL worse by much
+        assert (
+            lin.loc[(backbone, "nll_scaled"), "mean"] <= lin.loc[(backbone, "nll"), "mean"] + 0.05
+        )
