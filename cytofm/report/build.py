@@ -296,6 +296,16 @@ class ReportBuilder:
                 self.batch_leak(task, robustness[task])
             self.held_out(task, sorted(by_task[task]))
 
+    def _csv_section(self, anchor, title, intro, csv_table, stem, html) -> Section:
+        """A section showing ``html`` with ``csv_table`` written as ``tables/<stem>.csv`` and
+        linked; appended to the page."""
+        paths = {"csv": self.tabs / f"{stem}.csv"}
+        csv_table.to_csv(paths["csv"], index=False, float_format="%.4g")
+        self.written["tables"].append(paths["csv"].relative_to(self.out).as_posix())
+        sec = Section(anchor, title, intro, tables_html=[html], links=self._links(paths))
+        self.sections.append(sec)
+        return sec
+
     def batch_leak(self, task: str, files: Mapping[str, str]) -> None:
         """Per backbone: the batch-leak probe next to the class probe, and the robustness
         index."""
@@ -303,15 +313,12 @@ class ReportBuilder:
         from cytofm.report.tables import plain_html
 
         table = batch_table(files)
-        paths = {"csv": self.tabs / f"{task}_batch.csv"}
-        table.to_csv(paths["csv"], index=False)
-        self.written["tables"].append(paths["csv"].relative_to(self.out).as_posix())
-        sec = Section(f"batch-{task}", f"Batch effects: {task}", BATCH_INTRO)
-        sec.tables_html.append(plain_html(table))
-        sec.links = self._links(paths)
+        sec = self._csv_section(
+            f"batch-{task}", f"Batch effects: {task}", BATCH_INTRO, table, f"{task}_batch",
+            plain_html(table),
+        )  # fmt: skip
         png = plot_batch(files, self.figs / f"{task}_batch.png", task)
         self.fig(png, "batch-leak probe and robustness index", sec)
-        self.sections.append(sec)
 
     def held_out(self, task: str, jsons) -> None:
         """A leave-one-out task: each held-out value's balanced accuracy."""
@@ -319,15 +326,11 @@ class ReportBuilder:
         from cytofm.report.tables import plain_html
 
         table = held_out_table(jsons)
-        if table.empty:
-            return
-        paths = {"csv": self.tabs / f"{task}_held_out.csv"}
-        table.to_csv(paths["csv"], index=False)
-        self.written["tables"].append(paths["csv"].relative_to(self.out).as_posix())
-        sec = Section(f"held-out-{task}", f"Held out in turn: {task}", HELD_OUT_INTRO)
-        sec.tables_html.append(plain_html(table))
-        sec.links = self._links(paths)
-        self.sections.append(sec)
+        if not table.empty:
+            self._csv_section(
+                f"held-out-{task}", f"Held out in turn: {task}", HELD_OUT_INTRO, table,
+                f"{task}_held_out", plain_html(table),
+            )  # fmt: skip
 
     def calibration(self, task: str, files: Mapping[str, str]) -> None:
         """ECE and NLL before and after temperature scaling, the temperatures, conformal
@@ -337,16 +340,12 @@ class ReportBuilder:
         long = pd.read_csv(files["csv"])
         if long.empty:
             return
-        view = long_view(long, CALIBRATION_COLUMNS)
-        paths = {"csv": self.tabs / f"{task}_calibration.csv"}
-        long.to_csv(paths["csv"], index=False, float_format="%.4g")
-        self.written["tables"].append(paths["csv"].relative_to(self.out).as_posix())
-        sec = Section(f"calibration-{task}", f"Calibration: {task}", CALIBRATION_INTRO)
-        sec.tables_html.append(plain_html(view))
-        sec.links = self._links(paths)
+        sec = self._csv_section(
+            f"calibration-{task}", f"Calibration: {task}", CALIBRATION_INTRO, long,
+            f"{task}_calibration", plain_html(long_view(long, CALIBRATION_COLUMNS)),
+        )  # fmt: skip
         png = _copy(Path(files["png"]), self.figs / f"{task}_reliability.png")
         self.fig(png, "reliability before (raw) and after temperature scaling", sec)
-        self.sections.append(sec)
 
     def label_tree(self, task: str, jsons, spec: Mapping) -> None:
         """Per-level metrics, mistake severity and screening operating points."""
@@ -357,14 +356,10 @@ class ReportBuilder:
         if long.empty:
             return
         tree = LabelTree(spec["hierarchy"], read_result(jsons[0])["classes"], spec["screening"])
-        view = hierarchy_view(long, tree)
-        paths = {"csv": self.tabs / f"{task}_hierarchy.csv"}
-        long.to_csv(paths["csv"], index=False, float_format="%.4g")
-        self.written["tables"].append(paths["csv"].relative_to(self.out).as_posix())
-        sec = Section(f"tree-{task}", f"Label tree: {task}", INTRO)
-        sec.tables_html.append(hierarchy_html(view, tree))
-        sec.links = self._links(paths)
-        self.sections.append(sec)
+        self._csv_section(
+            f"tree-{task}", f"Label tree: {task}", INTRO, long, f"{task}_hierarchy",
+            hierarchy_html(hierarchy_view(long, tree), tree),
+        )  # fmt: skip
 
     def task(self, task, jsons, summary, compared, embeddings) -> None:
         metric = main_metric(summary)
