@@ -85,3 +85,34 @@ def test_partly_missing_groups_are_refused():
     groups[:5] = ""
     with pytest.raises(InputDataError, match="5 of 240 rows have no group"):
         make_split(labels, groups)
+
+
+def test_leave_one_out_tests_each_value_once_with_grouped_validation():
+    from cytofm.eval.splits import leave_one_out
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat([f"g{i}" for i in range(24)], 10)
+    sites = np.array([f"s{int(g[1:]) % 3}" for g in groups])
+    labels = rng.integers(0, 3, len(groups))
+    folds = leave_one_out(labels, groups, sites, val_fraction=0.2, seed=0)
+    assert [v for v, _ in folds] == ["s0", "s1", "s2"]
+    tested = np.concatenate([s.test for _, s in folds])
+    assert sorted(tested.tolist()) == list(range(len(groups)))  # every row tested once
+    for value, s in folds:
+        assert (sites[s.test] == value).all() and not (sites[np.r_[s.train, s.val]] == value).any()
+        assert not set(groups[s.train]) & set(groups[s.val])  # groups never straddle
+        assert len(s.val) > 0 and len(set(s.train) | set(s.val) | set(s.test)) == len(groups)
+
+
+def test_leave_one_out_with_few_groups_keeps_one_for_validation_or_none():
+    from cytofm.errors import InputDataError
+    from cytofm.eval.splits import leave_one_out
+
+    groups = np.repeat(["a", "b", "c", "d"], 8)
+    sites = np.repeat(["x", "x", "y", "z"], 8)
+    labels = np.tile(np.arange(4), 8)
+    folds = dict(leave_one_out(labels, groups, sites, val_fraction=0.2))
+    assert len(set(groups[folds["x"].val])) == 1  # two groups left: one validates
+    assert len(folds["y"].val) == 8  # three left: one validates
+    with pytest.raises(InputDataError, match="at least two values"):
+        leave_one_out(labels, groups, np.full(32, "x"))

@@ -129,8 +129,9 @@ def leave_one_out(
 ) -> list[tuple[str, Split]]:
     """One split per distinct value of ``values`` (a site, stain or scanner per row): its rows
     are the test set; the validation rows are held out of the others as :func:`make_split`
-    holds them out (stratified, grouped where groups exist), the rest train. Needs two values
-    or more."""
+    holds them out (stratified, grouped where groups exist; where too few groups remain for
+    ``val_fraction``, one group validates, or none when one is left), the rest train. Needs
+    two values or more."""
     labels = np.asarray(labels)
     values = as_str_array(values)
     groups = np.full(len(labels), "", dtype=str) if groups is None else as_str_array(groups)
@@ -144,8 +145,13 @@ def leave_one_out(
     for value in kinds:
         test = np.flatnonzero(values == value)
         rest = np.flatnonzero(values != value)
-        if val_fraction > 0:
-            train, val = _holdout(labels, groups, rest, val_fraction, seed + 1)
+        fraction = val_fraction
+        n_groups = len(np.unique(groups[rest])) if has_groups(groups[rest]) else len(rest)
+        if fraction > 0 and n_groups < max(2, int(round(1.0 / fraction))):
+            # too few groups left for that share: one of them validates (none if only one)
+            fraction = 1.0 / n_groups if n_groups >= 2 else 0.0
+        if fraction > 0:
+            train, val = _holdout(labels, groups, rest, fraction, seed + 1)
         else:
             train, val = rest, rest[:0]
         folds.append((value, Split(np.sort(train), np.sort(val), test, f"held out: {value}")))
