@@ -755,6 +755,22 @@ class Plan:
         set_ = self._rule(rule)
         return set_.runtime if set_ and set_.runtime is not None else RESOURCE_DEFAULTS[rule][2]
 
+    def nodes(self, rule: str) -> int:
+        """Nodes of a rule's job (``resources.<rule>.nodes``; pretrain only), else 1."""
+        set_ = self._rule(rule)
+        return int(set_.nodes) if set_ is not None and set_.nodes else 1
+
+    def slurm_nodes(self, rule: str) -> dict:
+        """What a job of several nodes asks the SLURM plugin for: the nodes, the GPUs of each
+        node (``gres``, as the plugin's ``gpu`` counts the job's total) and one task per node
+        for ``srun`` to start a ``torchrun`` in; nothing for a one-node job."""
+        nodes = self.nodes(rule)
+        if nodes == 1:
+            return {}
+        gpus = int(self.gpus(rule) or 0)
+        extra = {"nodes": nodes, "slurm_extra": "--ntasks-per-node=1"}
+        return {**extra, "gres": f"gpu:{gpus}"} if gpus else extra
+
     def gpus(self, rule: str) -> int:
         """GPUs a GPU rule's job asks for: ``resources.<rule>.gpus``, else 1 (0 without)."""
         set_ = self._rule(rule)

@@ -164,18 +164,17 @@ def test_tiny_workflow_runs_as_slurm_jobs(slurm_run, mlflow_server):
     assert len(res["slides"]) == 4
 
 
-def test_a_job_asking_for_gpus_is_submitted_with_them(slurm_run, mlflow_server):
-    """`resources: {gpu: true, pretrain: {gpus: 4}}` and README's command, rerunning the
-    pretraining of the finished run: SLURM is asked for 4 GPUs for that job (profiles/default,
-    loaded as the workflow profile, must not cap it). This cluster has no GPUs, so the request
-    is read back from SLURM (`scontrol show job`), or from its refusal, and the job cancelled."""
+def _pretraining_request(slurm_run, mlflow_server, overlay: dict, name: str) -> str:
+    """README's command with ``overlay``, rerunning the pretraining of the finished run: what
+    SLURM was asked for that job, read back from SLURM (``scontrol show job``) or, where it
+    refused the request (this one-node cluster has no GPUs), from the plugin's report of the
+    sbatch call; the job is cancelled."""
     assert slurm_run["proc"].returncode == 0, "the SLURM run failed (see the test above)"
     tmp_path = slurm_run["tmp"]
-    gpus = {"resources": {"gpu": True, "pretrain": {"gpus": 4}}}
-    config = _my_config(tmp_path, mlflow_server, gpus, name="my_gpu_config.yaml")
+    config = _my_config(tmp_path, mlflow_server, overlay, name=f"{name}.yaml")
     exe, *options = _readme_command(config)
     target = str(tmp_path / "results" / "pretrain" / "cytofm_vit_demo" / "backbone")
-    log = tmp_path / "gpu_run.log"
+    log = tmp_path / f"{name}.log"
     with log.open("w") as fh:
         proc = subprocess.Popen(
             [exe, target, "--forcerun", "pretrain", *options],
@@ -195,9 +194,9 @@ def test_a_job_asking_for_gpus_is_submitted_with_them(slurm_run, mlflow_server):
                 ).stdout
                 if "rule_pretrain" in show or "pretrain" in show:
                     request = show
-        if request is None:  # SLURM refused the submission: its reason names the request
+        if request is None:  # SLURM refused the submission: the plugin reports its call
             text = log.read_text()
-            if "sbatch" in text and "gpu" in text.lower():
+            if "sbatch" in text:
                 request = text
     finally:
         proc.terminate()
@@ -207,4 +206,27 @@ def test_a_job_asking_for_gpus_is_submitted_with_them(slurm_run, mlflow_server):
             proc.kill()
         subprocess.run(["scancel", "--user", os.environ.get("USER", "root")], timeout=60)
     assert request is not None, log.read_text()[-4000:]
+    return request
+
+
+def test_a_job_asking_for_gpus_is_submitted_with_them(slurm_run, mlflow_server):
+    """`resources: {gpu: true, pretrain: {gpus: 4}}` and README's command: SLURM is asked for
+    4 GPUs for the pretraining job (profiles/default, loaded as the workflow profile, must not
+    cap it)."""
+    gpus = {"resources": {"gpu": True, "pretrain": {"gpus": 4}}}
+    request = _pretraining_request(slurm_run, mlflow_server, gpus, "gpu_run")
     assert re.search(r"gpu[:=/]4\b|gpus[= ]4\b|gpu:4\b", request), request[-3000:]
+
+
+def test_a_multi_node_pretraining_job_is_submitted_with_its_nodes(slurm_run, mlflow_server):
+    """`resources.pretrain: {nodes: 2, gpus: 4}`: the job asks for 2 nodes with 4 GPUs each
+    and one task per node (srun starts a torchrun on each), as submitted to SLURM."""
+    nodes = {"resources": {"gpu": True, "pretrain": {"gpus": 4, "nodes": 2}}}
+    request = _pretraining_request(slurm_run, mlflow_server, nodes, "nodes_run")
+    if "sbatch call" in request:  # refused (one node here): the call the plugin made
+        call = request[request.index("sbatch call") :]
+        assert "--nodes=2" in call and "--ntasks-per-node=1" in call, call[:2000]
+        assert "--gres=gpu:4" in call or "gres=gpu:4" in call, call[:2000]
+    else:  # accepted and waiting: SLURM's own record of the request
+        assert re.search(r"NumNodes=2\b", request), request[-3000:]
+        assert re.search(r"gpu[:=/]4\b", request), request[-3000:]

@@ -279,7 +279,7 @@ def test_torchrun_launch_from_the_stage(store, tmp_path, monkeypatch):
     cfg = TINY.updated({"optim.steps": 2, "probe.dataset": ""})
     out = tmp_path / "model"
     summary = run_pretrain(cfg, [store], out, job=JobContext(results_dir=tmp_path), nproc=2)
-    assert summary == {"nproc": 2}
+    assert summary == {"nproc": 2, "nodes": 1}
     assert (out / "backbone" / "model.safetensors").is_file()
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["step"] == 2

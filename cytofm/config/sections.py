@@ -541,6 +541,20 @@ class PretrainConfig(Section):
         "DDP processes (torchrun) in the job: auto = one per GPU of the job, 1 on CPU",
         output=False,
     )
+    rdzv_port: int = option(
+        29400,
+        "multi-node pretraining: port of the torchrun rendezvous on the job's first node",
+        minimum=1,
+        maximum=65535,
+        output=False,
+    )
+    env: dict = option(
+        {},
+        "environment variables for every pretraining process, e.g. {NCCL_SOCKET_IFNAME: ib0}",
+        more="Set what your cluster's NCCL needs (interface, InfiniBand, timeouts); the job's "
+        "own environment is passed on as well. Changing them reruns nothing.",
+        output=False,
+    )
     name: str = option("cytofm_vit_demo", "model name; outputs go to results/pretrain/<name>/")
     sources: tuple = option(
         ("cells",),
@@ -1187,7 +1201,15 @@ class RuleResources(Section):
     mem_mb: int | None = option(None, "memory, MB", minimum=1)
     runtime: int | None = option(None, "wall time, minutes", minimum=1)
     gpus: int | None = option(
-        None, "pretrain only: GPUs of the one pretraining job (DDP, one process each)", minimum=0
+        None,
+        "pretrain only: GPUs of the pretraining job (DDP, one process each); per node when "
+        "nodes > 1",
+        minimum=0,
+    )
+    nodes: int | None = option(
+        None,
+        "pretrain only, SLURM: nodes of the pretraining job (srun starts one torchrun per node)",
+        minimum=1,
     )
 
 
@@ -1228,16 +1250,19 @@ class ResourcesConfig(Section):
     def __post_init__(self) -> None:
         if self.gpu not in (True, False, "auto"):
             raise ConfigError(f"resources.gpu must be auto, true or false, got {self.gpu!r}")
-        multi = [
-            r
-            for r in RESOURCE_DEFAULTS
-            if r != "pretrain" and getattr(self, r) is not None and getattr(self, r).gpus
-        ]
-        if multi:
-            raise ConfigError(
-                f"resources: 'gpus' is read for pretrain only (one job, several GPUs under "
-                f"torchrun); remove it from {multi}"
-            )
+        for key in ("gpus", "nodes"):
+            multi = [
+                r
+                for r in RESOURCE_DEFAULTS
+                if r != "pretrain"
+                and getattr(self, r) is not None
+                and getattr(getattr(self, r), key)
+            ]
+            if multi:
+                raise ConfigError(
+                    f"resources: '{key}' is read for pretrain only (one job, several GPUs "
+                    f"under torchrun); remove it from {multi}"
+                )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import torch
 from torch.nn import functional as F
@@ -123,16 +124,31 @@ class MultiCrop:
         return (crop - self.mean) / self.std
 
     def __call__(
-        self, batch: torch.Tensor, g: torch.Generator
+        self, batch: torch.Tensor, g: torch.Generator | Sequence[torch.Generator]
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``g``: one generator for the batch, or one per image (its views then depend on that
+        image's generator alone, whatever else is in the batch)."""
         cfg = self.cfg
         imgs = batch.permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W)
+        gens = [g] * len(imgs) if isinstance(g, torch.Generator) else list(g)
+        if len(gens) != len(imgs):
+            raise ValueError(f"{len(gens)} generators for {len(imgs)} images")
         globals_ = [
-            torch.stack([self._view(im, cfg.global_size, cfg.global_scale, g) for im in imgs])
+            torch.stack(
+                [
+                    self._view(im, cfg.global_size, cfg.global_scale, gi)
+                    for im, gi in zip(imgs, gens, strict=True)
+                ]
+            )
             for _ in range(cfg.n_global)
         ]
         locals_ = [
-            torch.stack([self._view(im, cfg.local_size, cfg.local_scale, g) for im in imgs])
+            torch.stack(
+                [
+                    self._view(im, cfg.local_size, cfg.local_scale, gi)
+                    for im, gi in zip(imgs, gens, strict=True)
+                ]
+            )
             for _ in range(cfg.n_local)
         ]
         local = torch.cat(locals_) if locals_ else torch.zeros(0, 3, cfg.local_size, cfg.local_size)

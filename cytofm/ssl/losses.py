@@ -15,11 +15,22 @@ from torch.nn import functional as F
 __all__ = ["DINOLoss", "IBOTPatchLoss", "KoLeoLoss"]
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def _all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
+    if _distributed():
         x = x.clone()
         dist.all_reduce(x)
         x /= dist.get_world_size()
+    return x
+
+
+def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    if _distributed():
+        x = x.clone()
+        dist.all_reduce(x)
     return x
 
 
@@ -63,7 +74,9 @@ class DINOLoss(nn.Module):
 class IBOTPatchLoss(nn.Module):
     """Masked-patch distillation: at masked positions the student (which saw mask tokens)
     predicts the teacher's output for the unmasked patch. Each image's masked patches are
-    averaged first, so images with few masked patches count as much as others."""
+    averaged first, so images with few masked patches count as much as others; the images are
+    then averaged over the whole global batch (every process's share), so splitting a batch
+    over processes does not change the loss its gradients average to."""
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
         super().__init__()
@@ -81,26 +94,29 @@ class IBOTPatchLoss(nn.Module):
         teacher_probs: torch.Tensor,  # (B, N, K)
         masks: torch.Tensor,  # (B, N) bool
     ) -> torch.Tensor:
-        if not masks.any():
-            return student_logits.sum() * 0.0
         per_token = torch.sum(
             -teacher_probs * F.log_softmax(student_logits / self.student_temp, dim=-1), dim=-1
         )  # (B, N)
         weights = masks.float() / masks.sum(dim=1, keepdim=True).clamp(min=1)
-        per_image = (per_token * weights).sum(dim=1)  # (B,)
-        has_mask = masks.any(dim=1)
-        return per_image[has_mask].mean()
+        per_image = (per_token * weights).sum(dim=1)  # (B,), 0 for an image without a mask
+        # every process takes part in the count, even one whose share has no mask
+        n_masked = _all_reduce_sum(masks.any(dim=1).sum().float().detach())
+        world = dist.get_world_size() if _distributed() else 1
+        # DDP averages gradients over the processes: scaled by their number, this rank's sum
+        # over the global count averages to the global batch's mean
+        return per_image.sum() * world / n_masked.clamp(min=1)
 
     @torch.no_grad()
     def update_center(self, teacher_logits: torch.Tensor, masks: torch.Tensor) -> None:
-        """Centre from the teacher's outputs at masked positions."""
-        if masks.any():
-            sel = teacher_logits[masks].float()  # (M, K)
-            batch_center = sel.mean(dim=0, keepdim=True)[None]
-        else:
-            batch_center = self.center.clone()
-        batch_center = _all_reduce_mean(batch_center)
-        self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
+        """Centre from the teacher's outputs at the masked positions of the global batch."""
+        sel = teacher_logits[masks].float()  # (M, K)
+        total = _all_reduce_sum(sel.sum(dim=0).reshape(1, 1, -1))
+        count = _all_reduce_sum(torch.tensor(float(len(sel)), device=total.device))
+        if count > 0:
+            batch_center = total / count
+            self.center.mul_(self.center_momentum).add_(
+                batch_center, alpha=1 - self.center_momentum
+            )
 
 
 class KoLeoLoss(nn.Module):

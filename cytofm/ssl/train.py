@@ -1,8 +1,13 @@
 """The iBOT training loop: one GPU, several (``torchrun``, DDP) or the CPU.
 
-Every source of randomness of step ``s`` (batch composition, views, masks, drop-path) is seeded
-from (seed, s, rank), so a job resumed from a checkpoint continues exactly as an uninterrupted
-one would: same data order, same schedule position, same weights.
+Every source of randomness of step ``s`` is seeded from (seed, s): the batch composition, each
+image's views from (seed, s, its position in the global batch) and the masks of the whole global
+batch, so a job resumed from a checkpoint continues exactly as an uninterrupted one would (same
+data order, same schedule position, same weights), and the global batch is the same whether one
+process makes it or several nodes split it. Two parts of the step are per process: drop-path
+(stochastic depth) noise and the KoLeo term (nearest neighbours within a process's share, as
+DINOv2 computes it); with both off, runs on any number of processes and nodes give the same
+weights up to float summation order (tested), and the provenance says which holds.
 """
 
 from __future__ import annotations
@@ -53,6 +58,11 @@ class StepBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return int(self.cfg.optim.steps)
 
+    def positions(self) -> np.ndarray:
+        """This rank's positions in the global batch."""
+        per_rank = self.cfg.optim.batch_size // self.world
+        return np.arange(self.rank * per_rank, (self.rank + 1) * per_rank)
+
     def indices(self, step: int) -> np.ndarray:
         """Global rows of this rank's share of the batch of ``step``."""
         epoch, pos = divmod(step, self.steps_per_epoch)
@@ -63,18 +73,29 @@ class StepBatches(torch.utils.data.Dataset):
         idx = order[pos * b : (pos + 1) * b]
         if len(idx) < b:  # fewer samples than a batch: wrap around
             idx = np.resize(order, b)
-        per_rank = b // self.world
-        return idx[self.rank * per_rank : (self.rank + 1) * per_rank]
+        return idx[self.positions()]
 
     def __getitem__(self, step: int):
-        seed = int(self.cfg.seed) * 1_000_003 + int(step) * 7919 + self.rank
-        g = torch.Generator().manual_seed(seed)
-        raw = torch.from_numpy(self.source.read(self.indices(int(step))))
-        global_crops, local_crops = self.augment(raw, g)
-        masks = self.masker.batch(
-            len(global_crops), tuple(self.cfg.masking.ratio), self.cfg.masking.probability, g
-        )
-        return global_crops, local_crops, masks
+        """This rank's share of the batch of ``step``: each image augmented with a generator of
+        its own (seed, step, position in the global batch) and the iBOT masks of the whole
+        global batch, sliced; so the global batch is the same however it is split."""
+        step, cfg = int(step), self.cfg
+        pos = self.positions()
+        gens = [torch.Generator().manual_seed(_seed(cfg.seed, step, int(p))) for p in pos]
+        raw = torch.from_numpy(self.source.read(self.indices(step)))
+        global_crops, local_crops = self.augment(raw, gens)
+        b, n_views = cfg.optim.batch_size, len(global_crops) // len(pos)
+        g = torch.Generator().manual_seed(_seed(cfg.seed, step, -1))
+        masks = self.masker.batch(b * n_views, tuple(cfg.masking.ratio), cfg.masking.probability, g)
+        mine = np.concatenate([v * b + pos for v in range(n_views)])  # view-major, as the crops
+        return global_crops, local_crops, masks[torch.from_numpy(mine)]
+
+
+def _seed(seed: int, step: int, position: int) -> int:
+    """A generator seed for one (seed, step, batch position); position -1: the whole batch."""
+    return int(
+        np.random.SeedSequence([int(seed), int(step), int(position) + 1]).generate_state(1)[0]
+    )
 
 
 class NonFiniteLossError(CytofmError, FloatingPointError):
@@ -127,6 +148,7 @@ class Trainer:
         self.source = source
         self.out_dir = Path(out_dir)
         self.rank, self.world = distributed_setup()
+        self.resumed_world: int | None = None  # processes that wrote the checkpoint resumed
         if cfg.optim.batch_size % self.world:
             raise CytofmError(
                 f"pretrain.optim.batch_size ({cfg.optim.batch_size}) must be divisible by the "
@@ -246,6 +268,7 @@ class Trainer:
             "dino_center": self.dino_loss.center,
             "ibot_center": self.ibot_loss.center,
             "config": self.cfg.to_dict(),
+            "world": self.world,  # processes that wrote it (any number may resume it)
         }
 
     def save_checkpoint(self) -> None:
@@ -291,6 +314,14 @@ class Trainer:
         self.dino_loss.center.copy_(state["dino_center"])
         self.ibot_loss.center.copy_(state["ibot_center"])
         self.step = int(state["step"])
+        self.resumed_world = int(state.get("world", self.world))
+        if self.resumed_world != self.world:
+            log.info(
+                "the checkpoint was written by %d process(es); %d resume it on the same data "
+                "order (batches, views and masks depend on the step, not on the split)",
+                self.resumed_world,
+                self.world,
+            )
         log.info("resumed from %s at step %d", self.checkpoint_path, self.step)
         return True
 

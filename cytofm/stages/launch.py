@@ -14,7 +14,15 @@ from cytofm.errors import CytofmError
 from cytofm.log import setup_logging
 from cytofm.stages.context import JobContext
 
-__all__ = ["RankFailed", "main", "rank_failure", "resolve_nproc"]
+__all__ = [
+    "RankFailed",
+    "main",
+    "rank_failure",
+    "resolve_nproc",
+    "slurm_command",
+    "torchrun_command",
+    "worker_tag",
+]
 
 ERRORS_ENV = "CYTOFM_RANK_ERRORS"  # folder where a failing worker leaves its error
 
@@ -69,9 +77,75 @@ def rank_failure(errors_dir: str | Path, nproc: int) -> RankFailed | None:
     )
 
 
+def torchrun_command(
+    args_file: str | Path,
+    nproc: int,
+    *,
+    nnodes: int = 1,
+    endpoint: str | None = None,
+    rdzv_id: str = "cytofm",
+) -> list[str]:
+    """The ``torchrun`` of one node: ``nproc`` workers; with ``nnodes`` > 1 they meet the other
+    nodes' at the c10d rendezvous on ``endpoint`` (host:port of the first node)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    if nnodes == 1:
+        cmd.append("--standalone")
+    else:
+        cmd += [
+            f"--nnodes={nnodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={endpoint}",
+            f"--rdzv-id={rdzv_id}",
+        ]
+    return [*cmd, "-m", "cytofm.stages.launch", str(args_file)]
+
+
+def slurm_command(nnodes: int, nproc: int, args_file: str | Path, port: int) -> list[str]:
+    """Inside a SLURM job of ``nnodes`` nodes: ``srun`` starts one ``torchrun`` per node, whose
+    rendezvous is on the job's first node. Refuses to run outside such an allocation."""
+    granted = int(os.environ.get("SLURM_JOB_NUM_NODES", "0") or 0)
+    if granted != nnodes:
+        where = f"a SLURM job of {granted} node(s)" if granted else "no SLURM job"
+        raise CytofmError(
+            f"pretraining asks for {nnodes} nodes (resources.pretrain.nodes) but runs in "
+            f"{where}. Submit it with `snakemake --profile profiles/slurm ...` (the plugin asks "
+            "SLURM for the nodes), or set resources.pretrain.nodes: 1 to train on this machine."
+        )
+    import subprocess
+
+    hosts = subprocess.run(
+        ["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
+    endpoint = f"{hosts[0]}:{port}"
+    job_id = os.environ.get("SLURM_JOB_ID", "cytofm")
+    inner = torchrun_command(args_file, nproc, nnodes=nnodes, endpoint=endpoint, rdzv_id=job_id)
+    return [
+        "srun",
+        f"--nodes={nnodes}",
+        f"--ntasks={nnodes}",
+        "--ntasks-per-node=1",
+        "--kill-on-bad-exit=1",
+        *inner,
+    ]
+
+
+def worker_tag() -> str:
+    """How a worker's log records start: its rank, and its node when the job spans several."""
+    rank = os.environ.get("RANK", "0")
+    if int(os.environ.get("WORLD_SIZE", "1")) > int(os.environ.get("LOCAL_WORLD_SIZE", "1")):
+        import socket
+
+        return f"[node {socket.gethostname().split('.')[0]} rank {rank}]"
+    return f"[rank {rank}]"
+
+
 def main(argv: list[str] | None = None) -> None:
     rank = os.environ.get("RANK", "0")
-    setup_logging(tag=f"[rank {rank}]")
+    setup_logging(tag=worker_tag())
     try:
         _run(argv)
     except BaseException as e:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from cytofm.report.figures import plot_history
 from cytofm.stages.context import JobContext
 from cytofm.store import open_store
 
-__all__ = ["run_pretrain"]
+__all__ = ["launch_args", "run_pretrain"]
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +37,18 @@ def run_pretrain(
     job: JobContext | None = None,
     nproc: int = 1,
     held_out: dict[str, list[dict]] | None = None,
+    nodes: int = 1,
 ) -> dict:
     """Pretrain, resuming from ``out_dir/checkpoint.pt`` when present; export the teacher.
 
     ``held_out``: dataset store -> the evaluation tasks (TaskConfig mappings) on it; their
     test rows are never read (unless ``cfg.transductive``). With ``nproc > 1`` the same
-    function runs under ``torchrun`` (DDP) in this job.
+    function runs under ``torchrun`` (DDP) in this job; with ``nodes > 1`` (a SLURM job of
+    that many nodes) ``srun`` starts one ``torchrun`` of ``nproc`` workers per node.
     """
     job = job or JobContext()
-    if nproc > 1 and "LOCAL_RANK" not in os.environ:
-        return _launch_torchrun(cfg, stores, out_dir, knn_store, job, nproc, held_out)
+    if (nproc > 1 or nodes > 1) and "LOCAL_RANK" not in os.environ:
+        return _launch_torchrun(cfg, stores, out_dir, knn_store, job, nproc, held_out, nodes)
     from cytofm.ssl.data import PatchSource
     from cytofm.ssl.train import Trainer
 
@@ -84,11 +86,36 @@ def run_pretrain(
             steps=trainer.step,
             resumed_from_step=resumed_from,
             inductive=inductive,
+            distributed=_distributed_record(cfg, trainer),
         )
         _export(trainer, cfg, stores, out, record)
         _log_outputs(run, trainer, out, cfg.name)
         run.log_metrics({"final_" + k: v for k, v in last.items() if np.isfinite(v)})
     return {**last, "seconds": elapsed, "steps": trainer.step, "resumed_from_step": resumed_from}
+
+
+def _distributed_record(cfg: PretrainConfig, trainer) -> dict:
+    """How the run was split, and whether another split would have given the same weights."""
+    per_process = [
+        what
+        for what, on in (
+            ("drop-path noise (model.drop_path > 0)", cfg.model.drop_path > 0),
+            (
+                "KoLeo within each process's share (loss.koleo_weight > 0)",
+                cfg.loss.koleo_weight > 0,
+            ),
+        )
+        if on
+    ]
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", trainer.world))
+    return {
+        "processes": trainer.world,
+        "nodes": max(trainer.world // max(local, 1), 1),
+        "resumed_with_processes": trainer.resumed_world,
+        # the data (batches, views, masks) never depends on the split; these parts do
+        "same_weights_for_any_split": not per_process,
+        "per_process_randomness": per_process,
+    }
 
 
 def _log_outputs(run, trainer, out: Path, name: str) -> None:
@@ -157,8 +184,9 @@ def _exclusions(cfg: PretrainConfig, stores: list[Path], held_out: dict) -> tupl
     return exclude, record
 
 
-def _launch_torchrun(cfg, stores, out_dir, knn_store, job, nproc, held_out=None) -> dict:
-    args = {
+def launch_args(cfg, stores, out_dir, knn_store, job, held_out=None) -> dict:
+    """What every torchrun worker reads (``cytofm.stages.launch``): the stage's arguments."""
+    return {
         "held_out": held_out or {},
         "cfg": cfg.to_dict(),
         "stores": [str(s) for s in stores],
@@ -173,20 +201,23 @@ def _launch_torchrun(cfg, stores, out_dir, knn_store, job, nproc, held_out=None)
             "inputs": dict(job.inputs),
         },
     }
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
-        json.dump(args, fh)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "cytofm.stages.launch",
-        fh.name,
-    ]
+
+
+def _launch_torchrun(cfg, stores, out_dir, knn_store, job, nproc, held_out=None, nodes=1):
+    from cytofm.stages.launch import ERRORS_ENV, rank_failure, slurm_command, torchrun_command
+
+    args = launch_args(cfg, stores, out_dir, knn_store, job, held_out)
+    # the arguments and the workers' errors in the results folder: every node reads and writes
+    # there (the shared file system a multi-node job needs)
+    launch = Path(out_dir) / ".launch"
+    shutil.rmtree(launch, ignore_errors=True)
+    (launch / "errors").mkdir(parents=True)
+    (launch / "args.json").write_text(json.dumps(args))
+    if nodes > 1:
+        cmd = slurm_command(nodes, nproc, launch / "args.json", cfg.rdzv_port)
+    else:
+        cmd = torchrun_command(launch / "args.json", nproc)
     log.info("launching %s", " ".join(cmd))
-    from cytofm.stages.launch import ERRORS_ENV, rank_failure
 
     # every worker's output (and torchrun's) goes where this job logs: its log file in a job
     try:
@@ -194,17 +225,17 @@ def _launch_torchrun(cfg, stores, out_dir, knn_store, job, nproc, held_out=None)
         sink = sys.stderr if sys.stderr.fileno() >= 0 else None
     except (AttributeError, OSError, ValueError):  # not a real file (e.g. captured in tests)
         sink = None
-    with tempfile.TemporaryDirectory(prefix="cytofm-ranks-") as errors:
-        proc = subprocess.run(
-            cmd,
-            stdout=sink,
-            stderr=subprocess.STDOUT if sink is not None else None,
-            env={**os.environ, ERRORS_ENV: errors},
-        )
-        if proc.returncode:
-            failure = rank_failure(errors, nproc)
-            if failure is not None:
-                raise failure
-            raise subprocess.CalledProcessError(proc.returncode, cmd)
-    Path(fh.name).unlink(missing_ok=True)
-    return {"nproc": nproc}
+    env = {**os.environ, **{k: str(v) for k, v in cfg.env.items()}}  # NCCL settings and such
+    proc = subprocess.run(
+        cmd,
+        stdout=sink,
+        stderr=subprocess.STDOUT if sink is not None else None,
+        env={**env, ERRORS_ENV: str(launch / "errors")},
+    )
+    if proc.returncode:
+        failure = rank_failure(launch / "errors", nproc * nodes)
+        if failure is not None:
+            raise failure
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    shutil.rmtree(launch, ignore_errors=True)
+    return {"nproc": nproc, "nodes": nodes}

@@ -13,13 +13,17 @@ rule pretrain:
         "../../envs/cytofm.yaml"
     threads: threads_of("pretrain")
     resources:
+        **PLAN.slurm_nodes("pretrain"),  # nodes, gres, one task per node for srun
         mem_mb=mem_of("pretrain"),
         runtime=runtime_of("pretrain"),
-        gpu=PLAN.gpus("pretrain"),
+        # several nodes: the GPUs per node go in `gres` (the plugin's `gpu` is the job's total)
+        gpu=PLAN.gpus("pretrain") if PLAN.nodes("pretrain") == 1 else 0,
         tasks_per_gpu=0,  # SLURM: one task; torchrun starts the per-GPU processes
     params:
         pretrain=CFG.pretrain.to_dict(),
         nproc=CFG.pretrain.nproc,
+        nodes=PLAN.nodes("pretrain"),
+        gpus_per_node=PLAN.gpus("pretrain"),
         held_out=PLAN.held_out(),
         out_dir=lambda wildcards: PATHS.pretrain_dir(wildcards.model),
     script:

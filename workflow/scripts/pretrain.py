@@ -19,6 +19,11 @@ run_pretrain(
     out_dir=sm.params.out_dir,
     knn_store=sm.input.knn[0] if sm.input.knn else None,
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
-    nproc=resolve_nproc(sm.params.nproc, getattr(sm.resources, "gpu", 0)),
+    # per node: the job's GPUs on one node, the GPUs of each node (gres) on several
+    nproc=resolve_nproc(
+        sm.params.nproc,
+        getattr(sm.resources, "gpu", 0) if sm.params.nodes == 1 else sm.params.gpus_per_node,
+    ),
     held_out=sm.params.held_out,
+    nodes=sm.params.nodes,
 )
