@@ -221,7 +221,7 @@ def test_end_to_end_outputs(results):
         cells = open_store(results / "cells" / f"{sid}.zarr")
         assert cells["images"].shape[1:] == (32, 32, 3) and cells["images"].shape[0] > 3
     ds = open_store(results / "datasets" / "demo_cells.zarr")
-    assert ds["images"].shape == (40, 32, 32, 3)
+    assert ds["images"].shape == (80, 32, 32, 3)
     det = json.loads((results / "qc" / "detection.json").read_text())
     assert det["pooled"]["recall"] >= 0.9 and det["pooled"]["precision"] >= 0.9
     backbone = results / "pretrain" / "cytofm_vit_demo" / "backbone"
@@ -314,7 +314,10 @@ def test_every_job_logged_one_mlflow_run(results, runs):
     # + 2 x 4 protocols (evaluate) + eval_summary + 2 backbones x abmil (mil) + mil_summary
     # + 2 backbones x the unlabelled pretraining slide (predict) + predict_table + model_card
     # + 2 backbones x the cell task's linear head (cell_head) + report
-    assert len(runs) == 19 + 2 + 2 + 12 + 8 + 1 + 2 + 1 + 2 + 1 + 1 + 2 + 1, stages
+    # + the leave-one-stain-out task (2 backbones x linear, knn; its eval_summary)
+    # + 2 backbones x the batch-leak probe (robustness)
+    assert len(runs) == 19 + 2 + 2 + 12 + 8 + 1 + 2 + 1 + 2 + 1 + 1 + 2 + 1 + 5 + 2, stages
+    assert stages.count("robustness") == 2
     assert stages.count("model_card") == 1 and stages.count("cell_head") == 2
     assert stages.count("predict") == 2 and stages.count("predict_table") == 1
     assert stages.count("backbone") == 2
@@ -499,6 +502,13 @@ def test_report_has_every_figure_and_table(results, runs):
     assert run.data.metrics["n_figures"] == len(REPORT_FIGURES)
 
 
+def _result_jsons(results: Path, task: str) -> list[Path]:
+    """A task's result files (not its backbones' robustness.json)."""
+    return sorted(
+        p for p in (results / "eval" / task).glob("*/*.json") if p.name != "robustness.json"
+    )
+
+
 def test_report_tables_equal_the_result_jsons(results):
     """Every number of every report table is the one its result JSON holds."""
     import pandas as pd
@@ -508,7 +518,7 @@ def test_report_tables_equal_the_result_jsons(results):
     checked = 0
     for task, metric in (("demo_cells", "balanced_accuracy"), ("demo_abnormal", "auroc")):
         table = pd.read_csv(results / "report" / "tables" / f"{task}.csv").set_index("setting")
-        for path in sorted((results / "eval" / task).glob("*/*.json")):
+        for path in _result_jsons(results, task):
             res = json.loads(path.read_text())
             for block in res["results"]:
                 _, label = setting_label(res["protocol"], block["shots"], block.get("fraction"))
@@ -546,7 +556,7 @@ def test_label_tree_metrics_agree_with_the_results(results):
     """The demo task's tree: every result block scored at every level, and the last level
     (the classes themselves) is the balanced accuracy the result JSON reports."""
     tree = pd.read_csv(results / "eval" / "demo_cells" / "hierarchy.csv")
-    for path in sorted((results / "eval" / "demo_cells").glob("*/*.json")):
+    for path in _result_jsons(results, "demo_cells"):
         res = json.loads(path.read_text())
         for block in res["results"]:
             key = (
@@ -724,7 +734,8 @@ def test_new_pretraining_slide_retriggers_pretraining(results, tmp_path):
     [
         (  # and the backbone's model card, which shows the results
             {"knn": {"k": 5}},
-            {"evaluate": 8, "eval_summary": 1, "model_card": 1, "report": 1, "all": 1},
+            {"evaluate": 12, "eval_summary": 2, "robustness": 2, "model_card": 1, "report": 1}
+            | {"all": 1},
         ),
         (  # and the predictions of the models it retrains
             {"mil": {"lr": 0.001}},

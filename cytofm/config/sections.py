@@ -1146,7 +1146,8 @@ class EvalConfig(Section):
 
     def part(self, protocol: str) -> dict:
         """What a protocol family reads: ``mil`` (attention MIL, plus ``bootstrap``), ``probe``
-        (the linear protocol the pretraining probe runs) or ``patch`` (everything else but the
+        (the linear protocol the pretraining probe runs), ``robustness`` (the batch-leak probe
+        and robustness index: linear, knn, bootstrap) or ``patch`` (everything else but the
         tasks). Rules pass only these, so changing a MIL
         setting never reruns a patch-level evaluation and vice versa."""
         d = {
@@ -1158,6 +1159,9 @@ class EvalConfig(Section):
             return {"mil": d["mil"], "bootstrap": d["bootstrap"]}
         if protocol == "probe":  # the pretraining probe: the linear protocol only
             return {"linear": d["linear"], "select_metric": d["select_metric"]}
+        if protocol == "robustness":  # batch-leak probe (linear) and robustness index (k)
+            keys = ("linear", "knn", "select_metric", "bootstrap")
+            return {k: d[k] for k in keys}
         return {k: v for k, v in d.items() if k != "mil"}
 
     def __post_init__(self) -> None:

@@ -37,7 +37,7 @@ def run_robustness(
     split, labels = task_split(task, data), data["labels"]
     batch_names, batch = np.unique(dataset_column(task, data, task.batch), return_inverse=True)
     groups = data["groups"] if data["groups"] is not None and len(set(data["groups"])) > 1 else None
-    params = {"task": task.to_dict(), "evaluate": cfg.part("patch"), "backbone": backbone}
+    params = {"task": task.to_dict(), "evaluate": cfg.part("robustness"), "backbone": backbone}
     with job.run("robustness", params) as run:
         feats = np.asarray(open_store(features_store)["features"][:], np.float32)
         probe = {"Cs": cfg.linear.Cs, "max_iter": cfg.linear.max_iter, "n_boot": cfg.bootstrap}

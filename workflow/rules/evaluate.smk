@@ -102,7 +102,7 @@ rule robustness:
     threads: 1
     params:
         task=lambda wildcards: PLAN.tasks[wildcards.task].to_dict(),
-        evaluate=CFG.evaluate.part("patch"),
+        evaluate=CFG.evaluate.part("robustness"),
     script:
         "../scripts/robustness.py"
 
