@@ -49,19 +49,12 @@ def run_pretrain(
     job = job or JobContext()
     if (nproc > 1 or nodes > 1) and "LOCAL_RANK" not in os.environ:
         return _launch_torchrun(cfg, stores, out_dir, knn_store, job, nproc, held_out, nodes)
-    from cytofm.ssl.data import PatchSource
     from cytofm.ssl.train import Trainer
 
     out = Path(out_dir)
     stores = [Path(s) for s in stores]
     exclude, inductive = _exclusions(cfg, stores, held_out or {})
-    source = PatchSource(stores, exclude=exclude)
-    if source.empty:
-        names = ", ".join(p.name for p in source.empty)
-        log.warning(
-            f"{len(source.empty)} of {len(stores)} patch stores hold no patches (slides where "
-            f"no cell was found) and add nothing: {names}"
-        )
+    source = _source(stores, exclude)
     trainer = Trainer(cfg, source, out)
     resumed_from = trainer.step if trainer.load_checkpoint() else 0
     knn = _knn_set(knn_store, cfg.seed) if knn_store else None
@@ -92,6 +85,20 @@ def run_pretrain(
         _log_outputs(run, trainer, out, cfg.name)
         run.log_metrics({"final_" + k: v for k, v in last.items() if np.isfinite(v)})
     return {**last, "seconds": elapsed, "steps": trainer.step, "resumed_from_step": resumed_from}
+
+
+def _source(stores: list[Path], exclude: dict):
+    """The patches pretraining reads; stores without any are named in a warning."""
+    from cytofm.ssl.data import PatchSource
+
+    source = PatchSource(stores, exclude=exclude)
+    if source.empty:
+        names = ", ".join(p.name for p in source.empty)
+        log.warning(
+            f"{len(source.empty)} of {len(stores)} patch stores hold no patches (slides where "
+            f"no cell was found) and add nothing: {names}"
+        )
+    return source
 
 
 def _distributed_record(cfg: PretrainConfig, trainer) -> dict:
