@@ -97,3 +97,17 @@ def synthetic_slide(tmp_path_factory):
     path = tmp_path_factory.mktemp("slides") / "synthetic.tif"
     write_pyramidal_tiff(path, canvas.rgb, 0.25)
     return path, canvas
+
+
+@pytest.fixture(scope="session")
+def random_patches(tmp_path_factory):
+    """A patch store of 40 random 40 px patches: what the pretraining tests train on."""
+    from cytofm.store import PatchStoreWriter, atomic_group
+
+    path = tmp_path_factory.mktemp("ssl") / "cells.zarr"
+    rng = np.random.default_rng(0)
+    with atomic_group(path) as g:
+        w = PatchStoreWriter(g, 40, 16, {})
+        w.append(rng.integers(0, 255, (40, 40, 40, 3), dtype=np.uint8))
+        w.close()
+    return path

@@ -44,17 +44,8 @@ train.Trainer.fit = lambda self, *a, **k: fit(self, *a, **{**k, "stop_at": 2})
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """40 random 40 px patches (as the SSL tests' store)."""
-    from cytofm.store import PatchStoreWriter, atomic_group
-
-    path = tmp_path_factory.mktemp("ssl") / "cells.zarr"
-    rng = np.random.default_rng(0)
-    with atomic_group(path) as g:
-        w = PatchStoreWriter(g, 40, 16, {})
-        w.append(rng.integers(0, 255, (40, 40, 40, 3), dtype=np.uint8))
-        w.close()
-    return path
+def store(random_patches):
+    return random_patches
 
 
 def _port() -> int:

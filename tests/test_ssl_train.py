@@ -13,7 +13,6 @@ from cytofm.config import PretrainConfig
 from cytofm.ssl.data import PatchSource
 from cytofm.ssl.export import export_backbone, load_backbone
 from cytofm.ssl.train import NonFiniteLossError, Trainer
-from cytofm.store import PatchStoreWriter, atomic_group
 
 TINY = PretrainConfig().updated(
     {
@@ -39,14 +38,8 @@ TINY = PretrainConfig().updated(
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ssl") / "cells.zarr"
-    rng = np.random.default_rng(0)
-    with atomic_group(path) as g:
-        w = PatchStoreWriter(g, 40, 16, {})
-        w.append(rng.integers(0, 255, (40, 40, 40, 3), dtype=np.uint8))
-        w.close()
-    return path
+def store(random_patches):
+    return random_patches
 
 
 def _weights(trainer):
