@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from cytofm.config.sections import check_hierarchy_spec
-from cytofm.eval.metrics import _resample_weights, interval
+from cytofm.eval.metrics import _resample_weights, interval, weighted_balanced_f1
 from cytofm.eval.predictions import LONG_COLUMNS, long_rows, result_blocks
 
 __all__ = [
@@ -130,23 +130,6 @@ class LabelTree:
         return lines
 
 
-def _balanced_and_f1(truth: np.ndarray, pred: np.ndarray, k: int, w: np.ndarray):
-    """Balanced accuracy and macro-F1 (classes present in the truth or the predictions, as
-    scikit-learn counts them) of weighted items, for each row of ``w`` (resamples, n)."""
-    cm = np.stack([np.bincount(truth * k + pred, weights=wi, minlength=k * k) for wi in w])
-    cm = cm.reshape(len(w), k, k)
-    diag = np.diagonal(cm, axis1=1, axis2=2)
-    rows, cols = cm.sum(2), cm.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a resample without some class
-        recall = np.where(rows > 0, diag / rows, np.nan)
-        balanced = np.nanmean(recall, axis=1)
-        present = (rows + cols) > 0
-        f1 = np.where(present, 2 * diag / np.where(present, rows + cols, 1), np.nan)
-        macro_f1 = np.nanmean(f1, axis=1)
-    return balanced, macro_f1
-
-
 def _sensitivity_at(score: np.ndarray, positive: np.ndarray, w: np.ndarray, spec: float):
     """Highest sensitivity whose weighted false-positive share is <= 1 - spec (per row of w)."""
     neg_order = np.argsort(-score[~positive], kind="stable")
@@ -170,7 +153,7 @@ def _per_seed_values(tree: LabelTree, y: np.ndarray, proba: np.ndarray, w: np.nd
     for depth in range(1, tree.depth + 1):
         names, index = tree.level(depth)
         coarse = proba @ np.eye(len(names))[index]  # the node's classes' probabilities summed
-        ba, f1 = _balanced_and_f1(index[y], coarse.argmax(1), len(names), w)
+        ba, f1 = weighted_balanced_f1(index[y], coarse.argmax(1), len(names), w)
         values[f"level{depth}_balanced_accuracy"] = ba
         values[f"level{depth}_macro_f1"] = f1
     pred = proba.argmax(1)

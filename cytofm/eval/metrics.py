@@ -32,6 +32,7 @@ __all__ = [
     "macro_auroc",
     "paired_difference",
     "summarise",
+    "weighted_balanced_f1",
 ]
 
 SCALARS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
@@ -317,3 +318,20 @@ def paired_difference(
             "per_seed": diff_seed[k].tolist(),
         }
     return out
+
+
+def weighted_balanced_f1(truth: np.ndarray, pred: np.ndarray, k: int, w: np.ndarray):
+    """Balanced accuracy and macro-F1 (classes present in the truth or the predictions, as
+    scikit-learn counts them) of weighted items, for each row of ``w`` (resamples, n)."""
+    cm = np.stack([np.bincount(truth * k + pred, weights=wi, minlength=k * k) for wi in w])
+    cm = cm.reshape(len(w), k, k)
+    diag = np.diagonal(cm, axis1=1, axis2=2)
+    rows, cols = cm.sum(2), cm.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample without some class
+        recall = np.where(rows > 0, diag / rows, np.nan)
+        balanced = np.nanmean(recall, axis=1)
+        present = (rows + cols) > 0
+        f1 = np.where(present, 2 * diag / np.where(present, rows + cols, 1), np.nan)
+        macro_f1 = np.nanmean(f1, axis=1)
+    return balanced, macro_f1

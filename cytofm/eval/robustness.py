@@ -26,22 +26,11 @@ from typing import Any
 import numpy as np
 
 from cytofm.eval.linear import fit_linear, full_proba
-from cytofm.eval.metrics import _resample_weights, interval
+from cytofm.eval.metrics import _resample_weights, interval, weighted_balanced_f1
 
 __all__ = ["MAX_RI_ROWS", "batch_probe", "neighbour_counts", "robustness_index"]
 
 MAX_RI_ROWS = 20_000  # rows the neighbour search covers (a fixed, seeded subsample beyond)
-
-
-def _weighted_balanced_accuracy(y, pred, k: int, weights: np.ndarray) -> np.ndarray:
-    """Balanced accuracy of each row of ``weights`` (resamples, n) over the classes present."""
-    cm = np.stack([np.bincount(y * k + pred, weights=w, minlength=k * k) for w in weights])
-    cm = cm.reshape(len(weights), k, k)
-    rows = cm.sum(2)
-    diag = np.diagonal(cm, axis1=1, axis2=2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall = np.where(rows > 0, diag / np.where(rows > 0, rows, 1), np.nan)
-    return np.nanmean(recall, axis=1)
 
 
 def batch_probe(
@@ -69,11 +58,11 @@ def batch_probe(
     y = target[split.test]
     pred = full_proba(clf, features[split.test], len(names)).argmax(1)
     ones = np.ones((1, len(y)))
-    value = float(_weighted_balanced_accuracy(y, pred, len(names), ones)[0])
+    value = float(weighted_balanced_f1(y, pred, len(names), ones)[0][0])
     rng = np.random.default_rng([0, 4246])
-    boot = _weighted_balanced_accuracy(
+    boot = weighted_balanced_f1(
         y, pred, len(names), _resample_weights(len(y), groups, n_boot, rng)
-    )
+    )[0]
     return {
         "balanced_accuracy": value,
         **interval(value, boot, np.array([value])),

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from cytofm.errors import InputDataError
-from cytofm.wsi.reader import Slide, _check_mpp, register_backend
+from cytofm.wsi.reader import Slide, _check_mpp, _tiff_resolution_mpp, register_backend
 from cytofm.wsi.tiled import TileReader
 
 __all__ = ["ZStackSlide", "choose_planes", "focus_measure", "zstack_planes"]
@@ -52,17 +52,6 @@ def _ome_mpp(tif) -> float | None:
     return float(size.group(1)) * _UM.get(unit.group(1) if unit else "µm", 1.0)
 
 
-def _tiff_mpp(page) -> float | None:
-    """Resolution from the TIFF tags (unit cm or inch)."""
-    try:
-        unit = int(page.tags["ResolutionUnit"].value)
-        num, den = page.tags["XResolution"].value
-    except (KeyError, TypeError, ValueError):
-        return None
-    per_unit = {2: 25_400.0, 3: 10_000.0}.get(unit)
-    return per_unit * den / num if per_unit and num else None
-
-
 class ZStackSlide(Slide):
     """A TIFF z-stack: ``planes`` focal planes at every pyramid level."""
 
@@ -86,9 +75,8 @@ class ZStackSlide(Slide):
                 f"slide '{slide_id}': {path} is not a z-stack this reader understands ({exc}); "
                 "it reads OME-TIFF with a Z axis and multi-page TIFF exports of the planes"
             ) from exc
-        first = self._pages[0][0]
         mpp, source = _check_mpp(
-            slide_id, path, mpp_override, _ome_mpp(self._tif) or _tiff_mpp(first)
+            slide_id, path, mpp_override, _ome_mpp(self._tif) or _tiff_resolution_mpp(Path(path))
         )
         dims = [
             (int(p[0].keyframe.imagewidth), int(p[0].keyframe.imagelength)) for p in self._pages
