@@ -20,6 +20,17 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/export.smk"
 
 
+# Summaries, tables and the model card run where snakemake runs, also under an executor such as
+# SLURM: seconds of work each, which as cluster jobs would each wait in the queue.
+localrules:
+    all,
+    demo_sheet,
+    eval_summary,
+    mil_summary,
+    model_card,
+    predict_table,
+
+
 rule all:
     default_target: True
     input:
