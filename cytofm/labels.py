@@ -13,14 +13,21 @@ import difflib
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
+
 from cytofm.errors import InputDataError
 
-__all__ = ["check_labels", "suspected_typos"]
+__all__ = ["as_str_array", "check_labels", "suspected_typos"]
 
 # A rare class one edit away from a class at least 1/RARE times as frequent is a suspected typo.
 RARE = 0.2
 # Names shorter than this are too close by nature ('LSIL'/'HSIL', 'CIN1'/'CIN2') to guess.
 MIN_LEN = 5
+
+
+def as_str_array(values) -> np.ndarray:
+    """Any string array (numpy StringDType from zarr, object, unicode) -> numpy unicode."""
+    return np.array([str(v) for v in np.asarray(values, dtype=object).ravel()], dtype=str)
 
 
 def _norm(label: str) -> str:

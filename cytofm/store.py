@@ -21,6 +21,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from cytofm.errors import CytofmError
+from cytofm.labels import as_str_array  # where the workflow's plan finds it without zarr
 from cytofm.store_attrs import check_version
 
 __all__ = [
@@ -167,11 +168,6 @@ def write_strings(group: zarr.Group, name: str, values: list[str]) -> zarr.Array
     if values:
         arr[:] = np.asarray(values, dtype=object)
     return arr
-
-
-def as_str_array(values) -> np.ndarray:
-    """Any string array (numpy StringDType from zarr, object, unicode) -> numpy unicode."""
-    return np.array([str(v) for v in np.asarray(values, dtype=object).ravel()], dtype=str)
 
 
 def read_table(group: zarr.Group, names: list[str]) -> dict[str, np.ndarray]:

@@ -1,6 +1,8 @@
 """The run plan (cytofm/plan.py) and output paths (cytofm/paths.py), without Snakemake."""
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,27 @@ def test_a_slide_tasks_cell_task_must_be_a_cell_task_on_cells(cell_task, extra, 
     overlay["evaluate"] = {"slide_tasks": {"demo_abnormal": task}}
     with pytest.raises(ConfigError, match=pattern):
         _plan({"results": "out", **overlay})
+
+
+def test_planning_imports_no_heavy_library():
+    """Every snakemake process reads the Snakefile and builds this plan (on SLURM, two per
+    job): what common.smk imports must not pull in scikit-learn, zarr, torch, mlflow or
+    OpenSlide, which the jobs import where they use them (seconds per process otherwise)."""
+    code = (
+        "import sys, yaml\n"
+        "from snakemake.utils import validate\n"
+        "from cytofm.eval.protocols import PROTOCOLS\n"
+        "from cytofm.hardware import visible_gpus\n"
+        "from cytofm.plan import Plan\n"
+        "from cytofm.provenance import INVOCATION_ENV\n"
+        "from cytofm.sheet import is_remote\n"
+        "from cytofm.tracking import end_invocation, flush_spool\n"
+        f"Plan.build(yaml.safe_load(open({str(REPO / 'config.yaml')!r})), validate=validate)\n"
+        "heavy = {'sklearn', 'zarr', 'torch', 'mlflow', 'openslide', 'scipy', 'timm'}\n"
+        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

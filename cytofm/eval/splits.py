@@ -11,10 +11,9 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from cytofm.errors import InputDataError
-from cytofm.store import as_str_array
+from cytofm.labels import as_str_array
 
 __all__ = [
     "Split",
@@ -70,6 +69,10 @@ def has_groups(groups: np.ndarray) -> bool:
 def _holdout(labels, groups, idx, fraction, seed) -> tuple[np.ndarray, np.ndarray]:
     """Split ``idx`` into (rest, held out) with about ``fraction`` held out, stratified by label
     and, when groups are given, with no group on both sides."""
+    # here, not at the top: the workflow's plan imports this module, and every snakemake
+    # process (two per SLURM job) would pay scikit-learn's import (1-2 s) for nothing
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
     n_splits = max(2, int(round(1.0 / fraction)))
     y, g = labels[idx], groups[idx]
     if has_groups(g):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
 
 from cytofm.synthetic.stain import SlideStain
 
@@ -170,6 +169,8 @@ def _soft_shape(
 
 
 def _texture(shape: tuple[int, int], grain_px: float, rng: np.random.Generator) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter  # here: the demo's plan imports this module
+
     noise = gaussian_filter(rng.standard_normal(shape).astype(np.float32), max(grain_px, 0.3))
     std = float(noise.std())
     return noise / std if std > 0 else noise
