@@ -153,8 +153,9 @@ def test_a_slide_tasks_cell_task_must_be_a_cell_task_on_cells(cell_task, extra, 
 
 def test_planning_imports_no_heavy_library():
     """Every snakemake process reads the Snakefile and builds this plan (on SLURM, two per
-    job): what common.smk imports must not pull in scikit-learn, zarr, torch, mlflow or
-    OpenSlide, which the jobs import where they use them (seconds per process otherwise)."""
+    job): what common.smk imports must not pull in scikit-learn, zarr, torch, mlflow,
+    OpenSlide, scipy or timm, which the jobs import where they use them (seconds per process
+    otherwise)."""
     code = (
         "import sys, yaml\n"
         "from snakemake.utils import validate\n"
