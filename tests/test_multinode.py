@@ -137,14 +137,14 @@ def test_a_four_process_checkpoint_resumes_in_one_on_the_same_data_order(store, 
     # the global batch of a step is the same however it is split
     source = PatchSource([store])
     t = Trainer(CFG, source, tmp_path / "probe", device="cpu")
-    whole = StepBatches(source, t.augment, t.masker, CFG, 0, 1, t.steps_per_epoch)
-    parts = [
-        StepBatches(source, t.augment, t.masker, CFG, r, 4, t.steps_per_epoch) for r in range(4)
-    ]
+    whole = StepBatches(source, t.masker, CFG, 0, 1, t.steps_per_epoch)
+    parts = [StepBatches(source, t.masker, CFG, r, 4, t.steps_per_epoch) for r in range(4)]
     for step in (2, 3):
         assert np.array_equal(whole.indices(step), np.concatenate([p.indices(step) for p in parts]))
-        g, _, m = whole[step]
-        shares = [p[step] for p in parts]
+        batch = whole[step]
+        g, _ = t.views(batch.patches, batch.views)
+        m = batch.masks
+        shares = [(*t.views(s.patches, s.views), s.masks) for s in (p[step] for p in parts)]
         per = len(g) // 2 // 4  # two global views, view-major
         for v in range(2):
             got = torch.cat([s[0][v * per : (v + 1) * per] for s in shares])

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from cytofm.ssl.augment import AugmentConfig, MultiCrop
+from cytofm.ssl.augment import ViewMaker, draw_view_params
 from cytofm.ssl.heads import DINOHead
 from cytofm.ssl.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss
 from cytofm.ssl.masking import BlockMasker
@@ -110,18 +110,26 @@ def test_dino_head_shapes_and_fixed_prototype_norm():
 
 
 def test_multicrop_views_shapes_determinism_and_centre():
-    cfg = AugmentConfig(global_size=32, local_size=16, n_local=3, keep_centre=0.2)
-    aug = MultiCrop(cfg, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    from cytofm.config.sections import CropsConfig
+
+    crops = CropsConfig(global_size=32, local_size=16, n_local=3, keep_centre=0.2)
+    maker = ViewMaker(crops, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     batch = torch.randint(0, 255, (4, 48, 48, 3), dtype=torch.uint8)
-    g1, l1 = aug(batch, torch.Generator().manual_seed(0))
-    g2, l2 = aug(batch, torch.Generator().manual_seed(0))
+
+    def gens(seed):
+        return [torch.Generator().manual_seed(seed * 10 + i) for i in range(4)]
+
+    g1, l1 = maker(batch, draw_view_params(gens(0), crops, 48))
+    g2, l2 = maker(batch, draw_view_params(gens(0), crops, 48))
     assert g1.shape == (8, 3, 32, 32) and l1.shape == (12, 3, 16, 16)
     assert torch.equal(g1, g2) and torch.equal(l1, l2)
-    gen = torch.Generator().manual_seed(1)
-    for scale in (cfg.global_scale, cfg.local_scale):
-        for _ in range(200):
-            x0, y0, w, h = aug._crop_box(48, scale, gen)
-            assert 0 <= x0 and x0 + w <= 48 and 0 <= y0 and y0 + h <= 48
-            # the central 20% of the patch (where the nucleus is) stays in view
-            assert (x0 <= 24 - 4.8 and x0 + w >= 24 + 4.8) or w < 9.6
-            assert (y0 <= 24 - 4.8 and y0 + h >= 24 + 4.8) or h < 9.6
+    assert not torch.equal(g1, maker(batch, draw_view_params(gens(1), crops, 48))[0])
+    for scale in (crops.global_scale, crops.local_scale):
+        tiny = CropsConfig(global_scale=scale, local_scale=scale, n_local=0, keep_centre=0.2)
+        gen = [torch.Generator().manual_seed(1 + i) for i in range(100)]
+        x0, y0, w, h = draw_view_params(gen, tiny, 48).boxes.reshape(-1, 4).T
+        assert (x0 >= 0).all() and (x0 + w <= 48).all() and (y0 >= 0).all()
+        assert (y0 + h <= 48).all()
+        # the central 20% of the patch (where the nucleus is) stays in view
+        assert (((x0 <= 24 - 4.8) & (x0 + w >= 24 + 4.8)) | (w < 9.6)).all()
+        assert (((y0 <= 24 - 4.8) & (y0 + h >= 24 + 4.8)) | (h < 9.6)).all()

@@ -1,155 +1,276 @@
-"""Multi-crop views with augmentations that suit cytology.
+"""Multi-crop views for cytology, made for a whole batch at once on the patches' device.
 
-Every crop keeps the patch centre (where the cell's nucleus is) inside it, so no view loses the
-cell; flips and 90-degree rotations (cells have no up), HED-space stain jitter (stain varies
-between labs and batches), mild brightness/contrast and blur (focus varies across a smear).
-All randomness comes from the ``torch.Generator`` passed in, so a step's views are a function
-of (seed, step) alone and a resumed job sees exactly the views an uninterrupted one would.
+The work is split in two so the GPU never waits for the CPU:
+
+- :func:`draw_view_params` runs in the DataLoader workers. It turns each image's generator
+  (seeded from (seed, step, position in the global batch)) into a few numbers per view: the
+  crop box, a flip and quarter turns, the HED stain scale/shift, brightness/contrast and a blur
+  sigma. A step's views are therefore a function of (seed, step) alone, whatever the number of
+  workers or processes, and a resumed job sees exactly the views an uninterrupted one would.
+- :class:`ViewMaker` runs where the uint8 patches are (the GPU in training, the CPU in tests
+  and the demo) and makes every view of the batch with batched tensor operations: crop +
+  resize + flip/turn as two batched matrix products per view (the rows of the matrices are the
+  antialiased bilinear weights ``F.interpolate(..., antialias=True)`` uses, so the result is
+  that resize of the crop), stain jitter as a per-image 3x3 map in optical-density space,
+  brightness/contrast as arithmetic, blur as one grouped convolution.
+
+What the views do: every crop keeps the patch centre (where the cell's nucleus is) inside it,
+so no view loses the cell; flips and 90-degree turns (cells have no up); HED-space stain jitter
+(stain varies between labs and batches); mild brightness/contrast and blur (focus varies across
+a smear). :func:`reference_view` spells the same views out image by image with the plain
+torch operations; it is the specification the tests hold the batched maker to, and the
+per-image cost the throughput benchmark compares against.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch.nn import functional as F
 
-__all__ = ["AugmentConfig", "MultiCrop", "hed_jitter"]
+__all__ = [
+    "BLUR_SIGMA",
+    "BRIGHTNESS",
+    "CONTRAST",
+    "N_GLOBAL",
+    "ViewMaker",
+    "ViewParams",
+    "draw_view_params",
+    "reference_view",
+]
+
+N_GLOBAL = 2  # global views per image (iBOT's two teacher views)
+BRIGHTNESS = 0.1  # brightness factor drawn from [1 - x, 1 + x]
+CONTRAST = 0.1  # contrast factor drawn from [1 - x, 1 + x]
+BLUR_SIGMA = (0.1, 1.0)  # Gaussian blur sigma range, pixels of the view
+MIN_CROP_PX = 4  # no crop side below this many patch pixels
 
 # Ruifrok & Johnston haematoxylin-eosin-DAB stain matrix (rows: H, E, D in RGB OD space)
 _RGB_FROM_HED = torch.tensor(
     [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float32
 )
 _HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
+_N_UNIFORMS = 16  # uniforms drawn per view (fixed, so each parameter has its own stream)
 
 
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    global_size: int = 64
-    local_size: int = 32
-    n_global: int = 2
-    n_local: int = 4
-    global_scale: tuple[float, float] = (0.5, 1.0)
-    local_scale: tuple[float, float] = (0.15, 0.45)
-    keep_centre: float = 0.15  # fraction of the patch side around the centre every crop holds
-    hed_sigma: float = 0.05
-    brightness: float = 0.1
-    contrast: float = 0.1
-    blur_prob: float = 0.3
-    blur_sigma: tuple[float, float] = (0.1, 1.0)
+class ViewParams(NamedTuple):
+    """Every random choice of one step's views; V views (globals first), B images each."""
+
+    boxes: torch.Tensor  # int64 (V, B, 4): x0, y0, width, height in patch pixels
+    dihedral: torch.Tensor  # int64 (V, B): horizontal flip (bit 0) + 2 * quarter turns
+    color: torch.Tensor  # float32 (V, B, 8): HED scale (3), HED shift (3), brightness, contrast
+    blur: torch.Tensor  # float32 (V, B): Gaussian sigma in view pixels; 0 = no blur
+
+    def to(self, device, non_blocking: bool = False) -> ViewParams:
+        return ViewParams(*(t.to(device, non_blocking=non_blocking) for t in self))
 
 
-def _rand(g: torch.Generator, lo: float = 0.0, hi: float = 1.0, n: int = 1) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=g)
+def _crop_boxes(u: torch.Tensor, side: int, scale, keep_centre: float) -> torch.Tensor:
+    """(n, 4) float64 uniforms -> (n, 4) int64 boxes x0, y0, w, h inside a ``side`` patch that
+    hold its central ``keep_centre`` fraction (when the crop is big enough to)."""
+    lo, hi = float(scale[0]), float(scale[1])
+    area = side * side * (lo + (hi - lo) * u[:, 0])
+    log_aspect = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[:, 1]
+    aspect = torch.exp(log_aspect)
+    w = torch.round(torch.sqrt(area * aspect).clamp(min=MIN_CROP_PX).clamp(max=side))
+    h = torch.round(torch.sqrt(area / aspect).clamp(min=MIN_CROP_PX).clamp(max=side))
+    keep, c = keep_centre * side / 2, side / 2
+
+    def start(length: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        first = torch.ceil(c + keep - length).clamp(min=0)
+        last = torch.minimum(side - length, torch.full_like(length, math.floor(c - keep)))
+        fixed = first > last  # too small to hold the centre band: centred
+        first = torch.where(fixed, torch.round(c - length / 2), first)
+        last = torch.where(fixed, first, last)
+        return torch.minimum(first + torch.floor(v * (last - first + 1)), last)
+
+    return torch.stack([start(w, u[:, 2]), start(h, u[:, 3]), w, h], 1).long()
 
 
-def hed_jitter(img: torch.Tensor, sigma: float, g: torch.Generator) -> torch.Tensor:
-    """Scale and shift each of the H, E, D stain concentrations of a (3, H, W) image in [0, 1]."""
-    od = -torch.log(img.clamp(min=1e-3))  # (3, H, W)
-    hed = torch.einsum("ij,jhw->ihw", _HED_FROM_RGB.T.contiguous(), od)
-    alpha = _rand(g, 1 - sigma, 1 + sigma, 3).view(3, 1, 1)
-    beta = _rand(g, -sigma, sigma, 3).view(3, 1, 1)
-    hed = hed * alpha + beta
-    od = torch.einsum("ij,jhw->ihw", _RGB_FROM_HED.T.contiguous(), hed)
-    return torch.exp(-od).clamp(0, 1)
+def draw_view_params(
+    generators: list[torch.Generator],
+    crops,
+    side: int,
+) -> ViewParams:
+    """The views of B images (one generator each) of ``side``-pixel patches; ``crops`` is the
+    ``pretrain.crops`` section. Cheap (a few microseconds per image): it runs in the workers."""
+    n_views = N_GLOBAL + crops.n_local
+    u = torch.stack(
+        [torch.rand(n_views, _N_UNIFORMS, generator=g, dtype=torch.float64) for g in generators], 1
+    )  # (V, B, K)
+    v, b = u.shape[:2]
+    scales = [crops.global_scale] * N_GLOBAL + [crops.local_scale] * crops.n_local
+    boxes = torch.stack([_crop_boxes(u[i], side, scales[i], crops.keep_centre) for i in range(v)])
+    flip = (u[..., 4] < 0.5).long()
+    turns = torch.floor(u[..., 5] * 4).clamp(max=3).long()
+    s = crops.hed_sigma
+    hed_scale = 1 - s + 2 * s * u[..., 6:9]
+    hed_shift = -s + 2 * s * u[..., 9:12]
+    bright = 1 - BRIGHTNESS + 2 * BRIGHTNESS * u[..., 12:13]
+    contrast = 1 - CONTRAST + 2 * CONTRAST * u[..., 13:14]
+    sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * u[..., 15]
+    blur = torch.where(u[..., 14] < crops.blur_prob, sigma, torch.zeros_like(sigma))
+    color = torch.cat([hed_scale, hed_shift, bright, contrast], -1)
+    return ViewParams(boxes, flip + 2 * turns, color.float(), blur.float())
 
 
-def _gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+def _blur_kernel(sigma: float) -> torch.Tensor:
     radius = max(int(math.ceil(3 * sigma)), 1)
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
     k = torch.exp(-(x**2) / (2 * sigma**2))
-    k = k / k.sum()
-    img = img[None]  # (1, 3, H, W)
-    img = F.conv2d(
-        F.pad(img, (radius, radius, 0, 0), mode="reflect"),
-        k.view(1, 1, 1, -1).expand(3, 1, 1, -1),
-        groups=3,
-    )
-    img = F.conv2d(
-        F.pad(img, (0, 0, radius, radius), mode="reflect"),
-        k.view(1, 1, -1, 1).expand(3, 1, -1, 1),
-        groups=3,
-    )
-    return img[0]
+    return k / k.sum()
 
 
-class MultiCrop:
-    """uint8 (B, H, W, 3) patches -> normalised global (G*B, 3, g, g) and local (L*B, 3, l, l)
-    crops, view-major (all images' first view, then all images' second view...)."""
+def reference_view(
+    img: torch.Tensor,
+    box,
+    dihedral: int,
+    color,
+    blur: float,
+    size: int,
+    hed: bool,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+) -> torch.Tensor:
+    """One view of one (3, H, W) image in [0, 1], made step by step with plain torch
+    operations: the specification of :class:`ViewMaker` (training never calls it)."""
+    x0, y0, w, h = (int(v) for v in box)
+    crop = img[:, y0 : y0 + h, x0 : x0 + w]
+    crop = F.interpolate(
+        crop[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )[0]
+    if int(dihedral) & 1:
+        crop = crop.flip(-1)
+    crop = torch.rot90(crop, int(dihedral) // 2, dims=(1, 2))
+    color = torch.as_tensor(color, dtype=torch.float32)
+    if hed:
+        od = -torch.log(crop.clamp(min=1e-3))  # (3, H, W)
+        stains = torch.einsum("ij,jhw->ihw", _HED_FROM_RGB.T.contiguous(), od)
+        stains = stains * color[0:3].view(3, 1, 1) + color[3:6].view(3, 1, 1)
+        od = torch.einsum("ij,jhw->ihw", _RGB_FROM_HED.T.contiguous(), stains)
+        crop = torch.exp(-od).clamp(0, 1)
+    m = crop.mean()
+    crop = ((crop - m) * color[7] + m) * color[6]
+    if blur > 0:
+        k = _blur_kernel(float(blur))
+        r = (len(k) - 1) // 2
+        x = F.pad(crop[None], (r, r, 0, 0), mode="reflect")
+        x = F.conv2d(x, k.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
+        x = F.pad(x, (0, 0, r, r), mode="reflect")
+        crop = F.conv2d(x, k.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)[0]
+    crop = crop.clamp(0, 1)
+    return (crop - mean.view(3, 1, 1)) / std.view(3, 1, 1)
 
-    def __init__(self, cfg: AugmentConfig, mean: tuple[float, ...], std: tuple[float, ...]):
-        self.cfg = cfg
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
-    def _crop_box(self, side: int, scale: tuple[float, float], g: torch.Generator):
-        area = side * side * float(_rand(g, *scale))
-        aspect = math.exp(float(_rand(g, math.log(3 / 4), math.log(4 / 3))))
-        w = int(round(min(max(math.sqrt(area * aspect), 4), side)))
-        h = int(round(min(max(math.sqrt(area / aspect), 4), side)))
-        keep = self.cfg.keep_centre * side / 2
-        c = side / 2
-        # the crop must hold [c - keep, c + keep] in both axes (when it is big enough)
-        x_lo, x_hi = max(0, math.ceil(c + keep - w)), min(side - w, math.floor(c - keep))
-        y_lo, y_hi = max(0, math.ceil(c + keep - h)), min(side - h, math.floor(c - keep))
-        if x_lo > x_hi:
-            x_lo = x_hi = int(round(c - w / 2))
-        if y_lo > y_hi:
-            y_lo = y_hi = int(round(c - h / 2))
-        x0 = int(torch.randint(x_lo, x_hi + 1, (1,), generator=g))
-        y0 = int(torch.randint(y_lo, y_hi + 1, (1,), generator=g))
-        return x0, y0, w, h
+def resize_weights(start: torch.Tensor, length: torch.Tensor, out: int, side: int) -> torch.Tensor:
+    """(n, out, side) float32 weights that resample samples [start, start + length) of a
+    ``side``-long axis to ``out`` samples: the antialiased bilinear (triangle) filter of
+    ``F.interpolate(mode="bilinear", antialias=True, align_corners=False)``, zero outside the
+    crop. ``start``/``length``: (n,) integer tensors."""
+    dev = start.device
+    length = length.double()
+    scale = (length / out)[:, None]  # (n, 1)
+    support = torch.where(scale >= 1, scale, torch.ones_like(scale))
+    inv = torch.where(scale >= 1, 1 / scale, torch.ones_like(scale))
+    centre = scale * (torch.arange(out, device=dev, dtype=torch.float64) + 0.5)  # (n, out)
+    first = torch.trunc(centre - support + 0.5).clamp(min=0)
+    last = torch.minimum(torch.trunc(centre + support + 0.5), length[:, None])
+    j = (torch.arange(side, device=dev) - start[:, None]).double()[:, None, :]  # (n, 1, side)
+    w = (1 - ((j - centre[..., None] + 0.5) * inv[..., None]).abs()).clamp(min=0)
+    w = w * ((j >= first[..., None]) & (j < last[..., None]))
+    return (w / w.sum(-1, keepdim=True).clamp(min=1e-12)).float()
 
-    def _view(self, img: torch.Tensor, size: int, scale, g: torch.Generator) -> torch.Tensor:
-        cfg = self.cfg
-        x0, y0, w, h = self._crop_box(img.shape[-1], scale, g)
-        crop = img[:, y0 : y0 + h, x0 : x0 + w]
-        crop = F.interpolate(
-            crop[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
-        )[0]
-        if float(_rand(g)) < 0.5:
-            crop = crop.flip(-1)
-        crop = torch.rot90(crop, int(torch.randint(0, 4, (1,), generator=g)), dims=(1, 2))
-        if cfg.hed_sigma > 0:
-            crop = hed_jitter(crop, cfg.hed_sigma, g)
-        b = float(_rand(g, 1 - cfg.brightness, 1 + cfg.brightness))
-        c = float(_rand(g, 1 - cfg.contrast, 1 + cfg.contrast))
-        mean = crop.mean()
-        crop = ((crop - mean) * c + mean) * b
-        if float(_rand(g)) < cfg.blur_prob:
-            crop = _gaussian_blur(crop, float(_rand(g, *cfg.blur_sigma)))
-        crop = crop.clamp(0, 1)
-        return (crop - self.mean) / self.std
 
+class ViewMaker:
+    """uint8 (B, H, W, 3) patches + :class:`ViewParams` -> normalised global (G*B, 3, g, g)
+    and local (L*B, 3, l, l) views, view-major (every image's first view, then every image's
+    second view...), on the patches' device."""
+
+    def __init__(self, crops, mean, std):
+        self.global_size = int(crops.global_size)
+        self.local_size = int(crops.local_size)
+        self.n_local = int(crops.n_local)
+        self.hed = crops.hed_sigma > 0
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        stain = _RGB_FROM_HED.T.contiguous()  # od' = R^T diag(a) H^T od + R^T b
+        self._rgb_from_hed_t, self._hed_from_rgb_t = stain, _HED_FROM_RGB.T.contiguous()
+
+    @torch.no_grad()
     def __call__(
-        self, batch: torch.Tensor, g: torch.Generator | Sequence[torch.Generator]
+        self, patches: torch.Tensor, params: ViewParams
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``g``: one generator for the batch, or one per image (its views then depend on that
-        image's generator alone, whatever else is in the batch)."""
-        cfg = self.cfg
-        imgs = batch.permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W)
-        gens = [g] * len(imgs) if isinstance(g, torch.Generator) else list(g)
-        if len(gens) != len(imgs):
-            raise ValueError(f"{len(gens)} generators for {len(imgs)} images")
-        globals_ = [
-            torch.stack(
-                [
-                    self._view(im, cfg.global_size, cfg.global_scale, gi)
-                    for im, gi in zip(imgs, gens, strict=True)
-                ]
-            )
-            for _ in range(cfg.n_global)
-        ]
-        locals_ = [
-            torch.stack(
-                [
-                    self._view(im, cfg.local_size, cfg.local_scale, gi)
-                    for im, gi in zip(imgs, gens, strict=True)
-                ]
-            )
-            for _ in range(cfg.n_local)
-        ]
-        local = torch.cat(locals_) if locals_ else torch.zeros(0, 3, cfg.local_size, cfg.local_size)
-        return torch.cat(globals_), local
+        b, h, w, _ = patches.shape
+        if h != w:
+            raise ValueError(f"multi-crop views need square patches, got {h}x{w}")
+        imgs = patches.permute(0, 3, 1, 2).float().div_(255)  # (B, 3, S, S)
+        views = []
+        for v in range(params.boxes.shape[0]):
+            size = self.global_size if v < N_GLOBAL else self.local_size
+            views.append(self._views(imgs, ViewParams(*(t[v] for t in params)), size))
+        local = (
+            torch.cat(views[N_GLOBAL:])
+            if self.n_local
+            else imgs.new_zeros(0, 3, self.local_size, self.local_size)
+        )
+        return torch.cat(views[:N_GLOBAL]), local
+
+    def _views(self, imgs: torch.Tensor, p: ViewParams, size: int) -> torch.Tensor:
+        """One view of every image: (B, 3, S, S) in [0, 1] -> (B, 3, size, size) normalised."""
+        side = imgs.shape[-1]
+        rows = resize_weights(p.boxes[:, 1], p.boxes[:, 3], size, side)  # (B, size, S)
+        cols = resize_weights(p.boxes[:, 0], p.boxes[:, 2], size, side)
+        # flip, then quarter turns: each turn maps out = R img C^T to C' img^T R^T with
+        # (R', C') = (C reversed, R), i.e. swaps the roles and transposes the image
+        flip = (p.dihedral & 1).bool()[:, None, None]
+        cols = torch.where(flip, cols.flip(1), cols)
+        turns = p.dihedral // 2
+        transposed = torch.zeros_like(turns, dtype=torch.bool)
+        for t in range(1, 4):
+            on = (turns >= t)[:, None, None]
+            rows, cols = torch.where(on, cols.flip(1), rows), torch.where(on, rows, cols)
+            transposed = transposed ^ (turns >= t)
+        # out = R img^T C^T = (C img R^T)^T where transposed
+        tr = transposed[:, None, None]
+        left, right = torch.where(tr, cols, rows), torch.where(tr, rows, cols)
+        x = torch.matmul(torch.matmul(left[:, None], imgs), right.transpose(1, 2)[:, None])
+        x = torch.where(tr[:, None], x.transpose(-1, -2), x)  # (B, 3, size, size)
+        color = p.color
+        if self.hed:
+            a, c = color[:, 0:3], color[:, 3:6]
+            rgb_t = self._rgb_from_hed_t.to(x.device)
+            stain = rgb_t[None] * a[:, None, :] @ self._hed_from_rgb_t.to(x.device)  # (B, 3, 3)
+            shift = c @ rgb_t.T  # (B, 3)
+            od = -torch.log(x.clamp(min=1e-3))
+            od = torch.einsum("bij,bjhw->bihw", stain, od) + shift[:, :, None, None]
+            x = torch.exp(-od).clamp(0, 1)
+        m = x.mean((1, 2, 3), keepdim=True)
+        x = ((x - m) * color[:, 7, None, None, None] + m) * color[:, 6, None, None, None]
+        x = self._blur(x, p.blur)
+        x = x.clamp(0, 1)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    @staticmethod
+    def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Separable Gaussian blur of the images with sigma > 0, one grouped convolution per
+        axis; each kernel is cut at its own radius ceil(3 sigma) and padded by reflection."""
+        which = torch.nonzero(sigma > 0).flatten()
+        if len(which) == 0:
+            return x
+        s = sigma[which].double()
+        radius = torch.ceil(3 * s).clamp(min=1)
+        big = int(radius.max())
+        taps = torch.arange(-big, big + 1, device=x.device, dtype=torch.float64)
+        k = torch.exp(-(taps[None] ** 2) / (2 * s[:, None] ** 2))
+        k = k * (taps[None].abs() <= radius[:, None])
+        k = (k / k.sum(1, keepdim=True)).float()  # (n, 2 * big + 1)
+        n, size = len(which), x.shape[-1]
+        k = k.repeat_interleave(3, 0)  # one kernel per channel
+        y = x[which].reshape(1, n * 3, size, size)
+        y = F.conv2d(F.pad(y, (big, big, 0, 0), mode="reflect"), k[:, None, None, :], groups=n * 3)
+        y = F.conv2d(F.pad(y, (0, 0, big, big), mode="reflect"), k[:, None, :, None], groups=n * 3)
+        out = x.clone()
+        out[which] = y.view(n, 3, size, size)
+        return out

@@ -12,12 +12,12 @@ weights up to float summation order (tested), and the provenance says which hold
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from tqdm import tqdm
 from cytofm.config import PretrainConfig
 from cytofm.errors import CytofmError, InputDataError
 from cytofm.hardware import loader_workers
-from cytofm.ssl.augment import AugmentConfig, MultiCrop
+from cytofm.ssl.augment import N_GLOBAL, ViewMaker, ViewParams, draw_view_params
 from cytofm.ssl.data import PatchSource
 from cytofm.ssl.heads import DINOHead
 from cytofm.ssl.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss
@@ -37,21 +37,41 @@ from cytofm.ssl.model import MaskableViT, MultiCropStudent, build_backbone
 from cytofm.ssl.monitor import effective_rank, knn_probe, teacher_entropies
 from cytofm.ssl.schedules import cosine_schedule, linear_warmup_then_constant
 
-__all__ = ["NonFiniteLossError", "StepBatches", "Trainer", "loader_workers"]
+__all__ = ["NonFiniteLossError", "StepBatch", "StepBatches", "Trainer", "loader_workers"]
 
 
 log = logging.getLogger(__name__)
 
 
-class StepBatches(torch.utils.data.Dataset):
-    """Item ``step`` is this rank's share of the global batch of that step, augmented into
-    multi-crop views, with its iBOT masks: reading, decoding and augmentation happen in
-    DataLoader workers. Every item is a pure function of (seed, step, rank), so which worker
-    makes it does not matter, and a resumed run sees exactly the batches it would have seen."""
+class StepBatch(NamedTuple):
+    """What a loader worker hands over for one step: uint8 patches and small tensors of drawn
+    parameters; the views are made from them on the training device (:class:`ViewMaker`)."""
 
-    def __init__(self, source: PatchSource, augment: MultiCrop, masker: BlockMasker, cfg,
-                 rank: int, world: int, steps_per_epoch: int):  # fmt: skip
-        self.source, self.augment, self.masker, self.cfg = source, augment, masker, cfg
+    patches: torch.Tensor  # uint8 (B, H, W, 3): this rank's share of the global batch
+    masks: torch.Tensor  # bool (G*B, N): iBOT masks of its global views, view-major
+    boxes: torch.Tensor  # the view parameters (:class:`ViewParams`), (V, B, ...)
+    dihedral: torch.Tensor
+    color: torch.Tensor
+    blur: torch.Tensor
+
+    @property
+    def views(self) -> ViewParams:
+        return ViewParams(self.boxes, self.dihedral, self.color, self.blur)
+
+    def to(self, device, non_blocking: bool = False) -> StepBatch:
+        return StepBatch(*(t.to(device, non_blocking=non_blocking) for t in self))
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``step`` is this rank's share of the global batch of that step: its uint8 patches,
+    the random parameters of its multi-crop views and its iBOT masks. Workers only read and
+    draw; the views are made on the device. Every item is a pure function of (seed, step,
+    rank), so which worker makes it does not matter, and a resumed run sees exactly the
+    batches it would have seen."""
+
+    def __init__(self, source: PatchSource, masker: BlockMasker, cfg, rank: int, world: int,
+                 steps_per_epoch: int):  # fmt: skip
+        self.source, self.masker, self.cfg = source, masker, cfg
         self.rank, self.world, self.steps_per_epoch = rank, world, steps_per_epoch
         self._orders: dict[int, np.ndarray] = {}
 
@@ -75,20 +95,21 @@ class StepBatches(torch.utils.data.Dataset):
             idx = np.resize(order, b)
         return idx[self.positions()]
 
-    def __getitem__(self, step: int):
-        """This rank's share of the batch of ``step``: each image augmented with a generator of
-        its own (seed, step, position in the global batch) and the iBOT masks of the whole
-        global batch, sliced; so the global batch is the same however it is split."""
+    def __getitem__(self, step: int) -> StepBatch:
+        """This rank's share of the batch of ``step``: each image's view parameters drawn from
+        a generator of its own (seed, step, position in the global batch) and the iBOT masks
+        of the whole global batch, sliced; so the global batch is the same however it is
+        split."""
         step, cfg = int(step), self.cfg
         pos = self.positions()
         gens = [torch.Generator().manual_seed(_seed(cfg.seed, step, int(p))) for p in pos]
-        raw = torch.from_numpy(self.source.read(self.indices(step)))
-        global_crops, local_crops = self.augment(raw, gens)
-        b, n_views = cfg.optim.batch_size, len(global_crops) // len(pos)
+        raw = torch.from_numpy(self.source.read(self.indices(step)))  # uint8 (B, H, W, 3)
+        views = draw_view_params(gens, cfg.crops, raw.shape[1])
+        b = cfg.optim.batch_size
         g = torch.Generator().manual_seed(_seed(cfg.seed, step, -1))
-        masks = self.masker.batch(b * n_views, tuple(cfg.masking.ratio), cfg.masking.probability, g)
-        mine = np.concatenate([v * b + pos for v in range(n_views)])  # view-major, as the crops
-        return global_crops, local_crops, masks[torch.from_numpy(mine)]
+        masks = self.masker.batch(b * N_GLOBAL, tuple(cfg.masking.ratio), cfg.masking.probability, g)
+        mine = np.concatenate([v * b + pos for v in range(N_GLOBAL)])  # view-major, as the views
+        return StepBatch(raw, masks[torch.from_numpy(mine)], *views)
 
 
 def _seed(seed: int, step: int, position: int) -> int:
@@ -200,17 +221,13 @@ class Trainer:
         )
         grid = cfg.crops.global_size // cfg.model.patch_size
         self.masker = BlockMasker((grid, grid))
-        self.augment = MultiCrop(
-            AugmentConfig(**dataclasses.asdict(cfg.crops)),  # the config's crops section
-            self.mean,
-            self.std,
-        )
+        self.views = ViewMaker(cfg.crops, self.mean, self.std)  # runs on self.device
         self.batches = StepBatches(
-            source, self.augment, self.masker, cfg, self.rank, self.world, self.steps_per_epoch
+            source, self.masker, cfg, self.rank, self.world, self.steps_per_epoch
         )
-        # augmentation is CPU-heavy: on an H200 with 16 cores, 15 workers fed 338 images/s
-        # against 289 with 8 (benchmarks/results/gpu_check_sweep.md)
-        self.num_workers = loader_workers(cfg.num_workers, self.device, self.world, most=16)
+        # workers only read uint8 patches and draw view parameters; the views are made on the
+        # device, so a few workers keep up (benchmarks/results/pretrain_throughput.md)
+        self.num_workers = loader_workers(cfg.num_workers, self.device, self.world, most=8)
         log.info(
             "process %d of %d on %s (%s): %d patches, batch %d of %d, %d loader worker(s)",
             self.rank,
@@ -352,10 +369,12 @@ class Trainer:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def train_step(self, batch) -> dict[str, float]:
+    def train_step(self, batch: StepBatch) -> dict[str, float]:
         cfg, step = self.cfg, self.step
-        global_crops, local_crops, masks = (t.to(self.device, non_blocking=True) for t in batch)
-        n_g = 2
+        batch = batch.to(self.device, non_blocking=True)
+        global_crops, local_crops = self.views(batch.patches, batch.views)
+        masks = batch.masks
+        n_g = N_GLOBAL
         for group in self.optimizer.param_groups:
             group["lr"] = float(self.lr[step])
             group["weight_decay"] = float(self.wd[step]) if group["apply_wd"] else 0.0
@@ -440,7 +459,7 @@ class Trainer:
             batch = next(batches)
             window_wait += time.perf_counter() - t0
             last = self.train_step(batch)
-            window_n += len(batch[0]) // 2 * self.world
+            window_n += len(batch.patches) * self.world
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == end:
                 dt = time.perf_counter() - window_t
