@@ -1,11 +1,17 @@
-"""iBOT pretraining throughput (images/s) and peak memory, per config, in fresh processes.
+"""iBOT pretraining throughput (images/s) and peak memory, per config, in fresh processes,
+and what the loader costs the CPU per sample.
 
     python benchmarks/pretrain_throughput.py             # demo config + ViT-S/16, this machine
     python benchmarks/pretrain_throughput.py --steps 20      # longer timing window
 
 Synthetic random patches stand in for a patch store (throughput does not depend on content).
-"Images" are source patches per second (each yields 2 global + n_local views). On a GPU the
-script also reports model FLOP utilisation against the bf16 peak given with --peak-tflops.
+"Images" are source patches per second (each yields 2 global + n_local views).
+
+The loader table times, on one thread (what one DataLoader worker has), the CPU work per
+sample of a worker: reading the patches from zarr and drawing the view parameters (what a
+worker does now), against the same plus making every view image by image on the CPU (what a
+worker did before views moved to the device; `reference_view` is that per-image code). The view
+maker table gives the batched views' images/s on this machine's CPU threads.
 Writes benchmarks/results/pretrain_throughput.{json,md}.
 """
 
@@ -118,6 +124,128 @@ def _child(name: str, steps: int, warmup: int, batch: int | None, workers: int) 
     return out
 
 
+LOADER_CASES = {
+    # patch px: (global view px, local view px, local views): ViT-S/16's recipe at 224 px
+    # (configs/vits16.yaml), and the same view counts scaled to 96 px patches
+    224: (224, 96, 8),
+    96: (96, 48, 8),
+}
+
+
+def _patch_store(tmp: Path, patch_px: int, n: int) -> Path:
+    from cytofm.store import PatchStoreWriter, atomic_group
+
+    path = tmp / f"p{patch_px}.zarr"
+    with atomic_group(path) as g:
+        w = PatchStoreWriter(g, patch_px, 64, {})
+        rng = np.random.default_rng(0)
+        w.append(rng.integers(0, 255, (n, patch_px, patch_px, 3), dtype=np.uint8))
+        w.close()
+    return path
+
+
+def loader_cost(batch: int, steps: int) -> list[dict]:
+    """CPU microseconds per sample of a loader worker (one thread), now and before."""
+    import torch
+
+    from cytofm.config import PretrainConfig
+    from cytofm.ssl.augment import N_GLOBAL, reference_view
+    from cytofm.ssl.data import PatchSource
+    from cytofm.ssl.masking import BlockMasker
+    from cytofm.ssl.train import StepBatches
+
+    torch.set_num_threads(1)
+    rows = []
+    tmp = Path(tempfile.mkdtemp())
+    for patch_px, (g_px, l_px, n_local) in LOADER_CASES.items():
+        cfg = PretrainConfig().updated(
+            {
+                "model.patch_size": 16,
+                "crops.global_size": g_px,
+                "crops.local_size": l_px,
+                "crops.n_local": n_local,
+                "crops.global_scale": [0.32, 1.0],
+                "crops.local_scale": [0.05, 0.32],
+                "optim.batch_size": batch,
+                "optim.steps": steps + 1,
+            }
+        )
+        source = PatchSource([_patch_store(tmp, patch_px, batch * (steps + 1))])
+        data = StepBatches(source, BlockMasker((g_px // 16,) * 2), cfg, 0, 1, steps + 1)
+        mean = std = torch.full((3,), 0.5)
+        data[0]  # warm the chunk cache path once
+        now = before = 0.0
+        for step in range(1, steps + 1):
+            t0 = time.process_time()
+            item = data[step]
+            t1 = time.process_time()
+            imgs = item.patches.permute(0, 3, 1, 2).float() / 255
+            for v in range(item.boxes.shape[0]):
+                size = g_px if v < N_GLOBAL else l_px
+                for i in range(len(imgs)):
+                    reference_view(
+                        imgs[i], item.boxes[v, i], item.dihedral[v, i], item.color[v, i],
+                        float(item.blur[v, i]), size, True, mean, std,
+                    )  # fmt: skip
+            t2 = time.process_time()
+            now += t1 - t0
+            before += t2 - t0
+        n = batch * steps
+        rows.append(
+            {
+                "patch_px": patch_px,
+                "views": f"{N_GLOBAL} x {g_px} + {n_local} x {l_px}",
+                "us_per_sample_before": before / n * 1e6,
+                "us_per_sample_now": now / n * 1e6,
+                "reduction": before / now,
+                "batch": batch,
+                "steps": steps,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def view_maker_rate(batch: int, steps: int) -> list[dict]:
+    """Images/s of the batched views on this CPU (all its threads), per patch size."""
+    import torch
+
+    from cytofm.config.sections import CropsConfig
+    from cytofm.ssl.augment import ViewMaker, draw_view_params
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    rows = []
+    for patch_px, (g_px, l_px, n_local) in LOADER_CASES.items():
+        crops = CropsConfig(
+            global_size=g_px,
+            local_size=l_px,
+            n_local=n_local,
+            global_scale=(0.32, 1.0),
+            local_scale=(0.05, 0.32),
+        )
+        maker = ViewMaker(crops, (0.5,) * 3, (0.25,) * 3)
+        rng = np.random.default_rng(0)
+        patches = torch.from_numpy(rng.integers(0, 255, (batch, patch_px, patch_px, 3), np.uint8))
+        gens = [torch.Generator().manual_seed(i) for i in range(batch)]
+        params = draw_view_params(gens, crops, patch_px)
+        maker(patches, params)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            maker(patches, params)
+        dt = time.perf_counter() - t0
+        rows.append(
+            {
+                "patch_px": patch_px,
+                "views": f"2 x {g_px} + {n_local} x {l_px}",
+                "batch": batch,
+                "images_per_s": batch * steps / dt,
+                "threads": torch.get_num_threads(),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -137,11 +265,15 @@ def main() -> None:
     ap.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "results" / "pretrain_throughput"
     )
+    ap.add_argument("--loader-batch", type=int, default=32, help="samples per loader step")
+    ap.add_argument("--loader-steps", type=int, default=3, help="loader steps timed")
     args = ap.parse_args()
     if args.child:
         name, steps, warmup, batch, workers = args.child
         print(json.dumps(_child(name, int(steps), int(warmup), int(batch) or None, int(workers))))
         return
+    loader = loader_cost(args.loader_batch, args.loader_steps)
+    views = view_maker_rate(args.loader_batch, args.loader_steps)
     rows = []
     for name in args.configs:
         batch = args.vits16_batch if name == "vits16" else 0
@@ -171,7 +303,9 @@ def main() -> None:
         "command": "python benchmarks/pretrain_throughput.py " + " ".join(sys.argv[1:]),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "results": rows, "loader": loader, "view_maker": views}, indent=2)
+    )
     lines = [
         "| config | device | batch | params (M) | images/s | model-only images/s | "
         "loader share (in-process) | images/s with loader workers | loader wait share | "
@@ -185,6 +319,32 @@ def main() -> None:
             f"{r['loader_fraction']:.0%} | {r['images_per_s_with_workers']:.1f} "
             f"({r['loader_workers']} workers) | {r['data_wait_fraction']:.0%} | "
             f"{r['peak_rss_mb']:.0f} |"
+        )
+    lines += [
+        "",
+        "Loader CPU time per sample (one thread, as one DataLoader worker): reading from zarr "
+        "and drawing the view parameters (now), against also making the views image by image "
+        "on the CPU (before).",
+        "",
+        "| patch px | views | us/sample before | us/sample now | reduction |",
+        "|---|---|---|---|---|",
+    ]
+    for r in loader:
+        lines.append(
+            f"| {r['patch_px']} | {r['views']} | {r['us_per_sample_before']:.0f} | "
+            f"{r['us_per_sample_now']:.0f} | {r['reduction']:.0f}x |"
+        )
+    lines += [
+        "",
+        "Batched view maker on this CPU (the same code that runs on the GPU):",
+        "",
+        "| patch px | views | batch | images/s | threads |",
+        "|---|---|---|---|---|",
+    ]
+    for r in views:
+        lines.append(
+            f"| {r['patch_px']} | {r['views']} | {r['batch']} | {r['images_per_s']:.0f} | "
+            f"{r['threads']} |"
         )
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n\n" + json.dumps(meta) + "\n")
     print("\n".join(lines))

@@ -322,3 +322,19 @@ def test_loader_workers_auto():
     assert loader_workers(3, torch.device("cpu")) == 3
     assert 1 <= loader_workers("auto", torch.device("cuda"), nproc=64) <= 8
     assert 1 <= loader_workers("auto", torch.device("cuda"), most=1) == 1
+
+
+def test_attention_kernel_check_and_compile_only_on_cuda(store, tmp_path, caplog):
+    """timm's blocks call scaled_dot_product_attention (checked, not assumed); compile is a
+    CUDA switch that the CPU ignores with a note, and the provenance says what ran."""
+    from cytofm.ssl.train import fused_attention
+
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="cytofm.ssl.train"):
+        tr = Trainer(TINY.updated({"compile": True}), PatchSource([store]), tmp_path)
+    assert tr.fused_attention and fused_attention(tr.teacher.backbone.vit)
+    assert not tr.compiled and tr._student_step is tr.model and tr.optimizer_impl == "default"
+    assert "applies on CUDA only" in caplog.text
+    tr.student.backbone.vit.blocks[0].attn.fused_attn = False
+    assert not fused_attention(tr.student.backbone.vit)

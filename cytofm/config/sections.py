@@ -588,10 +588,16 @@ class PretrainConfig(Section):
     )
     num_workers: int | str = option(
         "auto",
-        "DataLoader processes that read and augment batches: auto = cores - 1 (max 16) on GPU "
-        "(a process's share under DDP), 0 on CPU",
-        more="Every batch is a function of (seed, step, rank), so results do not depend on it; "
-        "the log's `data_wait_fraction` is the share of step time spent waiting for the loader.",
+        "DataLoader processes that read uint8 patches and draw view parameters: auto = cores - 1 "
+        "(max 8) on GPU (a process's share under DDP), 0 on CPU",
+        more="The views themselves are made on the training device, in batches. Every batch is a "
+        "function of (seed, step, rank), so results do not depend on it; the log's "
+        "`data_wait_fraction` is the share of step time spent waiting for the loader.",
+    )
+    compile: bool = option(
+        False,
+        "torch.compile the student and teacher (CUDA only; the first steps pay the compilation)",
+        more="benchmarks/gpu_check.py measures pretraining with and without it.",
     )
     seed: int = option(0, "seed of weights, data order, views and masks")
 

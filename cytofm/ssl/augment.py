@@ -164,11 +164,18 @@ def reference_view(
     return (crop - mean.view(3, 1, 1)) / std.view(3, 1, 1)
 
 
-def resize_weights(start: torch.Tensor, length: torch.Tensor, out: int, side: int) -> torch.Tensor:
+def resize_weights(
+    start: torch.Tensor,
+    length: torch.Tensor,
+    out: int,
+    side: int,
+    reverse: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(n, out, side) float32 weights that resample samples [start, start + length) of a
     ``side``-long axis to ``out`` samples: the antialiased bilinear (triangle) filter of
     ``F.interpolate(mode="bilinear", antialias=True, align_corners=False)``, zero outside the
-    crop. ``start``/``length``: (n,) integer tensors."""
+    crop; ``reverse`` (n,) bool: output samples in reverse order (a flip). ``start``/``length``:
+    (n,) integer tensors."""
     dev = start.device
     length = length.double()
     scale = (length / out)[:, None]  # (n, 1)
@@ -177,10 +184,15 @@ def resize_weights(start: torch.Tensor, length: torch.Tensor, out: int, side: in
     centre = scale * (torch.arange(out, device=dev, dtype=torch.float64) + 0.5)  # (n, out)
     first = torch.trunc(centre - support + 0.5).clamp(min=0)
     last = torch.minimum(torch.trunc(centre + support + 0.5), length[:, None])
-    j = (torch.arange(side, device=dev) - start[:, None]).double()[:, None, :]  # (n, 1, side)
-    w = (1 - ((j - centre[..., None] + 0.5) * inv[..., None]).abs()).clamp(min=0)
-    w = w * ((j >= first[..., None]) & (j < last[..., None]))
-    return (w / w.sum(-1, keepdim=True).clamp(min=1e-12)).float()
+    if reverse is not None:
+        r = reverse[:, None]
+        centre, first, last = (torch.where(r, t.flip(1), t) for t in (centre, first, last))
+    # (n, out, side) in float32 from here: positions in the crop, then the triangle filter
+    j = (torch.arange(side, device=dev) - start[:, None]).float()[:, None, :]
+    offset = (0.5 - centre).float()[..., None]
+    w = (1 - ((j + offset) * inv.float()[..., None]).abs()).clamp_(min=0)
+    w *= (j >= first.float()[..., None]) & (j < last.float()[..., None])
+    return w / w.sum(-1, keepdim=True).clamp_(min=1e-12)
 
 
 class ViewMaker:
@@ -205,7 +217,7 @@ class ViewMaker:
         b, h, w, _ = patches.shape
         if h != w:
             raise ValueError(f"multi-crop views need square patches, got {h}x{w}")
-        imgs = patches.permute(0, 3, 1, 2).float().div_(255)  # (B, 3, S, S)
+        imgs = patches.reshape(b, h, w * 3).float()  # (B, S, S * 3): pixel rows, channels last
         views = []
         for v in range(params.boxes.shape[0]):
             size = self.global_size if v < N_GLOBAL else self.local_size
@@ -218,39 +230,54 @@ class ViewMaker:
         return torch.cat(views[:N_GLOBAL]), local
 
     def _views(self, imgs: torch.Tensor, p: ViewParams, size: int) -> torch.Tensor:
-        """One view of every image: (B, 3, S, S) in [0, 1] -> (B, 3, size, size) normalised."""
-        side = imgs.shape[-1]
-        rows = resize_weights(p.boxes[:, 1], p.boxes[:, 3], size, side)  # (B, size, S)
-        cols = resize_weights(p.boxes[:, 0], p.boxes[:, 2], size, side)
-        # flip, then quarter turns: each turn maps out = R img C^T to C' img^T R^T with
-        # (R', C') = (C reversed, R), i.e. swaps the roles and transposes the image
-        flip = (p.dihedral & 1).bool()[:, None, None]
-        cols = torch.where(flip, cols.flip(1), cols)
-        turns = p.dihedral // 2
-        transposed = torch.zeros_like(turns, dtype=torch.bool)
+        """One view of every image: (B, S, S * 3) pixel rows -> (B, 3, size, size) normalised.
+
+        The view is ``left @ image @ right^T`` per channel, with the crop's resize weights
+        along y (left) and x (right): two batched matrix products. Flips and quarter turns only
+        reverse the order of a matrix's outputs and transpose the result."""
+        b, side = imgs.shape[0], imgs.shape[1]
+        boxes = p.boxes
+        # The view is R img C^T (R: y weights, C: x weights), each possibly in reverse order. A
+        # turn maps (R, C) to (C reversed, R) with the image transposed; whatever the turns,
+        # the left matrix always weighs y and the right one x, so only their orders change.
+        r_rev, c_rev = torch.zeros_like(p.dihedral, dtype=torch.bool), (p.dihedral & 1).bool()
+        turns, transposed = p.dihedral // 2, torch.zeros_like(r_rev)
         for t in range(1, 4):
-            on = (turns >= t)[:, None, None]
-            rows, cols = torch.where(on, cols.flip(1), rows), torch.where(on, rows, cols)
-            transposed = transposed ^ (turns >= t)
-        # out = R img^T C^T = (C img R^T)^T where transposed
-        tr = transposed[:, None, None]
-        left, right = torch.where(tr, cols, rows), torch.where(tr, rows, cols)
-        x = torch.matmul(torch.matmul(left[:, None], imgs), right.transpose(1, 2)[:, None])
-        x = torch.where(tr[:, None], x.transpose(-1, -2), x)  # (B, 3, size, size)
+            on = turns >= t
+            r_rev, c_rev = torch.where(on, ~c_rev, r_rev), torch.where(on, r_rev, c_rev)
+            transposed = transposed ^ on
+        # transposed: out = (C img R^T)^T, so the left (y) matrix is C, the right (x) one R
+        y_rev = torch.where(transposed, c_rev, r_rev)
+        x_rev = torch.where(transposed, r_rev, c_rev)
+        # (B, size, S) each; uint8 -> [0, 1] folded into the left one
+        left = resize_weights(boxes[:, 1], boxes[:, 3], size, side, y_rev) / 255
+        right = resize_weights(boxes[:, 0], boxes[:, 2], size, side, x_rev)
+        x = torch.bmm(left, imgs)  # (B, size, S * 3): rows of (x, channel) pairs
+        x = x.view(b, size, side, 3).transpose(2, 3).reshape(b, size * 3, side)
+        x = torch.bmm(x, right.transpose(1, 2))  # (B, size * 3, size)
+        x = x.view(b, size, 3, size).permute(0, 2, 1, 3).contiguous()  # (B, 3, size, size)
+        which = torch.nonzero(transposed).flatten()
+        if len(which):
+            x[which] = x[which].transpose(-1, -2).contiguous()
         color = p.color
         if self.hed:
             a, c = color[:, 0:3], color[:, 3:6]
             rgb_t = self._rgb_from_hed_t.to(x.device)
             stain = rgb_t[None] * a[:, None, :] @ self._hed_from_rgb_t.to(x.device)  # (B, 3, 3)
             shift = c @ rgb_t.T  # (B, 3)
-            od = -torch.log(x.clamp(min=1e-3))
-            od = torch.einsum("bij,bjhw->bihw", stain, od) + shift[:, :, None, None]
-            x = torch.exp(-od).clamp(0, 1)
+            od = torch.log(x.clamp_(min=1e-3)).neg_()
+            od = torch.einsum("bij,bjhw->bihw", stain, od).add_(shift[:, :, None, None])
+            x = torch.exp(od.neg_()).clamp_(0, 1)
         m = x.mean((1, 2, 3), keepdim=True)
-        x = ((x - m) * color[:, 7, None, None, None] + m) * color[:, 6, None, None, None]
+        x = (
+            x.sub_(m)
+            .mul_(color[:, 7, None, None, None])
+            .add_(m)
+            .mul_(color[:, 6, None, None, None])
+        )
         x = self._blur(x, p.blur)
-        x = x.clamp(0, 1)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        x = x.clamp_(0, 1)
+        return x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
 
     @staticmethod
     def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -271,6 +298,5 @@ class ViewMaker:
         y = x[which].reshape(1, n * 3, size, size)
         y = F.conv2d(F.pad(y, (big, big, 0, 0), mode="reflect"), k[:, None, None, :], groups=n * 3)
         y = F.conv2d(F.pad(y, (0, 0, big, big), mode="reflect"), k[:, None, :, None], groups=n * 3)
-        out = x.clone()
-        out[which] = y.view(n, 3, size, size)
-        return out
+        x[which] = y.view(n, 3, size, size)
+        return x

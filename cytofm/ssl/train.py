@@ -37,7 +37,14 @@ from cytofm.ssl.model import MaskableViT, MultiCropStudent, build_backbone
 from cytofm.ssl.monitor import effective_rank, knn_probe, teacher_entropies
 from cytofm.ssl.schedules import cosine_schedule, linear_warmup_then_constant
 
-__all__ = ["NonFiniteLossError", "StepBatch", "StepBatches", "Trainer", "loader_workers"]
+__all__ = [
+    "NonFiniteLossError",
+    "StepBatch",
+    "StepBatches",
+    "Trainer",
+    "fused_attention",
+    "loader_workers",
+]
 
 
 log = logging.getLogger(__name__)
@@ -107,9 +114,18 @@ class StepBatches(torch.utils.data.Dataset):
         views = draw_view_params(gens, cfg.crops, raw.shape[1])
         b = cfg.optim.batch_size
         g = torch.Generator().manual_seed(_seed(cfg.seed, step, -1))
-        masks = self.masker.batch(b * N_GLOBAL, tuple(cfg.masking.ratio), cfg.masking.probability, g)
+        masks = self.masker.batch(
+            b * N_GLOBAL, tuple(cfg.masking.ratio), cfg.masking.probability, g
+        )
         mine = np.concatenate([v * b + pos for v in range(N_GLOBAL)])  # view-major, as the views
         return StepBatch(raw, masks[torch.from_numpy(mine)], *views)
+
+
+def fused_attention(vit: nn.Module) -> bool:
+    """Whether every attention block of a timm ViT calls ``scaled_dot_product_attention``
+    (flash or memory-efficient kernels on a GPU) rather than the explicit softmax."""
+    attns = [b.attn for b in getattr(vit, "blocks", []) if hasattr(b, "attn")]
+    return bool(attns) and all(getattr(a, "fused_attn", False) for a in attns)
 
 
 def _seed(seed: int, step: int, position: int) -> int:
@@ -210,7 +226,10 @@ class Trainer:
             cfg.teacher.center_momentum,
         ).to(self.device)
         self.koleo = KoLeoLoss()
-        self.optimizer = torch.optim.AdamW(_param_groups(self.student), lr=cfg.optim.lr)
+        # one fused kernel for all parameters on CUDA; the CPU keeps PyTorch's default
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        self.optimizer = torch.optim.AdamW(_param_groups(self.student), lr=cfg.optim.lr, **fused)
+        self.optimizer_impl = "fused" if fused else "default"
         lr_peak = cfg.optim.lr * cfg.optim.batch_size / 256
         n = cfg.optim.steps
         self.lr = cosine_schedule(lr_peak, cfg.optim.min_lr, n, cfg.optim.warmup_steps)
@@ -248,6 +267,20 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True,  # the mask token is idle on unmasked batches
             )
+        self.fused_attention = fused_attention(self.student.backbone.vit)
+        if not self.fused_attention:
+            log.warning(
+                "timm's attention blocks do not use scaled_dot_product_attention (is "
+                "TIMM_FUSED_ATTN=0 set?); pretraining runs, but slower and with more memory"
+            )
+        # the modules called in a step; checkpoints and the EMA use the plain ones
+        self.compiled = bool(cfg.compile and self.device.type == "cuda")
+        self._student_step, self._teacher_step = self.model, self.teacher
+        if self.compiled:
+            self._student_step = torch.compile(self.model)
+            self._teacher_step = torch.compile(self.teacher)
+        elif cfg.compile:
+            log.info("pretrain.compile applies on CUDA only; %s runs eagerly", self.device)
 
     # -- construction ---------------------------------------------------------------------
     def _build(self, drop_path: float) -> MultiCropStudent:
@@ -382,10 +415,10 @@ class Trainer:
         temp = float(self.teacher_temp[step])
         with self._autocast():
             with torch.no_grad():
-                t_out = self.teacher(global_crops, None, None)
+                t_out = self._teacher_step(global_crops, None, None)
                 q_cls = self.dino_loss.teacher_probs(t_out["global_cls"].float(), temp)
                 q_patch = self.ibot_loss.teacher_probs(t_out["global_patch"].float(), temp)
-            s_out = self.model(global_crops, local_crops, masks)
+            s_out = self._student_step(global_crops, local_crops, masks)
             s_cls = list(s_out["global_cls"].float().chunk(n_g))
             if "local_cls" in s_out:
                 s_cls += list(s_out["local_cls"].float().chunk(cfg.crops.n_local))

@@ -80,6 +80,13 @@ def run_pretrain(
             resumed_from_step=resumed_from,
             inductive=inductive,
             distributed=_distributed_record(cfg, trainer),
+            step_runtime={
+                "views": f"made in batches on {trainer.device.type}",
+                "fused_attention": trainer.fused_attention,
+                "compiled": trainer.compiled,
+                "optimizer": trainer.optimizer_impl,
+                "autocast": "bf16" if trainer.autocast_dtype is not None else "fp32",
+            },
         )
         _export(trainer, cfg, stores, out, record)
         _log_outputs(run, trainer, out, cfg.name)
