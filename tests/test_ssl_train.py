@@ -327,9 +327,9 @@ def test_loader_workers_auto():
 def test_attention_kernel_check_and_compile_only_on_cuda(store, tmp_path, caplog):
     """timm's blocks call scaled_dot_product_attention (checked, not assumed); compile is a
     CUDA switch that the CPU ignores with a note, and the provenance says what ran."""
-    from cytofm.ssl.train import fused_attention
-
     import logging
+
+    from cytofm.ssl.train import fused_attention
 
     with caplog.at_level(logging.INFO, logger="cytofm.ssl.train"):
         tr = Trainer(TINY.updated({"compile": True}), PatchSource([store]), tmp_path)

@@ -100,7 +100,7 @@ def draw_view_params(
     u = torch.stack(
         [torch.rand(n_views, _N_UNIFORMS, generator=g, dtype=torch.float64) for g in generators], 1
     )  # (V, B, K)
-    v, b = u.shape[:2]
+    v = u.shape[0]
     scales = [crops.global_scale] * N_GLOBAL + [crops.local_scale] * crops.n_local
     boxes = torch.stack([_crop_boxes(u[i], side, scales[i], crops.keep_centre) for i in range(v)])
     flip = (u[..., 4] < 0.5).long()
