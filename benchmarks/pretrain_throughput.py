@@ -167,29 +167,33 @@ def loader_cost(batch: int, steps: int) -> list[dict]:
                 "crops.global_scale": [0.32, 1.0],
                 "crops.local_scale": [0.05, 0.32],
                 "optim.batch_size": batch,
-                "optim.steps": steps + 1,
+                "optim.steps": steps,
             }
         )
-        source = PatchSource([_patch_store(tmp, patch_px, batch * (steps + 1))])
-        data = StepBatches(source, BlockMasker((g_px // 16,) * 2), cfg, 0, 1, steps + 1)
+        # one epoch of fresh stores, so every sample is decompressed once, as in training
+        store = _patch_store(tmp, patch_px, batch * steps)
         mean = std = torch.full((3,), 0.5)
-        data[0]  # warm the chunk cache path once
         now = before = 0.0
-        for step in range(1, steps + 1):
+        for with_views in (False, True):
+            data = StepBatches(PatchSource([store]), BlockMasker((g_px // 16,) * 2), cfg, 0, 1,
+                               steps)  # fmt: skip
             t0 = time.process_time()
-            item = data[step]
-            t1 = time.process_time()
-            imgs = item.patches.permute(0, 3, 1, 2).float() / 255
-            for v in range(item.boxes.shape[0]):
-                size = g_px if v < N_GLOBAL else l_px
-                for i in range(len(imgs)):
-                    reference_view(
-                        imgs[i], item.boxes[v, i], item.dihedral[v, i], item.color[v, i],
-                        float(item.blur[v, i]), size, True, mean, std,
-                    )  # fmt: skip
-            t2 = time.process_time()
-            now += t1 - t0
-            before += t2 - t0
+            for step in range(steps):
+                item = data[step]
+                if not with_views:
+                    continue
+                imgs = item.patches.permute(0, 3, 1, 2).float() / 255
+                for v in range(item.boxes.shape[0]):
+                    size = g_px if v < N_GLOBAL else l_px
+                    for i in range(len(imgs)):
+                        reference_view(
+                            imgs[i], item.boxes[v, i], item.dihedral[v, i], item.color[v, i],
+                            float(item.blur[v, i]), size, True, mean, std,
+                        )  # fmt: skip
+            if with_views:
+                before = time.process_time() - t0
+            else:
+                now = time.process_time() - t0
         n = batch * steps
         rows.append(
             {
@@ -266,7 +270,7 @@ def main() -> None:
         "--out", type=Path, default=REPO / "benchmarks" / "results" / "pretrain_throughput"
     )
     ap.add_argument("--loader-batch", type=int, default=32, help="samples per loader step")
-    ap.add_argument("--loader-steps", type=int, default=3, help="loader steps timed")
+    ap.add_argument("--loader-steps", type=int, default=8, help="loader steps timed (an epoch)")
     args = ap.parse_args()
     if args.child:
         name, steps, warmup, batch, workers = args.child

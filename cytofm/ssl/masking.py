@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 __all__ = ["BlockMasker"]
@@ -22,13 +23,14 @@ class BlockMasker:
         self.log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
 
     def __call__(self, n_mask: int, generator: torch.Generator) -> torch.Tensor:
-        """Boolean (H*W,) mask with (about) ``n_mask`` True entries."""
-        mask = torch.zeros(self.h, self.w, dtype=torch.bool)
+        """Boolean (H*W,) mask with (about) ``n_mask`` True entries. The grid lives in numpy
+        (tiny arrays, no per-operation tensor overhead); every draw comes from ``generator``."""
+        mask = np.zeros((self.h, self.w), dtype=bool)
         n_mask = min(n_mask, self.h * self.w)
-        tries = 0
-        while int(mask.sum()) < n_mask and tries < 100:
+        done, tries = 0, 0
+        while done < n_mask and tries < 100:
             tries += 1
-            left = n_mask - int(mask.sum())
+            left = n_mask - done
             max_area = max(left, self.min_block)
             area = _uniform(self.min_block, max_area, generator)
             aspect = math.exp(_uniform(*self.log_aspect, generator))
@@ -36,16 +38,16 @@ class BlockMasker:
             bw = min(max(int(round(math.sqrt(area / aspect))), 1), self.w)
             top = int(torch.randint(0, self.h - bh + 1, (1,), generator=generator))
             lft = int(torch.randint(0, self.w - bw + 1, (1,), generator=generator))
-            block = mask[top : top + bh, lft : lft + bw]
-            new = int((~block).sum())
-            if 0 < new <= left:
+            block = mask[top : top + bh, lft : lft + bw]  # a view: writes land in mask
+            free = np.flatnonzero(~block)
+            if 0 < len(free) <= left:
                 block[:] = True
-            elif new > left:  # fill only part of the block so the count is not overshot
-                idx = torch.nonzero(~block.reshape(-1)).flatten()[:left]
-                flat = block.reshape(-1).clone()
-                flat[idx] = True
-                mask[top : top + bh, lft : lft + bw] = flat.reshape(bh, bw)
-        return mask.reshape(-1)
+                done += len(free)
+            elif len(free) > left:  # fill only part of the block so the count is not overshot
+                rows, cols = np.unravel_index(free[:left], (bh, bw))  # row-major in the block
+                mask[top + rows, lft + cols] = True
+                done += left
+        return torch.from_numpy(mask.reshape(-1))
 
     def batch(
         self,
