@@ -135,6 +135,35 @@ def test_loader_workers_and_background_writes_change_no_feature(setup, tmp_path)
     assert np.array_equal(open_store(out)["features"][:], same)
 
 
+def test_the_read_ahead_thread_keeps_order_raises_read_errors_and_stops(setup):
+    """With no worker processes a thread reads ahead: the same rows in the same order as a
+    plain loop, a failed read surfaces in the caller naming its cause, and a consumer that
+    stops early leaves no reader thread behind."""
+    import threading
+
+    from cytofm.eval.features import _Batches, _ReadAhead
+
+    images = open_store(setup["store"])["images"]
+    got = list(_ReadAhead(_Batches(images, 6), pin=False))
+    plain = _Batches(images, 6)
+    want = [plain[i] for i in range(len(plain))]
+    assert [s for s, _ in got] == [s for s, _ in want] and len(got) > 2
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(got, want, strict=True))
+
+    class Broken(_Batches):
+        def __getitem__(self, i):
+            if i == 2:
+                raise OSError("chunk 2 is damaged")
+            return super().__getitem__(i)
+
+    with pytest.raises(OSError, match="chunk 2 is damaged"):
+        list(_ReadAhead(Broken(images, 6), pin=False))
+    reader = _ReadAhead(_Batches(images, 1), pin=False, depth=1)
+    for _ in reader:
+        break
+    assert not any(t.name == "batch-reader" and t.is_alive() for t in threading.enumerate())
+
+
 def test_a_failed_background_write_is_raised(tmp_path):
     from cytofm.eval.features import ChunkSink
 

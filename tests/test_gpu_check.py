@@ -28,6 +28,12 @@ def test_gpu_check_smoke(tmp_path):
     (pre,) = res["pretrain"]  # no GPUs: the single-process run only
     assert pre["images_per_s"] > 0 and pre["flops_per_step"] > 0
     assert 0 <= pre["data_wait_fraction"] <= 1
+    (compiled,) = res["pretrain_compiled"]  # asked for, but compile is a CUDA switch
+    assert compiled["compile"] and not compiled["compiled"]
+    assert res["pretrain_vitb"][0]["images_per_s"] > 0
+    # the loader alone, and the views made from its batches
+    assert res["loader"]["loader_images_per_s"] > 0 and res["loader"]["views_images_per_s"] > 0
+    assert "errors" not in res, res.get("errors")
     assert [e["arch"] for e in res["embedding"]] == [
         "vit_small_patch16_224",
         "vit_base_patch16_224",
@@ -36,5 +42,6 @@ def test_gpu_check_smoke(tmp_path):
     assert res["lora"]["steps_per_s"] > 0 and math.isfinite(res["lora"]["steps_per_s"])
     assert res["bf16_vs_fp32"]["cosine_mean"] > 0.9
     md = (tmp_path / "gpu_check.md").read_text()
-    for heading in ("## Pretraining", "## Embedding", "## LoRA", "## bf16 vs fp32"):
+    for heading in ("## Pretraining", "## The pretraining loader alone", "## Embedding", "## LoRA",
+                    "## bf16 vs fp32"):  # fmt: skip
         assert heading in md

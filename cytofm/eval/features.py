@@ -1,12 +1,17 @@
 """Batched feature extraction from a patch store's ``images`` array.
 
-Batches are read by ``DataLoader`` workers (zarr chunks decoded off the main loop, pinned
-memory on a GPU) and features can stream to a :class:`ChunkSink`, which writes whole chunks of
-the feature array from a background thread while the device computes the next batches.
+Batches are read by ``DataLoader`` workers, or with none by a read-ahead thread (zarr chunks
+decoded off the main loop, pinned memory on a GPU), and go to the device as uint8, where they
+are resized and normalised. Features can stream to a :class:`ChunkSink`, which writes whole
+chunks of the feature array from a background thread while the device computes the next
+batches.
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -64,7 +69,55 @@ class _Batches(torch.utils.data.Dataset):
         return start, torch.from_numpy(rows)
 
 
+class _ReadAhead:
+    """Batches of ``_Batches`` read by one background thread, ``depth`` ahead of the consumer
+    (pinned for a GPU): with no worker processes, the next batch is read and decompressed
+    (zarr's codecs release the GIL) while the device runs the current one."""
+
+    def __init__(self, data: _Batches, pin: bool, depth: int = 2):
+        self.data, self.pin = data, pin
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="batch-reader", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for i in range(len(self.data)):
+                if self._stop.is_set():
+                    return
+                start, rows = self.data[i]
+                self._put((start, rows.pin_memory() if self.pin else rows))
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(exc)
+        self._put(None)
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self):
+        try:
+            while (item := self._queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop reading (a consumer that ends early or fails); waits for the thread."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
 def _loader(images, batch: int, workers: int, pin: bool):
+    if workers == 0:
+        return _ReadAhead(_Batches(images, batch), pin)
     return torch.utils.data.DataLoader(
         _Batches(images, batch),
         batch_size=None,
@@ -158,7 +211,7 @@ def embed_array(
 
     # one batch in flight: batch i's features are read back while the device runs batch i+1
     pending: _InFlight | None = None
-    with tqdm(total=n, desc=desc, unit="img", mininterval=5) as bar:
+    with tqdm(total=n, desc=desc, unit="img", mininterval=5) as bar, _closing(loader):
         for start, rows in loader:
             x = preprocess(rows, bb, device)
             finite = torch.isfinite(x).flatten(1).all(1)
@@ -171,6 +224,16 @@ def embed_array(
         if pending is not None:
             emit(pending)
     return out
+
+
+@contextlib.contextmanager
+def _closing(loader):
+    """Stops a read-ahead thread however the loop ends (DataLoaders clean up themselves)."""
+    try:
+        yield loader
+    finally:
+        if isinstance(loader, _ReadAhead):
+            loader.close()
 
 
 class _InFlight:
