@@ -256,9 +256,7 @@ class ViewMaker:
         x = x.view(b, size, side, 3).transpose(2, 3).reshape(b, size * 3, side)
         x = torch.bmm(x, right.transpose(1, 2))  # (B, size * 3, size)
         x = x.view(b, size, 3, size).permute(0, 2, 1, 3).contiguous()  # (B, 3, size, size)
-        which = torch.nonzero(transposed).flatten()
-        if len(which):
-            x[which] = x[which].transpose(-1, -2).contiguous()
+        x = torch.where(transposed[:, None, None, None], x.transpose(-1, -2), x)
         color = p.color
         if self.hed:
             a, c = color[:, 0:3], color[:, 3:6]
@@ -281,22 +279,18 @@ class ViewMaker:
 
     @staticmethod
     def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """Separable Gaussian blur of the images with sigma > 0, one grouped convolution per
-        axis; each kernel is cut at its own radius ceil(3 sigma) and padded by reflection."""
-        which = torch.nonzero(sigma > 0).flatten()
-        if len(which) == 0:
-            return x
-        s = sigma[which].double()
-        radius = torch.ceil(3 * s).clamp(min=1)
-        big = int(radius.max())
+        """Separable Gaussian blur, one grouped convolution per axis for the whole batch; each
+        kernel is cut at its own radius ceil(3 sigma) and the image padded by reflection, and
+        sigma 0 is the identity. Shapes are fixed by the config (no host-device sync)."""
+        big = max(int(math.ceil(3 * BLUR_SIGMA[1])), 1)
         taps = torch.arange(-big, big + 1, device=x.device, dtype=torch.float64)
-        k = torch.exp(-(taps[None] ** 2) / (2 * s[:, None] ** 2))
-        k = k * (taps[None].abs() <= radius[:, None])
-        k = (k / k.sum(1, keepdim=True)).float()  # (n, 2 * big + 1)
-        n, size = len(which), x.shape[-1]
-        k = k.repeat_interleave(3, 0)  # one kernel per channel
-        y = x[which].reshape(1, n * 3, size, size)
-        y = F.conv2d(F.pad(y, (big, big, 0, 0), mode="reflect"), k[:, None, None, :], groups=n * 3)
-        y = F.conv2d(F.pad(y, (0, 0, big, big), mode="reflect"), k[:, None, :, None], groups=n * 3)
-        x[which] = y.view(n, 3, size, size)
-        return x
+        s = sigma.double().clamp(min=1e-6)[:, None]
+        k = torch.exp(-(taps[None] ** 2) / (2 * s**2))
+        k = k * (taps[None].abs() <= torch.ceil(3 * s).clamp(min=1))
+        k = torch.where((sigma > 0)[:, None], k, (taps == 0).double()[None])
+        k = (k / k.sum(1, keepdim=True)).float().repeat_interleave(3, 0)  # (B * 3, 2 * big + 1)
+        b, c, h, w = x.shape
+        y = x.reshape(1, b * c, h, w)
+        y = F.conv2d(F.pad(y, (big, big, 0, 0), mode="reflect"), k[:, None, None, :], groups=b * c)
+        y = F.conv2d(F.pad(y, (0, 0, big, big), mode="reflect"), k[:, None, :, None], groups=b * c)
+        return y.view(b, c, h, w)
