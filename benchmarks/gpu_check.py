@@ -436,13 +436,14 @@ def write_md(res: dict, path: Path) -> None:
                   "MFU >= 30%."]  # fmt: skip
     if res.get("loader"):
         lo = res["loader"]
+        free = {True: "yes", False: "no", None: "n/a"}[lo["views_sync_free"]]
         lines += ["", "## The pretraining loader alone (ViT-S/16 recipe, no model)", "",
                   "| loader workers | batch | views | images/s delivered to the device | "
                   "images/s of views made on the device | views without a host sync |",
                   "|---|---|---|---|---|---|",
                   f"| {lo['num_workers']} | {lo['batch_size']} | {lo['views']} | "
                   f"{lo['loader_images_per_s']:.0f} | {lo['views_images_per_s']:.0f} | "
-                  f"{ {True: 'yes', False: 'no', None: 'n/a'}[lo['views_sync_free']]} |"]  # fmt: skip
+                  f"{free} |"]  # fmt: skip
     if res.get("embedding"):
         lines += ["", "## Embedding, forward pass (bf16)", "",
                   "| model | batch | images/s | TFLOPS | MFU | zarr write share |",
