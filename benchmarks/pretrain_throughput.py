@@ -250,6 +250,38 @@ def view_maker_rate(batch: int, steps: int) -> list[dict]:
     return rows
 
 
+def measured_summary(res: dict) -> str:
+    """The paragraph docs/measured.md quotes, made from the results file (a test keeps the two
+    the same)."""
+    loader = {r["patch_px"]: r for r in res["loader"]}
+    views = {r["patch_px"]: r for r in res["view_maker"]}
+    parts = [
+        f"{px} px patches ({loader[px]['views']} views) {loader[px]['us_per_sample_before']:,.0f}"
+        f" -> {loader[px]['us_per_sample_now']:,.0f} us ({loader[px]['reduction']:.0f}x less)"
+        for px in sorted(loader, reverse=True)
+    ]
+    rates = ", ".join(
+        f"{views[px]['images_per_s']:,.0f} images/s at {px} px"
+        for px in sorted(views, reverse=True)
+    )
+    demo = next((r for r in res["results"] if r["config"] == "demo"), None)
+    text = (
+        "**Pretraining loader** (`python benchmarks/pretrain_throughput.py`, "
+        "`benchmarks/results/pretrain_throughput.md`): a DataLoader worker's CPU time per "
+        "sample (one thread, one epoch, each sample decompressed once), now that workers only "
+        "read uint8 patches and draw view parameters and masks, against also making every view "
+        f"image by image on the CPU as before: {'; '.join(parts)}. The batched views, on this "
+        f"machine's {next(iter(views.values()))['threads']} CPU threads: {rates} (on a GPU they "
+        "run on the device)."
+    )
+    if demo:
+        text += (
+            f" The demo's recipe trains at {demo['images_per_s']:.1f} images/s on this CPU "
+            f"(views included; the loader {demo['loader_fraction']:.0%} of the step)."
+        )
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -350,6 +382,8 @@ def main() -> None:
             f"| {r['patch_px']} | {r['views']} | {r['batch']} | {r['images_per_s']:.0f} | "
             f"{r['threads']} |"
         )
+    summary = measured_summary({"results": rows, "loader": loader, "view_maker": views})
+    lines += ["", summary]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n\n" + json.dumps(meta) + "\n")
     print("\n".join(lines))
 
