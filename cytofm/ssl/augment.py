@@ -207,8 +207,22 @@ class ViewMaker:
         self.hed = crops.hed_sigma > 0
         self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        stain = _RGB_FROM_HED.T.contiguous()  # od' = R^T diag(a) H^T od + R^T b
-        self._rgb_from_hed_t, self._hed_from_rgb_t = stain, _HED_FROM_RGB.T.contiguous()
+        self._constants: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """mean, std, R^T, H^T on ``device``, copied there once (od' = R^T diag(a) H^T od +
+        R^T b is the stain jitter in optical density)."""
+        if device not in self._constants:
+            self._constants[device] = tuple(
+                t.to(device)
+                for t in (
+                    self.mean,
+                    self.std,
+                    _RGB_FROM_HED.T.contiguous(),
+                    _HED_FROM_RGB.T.contiguous(),
+                )
+            )
+        return self._constants[device]
 
     @torch.no_grad()
     def __call__(
@@ -258,10 +272,10 @@ class ViewMaker:
         x = x.view(b, size, 3, size).permute(0, 2, 1, 3).contiguous()  # (B, 3, size, size)
         x = torch.where(transposed[:, None, None, None], x.transpose(-1, -2), x)
         color = p.color
+        mean, std, rgb_t, hed_t = self._on(x.device)
         if self.hed:
             a, c = color[:, 0:3], color[:, 3:6]
-            rgb_t = self._rgb_from_hed_t.to(x.device)
-            stain = rgb_t[None] * a[:, None, :] @ self._hed_from_rgb_t.to(x.device)  # (B, 3, 3)
+            stain = rgb_t[None] * a[:, None, :] @ hed_t  # (B, 3, 3)
             shift = c @ rgb_t.T  # (B, 3)
             od = torch.log(x.clamp_(min=1e-3)).neg_()
             od = torch.einsum("bij,bjhw->bihw", stain, od).add_(shift[:, :, None, None])
@@ -275,7 +289,7 @@ class ViewMaker:
         )
         x = self._blur(x, p.blur)
         x = x.clamp_(0, 1)
-        return x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
+        return x.sub_(mean).div_(std)
 
     @staticmethod
     def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
