@@ -128,6 +128,9 @@ def test_two_nodes_of_two_processes_train_the_weights_of_one(store, tmp_path):
         "same_weights_for_any_split": True,
         "per_process_randomness": [],
     }
+    runtime = record["step_runtime"]  # what ran where, for a reader of the provenance
+    assert runtime["views"] == "made in batches on cpu" and runtime["fused_attention"]
+    assert not runtime["compiled"] and runtime["autocast"] == "fp32"
 
 
 def test_a_four_process_checkpoint_resumes_in_one_on_the_same_data_order(store, tmp_path):

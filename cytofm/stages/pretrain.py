@@ -80,13 +80,7 @@ def run_pretrain(
             resumed_from_step=resumed_from,
             inductive=inductive,
             distributed=_distributed_record(cfg, trainer),
-            step_runtime={
-                "views": f"made in batches on {trainer.device.type}",
-                "fused_attention": trainer.fused_attention,
-                "compiled": trainer.compiled,
-                "optimizer": trainer.optimizer_impl,
-                "autocast": "bf16" if trainer.autocast_dtype is not None else "fp32",
-            },
+            step_runtime=_step_runtime(trainer),
         )
         _export(trainer, cfg, stores, out, record)
         _log_outputs(run, trainer, out, cfg.name)
@@ -106,6 +100,17 @@ def _source(stores: list[Path], exclude: dict):
             f"no cell was found) and add nothing: {names}"
         )
     return source
+
+
+def _step_runtime(trainer) -> dict:
+    """Where and how the steps ran (results do not depend on it on one device)."""
+    return {
+        "views": f"made in batches on {trainer.device.type}",
+        "fused_attention": trainer.fused_attention,
+        "compiled": trainer.compiled,
+        "optimizer": trainer.optimizer_impl,
+        "autocast": "bf16" if trainer.autocast_dtype is not None else "fp32",
+    }
 
 
 def _distributed_record(cfg: PretrainConfig, trainer) -> dict:
