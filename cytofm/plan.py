@@ -151,6 +151,7 @@ class Plan:
             sets[name] = {k: v for k, v in entry.to_dict().items() if k != "name"}
         for name, entry in sets.items():
             from_mapping(DatasetConfig, {"name": name, **entry}, f"datasets.{name}")
+        _refuse_aliases(sets)
         return sets
 
     # ------------------------------------------------------------------------ pretraining
@@ -227,7 +228,7 @@ class Plan:
         """Refuse a config whose pretraining reads slides a slide task cross-validates
         (unless pretrain.transductive); dataset test rows are left out by the pretraining job
         itself (:meth:`held_out`)."""
-        from cytofm.inductive import leak_message, slide_leaks
+        from cytofm.inductive import content_leak_message, content_leaks, leak_message, slide_leaks
 
         if not self.pretrain.enabled or self.pretrain.transductive or not self.pretrain_slides:
             return
@@ -237,6 +238,18 @@ class Plan:
             kinds = [k for k in ("cells", "tiles") if k in self.pretrain.sources]
             stores = {s: self.paths.store(kinds[0], s) for slides in leaks.values() for s in slides}
             raise InputDataError(leak_message(leaks, stores, self.pretrain.sources))
+        # the same file under another slide_id, or another slide of a cohort patient
+        shared = content_leaks(
+            self._sheet_rows(self.pretrain_slides),
+            {t: self._sheet_rows(ids) for t, ids in cohorts.items()},
+        )
+        if shared:
+            raise InputDataError(content_leak_message(shared, self.pretrain.sources))
+
+    def _sheet_rows(self, ids: list[str]) -> list[dict]:
+        """slide_id, path and (when the sheet has one) patient_id of these slides."""
+        cols = [c for c in ("slide_id", "path", "patient_id") if c in self.slides.columns]
+        return self.slides.loc[ids, cols].to_dict("records") if ids else []
 
     # -------------------------------------------------------------------- backbones, tasks
 
@@ -777,3 +790,19 @@ class Plan:
         if not self.gpu or set_ is None or set_.gpus is None:
             return self.gpu
         return set_.gpus
+
+
+def _refuse_aliases(datasets: dict[str, dict]) -> None:
+    """Two names for the same images would let pretraining read, under one, the test rows a
+    task holds out under the other."""
+    from cytofm.inductive import dataset_aliases
+
+    for first, second in dataset_aliases(datasets):
+        entry = datasets[second]
+        what = entry["path"] + (f" with query {entry['query']!r}" if entry.get("query") else "")
+        raise ConfigError(
+            f"datasets '{first}' and '{second}' import the same images ({what}). Under two "
+            "names, pretraining could read the test rows a task leaves out of the other. Fix: "
+            f"keep one name and point every task, pretrain.sources entry and probe at it (or "
+            "give the second a query that selects other rows)."
+        )

@@ -68,10 +68,14 @@ def _single(store, out: Path, stop_at=None) -> dict:
     from cytofm.ssl.data import PatchSource
     from cytofm.ssl.train import Trainer
 
-    torch.set_num_threads(1)
-    trainer = Trainer(CFG, PatchSource([store]), out, device="cpu")
-    trainer.load_checkpoint()
-    trainer.fit(stop_at=stop_at)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun worker runs; restored for the tests after
+    try:
+        trainer = Trainer(CFG, PatchSource([store]), out, device="cpu")
+        trainer.load_checkpoint()
+        trainer.fit(stop_at=stop_at)
+    finally:
+        torch.set_num_threads(threads)
     return {k: v.clone() for k, v in trainer.student.state_dict().items()}
 
 

@@ -174,3 +174,64 @@ def test_planning_imports_no_heavy_library():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _cohort_overlay(tmp_path, rows: str) -> dict:
+    """A user sheet (slide a pretrained, the rest a slide task's cohort) and that task."""
+    sheet = tmp_path / "slides.tsv"
+    sheet.write_text("slide_id\tpath\tmpp\tsplit\tpatient_id\tdx\n" + rows)
+    for name in ("a.tiff", "c.tiff", "d.tiff"):
+        (tmp_path / name).write_bytes(b"")
+    return {
+        "samples": str(sheet),
+        "demo": {"enabled": False},
+        "pretrain": {"splits": ["train"]},
+        "evaluate": {
+            "slide_tasks": {
+                "dx": {
+                    "label": "dx",
+                    "slides": "all",
+                    "folds": 2,
+                    "cell_task": "",
+                    "truth_positive": [],
+                    "classes": ["0", "1"],
+                }
+            }
+        },
+    }
+
+
+def test_a_slide_file_under_two_ids_and_a_cohort_patients_other_slide_are_refused(tmp_path):
+    """Checked on content, not names: a cohort slide whose file pretraining reads under
+    another slide_id, or whose patient has a slide pretraining reads."""
+    a, c, d = (tmp_path / n for n in ("a.tiff", "c.tiff", "d.tiff"))
+    rows = (
+        f"a\t{a}\t0.25\ttrain\tP1\t\n"
+        f"b\t{tmp_path}/./a.tiff\t0.25\ttest\tP9\t1\n"  # a's file under another name
+        f"c\t{c}\t0.25\ttest\tP1\t0\n"  # patient P1's other slide
+        f"d\t{d}\t0.25\ttest\tP2\t1\n"
+    )
+    overlay = _cohort_overlay(tmp_path, rows)
+    with pytest.raises(InputDataError) as err:
+        _plan(overlay)
+    msg = str(err.value)
+    assert "slide task 'dx'" in msg and "'b' is the file of pretrained slide 'a'" in msg
+    assert "'c' is of patient 'P1', whose slide 'a' pretraining reads" in msg
+    assert "'d'" not in msg and "pretrain.transductive: true" in msg
+    update_config(overlay, {"pretrain": {"transductive": True}})
+    assert [r["slide_id"] for r in _plan(overlay).cohort("dx")] == ["b", "c", "d"]
+    # without the shared file and patient the same sheet plans
+    clean = rows.replace(f"{tmp_path}/./a.tiff", str(d)).replace("test\tP1", "test\tP3")
+    assert _plan(_cohort_overlay(tmp_path, clean)).pretrain_slides == ["a"]
+
+
+def test_two_names_for_one_dataset_are_refused(tmp_path):
+    folder = tmp_path / "pbc"
+    with pytest.raises(ConfigError, match=r"datasets 'pbc' and 'pbc_again' import the same im"):
+        _plan({"datasets": {"pbc": {"path": str(folder)}, "pbc_again": {"path": f"{folder}/"}}})
+    table = str(tmp_path / "cells.csv")
+    one = {"path": table, "format": "csv", "query": "site == 'a'"}
+    with pytest.raises(ConfigError, match="with query \"site == 'a'\""):
+        _plan({"datasets": {"x": one, "y": dict(one)}})
+    other = {**one, "query": "site == 'b'"}  # other rows of the same table: another collection
+    assert {"x", "y"} <= set(_plan({"datasets": {"x": one, "y": other}}).datasets)
