@@ -950,7 +950,7 @@ class KnnConfig(Section):
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig(Section):
-    """LoRA fine-tuning with peft, as seed 001 does it"""
+    """LoRA fine-tuning with peft, as Dausort, Godelaine et al. do it"""
 
     rank: int = option(2, "LoRA rank (peft)", minimum=1)
     alpha: float = option(1.0, "LoRA scaling alpha (update scaled by alpha / rank)", above=0)
@@ -986,7 +986,8 @@ class LoraConfig(Section):
     weight_decay: float = option(0.01, "AdamW weight decay of adapters and head", minimum=0)
     fractions: tuple = option(
         (),
-        "LoRA on these shares of the training split too (seed 001 Fig. 2); GPU work",
+        "LoRA on these shares of the training split too (Fig. 2 of Dausort, Godelaine et al.); "
+        "GPU work",
         items="number",
     )
     device: str = option("auto", "auto | cpu | cuda ...")
@@ -1134,7 +1135,9 @@ class EvalConfig(Section):
     )
     linear: LinearConfig = option(LinearConfig(), "logistic-regression probe")
     knn: KnnConfig = option(KnnConfig(), "cosine kNN")
-    lora: LoraConfig = option(LoraConfig(), "LoRA fine-tuning (peft), the protocol of seed 001")
+    lora: LoraConfig = option(
+        LoraConfig(), "LoRA fine-tuning (peft), the protocol of Dausort, Godelaine et al."
+    )
     mil: MilConfig = option(MilConfig(), "attention MIL for slide tasks")
     select_metric: str = option(
         "balanced_accuracy",

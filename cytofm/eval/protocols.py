@@ -177,8 +177,9 @@ class FewShot(Protocol):
 
 @register_protocol
 class Lora(Protocol):
-    """LoRA fine-tuning of the backbone from the task's images (seed 001's protocol): one
-    adapter per learning rate of the grid for the protocol's steps, best on val."""
+    """LoRA fine-tuning of the backbone from the task's images (the protocol of Dausort,
+    Godelaine et al.): one adapter per learning rate of the grid for the protocol's steps, best
+    on val."""
 
     name = "lora"
     needs_features = False

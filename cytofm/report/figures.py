@@ -88,7 +88,8 @@ def plot_fractions(
     summary: pd.DataFrame, out_png: str | Path, metric: str = "balanced_accuracy"
 ) -> Path | None:
     """Metric vs. share of the training labels, one line per backbone x protocol with the
-    95% CI band (seed 001, Fig. 2); None when the task has no fractions configured."""
+    95% CI band (Fig. 2 of Dausort, Godelaine et al.); None when the task has no fractions
+    configured."""
     part = summary[(summary["skipped"] == "") & summary["fraction"].notna()]
     if part.empty:
         return None

@@ -1,4 +1,5 @@
-"""Results tables: one row per protocol setting, one column per backbone (seed 001, Table 1).
+"""Results tables: one row per protocol setting, one column per backbone (as Table 1 of
+Dausort, Godelaine et al.).
 
 Each cell holds the mean over seeds, the standard deviation and the 95% CI (test items and
 seeds) of the task's main metric, exactly as the result JSONs give them. A backbone is marked
@@ -145,7 +146,7 @@ def sentence(task: str, row: pd.Series, comparisons: pd.DataFrame | None) -> str
 
 def overview_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Tasks x backbones on the full-label linear probe (ABMIL for slide tasks), plus the
-    average over tasks: the shape of seed 001's Table 1."""
+    average over tasks: the shape of Table 1 of Dausort, Godelaine et al.."""
     rows = []
     for task, table in tables.items():
         first = table[table["setting"].isin(["linear probe, all labels", *_mil_rows(table)])]
