@@ -61,39 +61,68 @@ def test_ece_is_the_weighted_gap_of_the_bins():
     assert both[1] == pytest.approx(ece(y[idx], p[idx]))
 
 
-def test_conformal_sets_reach_their_coverage_on_exchangeable_items():
-    rng = np.random.default_rng(2)
-    covered, sizes = [], []
-    for _ in range(20):
-        y_val, p_val = _overconfident(rng, 300)
-        y_test, p_test = _overconfident(rng, 300)
-        q = conformal_threshold(y_val, p_val, 0.1)
-        sets = p_test >= 1 - q - 1e-12
-        covered.append(sets[np.arange(len(y_test)), y_test].mean())
-        sizes.append(sets.sum(1).mean())
-    assert np.mean(covered) >= 0.88  # >= 0.9 in expectation; 20 x 300 items
-    assert 1.0 < np.mean(sizes) < 4.0  # sets are informative
-    # too few validation items for 95%: every class
+def _calibrated(rng, n, k=4):
+    """A calibrated model: probabilities p drawn first, then each label from its own p."""
+    p = _softmax(rng.normal(scale=1.5, size=(n, k)))
+    y = (rng.random((n, 1)) > np.cumsum(p, 1)).sum(1)
+    return y, p
+
+
+def test_conformal_threshold_is_the_right_order_statistic():
+    # 240 distinct scores 1 - p(true class): for alpha 0.1 the rank is ceil(241 x 0.9) = 217
+    rng = np.random.default_rng(5)
+    scores = rng.permutation(np.linspace(0.01, 0.95, 240))
+    y = rng.integers(0, 3, 240)
+    p = np.full((240, 3), 0.0)
+    p[np.arange(240), y] = 1 - scores
+    p[np.arange(240), (y + 1) % 3] = scores
+    assert conformal_threshold(y, p, 0.1) == pytest.approx(np.sort(scores)[216])
+    # too few calibration items for 95%: every class
     assert conformal_threshold(np.zeros(5, int), np.full((5, 3), 1 / 3), 0.05) == 1.0
 
 
-def test_summary_has_intervals_and_the_conformal_part_only_with_validation():
+def test_conformal_coverage_of_a_calibrated_model_is_within_its_nominal_level():
+    # split conformal with n calibration items covers between 1 - alpha and
+    # 1 - alpha + 1 / (n + 1) on average; with n = 20 that is [0.900, 0.948): one rank
+    # too high would give 20 / 21 = 0.952
+    rng = np.random.default_rng(2)
+    covered, sizes = [], []
+    for _ in range(400):
+        y_cal, p_cal = _calibrated(rng, 20)
+        y_test, p_test = _calibrated(rng, 200)
+        q = conformal_threshold(y_cal, p_cal, 0.1)
+        sets = p_test >= 1 - q - 1e-12
+        covered.append(sets[np.arange(len(y_test)), y_test].mean())
+        sizes.append(sets.sum(1).mean())
+    assert 0.893 <= np.mean(covered) <= 0.925
+    assert 1.0 < np.mean(sizes) < 4.0  # sets are informative
+
+
+def test_summary_intervals_cover_the_truth_and_the_conformal_part_needs_calibration_rows():
+    # three "seeds": models that agree on the label-generating logits z up to small noise;
+    # labels, calibration rows and test rows are drawn together from the same model
     rng = np.random.default_rng(3)
-    y_val, _ = _overconfident(rng, 400)
-    seeds = [_overconfident(rng, 400) for _ in range(3)]
-    y_test = seeds[0][0]
-    probas = [_overconfident(np.random.default_rng(s), 400)[1] for s in range(3)]
-    vals = [_overconfident(np.random.default_rng(10 + s), 400)[1] for s in range(3)]
-    temps = [fit_temperature(y_val, v) for v in vals]
+    z = rng.normal(scale=1.5, size=(1200, 4))
+    y = (rng.random((1200, 1)) > np.cumsum(_softmax(z), 1)).sum(1)
+    cal, val, test = np.arange(0, 400), np.arange(400, 800), np.arange(800, 1200)
+    models = [_softmax(2.0 * (z + 0.1 * rng.normal(size=z.shape))) for _ in range(3)]
+    temps = [fit_temperature(y[val], m[val]) for m in models]
+    probas = [m[test] for m in models]
     scaled = [apply_temperature(p, t) for p, t in zip(probas, temps, strict=True)]
     out = summarise_calibration(
-        y_test, probas, scaled, temps, y_val=y_val, val_probas=vals, alpha=0.1, n_boot=200
-    )
+        y[test], probas, scaled, temps, y_calib=y[cal], calib_probas=[m[cal] for m in models],
+        alpha=0.1, n_boot=300,
+    )  # fmt: skip
     assert {"ece", "ece_scaled", "nll", "nll_scaled", "coverage", "set_size", "temperature"} <= set(
         out
     )
-    for name in ("ece", "coverage"):
-        assert out[name]["ci95"][0] <= out[name]["mean"] <= out[name]["ci95"][1]
+    # the models are overconfident by 2x: scaling finds T near 2 and removes most of the ECE
+    assert 1.5 < out["temperature"]["mean"] < 2.6
+    assert out["ece_scaled"]["ci95"][1] < out["ece"]["ci95"][0]
+    # 400 test items: the coverage interval is a few points wide and holds the nominal 0.9
+    lo, hi = out["coverage"]["ci95"]
+    assert 0.02 < hi - lo < 0.12
+    assert lo <= 0.9 <= hi
     assert out["temperature"]["range"] == [min(temps), max(temps)]
-    bare = summarise_calibration(y_test, probas, n_boot=50)
+    bare = summarise_calibration(y[test], probas, n_boot=50)
     assert set(bare) == {"ece", "nll"}

@@ -3,18 +3,27 @@
 import numpy as np
 import pytest
 
-from cytofm.eval.compare import compare_results, predictions_path, verdicts
+from cytofm.eval.compare import compare_results, holm, predictions_path, verdicts
 from cytofm.eval.predictions import load_predictions, save_predictions
 from cytofm.results import write_result
 
 
-def _job(tmp_path, backbone, kind, probas, y, groups=None, shots=None):
+def _job(tmp_path, backbone, kind, probas, y, groups=None, shots=None, rows=None, seeds=None):
+    """A fewshot (or, without shots, linear) result of one backbone; ``shots`` and
+    ``probas`` may be lists for several budgets in one result."""
     folder = tmp_path / "eval" / "t" / backbone
     folder.mkdir(parents=True, exist_ok=True)
     protocol = "linear" if shots is None else "fewshot"
     out = folder / f"{protocol}.json"
-    key = "all" if shots is None else f"shots={shots}"
-    save_predictions(predictions_path(out), y, groups, {key: probas})
+    budgets = shots if isinstance(shots, list) else [shots]
+    per_budget = probas if isinstance(shots, list) else [probas]
+    keys = ["all" if k is None else f"shots={k}" for k in budgets]
+    save_predictions(
+        predictions_path(out), y, groups, dict(zip(keys, per_budget, strict=True)),
+        test_rows=np.arange(len(y)) if rows is None else rows,
+        seeds={k: list(range(len(p))) if seeds is None else seeds
+               for k, p in zip(keys, per_budget, strict=True)},
+    )  # fmt: skip
     write_result(
         out,
         {
@@ -25,7 +34,7 @@ def _job(tmp_path, backbone, kind, probas, y, groups=None, shots=None):
             "protocol": protocol,
             "classes": ["0", "1", "2"],
             "split": {"n_test": len(y)},
-            "results": [{"shots": shots, "fraction": None, "summary": {}, "runs": []}],
+            "results": [{"shots": k, "fraction": None, "summary": {}, "runs": []} for k in budgets],
             "skipped": [],
             "seconds": 0.0,
             "provenance": {},
@@ -83,3 +92,46 @@ def test_a_clear_winner_and_grouped_resampling(tmp_path):
     table = compare_results(paths, n_boot=200)
     assert set(table.resampled) == {"groups"}
     assert verdicts(table, "balanced_accuracy")[("linear", "all")]["winner"] == "ssl"
+
+
+def test_holm_matches_the_step_down_definition():
+    p = np.array([0.01, 0.04, 0.03, 0.005, np.nan])
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1: 0.02, 0.03, 0.06, 0.04 -> monotone
+    assert holm(p)[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert np.isnan(holm(p)[4])
+    assert holm([0.5, 0.9])[1] == 1.0  # capped
+
+
+def test_verdicts_rest_on_the_holm_adjusted_p_values(tmp_path):
+    """Eight budgets where one backbone is slightly ahead: a raw p below 0.05 that does not
+    survive the family's adjustment reads "no difference"."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 400)
+    shots = list(range(1, 9))
+    paths = [
+        _job(
+            tmp_path, "ssl", "pretrained", [[_probas(y, 0.58, rng)] for _ in shots], y, shots=shots
+        ),
+        _job(tmp_path, "rnd", "random", [[_probas(y, 0.5, rng)] for _ in shots], y, shots=shots),
+    ]
+    table = compare_results(paths, n_boot=200)
+    acc = table[table.metric == "accuracy"]
+    assert (acc.family_size == 8).all()
+    assert (acc.p_holm >= acc.p_value - 1e-12).all()
+    raw_only = acc[(acc.p_value < 0.05) & (acc.p_holm >= 0.05)]
+    assert len(raw_only), "the data should give a raw-only effect"
+    assert (raw_only.verdict == "no difference").all()
+    assert ((acc.p_holm < 0.05) == (acc.verdict == "better")).all()
+
+
+def test_results_on_other_rows_or_seeds_are_not_paired(tmp_path):
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 100)
+    a = _job(tmp_path, "ssl", "pretrained", [_probas(y, 0.9, rng)] * 2, y, shots=2)
+    b = _job(tmp_path, "rnd", "random", [_probas(y, 0.5, rng)] * 2, y, shots=2,
+             rows=np.arange(100)[::-1])  # fmt: skip
+    assert compare_results([a, b], n_boot=50).empty  # same length, other rows
+    b = _job(tmp_path, "rnd", "random", [_probas(y, 0.5, rng)] * 2, y, shots=2, seeds=[5, 6])
+    assert compare_results([a, b], n_boot=50).empty  # other seeds
+    b = _job(tmp_path, "rnd", "random", [_probas(y, 0.5, rng)] * 2, y, shots=2)
+    assert len(compare_results([a, b], n_boot=50))

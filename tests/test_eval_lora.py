@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+import zarr
 
 from cytofm.config import EvalConfig
 from cytofm.errors import ConfigError
@@ -183,8 +184,67 @@ def test_a_cap_is_a_reduced_budget_with_the_same_shape():
         "protocol_steps": 150,
         "protocol_warmup_steps": 50,
         "reduced": True,
+        "departures": ["75 of 150 steps"],
     }
     assert not budget(LoraSettings(max_steps=500), shots=1)["reduced"]
+
+
+def test_a_shorter_grid_another_rank_or_other_layers_are_a_reduced_budget():
+    plan = budget(LoraSettings(lrs=(1e-3, 1e-4), rank=4, target_modules=("q", "k", "v")), shots=1)
+    assert plan["reduced"] and plan["steps"] == plan["protocol_steps"]
+    assert plan["departures"] == [
+        "2 of 5 learning rates",
+        "rank 4, not 2",
+        "adapters on q+k+v, not q+v",
+    ]
+    assert budget(LoraSettings(), shots=1)["departures"] == []
+
+
+@pytest.mark.parametrize("rslora, scale", [(True, 4.0 / np.sqrt(2)), (False, 4.0 / 2)])
+def test_the_update_is_scaled_by_alpha_over_sqrt_rank_by_default(rslora, scale):
+    assert LoraSettings().rslora  # the protocol's scaling is the default
+    model = LoraClassifier(_backbone().model, 3, LoraSettings(rank=2, alpha=4.0, rslora=rslora))
+    q = dict(model.backbone.named_modules())["base_model.model.blocks.0.attn.q"]
+    assert q.scaling["default"] == pytest.approx(scale)
+
+
+def test_lora_keeps_the_learning_rate_best_on_validation(monkeypatch):
+    """The protocol's selection as the evaluate stage runs it: one adapter per learning rate,
+    the one with the best validation score kept, its test probabilities returned."""
+    import cytofm.eval.lora as lora_mod
+    from cytofm.eval.protocols import EvalInputs, Lora
+    from cytofm.eval.splits import Split
+
+    labels = np.arange(30) % 3
+    split = Split(np.arange(0, 12), np.arange(12, 21), np.arange(21, 30), "given")
+    good = {0.003: 0.9, 0.01: 0.2, 0.001: 0.6}  # how often each rate's model is right
+
+    def fake_train(bb, images, y, n_classes, settings, lr, seed, **kw):
+        return lr  # the "model" is its learning rate
+
+    def fake_predict(model, bb, images, device):
+        rng = np.random.default_rng(int(model * 1e4))
+        y = images[:, 0, 0, 0].astype(int)  # the label, written into the image
+        right = rng.random(len(y)) < good[model]
+        guess = np.where(right, y, (y + 1) % 3)
+        return np.eye(3)[guess] * 0.8 + 0.2 / 3
+
+    monkeypatch.setattr(lora_mod, "train_lora", fake_train)
+    monkeypatch.setattr(lora_mod, "predict_proba", fake_predict)
+    cfg = EvalConfig().updated({"lora.lrs": [0.01, 0.003, 0.001]})
+    images = np.zeros((30, 4, 4, 3), np.uint8)
+    images[:, 0, 0, 0] = labels
+    proto = Lora(EvalInputs(None, cfg, None, labels, ["a", "b", "c"], split, None))
+    proto.bb, proto.device = None, "cpu"
+    proto.images = zarr.create_array(zarr.storage.MemoryStore(), data=images, chunks=(8, 4, 4, 3))
+    proto.settings = cfg.lora
+    proto.val_images, proto.test_images = images[split.val], images[split.test]
+    proto.calib_images = images[:0]
+    p, chosen = proto.run(split.train, 0, ("shots", 4))
+    assert chosen["lr"] == 0.003
+    assert chosen["val"]["0.003"] == max(chosen["val"].values())
+    assert len(chosen["val"]) == 3
+    np.testing.assert_allclose(p, fake_predict(0.003, None, images[split.test], "cpu"))
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():

@@ -116,3 +116,74 @@ def test_leave_one_out_with_few_groups_keeps_one_for_validation_or_none():
     assert len(folds["y"].val) == 8  # three left: one validates
     with pytest.raises(InputDataError, match="at least two values"):
         leave_one_out(labels, groups, np.full(32, "x"))
+
+
+def test_calibration_rows_are_whole_groups_of_validation_set_apart():
+    from cytofm.eval.splits import hold_out_calibration
+
+    labels, groups = _data(n_groups=40)
+    split = make_split(labels, groups, val_fraction=0.3, test_fraction=0.2, seed=1)
+    out = hold_out_calibration(split, labels, groups, share=0.5, seed=1)
+    # the calibration rows come out of validation, and validation keeps the rest
+    assert sorted(np.r_[out.val, out.calib].tolist()) == split.val.tolist()
+    assert len(out.calib) and len(out.val)
+    assert np.array_equal(out.train, split.train) and np.array_equal(out.test, split.test)
+    parts = [set(groups[rows]) for rows in out.parts().values()]
+    assert sum(len(p) for p in parts) == len(set().union(*parts))  # no group in two parts
+    assert set(labels[out.calib]) == set(labels[split.val])  # stratified
+    assert out.to_dict()["n_calib"] == len(out.calib)
+    # the same seed, the same rows; share 0 or a tiny validation part: nothing set apart
+    again = hold_out_calibration(split, labels, groups, share=0.5, seed=1)
+    assert np.array_equal(again.calib, out.calib)
+    assert hold_out_calibration(split, labels, groups, share=0.0) is split
+    tiny = make_split(labels, groups, val_fraction=0.0, seed=1)
+    assert len(hold_out_calibration(tiny, labels, groups, share=0.5).calib) == 0
+
+
+def test_a_group_in_two_parts_of_a_given_split_is_refused_by_name():
+    from cytofm.eval.splits import check_groups_disjoint
+
+    values = np.array(["train"] * 4 + ["val"] * 2 + ["test"] * 2)
+    groups = np.array(["p1", "p1", "p2", "p2", "p3", "p3", "p4", "p1"])
+    with pytest.raises(InputDataError, match=r"1 group\(s\).*'p1' \(test and train\)"):
+        check_groups_disjoint(given_split(values), groups, "task 'x'")
+    groups[-1] = "p4"
+    check_groups_disjoint(given_split(values), groups)  # each patient in one part: fine
+    check_groups_disjoint(given_split(values), None)  # no groups: nothing to check
+
+
+def test_leave_one_out_refuses_a_patient_whose_cells_come_from_two_values():
+    """Holding out site s0 would test p0's s0 cells with a model that trained on its s1
+    cells: the task's stage refuses it (the folds themselves are built)."""
+    from cytofm.eval.splits import check_groups_disjoint, leave_one_out
+
+    groups = np.repeat([f"p{i}" for i in range(12)], 6)
+    sites = np.array([f"s{int(g[1:]) % 3}" for g in groups])
+    sites[0] = "s1"  # one of p0's cells comes from another site
+    labels = np.tile(np.arange(3), 24)
+    folds = leave_one_out(labels, groups, sites, val_fraction=0.2, seed=0)
+    with pytest.raises(InputDataError, match="'p0'"):
+        for value, split in folds:
+            check_groups_disjoint(split, groups, f"holding out {value}")
+
+
+def test_knn_votes_are_similarity_weighted():
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from cytofm.eval.linear import knn_proba
+
+    rng = np.random.default_rng(0)
+    x, y, q = rng.normal(size=(400, 8)), rng.integers(0, 3, 400), rng.normal(size=(50, 8))
+    # a very high temperature is the uniform vote
+    uniform = KNeighborsClassifier(20, metric="cosine", algorithm="brute").fit(x, y)
+    assert knn_proba(x, y, q, 20, 3, temperature=1e6) == pytest.approx(uniform.predict_proba(q))
+    # a very low one leaves the nearest neighbour alone
+    nearest = np.argmax(
+        (q / np.linalg.norm(q, axis=1, keepdims=True))
+        @ (x / np.linalg.norm(x, axis=1, keepdims=True)).T,
+        1,
+    )
+    assert knn_proba(x, y, q, 20, 3, temperature=1e-4).argmax(1).tolist() == y[nearest].tolist()
+    # the default 0.07: probabilities are not multiples of 1 / k
+    p = knn_proba(x, y, q, 20, 3)
+    assert np.allclose(p.sum(1), 1) and not np.allclose(p * 20, np.round(p * 20))

@@ -1,5 +1,6 @@
 """The embed and evaluate stages on a small labelled store: round trips, results, reruns."""
 
+import itertools
 import json
 
 import numpy as np
@@ -226,6 +227,13 @@ def test_protocols_on_cached_features(setup, protocol, tmp_path):
     assert saved["split"]["source"] == "grouped"
     blocks = saved["results"]
     assert blocks
+    # train, val (selection), calibration and test rows are disjoint in the result
+    parts = {k: set(saved[f"{k}_rows"]) for k in ("val", "calib", "test")}
+    assert all(parts.values()) and saved["split"]["n_calib"] == len(parts["calib"])
+    for a, b in itertools.combinations(parts, 2):
+        assert not parts[a] & parts[b], (a, b)
+    for run in (r for b in blocks for r in b["runs"] if "train_rows" in r):
+        assert not set(run["train_rows"]) & set().union(*parts.values())
     preds = load_predictions(tmp_path / f"{protocol}.predictions.npz")
     y_test = labels_of(setup["store"])[saved["test_rows"]]
     assert preds["y_test"].tolist() == y_test.tolist()
@@ -237,10 +245,11 @@ def test_protocols_on_cached_features(setup, protocol, tmp_path):
         assert s["per_seed"] == pytest.approx(per_run)
         assert s["mean"] == pytest.approx(np.mean(per_run))
         assert s["std"] == pytest.approx(np.std(per_run, ddof=1) if len(per_run) > 1 else 0.0)
-        # the interval has width, is at least the test-only bootstrap, and resampled patients
+        # the interval holds the test-only bootstrap (the seed part only widens it), and
+        # resampled patients
         lo, hi = s["ci95"]
         t_lo, t_hi = s["ci95_test_only"]
-        assert lo <= t_lo <= s["mean"] <= t_hi <= hi and s["resampled"] == "groups"
+        assert lo <= t_lo <= t_hi <= hi and s["resampled"] == "groups"
         if len(per_run) > 1 and s["std"] > 0:
             assert hi - lo > t_hi - t_lo  # seed spread widens it
         # the stored predictions reproduce every run's metrics
@@ -356,6 +365,7 @@ def test_lora_protocol_writes_results(setup, tmp_path):
         "protocol_steps": 250,
         "protocol_warmup_steps": 50,
         "reduced": True,
+        "departures": ["3 of 250 steps", "1 of 5 learning rates"],
     }
 
 
@@ -489,5 +499,5 @@ def test_batch_probe_and_robustness_index_of_a_backbone(setup, tmp_path):
     assert r["batch_probe"]["chance"] == pytest.approx(1 / 3)
     assert r["batch_probe"]["balanced_accuracy"] < 0.6
     lo, hi = r["batch_probe"]["ci95"]
-    assert lo <= r["batch_probe"]["balanced_accuracy"] <= hi
+    assert 0.02 < hi - lo < 0.5 and lo < 1 / 3 + 0.05  # an interval with width, holding chance
     assert r["robustness"]["robustness_index"] > 0.8

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import balanced_accuracy_score, f1_score, roc_curve
+from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from cytofm.eval.hierarchy import LabelTree, check_hierarchy_spec, hierarchy_metrics
 
@@ -80,15 +80,37 @@ def test_metrics_match_scikit_learn_on_every_level_and_the_roc():
         assert out[f"level{depth}_macro_f1"]["mean"] == pytest.approx(np.mean(f1))
     # the fine level is the plain task
     assert out["level3_balanced_accuracy"]["mean"] < out["level1_balanced_accuracy"]["mean"]
+    assert "sensitivity_at_90_specificity" not in out  # no validation rows: no threshold
+
+
+def test_screening_thresholds_are_set_on_validation_and_scored_on_test():
+    """A laboratory fixes the cut-off before it screens: the threshold that gives 90% (95%)
+    specificity on validation, applied to the test rows."""
+    rng = np.random.default_rng(4)
+    y_val, y = rng.integers(0, 6, 500), rng.integers(0, 6, 600)
+    # one model per seed, scoring validation and test alike
+    models = [(_probas(np.random.default_rng(s), y_val, 6, 1.5), _probas(rng, y, 6, 1.5))
+              for s in range(3)]  # fmt: skip
+    tree = LabelTree(BETHESDA, CLASSES, "abnormal")
+    out = hierarchy_metrics(
+        tree, y, [t for _, t in models], n_boot=200, y_val=y_val, val_probas=[v for v, _ in models]
+    )
     for spec in (90, 95):
-        want = []
-        for p in probas:
-            fpr, tpr, _ = roc_curve(y > 0, p[:, 1:].sum(1))
-            want.append(tpr[fpr <= 1 - spec / 100 + 1e-12].max())
-        got = out[f"sensitivity_at_{spec}_specificity"]["mean"]
-        assert got == pytest.approx(np.mean(want), abs=1e-9)
+        sens, reached = [], []
+        for v, t in models:
+            neg_val = np.sort(v[y_val == 0, 1:].sum(1))[::-1]
+            cut = neg_val[int(np.floor((1 - spec / 100) * len(neg_val) + 1e-9))]
+            score = t[:, 1:].sum(1)
+            sens.append((score[y > 0] > cut).mean())
+            reached.append((score[y == 0] <= cut).mean())
+            # on validation itself the cut-off keeps the false positives within the target
+            assert (neg_val > cut).mean() <= 1 - spec / 100 + 1e-12
+        assert out[f"sensitivity_at_{spec}_specificity"]["mean"] == pytest.approx(np.mean(sens))
+        assert out[f"specificity_at_{spec}_threshold"]["mean"] == pytest.approx(np.mean(reached))
+        # the test specificity lands near the target, not at it by construction
+        assert abs(np.mean(reached) - spec / 100) < 0.08
     assert (
-        out["sensitivity_at_95_specificity"]["mean"] <= out["sensitivity_at_90_specificity"]["mean"]
+        out["sensitivity_at_95_specificity"]["mean"] < out["sensitivity_at_90_specificity"]["mean"]
     )
 
 

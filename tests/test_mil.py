@@ -233,7 +233,8 @@ def test_mil_stage_on_bags_with_a_few_abnormal_cells(tmp_path):
     assert saved["schema"]["version"] == 2 and saved["level"] == "slide"
     summary = saved["results"][0]["summary"]
     assert summary["auroc"]["mean"] > 0.9
-    assert summary["auroc"]["ci95"][0] <= summary["auroc"]["mean"] <= summary["auroc"]["ci95"][1]
+    lo, hi = summary["auroc"]["ci95"]
+    assert 0 < hi - lo < 0.3 and lo > 0.6, (lo, hi)  # informative: clear of chance, not flat
     groups = {r["slide_id"]: r["group"] for r in cohort}
     # out-of-fold: every slide predicted once per seed, folds never split a patient
     for seed in (0, 1):

@@ -24,7 +24,14 @@ def test_index_is_high_when_biology_dominates_and_low_when_the_batch_does(cw, bw
     x, y, batch, groups = _features(np.random.default_rng(0), cw, bw)
     r = robustness_index(x, y, batch, groups, k=10, n_boot=200)
     assert low <= r["robustness_index"] <= high
-    assert r["ci95"][0] <= r["robustness_index"] <= r["ci95"][1]
+
+
+def test_the_index_interval_resamples_slides_and_has_width_where_neighbours_disagree():
+    x, y, batch, groups = _features(np.random.default_rng(0), 1.0, 0.7)
+    r = robustness_index(x, y, batch, groups, k=10, n_boot=200)
+    lo, hi = r["ci95"]
+    assert 0.8 < r["robustness_index"] < 1.0
+    assert 0.05 < hi - lo < 0.3 and lo < r["robustness_index"] <= hi, (lo, hi)
 
 
 def test_neighbours_of_the_same_group_never_count():

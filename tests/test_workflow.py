@@ -577,7 +577,7 @@ def test_label_tree_metrics_agree_with_the_results(results):
             assert fine["mean"] == pytest.approx(
                 block["summary"]["balanced_accuracy"]["mean"], abs=1e-4
             ), (res["backbone"], res["protocol"], key)
-            assert fine["ci95_low"] <= fine["mean"] <= fine["ci95_high"]
+            assert 0 < fine["ci95_high"] - fine["ci95_low"] < 0.6
 
 
 def test_report_renders_in_headless_chromium(results, tmp_path):

@@ -815,7 +815,8 @@ class TaskConfig(Section):
     )
     screening: str = option(
         "",
-        "a node of hierarchy: its sensitivity at 90% and 95% specificity is reported",
+        "a node of hierarchy: its sensitivity at thresholds set on validation for 90% and 95% "
+        "specificity is reported",
     )
 
     def __post_init__(self) -> None:
@@ -943,9 +944,15 @@ class KnnConfig(Section):
     """cosine kNN"""
 
     k: int = option(20, "neighbours of the cosine kNN", minimum=1)
+    temperature: float = option(
+        0.07,
+        "each neighbour votes exp(cosine similarity / temperature) for its class (DINO, eva)",
+        above=0,
+    )
 
     def __post_init__(self) -> None:
         _at_least("evaluate.knn", 1, k=self.k)
+        _positive("evaluate.knn", temperature=self.temperature)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -953,7 +960,14 @@ class LoraConfig(Section):
     """LoRA fine-tuning with peft, as Dausort, Godelaine et al. do it"""
 
     rank: int = option(2, "LoRA rank (peft)", minimum=1)
-    alpha: float = option(1.0, "LoRA scaling alpha (update scaled by alpha / rank)", above=0)
+    alpha: float = option(
+        1.0, "LoRA scaling alpha (update scaled by alpha / sqrt(rank), or alpha / rank)", above=0
+    )
+    rslora: bool = option(
+        True,
+        "scale the update by alpha / sqrt(rank) (peft's use_rslora, as the protocol's code "
+        "does); false: alpha / rank",
+    )
     dropout: float = option(0.25, "dropout on the LoRA input", minimum=0, maximum=1)
     target_modules: tuple = option(
         ("q", "v"),
@@ -1147,10 +1161,20 @@ class EvalConfig(Section):
     bootstrap: int = option(1000, "bootstrap resamples of the test rows for the 95% CIs", minimum=1)
     conformal_alpha: float = option(
         0.1,
-        "split-conformal prediction sets for 1 - alpha coverage, fitted on validation (0 = none)",
+        "split-conformal prediction sets for 1 - alpha coverage, calibrated on the validation "
+        "rows set apart by conformal_share (0 = none)",
         minimum=0,
         maximum=0.5,
         more="Read by the task summaries only: changing it reruns no evaluation.",
+    )
+    conformal_share: float = option(
+        0.5,
+        "share of each task's validation rows (stratified, whole groups) set apart from model "
+        "selection and temperature scaling; conformal sets are calibrated on them (0 = no "
+        "conformal sets, all validation rows select)",
+        minimum=0,
+        maximum=0.8,
+        more="Leave-one-out tasks pool several validation sets and compute no conformal sets.",
     )
 
     def part(self, protocol: str) -> dict:

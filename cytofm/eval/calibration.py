@@ -9,11 +9,12 @@
   gap between the accuracy and the mean confidence of each bin, before and after scaling;
   reliability diagrams draw the bins.
 * **Split-conformal prediction sets** (optional, ``evaluate.conformal_alpha``): the least
-  ambiguous set-valued classifier. With the score 1 - p(true class) on the n validation items,
-  the threshold q is their ceil((n + 1)(1 - alpha)) / n quantile; a test item's set holds every
-  class with p >= 1 - q. Coverage is guaranteed to be at least 1 - alpha on average when
-  validation and test items are exchangeable; the empirical coverage and mean set size on test
-  are reported.
+  ambiguous set-valued classifier. With the score 1 - p(true class) on the n calibration items
+  (validation rows set apart by ``evaluate.conformal_share``, never used to choose C, the
+  learning rate or the temperature), the threshold q is their ceil((n + 1)(1 - alpha))-th
+  smallest score; a test item's set holds every class with p >= 1 - q. Coverage is guaranteed
+  to be at least 1 - alpha on average when calibration and test items are exchangeable; the
+  empirical coverage and mean set size on test are reported.
 """
 
 from __future__ import annotations
@@ -121,11 +122,11 @@ def conformal_threshold(y_val: np.ndarray, proba_val: np.ndarray, alpha: float) 
     every class, when the validation items are too few for 1 - alpha)."""
     y_val = np.asarray(y_val, np.int64)
     n = len(y_val)
-    level = math.ceil((n + 1) * (1 - alpha)) / max(n, 1)
-    if n == 0 or level > 1:
+    rank = math.ceil((n + 1) * (1 - alpha))  # the rank-th smallest score, 1-based
+    if n == 0 or rank > n:
         return 1.0
     scores = 1.0 - np.asarray(proba_val, np.float64)[np.arange(n), y_val]
-    return float(np.quantile(scores, level, method="higher"))
+    return float(np.sort(scores)[rank - 1])
 
 
 def calibration_metrics(
@@ -134,13 +135,13 @@ def calibration_metrics(
     calibrated: list[np.ndarray] | None,
     weights: np.ndarray,
     *,
-    y_val: np.ndarray | None = None,
-    val_probas: list[np.ndarray] | None = None,
+    y_calib: np.ndarray | None = None,
+    calib_probas: list[np.ndarray] | None = None,
     alpha: float = 0.0,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """metric -> (per-seed values, seed-mean on each resample of ``weights``): ECE and NLL
-    before and after temperature scaling and, with validation probabilities and ``alpha``,
-    the conformal sets' coverage and mean size."""
+    before and after temperature scaling and, with the calibration rows' probabilities and
+    ``alpha``, the conformal sets' coverage and mean size."""
     y = np.asarray(y_test, np.int64)
     rows = np.arange(len(y))
     series: dict[str, list[tuple[float, np.ndarray]]] = {}
@@ -158,8 +159,8 @@ def calibration_metrics(
             add("ece_scaled", ece(y, c), ece(y, c, weights))
             nll = -_log(c[rows, y])
             add("nll_scaled", float(nll.mean()), weights @ nll / weights.sum(1))
-        if alpha > 0 and val_probas is not None and y_val is not None and len(y_val):
-            q = conformal_threshold(y_val, val_probas[i], alpha)
+        if alpha > 0 and calib_probas is not None and y_calib is not None and len(y_calib):
+            q = conformal_threshold(y_calib, calib_probas[i], alpha)
             sets = p >= 1.0 - q - 1e-12
             covered = sets[rows, y].astype(float)
             size = sets.sum(1).astype(float)
@@ -178,8 +179,8 @@ def summarise_calibration(
     temperatures=None,
     groups=None,
     *,
-    y_val=None,
-    val_probas=None,
+    y_calib=None,
+    calib_probas=None,
     alpha: float = 0.0,
     n_boot: int = 1000,
     seed: int = 0,
@@ -192,7 +193,13 @@ def summarise_calibration(
     rng = np.random.default_rng([seed, 4245])
     weights = _resample_weights(len(y_test), groups, n_boot, rng)
     got = calibration_metrics(
-        y_test, probas, calibrated, weights, y_val=y_val, val_probas=val_probas, alpha=alpha
+        y_test,
+        probas,
+        calibrated,
+        weights,
+        y_calib=y_calib,
+        calib_probas=calib_probas,
+        alpha=alpha,
     )
     out: dict[str, dict[str, Any]] = {}
     for name, (vals, boot) in got.items():
@@ -222,7 +229,7 @@ def summarise_calibration(
 def calibration_table(result_jsons, alpha: float = 0.0, n_boot: int = 1000):
     """Long table (``LONG_COLUMNS``) of every result block with predictions: ECE and NLL before
     and after temperature scaling, the temperatures (their range in the interval columns) and,
-    for ``alpha`` > 0 where validation probabilities were kept, conformal coverage and set
+    for ``alpha`` > 0 where calibration rows were set apart, conformal coverage and set
     size."""
     import pandas as pd
 
@@ -236,8 +243,8 @@ def calibration_table(result_jsons, alpha: float = 0.0, n_boot: int = 1000):
             pred["calibrated"].get(key),
             pred["temperatures"].get(key),
             pred["groups"],
-            y_val=pred["y_val"],
-            val_probas=pred["val"].get(key),
+            y_calib=pred.get("y_calib"),
+            calib_probas=pred.get("calib", {}).get(key),
             alpha=alpha,
             n_boot=n_boot,
         )

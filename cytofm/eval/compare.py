@@ -2,21 +2,41 @@
 
 For every result block (task x protocol x label budget) each backbone is compared with the
 control (backbones of kind ``random``) and with every other backbone: the difference of each
-metric, its 95% CI over test items and seeds, and a p-value (:func:`paired_difference`). The
-verdict is "better" or "worse" only when the interval excludes zero, else "no difference": the
-report bolds a winner only on that evidence.
+metric, its 95% CI over test items and seeds, and a p-value (:func:`paired_difference`).
+Results are paired only when they tested the same dataset rows in the same order with the same
+seeds (read from their predictions files); others are left out with a warning.
+
+A task's comparisons are many tests: every backbone pair, protocol, label budget. The p-values
+are therefore adjusted by Holm's step-down method over each (task, metric) family
+(``p_holm``), which keeps the chance of any false "better" in the family at 5%. The verdict is
+"better" or "worse" only when the adjusted p-value is below 0.05, else "no difference": the
+report bolds a winner only on that evidence. ``ci_low``/``ci_high`` are the unadjusted 95%
+intervals (they exclude zero exactly when the raw ``p_value`` is below 0.05).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 
+import numpy as np
 import pandas as pd
 
 from cytofm.eval.metrics import SCALARS, paired_difference
 from cytofm.eval.predictions import predictions_path, result_blocks
 
-__all__ = ["COMPARISON_COLUMNS", "compare_results", "predictions_path", "verdicts"]
+__all__ = [
+    "ALPHA",
+    "COMPARISON_COLUMNS",
+    "compare_results",
+    "holm",
+    "predictions_path",
+    "verdicts",
+]
+
+log = logging.getLogger(__name__)
+
+ALPHA = 0.05
 
 COMPARISON_COLUMNS = [
     "task",
@@ -32,18 +52,46 @@ COMPARISON_COLUMNS = [
     "ci_low",
     "ci_high",
     "p_value",
+    "p_holm",
+    "family_size",
     "n_seeds",
     "resampled",
     "verdict",
 ]
 
 
-def _verdict(lo: float, hi: float) -> str:
-    if lo > 0:
-        return "better"
-    if hi < 0:
-        return "worse"
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (NaN stays NaN, and is not counted):
+    the i-th smallest of m is multiplied by m - i + 1, then made monotone and capped at 1."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adjusted = np.maximum.accumulate(p[order] * (m - np.arange(m)))
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def _verdict(difference: float, p_adjusted: float) -> str:
+    if np.isfinite(p_adjusted) and p_adjusted < ALPHA:
+        return "better" if difference > 0 else "worse"
     return "no difference"
+
+
+def _paired(a: dict, b: dict) -> str | None:
+    """Why two results cannot be paired, or None when they can."""
+    if len(a["probas"]) != len(b["probas"]) or len(a["y"]) != len(b["y"]):
+        return (
+            f"{len(a['probas'])} vs {len(b['probas'])} seeds, {len(a['y'])} vs {len(b['y'])} rows"
+        )
+    for what in ("rows", "seeds"):
+        x, y = a[what], b[what]
+        if x is not None and y is not None and not np.array_equal(x, y):
+            return f"different test {what}" if what == "rows" else "different seeds"
+    return None
 
 
 def compare_results(result_jsons, n_boot: int = 1000) -> pd.DataFrame:
@@ -52,11 +100,16 @@ def compare_results(result_jsons, n_boot: int = 1000) -> pd.DataFrame:
     by_setting: dict[tuple, dict] = {}
     for res, block, key, pred in result_blocks(result_jsons):
         setting = (res["task"], res["protocol"], key)
+        test_rows = pred.get("test_rows")
+        if test_rows is None and res.get("test_rows") is not None:
+            test_rows = np.asarray(res["test_rows"])
         entry = {
             "kind": res.get("backbone_kind", ""),
             "probas": pred["blocks"][key],
             "y": pred["y_test"],
             "groups": pred["groups"],
+            "rows": test_rows,
+            "seeds": pred.get("seeds", {}).get(key, _seeds_of(block)),
             "shots": block.get("shots"),
             "fraction": block.get("fraction"),
         }
@@ -71,8 +124,10 @@ def compare_results(result_jsons, n_boot: int = 1000) -> pd.DataFrame:
                 pairs.append((a, b))
         for a, b in pairs:
             ea, eb = backbones[a], backbones[b]
-            if len(ea["probas"]) != len(eb["probas"]) or len(ea["y"]) != len(eb["y"]):
-                continue  # different seeds or test rows: not a paired comparison
+            why = _paired(ea, eb)
+            if why:
+                log.warning("%s/%s/%s: %s vs %s not compared: %s", task, protocol, key, a, b, why)
+                continue
             diff = paired_difference(
                 ea["y"], ea["probas"], eb["probas"], n_boot=n_boot, groups=ea["groups"]
             )
@@ -96,17 +151,27 @@ def compare_results(result_jsons, n_boot: int = 1000) -> pd.DataFrame:
                         "p_value": d["p_value"],
                         "n_seeds": len(ea["probas"]),
                         "resampled": "groups" if ea["groups"] is not None else "rows",
-                        "verdict": _verdict(lo, hi),
                     }
                 )
-    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    out = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    for _, family in out.groupby(["task", "metric"], sort=False):
+        out.loc[family.index, "p_holm"] = holm(family["p_value"].to_numpy(float))
+        out.loc[family.index, "family_size"] = int(np.isfinite(family["p_value"]).sum())
+    out["verdict"] = [_verdict(d, p) for d, p in zip(out["difference"], out["p_holm"], strict=True)]
+    if len(out):
+        out["family_size"] = out["family_size"].astype(int)
+    return out
+
+
+def _seeds_of(block: dict) -> np.ndarray:
+    return np.array([-1 if r.get("seed") is None else int(r["seed"]) for r in block["runs"]])
 
 
 def verdicts(comparisons: pd.DataFrame | None, metric: str) -> dict[tuple, dict]:
     """(protocol, block) -> {"winner": backbone or None, "pairs": rows of the metric}.
 
-    A row has a winner when one backbone's mean difference against every other backbone of
-    the row is positive with a CI that excludes zero; otherwise none (no bold)."""
+    A row has a winner when one backbone is "better" than every other backbone of the row
+    (Holm-adjusted p below 0.05, positive difference); otherwise none (no bold)."""
     out: dict[tuple, dict] = {}
     if comparisons is None or comparisons.empty:
         return out
@@ -122,9 +187,9 @@ def verdicts(comparisons: pd.DataFrame | None, metric: str) -> dict[tuple, dict]
                 fwd = rows[(rows["backbone"] == cand) & (rows["versus"] == other)]
                 rev = rows[(rows["backbone"] == other) & (rows["versus"] == cand)]
                 if len(fwd):
-                    ok = fwd["ci_low"].iloc[0] > 0
+                    ok = fwd["verdict"].iloc[0] == "better"
                 elif len(rev):
-                    ok = rev["ci_high"].iloc[0] < 0
+                    ok = rev["verdict"].iloc[0] == "worse"
                 else:
                     ok = False
                 beats_all &= bool(ok)

@@ -21,9 +21,14 @@ evaluation's test probabilities (one array per seed), per result block:
   the true and the predicted class (2: siblings), and the share of mistakes that cross the
   root (a wrong answer at level 1: for Bethesda, an abnormal cell called negative or the
   reverse);
-* **screening**: the summed probability of the ``screening`` node's classes as the score;
-  sensitivity at 90% and 95% specificity, read off the test ROC (the highest sensitivity whose
-  false-positive share stays within 10% and 5%).
+* **screening**: the summed probability of the ``screening`` node's classes as the score. An
+  operating point is a threshold chosen where a laboratory would choose it, before the test
+  set is seen: on the validation rows, the lowest threshold whose false-positive share among
+  validation negatives stays within 10% (and 5%). The test rows are then scored at that
+  threshold: sensitivity (``sensitivity_at_90_specificity``) and the specificity actually
+  reached on test (``specificity_at_90_threshold``), which may fall short of 90%. Without
+  validation probabilities (leave-one-out tasks pool several validation sets) no operating
+  point is reported: one read off the test ROC would be tuned on the rows it scores.
 
 Each value is the mean over seeds with the 95% interval of :func:`cytofm.eval.metrics.interval`
 (test items bootstrapped, whole groups where the task has them, plus the seed-to-seed spread).
@@ -48,6 +53,7 @@ __all__ = [
     "check_hierarchy_spec",
     "hierarchy_metrics",
     "hierarchy_table",
+    "screening_threshold",
 ]
 
 SPECIFICITIES = (0.90, 0.95)
@@ -130,25 +136,31 @@ class LabelTree:
         return lines
 
 
-def _sensitivity_at(score: np.ndarray, positive: np.ndarray, w: np.ndarray, spec: float):
-    """Highest sensitivity whose weighted false-positive share is <= 1 - spec (per row of w)."""
-    neg_order = np.argsort(-score[~positive], kind="stable")
-    neg_scores = score[~positive][neg_order]
-    pos_scores = score[positive]
-    out = np.full(len(w), np.nan)
-    for r, wi in enumerate(w):
-        wn, wp = wi[~positive][neg_order], wi[positive]
-        if wn.sum() <= 0 or wp.sum() <= 0:
-            continue
-        allowed = (1 - spec) * wn.sum()
-        over = np.flatnonzero(np.cumsum(wn) > allowed + 1e-9)
-        threshold = neg_scores[over[0]] if len(over) else -np.inf  # strictly above: positive
-        out[r] = wp[pos_scores > threshold].sum() / wp.sum()
-    return out
+def screening_threshold(score: np.ndarray, positive: np.ndarray, spec: float) -> float:
+    """The lowest threshold t (a score > t is called positive) whose false-positive share
+    among the negatives is at most 1 - ``spec``; NaN without negatives and positives."""
+    negatives = np.sort(score[~positive])[::-1]
+    if len(negatives) == 0 or positive.sum() == 0:
+        return float("nan")
+    allowed = int(np.floor((1 - spec) * len(negatives) + 1e-9))  # false positives allowed
+    return float(negatives[allowed]) if allowed < len(negatives) else -np.inf
 
 
-def _per_seed_values(tree: LabelTree, y: np.ndarray, proba: np.ndarray, w: np.ndarray):
-    """metric -> values (one per row of ``w``) for one seed's probabilities."""
+def _at_threshold(score: np.ndarray, positive: np.ndarray, w: np.ndarray, t: float):
+    """(sensitivity, specificity) at threshold ``t`` per row of weights ``w``."""
+    called = (score > t).astype(float)
+    wp, wn = w[:, positive], w[:, ~positive]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sens = wp @ called[positive] / wp.sum(1)
+        spec = wn @ (1 - called[~positive]) / wn.sum(1)
+    return sens, spec
+
+
+def _per_seed_values(
+    tree: LabelTree, y: np.ndarray, proba: np.ndarray, w: np.ndarray, thresholds=None
+):
+    """metric -> values (one per row of ``w``) for one seed's probabilities; ``thresholds``:
+    specificity -> the screening threshold chosen on validation for this seed."""
     values: dict[str, np.ndarray] = {}
     for depth in range(1, tree.depth + 1):
         names, index = tree.level(depth)
@@ -166,14 +178,25 @@ def _per_seed_values(tree: LabelTree, y: np.ndarray, proba: np.ndarray, w: np.nd
         values["mistakes_across_root"] = np.where(
             n_wrong > 0, (w @ (crosses * wrong)) / n_wrong, np.nan
         )
-    if tree.screening:
+    if tree.screening and thresholds:
         score = proba[:, tree.positive].sum(1)
         positive = tree.positive[y]
-        for spec in SPECIFICITIES:
-            values[f"sensitivity_at_{round(spec * 100)}_specificity"] = _sensitivity_at(
-                score, positive, w, spec
-            )
+        for spec, t in thresholds.items():
+            if np.isnan(t):
+                continue
+            sens, reached = _at_threshold(score, positive, w, t)
+            values[f"sensitivity_at_{round(spec * 100)}_specificity"] = sens
+            values[f"specificity_at_{round(spec * 100)}_threshold"] = reached
     return values
+
+
+def _thresholds(tree: LabelTree, y_val, val_proba) -> dict[float, float] | None:
+    """specificity -> threshold chosen on the validation rows (None without them)."""
+    if not tree.screening or y_val is None or val_proba is None or len(y_val) == 0:
+        return None
+    score = np.asarray(val_proba, np.float64)[:, tree.positive].sum(1)
+    positive = tree.positive[np.asarray(y_val, np.int64)]
+    return {spec: screening_threshold(score, positive, spec) for spec in SPECIFICITIES}
 
 
 def hierarchy_metrics(
@@ -183,14 +206,28 @@ def hierarchy_metrics(
     groups: np.ndarray | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    *,
+    y_val: np.ndarray | None = None,
+    val_probas: list[np.ndarray] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """metric -> mean over seeds, std, 95% CI (see the module) and per-seed values."""
+    """metric -> mean over seeds, std, 95% CI (see the module) and per-seed values; screening
+    operating points need each seed's validation probabilities (``y_val``, ``val_probas``)."""
     y = np.asarray(y_true, np.int64)
     rng = np.random.default_rng([seed, 4244])
     boots = _resample_weights(len(y), groups, n_boot, rng)
     ones = np.ones((1, len(y)))
-    per_seed = [_per_seed_values(tree, y, np.asarray(p, np.float64), ones) for p in probas]
-    booted = [_per_seed_values(tree, y, np.asarray(p, np.float64), boots) for p in probas]
+    cuts = [
+        _thresholds(tree, y_val, None if val_probas is None else val_probas[i])
+        for i in range(len(probas))
+    ]
+    per_seed = [
+        _per_seed_values(tree, y, np.asarray(p, np.float64), ones, c)
+        for p, c in zip(probas, cuts, strict=True)
+    ]
+    booted = [
+        _per_seed_values(tree, y, np.asarray(p, np.float64), boots, c)
+        for p, c in zip(probas, cuts, strict=True)
+    ]
     out = {}
     for name in per_seed[0]:
         vals = np.array([v[name][0] for v in per_seed])
@@ -222,7 +259,8 @@ def hierarchy_table(
         except ValueError as e:
             raise ValueError(f"evaluate.tasks.{res['task']}: {e}") from None
         metrics = hierarchy_metrics(
-            tree, pred["y_test"], pred["blocks"][key], pred["groups"], n_boot=n_boot
-        )
+            tree, pred["y_test"], pred["blocks"][key], pred["groups"], n_boot=n_boot,
+            y_val=pred["y_val"], val_probas=pred["val"].get(key),
+        )  # fmt: skip
         rows += long_rows(res, key, metrics)
     return pd.DataFrame(rows, columns=LONG_COLUMNS)

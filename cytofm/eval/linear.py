@@ -1,4 +1,5 @@
-"""Protocols on cached features: linear probe (regularisation chosen on val) and cosine kNN."""
+"""Protocols on cached features: linear probe (regularisation chosen on val) and cosine kNN
+with similarity-weighted votes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import warnings
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -68,10 +68,37 @@ def fit_linear(
 
 
 def knn_proba(
-    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, k: int, n_classes: int
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    k: int,
+    n_classes: int,
+    *,
+    temperature: float = 0.07,
+    chunk: int = 256,
 ) -> np.ndarray:
-    """Cosine kNN: class probabilities are the vote shares among the k nearest train rows."""
-    k = min(k, len(y_train))
-    clf = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute")
-    clf.fit(x_train, y_train)
-    return full_proba(clf, x_test, n_classes)
+    """Cosine kNN with similarity-weighted votes (DINO's and eva's): each of the ``k`` nearest
+    training rows adds ``exp(cosine similarity / temperature)`` to its class, and the votes are
+    normalised to probabilities."""
+    k = min(int(k), len(y_train))
+    if temperature <= 0:
+        raise ValueError(f"kNN temperature must be > 0, got {temperature}")
+    y_train = np.asarray(y_train, np.int64)
+    out = np.zeros((len(x_test), n_classes))
+    if k == 0 or len(x_test) == 0:
+        return out
+    train = _unit(x_train)
+    for start in range(0, len(x_test), chunk):
+        sim = _unit(x_test[start : start + chunk]) @ train.T  # (chunk, n_train)
+        nearest = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # the k most similar
+        s = np.take_along_axis(sim, nearest, axis=1)
+        w = np.exp((s - s.max(1, keepdims=True)) / temperature)  # shifted: no overflow
+        votes = out[start : start + len(sim)]
+        np.add.at(votes, (np.arange(len(sim))[:, None], y_train[nearest]), w)
+        votes /= votes.sum(1, keepdims=True)
+    return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

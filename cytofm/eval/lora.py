@@ -2,14 +2,16 @@
 
 The protocol is the one of the cytology LoRA study cytofm follows (Dausort et al. 2024, built on
 CLIP-LoRA): timm's fused ``qkv`` is split into separate query, key and value projections
-(:mod:`cytofm.eval.qkv`) and a rank-2 adapter (alpha 1, dropout 0.25) goes on the query and on
-the value projection of every block; keys, output projection and MLPs stay frozen. A linear head
+(:mod:`cytofm.eval.qkv`) and a rank-2 adapter (alpha 1, dropout 0.25, the update scaled by
+alpha / sqrt(rank) as CLIP-LoRA's code scales it: peft's ``use_rslora``) goes on the query and
+on the value projection of every block; keys, output projection and MLPs stay frozen. A linear head
 trains with the adapters (AdamW, weight decay 0.01, batch 32). A k-shot run takes
 ``warmup + iters_per_shot * k`` steps (50 + 100 k: 150 steps at 1 shot, 5,050 at 50) with a
 linear warm-up and a cosine decay to ``min_lr``; a run on a share of the training split takes
 ``warmup + epochs * batches_per_epoch``. The learning rate is chosen on the validation rows from
 a five-value grid. A config may cap the steps (``max_steps``) for a CPU demo: the run then keeps
-the schedule's shape, and :func:`budget` reports the steps taken against the protocol's.
+the schedule's shape, and :func:`budget` reports the steps taken against the protocol's; a
+shorter learning-rate grid, another rank or other adapted layers are reported the same way.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from cytofm.eval.features import preprocess
 from cytofm.eval.qkv import split_qkv
 
 __all__ = [
+    "PROTOCOL",
     "LoraClassifier",
     "LoraSettings",
     "budget",
+    "departures",
     "lr_factor",
     "predict_proba",
     "protocol_steps",
@@ -79,6 +83,7 @@ class LoraClassifier(nn.Module):
             lora_dropout=s.dropout,
             target_modules=target_pattern(s.target_modules),
             bias="none",
+            use_rslora=s.rslora,
         )
         self.backbone = get_peft_model(backbone, config)
         self.head = nn.Linear(backbone.num_features, n_classes)
@@ -137,17 +142,43 @@ def protocol_steps(s: LoraSettings, *, shots: int | None = None, n_train: int = 
     return s.warmup_steps + s.fraction_epochs * per_epoch
 
 
+# The protocol of Dausort, Godelaine et al. (CLIP-LoRA's settings): what a run is measured
+# against. A config that departs from it runs a reduced budget, and results say so.
+PROTOCOL = {
+    "lrs": 5,  # learning rates tried, best on val
+    "rank": 2,
+    "target_modules": ("q", "v"),
+}
+
+
+def departures(s: LoraSettings) -> list[str]:
+    """How the settings fall short of the protocol's search and adapters (besides steps)."""
+    out = []
+    if len(s.lrs) < PROTOCOL["lrs"]:
+        out.append(f"{len(s.lrs)} of {PROTOCOL['lrs']} learning rates")
+    if s.rank != PROTOCOL["rank"]:
+        out.append(f"rank {s.rank}, not {PROTOCOL['rank']}")
+    if tuple(s.target_modules) != PROTOCOL["target_modules"]:
+        modules = "+".join(s.target_modules)
+        out.append(f"adapters on {modules}, not {'+'.join(PROTOCOL['target_modules'])}")
+    return out
+
+
 def budget(s: LoraSettings, *, shots: int | None = None, n_train: int = 0) -> dict:
-    """Steps run against the protocol's: ``reduced`` when a ``max_steps`` cap cuts them."""
+    """Steps run against the protocol's, and ``reduced`` (with the reasons in ``departures``)
+    when a ``max_steps`` cap cuts them or the learning-rate grid, rank or adapted layers
+    differ from the protocol's."""
     full = protocol_steps(s, shots=shots, n_train=n_train)
     steps = min(full, s.max_steps) if s.max_steps > 0 else full
     warmup = round(s.warmup_steps * steps / full)
+    why = ([f"{steps} of {full} steps"] if steps < full else []) + departures(s)
     return {
         "steps": int(steps),
         "warmup_steps": int(warmup),
         "protocol_steps": int(full),
         "protocol_warmup_steps": int(s.warmup_steps),
-        "reduced": bool(steps < full),
+        "reduced": bool(why),
+        "departures": why,
     }
 
 

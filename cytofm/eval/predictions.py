@@ -6,7 +6,8 @@ predictions.npz``): the test labels, their groups (patients), and per result blo
 budget: all labels, k shots, a data share) the (seeds, n_test, n_classes) probabilities, in the
 order of the JSON's blocks and runs. Probabilities are stored as float32. Beside them: the test
 probabilities after temperature scaling and the temperatures, and the validation rows'
-probabilities they were fitted on (see :mod:`cytofm.eval.calibration`).
+probabilities they were fitted on, the conformal calibration rows' probabilities (see
+:mod:`cytofm.eval.calibration`), the dataset rows tested and each block's run seeds.
 """
 
 from __future__ import annotations
@@ -46,22 +47,32 @@ def save_predictions(
     temperatures: dict[str, list] | None = None,
     y_val: np.ndarray | None = None,
     val: dict[str, list[np.ndarray]] | None = None,
+    y_calib: np.ndarray | None = None,
+    calib: dict[str, list[np.ndarray]] | None = None,
+    test_rows: np.ndarray | None = None,
+    seeds: dict[str, list] | None = None,
 ) -> Path:
     """Write atomically (a half-written file never has the final name). ``calibrated``: the
     test probabilities after temperature scaling, per block (the ``temperatures`` fitted per
     seed, or per seed and fold); ``val``: the validation rows' probabilities (``y_val``) of
-    the models kept, per block."""
+    the models kept, per block; ``calib``: the conformal calibration rows' (``y_calib``);
+    ``test_rows``: the dataset rows tested, in order, and ``seeds`` each block's run seeds
+    (comparisons pair results on both)."""
     path = Path(path)
     arrays = {"y_test": np.asarray(y_test, np.int64)}
     if groups is not None:
         arrays["groups"] = np.asarray(groups).astype(str)
-    if y_val is not None:
-        arrays["y_val"] = np.asarray(y_val, np.int64)
-    for prefix, part in (("proba", blocks), ("calibrated", calibrated), ("val", val)):
+    for name, value in (("y_val", y_val), ("y_calib", y_calib), ("test_rows", test_rows)):
+        if value is not None:
+            arrays[name] = np.asarray(value, np.int64)
+    parts = (("proba", blocks), ("calibrated", calibrated), ("val", val), ("calib", calib))
+    for prefix, part in parts:
         for key, probas in (part or {}).items():
             arrays[f"{prefix}/{key}"] = np.stack(probas).astype(np.float32)
     for key, temps in (temperatures or {}).items():
         arrays[f"temperature/{key}"] = np.asarray(temps, np.float64)
+    for key, values in (seeds or {}).items():
+        arrays[f"seeds/{key}"] = np.asarray(values, np.int64)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -73,8 +84,9 @@ def save_predictions(
 
 def load_predictions(path: str | Path) -> dict:
     """``{"y_test", "groups" (or None), "blocks": {key: [proba per seed]}}``, and where the
-    file has them ``"calibrated"``, ``"val"`` (the same layout), ``"temperatures"`` (key ->
-    array) and ``"y_val"`` (else empty / None)."""
+    file has them ``"calibrated"``, ``"val"``, ``"calib"`` (the same layout),
+    ``"temperatures"`` and ``"seeds"`` (key -> array), ``"y_val"``, ``"y_calib"`` and
+    ``"test_rows"`` (else empty / None)."""
     with np.load(path, allow_pickle=False) as z:
 
         def part(prefix: str, as_list: bool = True) -> dict:
@@ -84,14 +96,21 @@ def load_predictions(path: str | Path) -> dict:
                 if k.startswith(f"{prefix}/")
             }
 
+        def optional(name: str):
+            return z[name] if name in z.files else None
+
         return {
             "y_test": z["y_test"],
-            "groups": z["groups"] if "groups" in z.files else None,
+            "groups": optional("groups"),
             "blocks": part("proba"),
             "calibrated": part("calibrated"),
             "val": part("val"),
+            "calib": part("calib"),
             "temperatures": part("temperature", as_list=False),
-            "y_val": z["y_val"] if "y_val" in z.files else None,
+            "seeds": part("seeds", as_list=False),
+            "y_val": optional("y_val"),
+            "y_calib": optional("y_calib"),
+            "test_rows": optional("test_rows"),
         }
 
 

@@ -67,12 +67,16 @@ class EvalInputs:
         return full_proba(clf, feats[self.split.test], self.n_classes), {
             "C": C,
             "val": _fmt(val_scores),
-            "val_proba": (
-                full_proba(clf, feats[va], self.n_classes)
-                if len(va)
-                else np.zeros((0, self.n_classes))
+            "val_proba": self._proba(lambda rows: full_proba(clf, feats[rows], self.n_classes)),
+            "calib_proba": self._proba(
+                lambda rows: full_proba(clf, feats[rows], self.n_classes), self.split.calib
             ),
         }
+
+    def _proba(self, predict, rows: np.ndarray | None = None) -> np.ndarray:
+        """``predict(rows)`` on the validation rows (or ``rows``), an empty array if none."""
+        rows = self.split.val if rows is None else rows
+        return predict(rows) if len(rows) else np.zeros((0, self.n_classes))
 
 
 class Protocol:
@@ -100,7 +104,8 @@ class Protocol:
     def run(self, rows: np.ndarray, seed: int, budget: Budget) -> tuple[np.ndarray, dict]:
         """Test probabilities after training on ``rows`` with ``seed``, and what was chosen;
         ``chosen["val_proba"]``, where given, holds the validation rows' probabilities of the
-        model kept (temperature scaling and conformal sets are fitted on them)."""
+        model kept (temperature scaling is fitted on them) and ``chosen["calib_proba"]`` those
+        of the split's calibration rows (conformal sets are calibrated on them)."""
         raise NotImplementedError(f"protocol {self.name!r} declares budgets but has no run()")
 
     def block_extra(self, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -142,7 +147,8 @@ class Linear(Protocol):
 
 @register_protocol
 class Knn(Protocol):
-    """Cosine k-nearest neighbours on the features, whole training split."""
+    """Cosine k-nearest neighbours on the features, whole training split; each neighbour votes
+    with weight ``exp(similarity / temperature)`` (DINO's and eva's kNN)."""
 
     name = "knn"
 
@@ -150,15 +156,20 @@ class Knn(Protocol):
         from cytofm.eval.linear import knn_proba
 
         inp = self.inputs
-        tr, te = inp.split.train, inp.split.test
-        va, k = inp.split.val, inp.cfg.knn.k
-        p = knn_proba(inp.features[tr], inp.labels[tr], inp.features[te], k, inp.n_classes)
-        pv = (
-            knn_proba(inp.features[tr], inp.labels[tr], inp.features[va], k, inp.n_classes)
-            if len(va)
-            else np.zeros((0, inp.n_classes))
-        )
-        return p, {"k": min(k, len(tr)), "val_proba": pv}
+        tr, knn = inp.split.train, inp.cfg.knn
+
+        def predict(rows):
+            return knn_proba(
+                inp.features[tr], inp.labels[tr], inp.features[rows], knn.k, inp.n_classes,
+                temperature=knn.temperature,
+            )  # fmt: skip
+
+        return predict(inp.split.test), {
+            "k": min(knn.k, len(tr)),
+            "temperature": knn.temperature,
+            "val_proba": inp._proba(predict),
+            "calib_proba": inp._proba(predict, inp.split.calib),
+        }
 
 
 @register_protocol
@@ -202,6 +213,7 @@ class Lora(Protocol):
         self.bb = load_backbone_spec(inp.spec, inp.pretrained_dir, device=str(self.device))
         self.images = inp.store["images"]
         self.val_images = _rows(self.images, inp.split.val)
+        self.calib_images = _rows(self.images, inp.split.calib)
         self.test_images = _rows(self.images, inp.split.test)
         self.settings = settings_from(inp.cfg)
 
@@ -239,7 +251,17 @@ class Lora(Protocol):
             if best is None or val_scores[lr] > val_scores[best[0]]:
                 best, best_val = (float(lr), model), pv
         p = predict_proba(best[1], self.bb, self.test_images, self.device)
-        return p, {"lr": best[0], "val": _fmt(val_scores), "budget": plan, "val_proba": best_val}
+        calib = inp._proba(
+            lambda _: predict_proba(best[1], self.bb, self.calib_images, self.device),
+            inp.split.calib,
+        )
+        return p, {
+            "lr": best[0],
+            "val": _fmt(val_scores),
+            "budget": plan,
+            "val_proba": best_val,
+            "calib_proba": calib,
+        }
 
     def block_extra(self, runs):
         """Steps run against the protocol's (max over seeds)."""

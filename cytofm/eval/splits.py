@@ -17,8 +17,10 @@ from cytofm.labels import as_str_array
 
 __all__ = [
     "Split",
+    "check_groups_disjoint",
     "given_split",
     "has_groups",
+    "hold_out_calibration",
     "leave_one_out",
     "make_split",
     "sample_fraction",
@@ -30,20 +32,79 @@ SPLIT_NAMES = ("train", "val", "test")
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """Row indices of each part; ``source`` says whether the data gave it or it was derived."""
+    """Row indices of each part; ``source`` says whether the data gave it or it was derived.
+    ``calib``: validation rows held apart from model selection and temperature scaling, on
+    which conformal prediction sets are calibrated (:func:`hold_out_calibration`)."""
 
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
     source: str
+    calib: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "source": self.source,
             "n_train": len(self.train),
             "n_val": len(self.val),
             "n_test": len(self.test),
         }
+        if len(self.calib):
+            out["n_calib"] = len(self.calib)
+        return out
+
+    def parts(self) -> dict[str, np.ndarray]:
+        """Every non-empty part by name."""
+        named = {"train": self.train, "val": self.val, "calib": self.calib, "test": self.test}
+        return {name: rows for name, rows in named.items() if len(rows)}
+
+
+def check_groups_disjoint(split: Split, groups, what: str = "") -> None:
+    """Raise when a group (patient, slide) has rows in two parts of ``split``: its test rows
+    would be scored by a model that trained or was selected on the same patient. ``what``
+    names the task in the message."""
+    if groups is None:
+        return
+    groups = as_str_array(groups)
+    if not has_groups(groups):
+        return
+    seen: dict[str, str] = {}
+    straddle: dict[str, set[str]] = {}
+    for name, rows in split.parts().items():
+        for g in np.unique(groups[rows]).tolist():
+            if g in seen and seen[g] != name:
+                straddle.setdefault(g, {seen[g]}).add(name)
+            seen.setdefault(g, name)
+    if straddle:
+        shown = [f"{g!r} ({' and '.join(sorted(p))})" for g, p in sorted(straddle.items())[:5]]
+        more = f" and {len(straddle) - 5} more" if len(straddle) > 5 else ""
+        raise InputDataError(
+            f"{what + ': ' if what else ''}{len(straddle)} group(s) have rows in two parts of "
+            f"the {split.source} split: {', '.join(shown)}{more}. A patient's cells must all be "
+            "in one part; fix the split column so each group sits in one part, or leave the "
+            "task's split empty to derive a grouped one"
+        )
+
+
+def hold_out_calibration(
+    split: Split, labels, groups=None, *, share: float = 0.5, seed: int = 0
+) -> Split:
+    """``split`` with about ``share`` of its validation rows (stratified, whole groups) moved to
+    ``calib``; the split unchanged when ``share`` is 0 or the validation part is too small to
+    divide (fewer than two rows of some class, or fewer than two groups)."""
+    if share <= 0 or len(split.val) < 4:
+        return split
+    labels = np.asarray(labels)
+    g = np.full(len(labels), "", dtype=str) if groups is None else as_str_array(groups)
+    y = labels[split.val]
+    counts = np.bincount(np.unique(y, return_inverse=True)[1])
+    if counts.min() < 2 or (has_groups(g[split.val]) and len(np.unique(g[split.val])) < 2):
+        return split
+    try:
+        val, calib = _holdout(labels, g, split.val, share, seed + 2)
+    except (InputDataError, ValueError):
+        return split
+    return dataclasses.replace(split, val=np.sort(val), calib=np.sort(calib))
 
 
 def given_split(splits) -> Split:

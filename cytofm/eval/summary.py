@@ -68,7 +68,10 @@ def summary_table(result_jsons: list[str | Path]) -> pd.DataFrame:
 
 
 def _budget_text(budget: dict | None) -> str:
-    """'' at the protocol's budget, else 'S of P steps' (a config capped the steps)."""
+    """'' at the protocol's budget, else how it falls short ('S of P steps', a shorter
+    learning-rate grid, another rank or other adapted layers)."""
     if not budget or not budget.get("reduced"):
         return ""
-    return f"{budget['steps']} of {budget['protocol_steps']} steps"
+    return "; ".join(
+        budget.get("departures") or [f"{budget['steps']} of {budget['protocol_steps']} steps"]
+    )

@@ -415,7 +415,8 @@ class ReportBuilder:
             title="Overview: tasks x backbones",
             intro="Full-label linear probe (balanced accuracy) per patch task and "
             "attention MIL (AUROC) per slide task; mean ± std [95% CI over test "
-            "items and seeds]; bold only where the paired difference excludes zero. "
+            "items and seeds]; bold only where the paired difference holds after Holm's "
+            "adjustment over the task's comparisons. "
             "What the numbers support:",
             tables_html=[f'<ul class="verdicts">{verdicts}</ul>', to_html(overview, first="task")],
             links=self._links(paths),

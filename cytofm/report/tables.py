@@ -4,8 +4,8 @@ Dausort, Godelaine et al.).
 Each cell holds the mean over seeds, the standard deviation and the 95% CI (test items and
 seeds) of the task's main metric, exactly as the result JSONs give them. A backbone is marked
 best in a row only when the paired comparisons (:mod:`cytofm.eval.compare`) show it ahead of
-every other backbone with an interval that excludes zero; otherwise the row reads "no
-difference". LoRA cells run on a capped budget say so.
+every other backbone with a Holm-adjusted p-value below 0.05 (the task's comparisons are one
+family); otherwise the row reads "no difference". LoRA cells run on a capped budget say so.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 __all__ = [
@@ -99,10 +100,18 @@ def results_table(
     return table
 
 
+def _fmt_p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
+
+
 def _fmt_diff(r) -> str:
-    p = r["p_value"]
-    ptxt = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-    return f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}], {ptxt}"
+    """'+0.12 [+0.05, +0.19], p = 0.002, Holm p = 0.030 (of 24 tests)'."""
+    text = f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+    text += f", p {_fmt_p(r['p_value'])}"
+    holm = r.get("p_holm")
+    if holm is not None and np.isfinite(holm):
+        text += f", Holm p {_fmt_p(holm)} (of {int(r['family_size'])} tests)"
+    return text
 
 
 def _verdict_words(v: dict, metric: str) -> str:

@@ -29,8 +29,10 @@ from cytofm.eval.predictions import block_key, save_predictions
 from cytofm.eval.protocols import PROTOCOLS, EvalInputs, Protocol
 from cytofm.eval.splits import (
     Split,
+    check_groups_disjoint,
     given_split,
     has_groups,
+    hold_out_calibration,
     leave_one_out,
     make_split,
     sample_fraction,
@@ -102,6 +104,9 @@ def task_folds(task: TaskConfig, data: dict[str, Any]) -> list[tuple[str | None,
     except InputDataError as e:
         raise InputDataError(f"task '{task.name}': {e}") from None
     for value, split in folds:
+        check_groups_disjoint(
+            split, data["groups"], f"task '{task.name}' holding out {task.hold_out}={value!r}"
+        )
         missing = sorted(set(range(len(data["classes"]))) - set(data["labels"][split.train]))
         if missing:
             names = [data["classes"][c] for c in missing]
@@ -126,6 +131,7 @@ def task_split(task: TaskConfig, data: dict[str, Any]) -> Split:
                 "split column; add one to its CSV (split_column) or set split: derived"
             )
         split = given_split(data["splits"])
+        check_groups_disjoint(split, data["groups"], f"task '{task.name}'")
     else:
         split = make_split(
             data["labels"],
@@ -197,6 +203,8 @@ def _result_head(task, spec, protocol, data, split, pretrained_dir, g_test) -> d
         "classes": data["classes"],
         "split": split.to_dict(),
         "test_rows": split.test.tolist(),
+        "val_rows": split.val.tolist(),
+        "calib_rows": split.calib.tolist(),
         "backbone_kind": spec.kind,
         "exposure": exposure(_backbone_provenance(pretrained_dir), spec.kind, task.dataset),
         "interval": INTERVAL_NOTE
@@ -224,6 +232,8 @@ def run_evaluate(
     kind = PROTOCOLS[protocol]
     data = load_task_data(task, dataset_store)
     folds = task_folds(task, data)
+    if folds[0][0] is None:  # one split: conformal sets calibrate on rows selection never saw
+        folds = [(None, _with_calibration(folds[0][1], task, cfg, data))]
     params = {"task": task.to_dict(), "evaluate": cfg.part("patch"), "backbone": spec.to_dict()}
     with job.run(
         "evaluate", {**params, "protocol": protocol}, system_metrics=protocol == "lora"
@@ -260,6 +270,19 @@ def run_evaluate(
     return result
 
 
+def _with_calibration(split: Split, task: TaskConfig, cfg: EvalConfig, data) -> Split:
+    out = hold_out_calibration(
+        split, data["labels"], data["groups"], share=cfg.conformal_share, seed=task.split_seed
+    )
+    if cfg.conformal_share > 0 and not len(out.calib):
+        log.warning(
+            "task %s: %d validation rows are too few to set %.0f%% apart for conformal sets; "
+            "none are computed",
+            task.name, len(split.val), 100 * cfg.conformal_share,
+        )  # fmt: skip
+    return out
+
+
 def _features(features_store, data) -> np.ndarray:
     feats = np.asarray(open_store(features_store)["features"][:], dtype=np.float32)
     if len(feats) != len(data["labels"]):
@@ -290,15 +313,19 @@ class _Collected:
         self.blocks: list[dict] = []
         self.skipped: list[dict] = []
         self.predictions: dict[str, dict] = {
-            "test": {}, "calibrated": {}, "temperatures": {}, "val": {}
+            "test": {}, "calibrated": {}, "temperatures": {}, "val": {}, "calib": {}
         }  # fmt: skip
 
     def run(self, p: np.ndarray, chosen: dict, **head) -> dict:
         """A run's record: its test metrics and the temperature fitted on its validation
-        probabilities (kept aside for the predictions file, not the JSON)."""
+        probabilities (those and the calibration rows' probabilities are kept aside for the
+        predictions file, not the JSON)."""
         val = chosen.pop("val_proba", None)
+        calib = chosen.pop("calib_proba", None)
         if val is not None:
             chosen = {**chosen, "temperature": fit_temperature(self.y_val, val), "_val": val}
+        if calib is not None and len(calib):
+            chosen["_calib"] = calib
         test = classification_metrics(self.y_test, p, self.inp.classes)
         return {**head, **chosen, "test": test}
 
@@ -309,6 +336,9 @@ class _Collected:
         key = block_key(kw.get("shots"), kw.get("fraction"))
         self.predictions["test"][key] = probas
         vals = [r.pop("_val", None) for r in runs]
+        calib = [r.pop("_calib", None) for r in runs]
+        if all(c is not None for c in calib):
+            self.predictions["calib"][key] = calib
         if all(v is not None for v in vals):
             temps = [r["temperature"] for r in runs]
             self.predictions["val"][key] = vals
@@ -370,8 +400,10 @@ class Evaluated:
     predictions: dict[str, dict]
     test_rows: np.ndarray  # in the order of the predictions
     groups: np.ndarray | None
-    y_val: np.ndarray | None  # None: no single validation set (conformal sets need one)
+    y_val: np.ndarray | None  # None: no single validation set
     head: dict[str, Any]  # result JSON keys that replace the single split's
+    y_calib: np.ndarray | None = None  # the conformal calibration rows' labels, if any
+    seeds: dict[str, list] = dataclasses.field(default_factory=dict)  # block key -> seeds
 
     def save(self, path, labels: np.ndarray) -> None:
         """The predictions file (see :mod:`cytofm.eval.predictions`)."""
@@ -379,6 +411,8 @@ class Evaluated:
         save_predictions(
             path, labels[self.test_rows], self.groups, p["test"], calibrated=p["calibrated"],
             temperatures=p["temperatures"], y_val=self.y_val, val=p["val"],
+            y_calib=self.y_calib, calib=p.get("calib"), test_rows=self.test_rows,
+            seeds=self.seeds,
         )  # fmt: skip
 
 
@@ -388,8 +422,24 @@ def _evaluate_folds(evaluate, folds, data, cfg: EvalConfig, task: TaskConfig) ->
         split = folds[0][1]
         blocks, skipped, predictions = evaluate(split)
         groups = _groups_of(data, split.test)
-        return Evaluated(blocks, skipped, predictions, split.test, groups, labels[split.val], {})
-    return _pool_folds([(v, split, *evaluate(split)) for v, split in folds], data, cfg, task)
+        y_calib = labels[split.calib] if len(split.calib) else None
+        return Evaluated(
+            blocks, skipped, predictions, split.test, groups, labels[split.val], {}, y_calib,
+            _block_seeds(blocks),
+        )  # fmt: skip
+    ev = _pool_folds([(v, split, *evaluate(split)) for v, split in folds], data, cfg, task)
+    ev.seeds = _block_seeds(ev.blocks)
+    return ev
+
+
+def _block_seeds(blocks: list[dict]) -> dict[str, list]:
+    """Block key -> the seed of each run, in order (-1 for a seed-independent run)."""
+    return {
+        block_key(b["shots"], b["fraction"]): [
+            -1 if r.get("seed") is None else int(r["seed"]) for r in b["runs"]
+        ]
+        for b in blocks
+    }
 
 
 def _pool_folds(per_fold, data, cfg: EvalConfig, task: TaskConfig) -> Evaluated:
@@ -450,6 +500,8 @@ def _pool_folds(per_fold, data, cfg: EvalConfig, task: TaskConfig) -> Evaluated:
             "folds": [{"held_out": v, **split.to_dict()} for v, split, *_ in per_fold],
         },
         "test_rows": test_rows.tolist(),
+        "val_rows": None,  # one validation part per fold: see "folds"
+        "calib_rows": None,
     }
     return Evaluated(blocks, skipped, preds, test_rows, groups, None, head)
 
