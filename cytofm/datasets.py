@@ -15,7 +15,7 @@ from cytofm.config import DatasetConfig
 from cytofm.errors import InputDataError
 from cytofm.labels import check_labels
 
-__all__ = ["IMAGE_SUFFIXES", "decode_image", "fit_patch", "list_collection"]
+__all__ = ["IMAGE_SUFFIXES", "decode_image", "fit_patch", "list_collection", "pixel_hash"]
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +142,23 @@ def fit_patch(img: np.ndarray, cfg: DatasetConfig) -> np.ndarray:
     return cv2.resize(crop, (cfg.patch_px, cfg.patch_px), interpolation=interp)
 
 
+def pixel_hash(img: np.ndarray) -> int:
+    """A 64-bit fingerprint of an image's decoded pixels and shape: the same for one picture
+    saved under two names or in two lossless formats, whatever the patch settings."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(np.asarray(img.shape, np.int64).tobytes())
+    h.update(np.ascontiguousarray(img).tobytes())
+    return int.from_bytes(h.digest(), "little")
+
+
 def iter_patches(
     table: pd.DataFrame, cfg: DatasetConfig, digest: hashlib._Hash
-) -> Iterator[np.ndarray]:
-    """Decode and fit every image in order, feeding names and bytes into ``digest``."""
+) -> Iterator[tuple[np.ndarray, int]]:
+    """Decode and fit every image in order, feeding names and bytes into ``digest``; yields
+    each patch and its source image's :func:`pixel_hash`."""
     for path in table["path"]:
         data = Path(path).read_bytes()
         digest.update(Path(path).name.encode())
         digest.update(data)
-        yield fit_patch(decode_image(data, path), cfg)
+        img = decode_image(data, path)
+        yield fit_patch(img, cfg), pixel_hash(img)

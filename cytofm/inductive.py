@@ -12,6 +12,12 @@ slide's file under another ``slide_id`` or another slide of a cohort slide's pat
 (:func:`dataset_aliases`): a task's test rows left out under one name would be read under the
 other. ``pretrain.transductive: true`` allows the slide leaks; the pretrained backbone's
 provenance and every result then say so.
+
+Names can lie, so pretraining also records what it read by content (:func:`read_content`,
+beside the exported backbone): each dataset image's pixel fingerprint (computed at import) and
+each slide file's SHA-256. Evaluation jobs check their test images (:func:`check_test_rows`)
+and slide tasks their cohort slides (:func:`check_cohort`) against that record, so a split
+changed after pretraining, or one picture imported under two names, cannot leak unnoticed.
 """
 
 from __future__ import annotations
@@ -24,13 +30,20 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "CONTENT_FILE",
+    "check_cohort",
+    "check_test_rows",
     "content_leak_message",
     "content_leaks",
+    "content_summary",
     "dataset_aliases",
     "exposure",
     "held_out_rows",
     "leak_message",
+    "load_content",
+    "read_content",
     "slide_leaks",
+    "write_content",
 ]
 
 
@@ -168,3 +181,115 @@ def dataset_aliases(datasets: Mapping[str, Mapping[str, Any]]) -> list[tuple[str
             out.append((seen[key], name))
         seen.setdefault(key, name)
     return out
+
+
+# --- what pretraining read, by content --------------------------------------------------------
+
+CONTENT_FILE = "content_read.npz"  # beside the exported backbone's config.json
+
+
+def _slide_hash(store) -> str:
+    """The SHA-256 of the slide file a cells or tiles store was cut from ('' if unknown)."""
+    return str((store.attrs.get("provenance") or {}).get("slide_sha256") or "")
+
+
+def read_content(paths: Sequence[str | Path], keep: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Fingerprints of what pretraining reads from each store (``keep[i]``: the rows of store
+    ``i`` it may read): every dataset image's ``pixel_hash`` and every slide file's SHA-256;
+    stores that carry neither (imported by an older version) are counted as unchecked."""
+    from cytofm.store import open_store
+
+    pixels, slides, unchecked = [], set(), []
+    for path, rows in zip(paths, keep, strict=True):
+        store = open_store(path)
+        if "pixel_hash" in store:
+            pixels.append(np.asarray(store["pixel_hash"][:], np.uint64)[np.asarray(rows, bool)])
+        elif _slide_hash(store):
+            if np.asarray(rows, bool).any():
+                slides.add(_slide_hash(store))
+        else:
+            unchecked.append(Path(path).name)
+    hashes = np.unique(np.concatenate(pixels)) if pixels else np.zeros(0, np.uint64)
+    return {"pixel_hash": hashes, "slide_sha256": sorted(slides), "unchecked": unchecked}
+
+
+def write_content(folder: str | Path, content: Mapping[str, Any]) -> None:
+    """Write :func:`read_content`'s record into ``folder`` (the exported backbone's)."""
+    np.savez_compressed(
+        Path(folder) / CONTENT_FILE,
+        pixel_hash=np.asarray(content["pixel_hash"], np.uint64),
+        slide_sha256=np.asarray(content["slide_sha256"], dtype=str),
+    )
+
+
+def content_summary(content: Mapping[str, Any]) -> dict[str, Any]:
+    """What the backbone's provenance says of :func:`read_content`'s record."""
+    return {
+        "file": CONTENT_FILE,
+        "images": int(len(content["pixel_hash"])),
+        "slides": len(content["slide_sha256"]),
+        "unchecked_stores": list(content["unchecked"]),
+    }
+
+
+def load_content(pretrained_dir: str | Path | None) -> dict[str, Any] | None:
+    """The record :func:`write_content` left beside a backbone, or None if there is none."""
+    if not pretrained_dir or not (Path(pretrained_dir) / CONTENT_FILE).is_file():
+        return None
+    with np.load(Path(pretrained_dir) / CONTENT_FILE, allow_pickle=False) as z:
+        return {"pixel_hash": z["pixel_hash"], "slide_sha256": set(z["slide_sha256"].tolist())}
+
+
+_FIX = (
+    "Pretraining must not read what an evaluation tests on. Fix: rerun pretraining so it "
+    "leaves these out (keep each image in one dataset, each slide file once in the sheet), "
+    "pretrain on other data, or set pretrain.transductive: true to accept it (results are "
+    "then marked transductive)."
+)
+
+
+def check_test_rows(
+    task: str, dataset_store: str | Path, rows: np.ndarray, pretrained_dir, transductive: bool
+) -> dict[str, Any]:
+    """Refuse an evaluation whose test rows' pixels pretraining read (under any dataset name)
+    unless transductive; returns what was checked, for the result's ``exposure``."""
+    from cytofm.errors import InputDataError
+    from cytofm.store import open_store
+
+    content = load_content(pretrained_dir)
+    store = open_store(dataset_store)
+    if content is None or "pixel_hash" not in store:
+        why = "no content record beside the backbone" if content is None else "no pixel_hash"
+        return {"content_checked": False, "why": why}
+    mine = np.asarray(store["pixel_hash"][:], np.uint64)[np.asarray(rows, np.int64)]
+    seen = np.isin(mine, content["pixel_hash"])
+    if seen.any() and not transductive:
+        first = np.asarray(rows)[seen][:5].tolist()
+        raise InputDataError(
+            f"task '{task}': {int(seen.sum())} of its {len(rows)} test images were read by "
+            f"pretraining ({Path(dataset_store).name} rows {first}"
+            f"{' ...' if seen.sum() > 5 else ''}, matched by their pixels). " + _FIX
+        )
+    return {"content_checked": True, "test_images_pretrained_on": int(seen.sum())}
+
+
+def check_cohort(
+    task: str, slides: Sequence[tuple[str, str | Path]], pretrained_dir, transductive: bool
+) -> dict[str, Any]:
+    """Refuse a slide task whose cohort slides' files pretraining read (by SHA-256, under any
+    slide id) unless transductive. ``slides``: (slide_id, cells or tiles store)."""
+    from cytofm.errors import InputDataError
+    from cytofm.store import open_store
+
+    content = load_content(pretrained_dir)
+    if content is None:
+        return {"content_checked": False, "why": "no content record beside the backbone"}
+    read = content["slide_sha256"]
+    seen = [sid for sid, store in slides if _slide_hash(open_store(store)) in read]
+    if seen and not transductive:
+        raise InputDataError(
+            f"slide task '{task}': pretraining read the files of {len(seen)} cohort slide(s) "
+            f"({', '.join(seen[:5])}{' ...' if len(seen) > 5 else ''}, matched by SHA-256). "
+            + _FIX
+        )
+    return {"content_checked": True, "cohort_slides_pretrained_on": len(seen)}

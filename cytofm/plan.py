@@ -425,13 +425,21 @@ class Plan:
             out.append(p.predict_table(t))
         return out
 
-    def mil_inputs(self, stask: str, backbone: str) -> dict[str, list[str]]:
+    def mil_inputs(self, stask: str, backbone: str) -> dict[str, Any]:
         """Per cohort slide: its feature store and patch store (same order as the cohort),
-        the slide file (for the heatmap thumbnail) and any cell truth table."""
+        the slide file (for the heatmap thumbnail) and any cell truth table; for a pretrained
+        backbone, its folder (the record of what pretraining read is checked there)."""
         kind = self.slide_tasks[stask].instances
         cohort = self.cohort(stask)
         missing = self.missing_slides
+        pretrained = self.pretrained_dir(backbone)
+        extra = (
+            {"pretrained": pretrained}
+            if pretrained and self.backbones[backbone].kind == "pretrained"
+            else {}
+        )
         return {
+            **extra,
             "features": [self.paths.features(backbone, kind, r["slide_id"]) for r in cohort],
             "instances": [self.paths.store(kind, r["slide_id"]) for r in cohort],
             "slides": [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -49,7 +50,11 @@ def mlflow_server(tmp_path_factory):
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
     log = open(root / "server.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    # no job runner: its ten polling processes would run beside every later test
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True
+    )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -64,11 +69,11 @@ def mlflow_server(tmp_path_factory):
             pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
         time.sleep(0.5)
     yield uri
-    proc.terminate()
+    os.killpg(proc.pid, signal.SIGTERM)  # the server and the uvicorn workers it started
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
     log.close()
 
 

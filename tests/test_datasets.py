@@ -125,3 +125,33 @@ def test_csv_split_column_is_stored_and_used(tmp_path):
         run_import(cfg, tmp_path / "toy2.zarr")
     assert not (tmp_path / "toy2.zarr").exists()
     assert root.exists()
+
+
+def test_each_image_gets_a_pixel_fingerprint_that_survives_renaming_and_format(tmp_path):
+    """One picture imported under two names (and saved as PNG and as TIFF) has one
+    fingerprint; the record pretraining keeps is built from these."""
+    import shutil
+
+    from cytofm.inductive import read_content
+
+    root = _folder(tmp_path)
+    other = tmp_path / "copy"
+    shutil.copytree(root, other)
+    img = cv2.imread(str(root / "a_cls" / "1.png"))
+    (other / "a_cls" / "1.png").unlink()
+    cv2.imwrite(str(other / "a_cls" / "renamed.tif"), img)
+    for name, path in (("a", root), ("b", other)):
+        run_import(
+            DatasetConfig(name=name, path=str(path), patch_px=16, chunk=4),
+            tmp_path / f"{name}.zarr",
+        )
+    a, b = (open_store(tmp_path / f"{n}.zarr") for n in "ab")
+    ha, hb = a["pixel_hash"][:], b["pixel_hash"][:]
+    assert ha.dtype == np.uint64 and len(set(ha.tolist())) == 6  # six different pictures
+    assert set(ha.tolist()) == set(hb.tolist())  # the same six, whatever their names
+    # what pretraining on "b" without its first row read
+    keep = np.ones(6, bool)
+    keep[0] = False
+    content = read_content([tmp_path / "b.zarr"], [keep])
+    assert sorted(content["pixel_hash"].tolist()) == sorted(hb[1:].tolist())
+    assert content["unchecked"] == [] and content["slide_sha256"] == []

@@ -501,3 +501,49 @@ def test_batch_probe_and_robustness_index_of_a_backbone(setup, tmp_path):
     lo, hi = r["batch_probe"]["ci95"]
     assert 0.02 < hi - lo < 0.5 and lo < 1 / 3 + 0.05  # an interval with width, holding chance
     assert r["robustness"]["robustness_index"] > 0.8
+
+
+def test_test_rows_pretraining_read_by_content_are_refused(setup, tmp_path):
+    """The backbone's record of what pretraining read holds the pixels of two test images
+    (as if imported under another dataset name): the evaluation refuses before running,
+    naming the task and the rows; transductive pretraining is let through and counted."""
+    import shutil
+
+    from cytofm.datasets import pixel_hash
+    from cytofm.errors import InputDataError
+    from cytofm.inductive import CONTENT_FILE, write_content
+
+    hashes = np.array([pixel_hash(im) for im in setup["images"]], np.uint64)
+    store = tmp_path / "toy.zarr"
+    shutil.copytree(setup["store"], store)
+    with atomic_group(tmp_path / "h.zarr") as g:  # the column an import writes
+        g.create_array("pixel_hash", data=hashes, chunks=(len(hashes),))
+    shutil.copytree(tmp_path / "h.zarr" / "pixel_hash", store / "pixel_hash")
+    bb = tmp_path / "backbone"
+    shutil.copytree(setup["bb_dir"], bb)
+    plain = run_evaluate(
+        _task(), CFG, "knn", setup["spec"], store, tmp_path / "p.json",
+        features_store=setup["feats"],
+    )  # fmt: skip
+    test_rows = plain["test_rows"]
+    read = np.r_[hashes[test_rows[:2]], hashes[np.setdiff1d(np.arange(90), test_rows)[:10]]]
+    write_content(bb, {"pixel_hash": np.sort(read), "slide_sha256": [], "unchecked": []})
+    assert (bb / CONTENT_FILE).is_file()
+    args = (_task(), CFG, "knn", setup["spec"], store)
+    with pytest.raises(InputDataError, match=r"task 'toy': 2 of its \d+ test images were read"):
+        run_evaluate(*args, tmp_path / "a.json", features_store=setup["feats"], pretrained_dir=bb)
+    assert not (tmp_path / "a.json").exists()
+    # only training rows read: checked and passed
+    write_content(bb, {"pixel_hash": np.sort(read[2:]), "slide_sha256": [], "unchecked": []})
+    ok = run_evaluate(*args, tmp_path / "b.json", features_store=setup["feats"], pretrained_dir=bb)
+    assert ok["exposure"]["content_checked"] and ok["exposure"]["test_images_pretrained_on"] == 0
+    # transductive pretraining: let through, and the result counts what it saw
+    write_content(bb, {"pixel_hash": np.sort(read), "slide_sha256": [], "unchecked": []})
+    config = json.loads((bb / "config.json").read_text())
+    config["provenance"] = {"inductive": {"transductive": True}}
+    (bb / "config.json").write_text(json.dumps(config))
+    seen = run_evaluate(
+        *args, tmp_path / "c.json", features_store=setup["feats"], pretrained_dir=bb
+    )
+    assert seen["exposure"]["test_images_pretrained_on"] == 2
+    assert seen["exposure"]["transductive"]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cytofm.config import TaskConfig
+from cytofm.datasets import pixel_hash
 from cytofm.inductive import exposure, held_out_rows, leak_message, slide_leaks
 from cytofm.ssl.data import PatchSource
 from cytofm.stages.context import JobContext
@@ -25,9 +26,11 @@ def dataset(tmp_path_factory):
     images = np.zeros((N, 32, 32, 3), np.uint8) + np.arange(N, dtype=np.uint8)[:, None, None, None]
     labels = np.arange(N) % 3
     groups = np.array([f"p{i // 5:02d}" for i in range(N)])
+    hashes = np.array([pixel_hash(im) for im in images], np.uint64)
     with atomic_group(path) as g:
-        w = PatchStoreWriter(g, 32, 16, {"labels": (np.int16, ()), "groups": (str, ())})
-        w.append(images, labels=labels.astype(np.int16), groups=groups)
+        columns = {"labels": (np.int16, ()), "groups": (str, ()), "pixel_hash": (np.uint64, ())}
+        w = PatchStoreWriter(g, 32, 16, columns)
+        w.append(images, labels=labels.astype(np.int16), groups=groups, pixel_hash=hashes)
         w.close()
         g.attrs.update({"classes": ["a", "b", "c"]})
     return path
@@ -72,13 +75,28 @@ def _pretrain(dataset, tmp_path, transductive):
 
 
 def test_pretraining_records_what_it_left_out_and_results_say_so(dataset, tmp_path):
-    prov, _ = _pretrain(dataset, tmp_path, transductive=False)
-    n_test = len(task_split(_task("a"), load_task_data(_task("a"), dataset)).test)
+    from cytofm.inductive import load_content
+
+    prov, out = _pretrain(dataset, tmp_path, transductive=False)
+    test = task_split(_task("a"), load_task_data(_task("a"), dataset)).test
+    n_test = len(test)
     assert prov["inductive"] == {
         "transductive": False,
         "datasets": ["toy"],
         "excluded_rows": {"toy": {"rows": n_test, "tasks": {"a": n_test}}},
+        "content_read": {
+            "file": "content_read.npz",
+            "images": N - n_test,
+            "slides": 0,
+            "unchecked_stores": [],
+        },
     }
+    # the record beside the backbone holds the pixels of every row read, none of the test's
+    from cytofm.store import open_store
+
+    hashes = open_store(dataset)["pixel_hash"][:]
+    read = load_content(out / "backbone")["pixel_hash"]
+    assert sorted(read.tolist()) == sorted(np.delete(hashes, test).tolist())
     assert prov["n_patches"] == N - n_test
     seen = exposure(prov, "pretrained", "toy")
     assert seen["transductive"] is False and seen["test_rows_excluded"] == n_test

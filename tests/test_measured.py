@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,3 +53,118 @@ def test_the_demo_tables_are_those_of_the_demo_results():
     assert not missing, f"not in benchmarks/results/demo.md: {missing}"
     results = json.loads((REPO / "benchmarks/results/demo.json").read_text())
     assert f"{results['jobs']} jobs in {results['seconds'] / 60:.1f} min" in section
+
+
+# --- every figure the documents quote is in a results file --------------------------------
+
+_NUM = re.compile(r"(?<![\w.])[+-]?\d[\d,]*(?:\.\d+)?%?")
+_CITE = re.compile(r"benchmarks/results/([\w.\-]+)|benchmarks/(\w+)\.py")
+_RESULTS = REPO / "benchmarks" / "results"
+
+
+def _canon(token: str) -> str:
+    return token.rstrip("%").replace(",", "").lstrip("+-")
+
+
+def _numbers_of(files) -> tuple[set[str], set[str], np.ndarray]:
+    """Every number written in ``files`` (as text; those written as percentages apart) and
+    every numeric value of their JSON."""
+    text, percent, values = set(), set(), []
+
+    def words(s: str) -> None:
+        for t in _NUM.findall(s):
+            text.add(_canon(t))
+            if t.endswith("%"):
+                percent.add(_canon(t))
+
+    def walk(o) -> None:
+        if isinstance(o, bool):
+            return
+        if isinstance(o, int | float):
+            values.append(abs(float(o)))
+        elif isinstance(o, dict):
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                walk(v)
+        elif isinstance(o, str):
+            words(o)
+
+    for path in files:
+        if path.suffix == ".json":
+            walk(json.loads(path.read_text()))
+        elif path.suffix in (".md", ".csv"):
+            words(path.read_text())
+    return text, percent, np.asarray(values, float)
+
+
+def _cited(paragraph: str) -> set[Path]:
+    """The results files a paragraph names (a file, or a script whose files it names)."""
+    out: set[Path] = set()
+    for result, script in _CITE.findall(paragraph):
+        stem = result.split(".")[0] if result else script
+        out |= {
+            p
+            for p in _RESULTS.iterdir()
+            if p.name.split(".")[0] == stem or p.name.startswith(f"{stem}_")
+        }
+    return out
+
+
+def _quoted(token: str, numbers) -> bool:
+    """Whether ``token`` is one of ``numbers``: written so in a file, or a JSON value that
+    rounds to it (a percentage: the value x 100; minutes: seconds / 60)."""
+    text, percent, values = numbers
+    c, is_percent = _canon(token), token.endswith("%")
+    if c in (percent if is_percent else text):
+        return True
+    decimals = len(c.split(".")[1]) if "." in c else 0
+    tol = 0.5 * 10**-decimals + 1e-12
+    scales = (100.0,) if is_percent else (1.0, 1 / 60)
+    return any(np.any(np.abs(values * s - float(c)) <= tol) for s in scales)
+
+
+def _unquoted(doc: str) -> list[str]:
+    """Figures of ``doc`` that no results file its paragraph cites holds. A paragraph without a
+    citation reads those of the paragraph before it; code spans (commands, settings) are not
+    figures, nor are integers below 100 (counts of seeds, folds, cores)."""
+    paragraphs = re.split(r"\n\s*\n", (REPO / doc).read_text())
+    missing, files = [], set()
+    for paragraph in paragraphs:
+        files = _cited(paragraph) or (set() if paragraph.startswith("#") else files)
+        numbers = _numbers_of(files)
+        if doc == "README.md":  # the README quotes docs/measured.md
+            text, percent, values = numbers
+            words = {_canon(t) for t in _NUM.findall((REPO / "docs/measured.md").read_text())}
+            numbers = (text | words, percent, values)
+        prose = re.sub(r"`[^`]*`", " ", paragraph)
+        for token in _NUM.findall(prose):
+            small = "." not in token and not token.endswith("%") and float(_canon(token)) < 100
+            if not small and not _quoted(token, numbers):
+                where = " ".join(prose.split())[:70]
+                missing.append(f"{token} ({sorted(p.name for p in files)[:2]}: {where}...)")
+    return missing
+
+
+@pytest.mark.parametrize("doc", ["docs/measured.md", "README.md"])
+def test_every_figure_is_in_a_results_file_the_paragraph_cites(doc):
+    missing = _unquoted(doc)
+    assert not missing, f"{doc} quotes figures no cited results file holds: {missing}"
+
+
+def test_the_figure_check_catches_a_drifted_figure(tmp_path, monkeypatch):
+    """A figure changed by a digit, or quoted next to another file, is found."""
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "From `benchmarks/results/detection_real.md`: platelet recall 0.820, white cells "
+        "1.000.\n\nIn the same file: 0.821 of platelets.\n\n"
+        "From `benchmarks/results/focus_planes.md`: recall 0.820.\n"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "_RESULTS", REPO_RESULTS)
+    got = _unquoted("doc.md")
+    assert [m.split(" ")[0] for m in got] == ["0.821", "0.820"]
+
+
+REPO_RESULTS = _RESULTS

@@ -166,6 +166,7 @@ def _toy_cohort(tmp_path, n_slides=20, n_cells=60, n_abnormal=3):
             w.append(rng.integers(0, 255, (n_cells, 8, 8, 3), dtype=np.uint8), coords=coords)
             w.close()
             g.attrs["slide_mpp"] = 0.5
+            g.attrs["provenance"] = {"slide_sha256": f"{i:064x}"}  # its slide file's checksum
         truth = pd.DataFrame(
             {
                 "x": coords[:, 0] + 1.0,
@@ -300,3 +301,34 @@ def test_a_slide_without_cells_is_left_out_and_listed(tmp_path):
     ]
     tested = sorted(s for f in saved["folds"] for s in f["test_slides"])
     assert tested == [f"s{i:02d}" for i in range(8)]
+
+
+def test_a_cohort_slide_file_pretraining_read_is_refused_before_training(tmp_path):
+    """The backbone's record holds the SHA-256 of two cohort slides' files (read under other
+    slide ids): the MIL job refuses with their names; transductive runs are counted."""
+    from cytofm.config import SlideTaskConfig
+    from cytofm.errors import InputDataError
+    from cytofm.inductive import write_content
+    from cytofm.stages.mil import run_mil
+
+    cohort = _toy_cohort(tmp_path, n_slides=8)
+    bb = tmp_path / "backbone"
+    bb.mkdir()
+    read = [f"{3:064x}", f"{5:064x}", "f" * 64]
+    write_content(bb, {"pixel_hash": np.zeros(0, np.uint64), "slide_sha256": read})
+    task = SlideTaskConfig(name="toy", label="abnormal", folds=2, seeds=(0,))
+    args = (
+        task,
+        _toy_eval_config().updated({"mil.max_epochs": 2, "mil.min_epochs": 1}),
+        "ssl",
+        cohort,
+    )
+    with pytest.raises(InputDataError, match=r"slide task 'toy'.*2 cohort slide\(s\) \(s03, s05"):
+        run_mil(*args, tmp_path / "a.json", tmp_path / "a", backbone_kind="pretrained",
+                exposure={"transductive": False}, pretrained_dir=bb)  # fmt: skip
+    assert not (tmp_path / "a.json").exists()
+    res = run_mil(*args, tmp_path / "b.json", tmp_path / "b", backbone_kind="pretrained",
+                  exposure={"transductive": True}, pretrained_dir=bb)  # fmt: skip
+    assert (
+        res["exposure"]["content_checked"] and res["exposure"]["cohort_slides_pretrained_on"] == 2
+    )

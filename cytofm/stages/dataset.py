@@ -36,7 +36,8 @@ def _splits(table, cfg: DatasetConfig) -> np.ndarray:
 
 
 def run_import(cfg: DatasetConfig, out_store: str | Path, job: JobContext | None = None) -> dict:
-    """Write images, integer labels, ids (paths relative to the collection) and groups."""
+    """Write images, integer labels, ids (paths relative to the collection), groups and each
+    image's pixel fingerprint (``pixel_hash``: what pretraining records it read)."""
     job = job or JobContext()
     with job.run("import_dataset", {"dataset": cfg.to_dict()}) as run:
         t0 = time.perf_counter()
@@ -52,7 +53,12 @@ def run_import(cfg: DatasetConfig, out_store: str | Path, job: JobContext | None
                 g,
                 cfg.patch_px,
                 cfg.chunk,
-                {"labels": (np.int16, ()), "groups": (str, ()), "ids": (str, ())},
+                {
+                    "labels": (np.int16, ()),
+                    "groups": (str, ()),
+                    "ids": (str, ()),
+                    "pixel_hash": (np.uint64, ()),
+                },
             )
             labels = table["label"].map(label_index).to_numpy(np.int16)
             ids = np.array([os.path.relpath(p, root) for p in table["path"]], dtype=str)
@@ -63,12 +69,13 @@ def run_import(cfg: DatasetConfig, out_store: str | Path, job: JobContext | None
                 desc=f"import {cfg.name}",
                 mininterval=5,
             )
-            for i, patch in enumerate(patches):  # the writer buffers whole chunks
+            for i, (patch, fingerprint) in enumerate(patches):  # buffered in whole chunks
                 writer.append(
                     patch[None],
                     labels=labels[i : i + 1],
                     groups=groups[i : i + 1],
                     ids=ids[i : i + 1],
+                    pixel_hash=np.array([fingerprint], np.uint64),
                 )
             n = writer.close()
             _write_columns(g, cfg, table, splits if has_splits else None)

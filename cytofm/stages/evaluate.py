@@ -234,6 +234,7 @@ def run_evaluate(
     folds = task_folds(task, data)
     if folds[0][0] is None:  # one split: conformal sets calibrate on rows selection never saw
         folds = [(None, _with_calibration(folds[0][1], task, cfg, data))]
+    content = _check_content(task, spec, dataset_store, folds, pretrained_dir)
     params = {"task": task.to_dict(), "evaluate": cfg.part("patch"), "backbone": spec.to_dict()}
     with job.run(
         "evaluate", {**params, "protocol": protocol}, system_metrics=protocol == "lora"
@@ -253,6 +254,7 @@ def run_evaluate(
                 "evaluate", params, protocol=protocol, features=_features_identity(features_store)
             ),
         }
+        result["exposure"].update(content or {})
         if out_predictions:
             ev.save(out_predictions, data["labels"])
         write_result(out_json, result, default=_json_default)
@@ -268,6 +270,20 @@ def run_evaluate(
             *(task.name, spec.name, protocol, len(ev.blocks), len(ev.skipped), seconds),
         )
     return result
+
+
+def _check_content(task, spec, dataset_store, folds, pretrained_dir) -> dict | None:
+    """Refuse test rows whose pixels the backbone's pretraining read (see
+    :func:`cytofm.inductive.check_test_rows`); what was checked, for ``exposure``."""
+    if spec.kind != "pretrained":
+        return None
+    from cytofm.inductive import check_test_rows
+
+    tested = np.unique(np.concatenate([split.test for _, split in folds]))
+    inductive = (_backbone_provenance(pretrained_dir) or {}).get("inductive") or {}
+    return check_test_rows(
+        task.name, dataset_store, tested, pretrained_dir, bool(inductive.get("transductive"))
+    )
 
 
 def _with_calibration(split: Split, task: TaskConfig, cfg: EvalConfig, data) -> Split:

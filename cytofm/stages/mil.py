@@ -55,12 +55,24 @@ def run_mil(
     thumbnail_mpp: float = 4.0,
     backbone_kind: str = "",
     exposure: dict | None = None,
+    pretrained_dir: str | Path | None = None,
     job: JobContext | None = None,
 ) -> dict[str, Any]:
     """Cross-validated ABMIL on ``cohort`` rows (``slide_id``, ``label``, ``group``,
     ``features`` store, ``instances`` store; optional ``path``/``mpp`` for thumbnails and
-    ``truth`` for a table of true cells with x, y (level-0 px) and class)."""
+    ``truth`` for a table of true cells with x, y (level-0 px) and class). With a pretrained
+    backbone's ``pretrained_dir``, a cohort slide whose file its pretraining read is refused
+    (unless the exposure says transductive)."""
     job = job or JobContext()
+    if pretrained_dir and backbone_kind == "pretrained":
+        from cytofm.inductive import check_cohort
+
+        slides = [(str(r["slide_id"]), r["instances"]) for r in cohort]
+        transductive = bool((exposure or {}).get("transductive"))
+        exposure = {
+            **(exposure or {}),
+            **check_cohort(task.name, slides, pretrained_dir, transductive),
+        }
     co = load_cohort(task, cohort)
     out_dir = Path(out_dir)
     params = {"task": task.to_dict(), "evaluate": cfg.part("mil"), "backbone": backbone}

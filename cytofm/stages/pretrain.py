@@ -70,6 +70,8 @@ def run_pretrain(
         t0 = time.perf_counter()
         last = trainer.fit(logger=run, knn=knn)
         elapsed = time.perf_counter() - t0
+        content = _content_read(source)
+        inductive = {**inductive, "content_read": content["record"]}
         record = provenance(
             "pretrain",
             cfg,
@@ -83,6 +85,9 @@ def run_pretrain(
             step_runtime=_step_runtime(trainer),
         )
         _export(trainer, cfg, stores, out, record)
+        from cytofm.inductive import write_content
+
+        write_content(out / "backbone", content["content"])
         _log_outputs(run, trainer, out, cfg.name)
         run.log_metrics({"final_" + k: v for k, v in last.items() if np.isfinite(v)})
     return {**last, "seconds": elapsed, "steps": trainer.step, "resumed_from_step": resumed_from}
@@ -100,6 +105,25 @@ def _source(stores: list[Path], exclude: dict):
             f"no cell was found) and add nothing: {names}"
         )
     return source
+
+
+def _content_read(source) -> dict:
+    """Fingerprints of the images and slide files pretraining read (its test rows left out),
+    and the provenance's summary of them."""
+    from cytofm.inductive import content_summary, read_content
+
+    keep = [
+        source.keep[source.offsets[i] : source.offsets[i + 1]] for i in range(len(source.paths))
+    ]
+    content = read_content(source.paths, keep)
+    record = content_summary(content)
+    if content["unchecked"]:
+        log.warning(
+            "%d patch store(s) carry no content fingerprint (imported by an older version; "
+            "import them again to have evaluations check them): %s",
+            len(content["unchecked"]), ", ".join(content["unchecked"][:5]),
+        )  # fmt: skip
+    return {"content": content, "record": record}
 
 
 def _step_runtime(trainer) -> dict:

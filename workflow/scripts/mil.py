@@ -28,5 +28,6 @@ run_mil(
     thumbnail_mpp=sm.params.thumbnail_mpp,
     backbone_kind=sm.params.backbone_kind,
     exposure=sm.params.exposure,
+    pretrained_dir=sm.input.get("pretrained"),
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
 )
