@@ -289,7 +289,6 @@ def check_cohort(
     if seen and not transductive:
         raise InputDataError(
             f"slide task '{task}': pretraining read the files of {len(seen)} cohort slide(s) "
-            f"({', '.join(seen[:5])}{' ...' if len(seen) > 5 else ''}, matched by SHA-256). "
-            + _FIX
+            f"({', '.join(seen[:5])}{' ...' if len(seen) > 5 else ''}, matched by SHA-256). " + _FIX
         )
     return {"content_checked": True, "cohort_slides_pretrained_on": len(seen)}
