@@ -7,8 +7,8 @@
    patches from an in-memory array through the same code path as the embed stage
    (resize, normalise, forward; bf16 autocast on GPU). Throughput does not depend on content.
 2. Few-shot grid: the protocol of the cytology LoRA paper (Dausort, Godelaine et al.: shots
-   1, 2, 4, 8, 16, 50 x 3 seeds, C chosen on validation) on cached features of PBC's size (1,200 rows, 8 classes, 384-d), with
-   bootstrap CIs, timed end to end through the evaluate stage.
+   1, 2, 4, 8, 16, 50 x 3 seeds, C chosen on validation) on cached features of PBC's size
+   (1,200 rows, 8 classes, 384-d), with bootstrap CIs, timed end to end through the evaluate stage.
 
 Writes benchmarks/results/eval_throughput.{json,md}.
 """
