@@ -99,6 +99,8 @@ def exposure(backbone_provenance: Mapping[str, Any] | None, kind: str, dataset: 
     if kind not in ("pretrained",):
         if kind == "random":
             return {"pretraining": "none (random weights)", "transductive": False}
+        if kind == "morphometry":
+            return {"pretraining": "none (hand-made measurements)", "transductive": False}
         return {"pretraining": "external weights (their data is not known here)"}
     inductive = (backbone_provenance or {}).get("inductive") or {}
     transductive = bool(inductive.get("transductive", False))

@@ -527,7 +527,21 @@ class Plan:
         if task in self.slide_tasks:
             return [self.paths.abmil(task, b) for b in self.backbones]
         protocols = self.tasks[task].protocols
-        return [self.paths.result(task, b, p) for b in self.backbones for p in protocols]
+        return [
+            self.paths.result(task, b, p)
+            for b in self.backbones
+            for p in protocols
+            if self.runs_protocol(b, p)
+        ]
+
+    def runs_protocol(self, backbone: str, protocol: str) -> bool:
+        """Whether ``protocol`` applies to ``backbone``: one that trains the backbone (LoRA)
+        needs a network (not hand-made measurements)."""
+        from cytofm.config.sections import KINDS_WITHOUT_NETWORK
+        from cytofm.eval.protocols import PROTOCOLS
+
+        kind = self.backbones[backbone].kind
+        return PROTOCOLS[protocol].needs_features or kind not in KINDS_WITHOUT_NETWORK
 
     # ------------------------------------------------------------------------------ slides
 

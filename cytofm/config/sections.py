@@ -624,7 +624,9 @@ class PretrainConfig(Section):
 
 # ------------------------------------------------------------------------------ backbones
 
-BACKBONE_KINDS_BUILTIN = ("pretrained", "random", "timm", "hub")
+BACKBONE_KINDS_BUILTIN = ("pretrained", "random", "timm", "hub", "morphometry")
+# kinds without a network to fine-tune: protocols that train the backbone (LoRA) skip them
+KINDS_WITHOUT_NETWORK = ("morphometry",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -633,11 +635,13 @@ class BackboneSpec(Section):
 
     name: str = option(doc="the entry's key")
     kind: str = option(
-        doc="pretrained (this config's pretrain output) | random | timm | hub | a kind a package "
-        "adds",
+        doc="pretrained (this config's pretrain output) | random | timm | hub | morphometry | a "
+        "kind a package adds",
         more="`random` takes `like: <pretrained backbone>` (or `arch`); `timm` needs `arch` and "
         "a local `weights` file; `hub` needs `arch: hf-hub:org/name` (timm downloads it when "
-        "online). See docs/development.md for kinds from other packages.",
+        "online); `morphometry` needs nothing: hand-made nucleus and cell measurements, the "
+        "control without learning (docs/evaluation.md). See docs/development.md for kinds from "
+        "other packages.",
     )
     like: str = option(
         "", "random: copy architecture and preprocessing of this pretrained backbone"

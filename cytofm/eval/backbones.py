@@ -14,6 +14,9 @@ Kinds:
 ``hub``
     A timm/Hugging Face hub name (``hf-hub:org/name``) fetched by timm when online, or from the
     local Hugging Face cache with ``HF_HUB_OFFLINE=1``.
+``morphometry``
+    No network: nucleus and cell measurements per patch (:mod:`cytofm.eval.morphometry`), at
+    the patches' own size and um/px; the control without learning.
 any other name
     A kind another package installs with an entry point in the group ``cytofm.backbones``: a
     factory ``factory(spec) -> torch.nn.Module`` mapping (N, 3, H, W) normalised images to
@@ -192,6 +195,14 @@ def load_backbone_spec(
         identity["weights_sha256"] = file_sha256(path)
         identity["source"] = path.name
         size, mean, std = _preproc(model, spec)
+    elif spec.kind == "morphometry":
+        from cytofm.eval.morphometry import Morphometry, identity_sha256
+
+        model = Morphometry()
+        identity["architecture"] = "morphometry"
+        identity["weights_sha256"] = identity_sha256()
+        # the patches as they are: no resizing (input size 0), RGB in [0, 1]
+        size, mean, std = spec.input_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     elif spec.kind == "hub":
         model = timm.create_model(spec.arch, pretrained=True, num_classes=0, **spec.model_args)
         identity["architecture"] = spec.arch

@@ -1,7 +1,8 @@
 """Paired comparisons of backbones on the same test rows and seeds.
 
 For every result block (task x protocol x label budget) each backbone is compared with the
-control (backbones of kind ``random``) and with every other backbone: the difference of each
+controls (backbones of kind ``random`` and ``morphometry``) and with every other backbone that is
+not a control: the difference of each
 metric, its 95% CI over test items and seeds, and a p-value (:func:`paired_difference`).
 Results are paired only when they tested the same dataset rows in the same order with the same
 seeds (read from their predictions files); others are left out with a warning.
@@ -37,6 +38,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ALPHA = 0.05
+# the controls every learned backbone is read against: random weights of its architecture, and
+# hand-made nucleus and cell measurements
+CONTROL_KINDS = ("random", "morphometry")
 
 COMPARISON_COLUMNS = [
     "task",
@@ -118,8 +122,8 @@ def compare_results(result_jsons, n_boot: int = 1000) -> pd.DataFrame:
         names = sorted(backbones)
         pairs = []
         for a, b in itertools.permutations(names, 2):
-            a_ctrl = backbones[a]["kind"] == "random"
-            b_ctrl = backbones[b]["kind"] == "random"
+            a_ctrl = backbones[a]["kind"] in CONTROL_KINDS
+            b_ctrl = backbones[b]["kind"] in CONTROL_KINDS
             if (b_ctrl and not a_ctrl) or (not a_ctrl and not b_ctrl and a < b):
                 pairs.append((a, b))
         for a, b in pairs:
@@ -143,7 +147,7 @@ def compare_results(result_jsons, n_boot: int = 1000) -> pd.DataFrame:
                         "block": key,
                         "backbone": a,
                         "versus": b,
-                        "versus_is_control": eb["kind"] == "random",
+                        "versus_is_control": eb["kind"] in CONTROL_KINDS,
                         "metric": metric,
                         "difference": d["difference"],
                         "ci_low": lo,

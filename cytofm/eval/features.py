@@ -33,9 +33,10 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 def preprocess(images: np.ndarray | torch.Tensor, bb: LoadedBackbone, device) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> normalised float (N, 3, S, S) at the backbone's input size."""
+    """uint8 (N, H, W, 3) -> normalised float (N, 3, S, S) at the backbone's input size (input
+    size 0: the patches' own)."""
     x = torch.as_tensor(images).to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255
-    if x.shape[-1] != bb.input_size or x.shape[-2] != bb.input_size:
+    if bb.input_size and (x.shape[-1] != bb.input_size or x.shape[-2] != bb.input_size):
         x = F.interpolate(
             x,
             size=(bb.input_size, bb.input_size),

@@ -79,6 +79,10 @@ def materialise_backbone(
         "trace_check": None,
         "provenance": provenance,
     }
+    if not getattr(model, "traceable", True):
+        card["trace_check"] = {"error": "not traceable (not a network); jobs build it"}
+        (out / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
+        return card
     try:
         example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
         with warnings.catch_warnings(), torch.no_grad():

@@ -70,8 +70,9 @@ CALIBRATION_INTRO = (
     "bins) and negative log-likelihood of the test predictions, raw and after temperature "
     "scaling (one temperature per trained model, fitted on the validation rows that chose its "
     "settings; for attention MIL on each fold's inner validation slides). Conformal: "
-    "split-conformal prediction sets fitted on validation for the configured coverage "
-    "(evaluate.conformal_alpha), their coverage and mean size on test. Mean over seeds [95% CI "
+    "split-conformal prediction sets for the configured coverage (evaluate.conformal_alpha), "
+    "calibrated on validation rows set apart from every choice (evaluate.conformal_share), "
+    "their coverage and mean size on test. Mean over seeds [95% CI "
     "over test items (whole groups) and seeds; for the temperature, the range of the fitted "
     "values]. Shown: each protocol with all labels, few-shot and LoRA with the most labels; "
     "every setting is in the CSV."
@@ -175,6 +176,20 @@ def _detection_html(det: pd.DataFrame) -> str:
         for r in det.itertuples()
     )
     return f"{note}<table><tr>{head}</tr>{body}</table>"
+
+
+def _split_note(jsons: Sequence[Path]) -> str:
+    """A caveat for a task whose split could not group by patient (no group column)."""
+    for path in jsons:
+        split = (read_result(path).get("split") or {}).get("source")
+        if split == "stratified":
+            return (
+                " Caveat: this dataset has no patient (group) column, so its split is by cell: "
+                "cells of one patient can sit in both the training and the test rows, and the "
+                "intervals resample cells, not patients. Scores may be optimistic for new "
+                "patients."
+            )
+    return ""
 
 
 def _exposure_note(jsons: Sequence[Path]) -> str:
@@ -370,7 +385,7 @@ class ReportBuilder:
         sec = Section(
             anchor=f"task-{task}",
             title=f"{'Slide' if is_mil else 'Patch'}-level task: {task}",
-            intro=EXPLAIN[is_mil] + _exposure_note(jsons),
+            intro=EXPLAIN[is_mil] + _exposure_note(jsons) + _split_note(jsons),
             tables_html=[to_html(table), *_task_notes(summary, jsons)],
             links=self._links(paths),
         )

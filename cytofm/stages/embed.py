@@ -116,6 +116,13 @@ def run_embed(
         t0 = time.perf_counter()
         bb, runtime = _load_for_embedding(spec, backbone_dir, pretrained_dir, dev)
         _warn_on_resolution(src.attrs.get("mpp"), bb, spec.name, source_store)
+        if hasattr(bb.model, "set_mpp"):  # measurements in micrometres need the patches' scale
+            bb.model.set_mpp(src.attrs.get("mpp"))
+            if not src.attrs.get("mpp"):
+                log.warning(
+                    "%s has no mpp: backbone '%s' measures in pixels, not micrometres",
+                    source_store, spec.name,
+                )  # fmt: skip
         record = _record(bb, settings, source_store, dev, runtime)
         t1 = time.perf_counter()
         n, dim = _stream_features(

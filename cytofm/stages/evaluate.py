@@ -21,7 +21,8 @@ import numpy as np
 from tqdm import tqdm
 
 from cytofm.config import EvalConfig, TaskConfig
-from cytofm.errors import InputDataError
+from cytofm.config.sections import KINDS_WITHOUT_NETWORK
+from cytofm.errors import ConfigError, InputDataError
 from cytofm.eval.backbones import BackboneSpec
 from cytofm.eval.calibration import apply_temperature, fit_temperature
 from cytofm.eval.metrics import classification_metrics, summarise
@@ -230,6 +231,11 @@ def run_evaluate(
     if protocol not in task.protocols:
         raise ValueError(f"protocol {protocol!r} is not configured for task '{task.name}'")
     kind = PROTOCOLS[protocol]
+    if not kind.needs_features and spec.kind in KINDS_WITHOUT_NETWORK:
+        raise ConfigError(
+            f"backbone '{spec.name}' ({spec.kind}) has no network for protocol '{protocol}' to "
+            "train; the workflow runs only the feature protocols on it"
+        )
     data = load_task_data(task, dataset_store)
     folds = task_folds(task, data)
     if folds[0][0] is None:  # one split: conformal sets calibrate on rows selection never saw
