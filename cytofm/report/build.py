@@ -431,7 +431,9 @@ class ReportBuilder:
             intro="Full-label linear probe (balanced accuracy) per patch task and "
             "attention MIL (AUROC) per slide task; mean ± std [95% CI over test "
             "items and seeds]; bold only where the paired difference holds after Holm's "
-            "adjustment over the task's comparisons. "
+            "adjustment over the task's comparisons. Each verdict is about this pretraining "
+            "checkpoint, not the recipe: another pretraining draw of the same config can move "
+            "it. "
             "What the numbers support:",
             tables_html=[f'<ul class="verdicts">{verdicts}</ul>', to_html(overview, first="task")],
             links=self._links(paths),
