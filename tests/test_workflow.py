@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -270,6 +271,27 @@ def test_every_backbone_embeds_every_store_and_is_evaluated(results):
     # 2 backbones x (linear + knn + 2 shot counts x (fewshot + lora) + 2 linear fractions) rows
     assert len(summary) == 1 + 2 * (2 + 2 * 2 + 2)
     assert (results / "eval" / "demo_cells" / "fewshot.png").stat().st_size > 5000
+
+
+def test_train_val_calibration_and_test_rows_are_disjoint_in_every_result(results):
+    """Every patch-level result of the run: the rows a model trained on, the validation rows
+    that chose its settings, the rows its conformal sets were calibrated on and the rows it
+    was scored on never overlap."""
+    checked = 0
+    for path in sorted((results / "eval").glob("*/*/*.json")):
+        res = json.loads(path.read_text())
+        if res.get("val_rows") is None:  # attention MIL and leave-one-out results: folds
+            continue
+        parts = {k: set(res[f"{k}_rows"]) for k in ("val", "calib", "test")}
+        assert parts["test"], path
+        for a, b in itertools.combinations(parts, 2):
+            assert not parts[a] & parts[b], (path, a, b)
+        for block in res["results"]:
+            for run in block["runs"]:
+                train = set(run.get("train_rows", []))
+                assert not train & set().union(*parts.values()), (path, block["shots"])
+        checked += 1
+    assert checked >= 8  # 2 backbones x 4 protocols of demo_cells, and demo_abnormal's
 
 
 def test_attention_mil_for_every_backbone(results):
