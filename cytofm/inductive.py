@@ -244,7 +244,8 @@ def load_content(pretrained_dir: str | Path | None) -> dict[str, Any] | None:
 
 _FIX = (
     "Pretraining must not read what an evaluation tests on. Fix: rerun pretraining so it "
-    "leaves these out (keep each image in one dataset, each slide file once in the sheet), "
+    "leaves these out (keep each image once, in one dataset; each slide file once in the "
+    "sheet), "
     "pretrain on other data, or set pretrain.transductive: true to accept it (results are "
     "then marked transductive)."
 )
@@ -270,7 +271,8 @@ def check_test_rows(
         raise InputDataError(
             f"task '{task}': {int(seen.sum())} of its {len(rows)} test images were read by "
             f"pretraining ({Path(dataset_store).name} rows {first}"
-            f"{' ...' if seen.sum() > 5 else ''}, matched by their pixels). " + _FIX
+            f"{' ...' if seen.sum() > 5 else ''}, matched by their pixels: the same picture "
+            "under another dataset name, or a duplicate of a training image in this one). " + _FIX
         )
     return {"content_checked": True, "test_images_pretrained_on": int(seen.sum())}
 
