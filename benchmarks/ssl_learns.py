@@ -81,6 +81,11 @@ def threshold(margins) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument(
+        "--runs-to",
+        type=Path,
+        help="write the runs alone to this JSON file, not benchmarks/results (the test's use)",
+    )
     args = ap.parse_args()
     if not pbc_images().is_dir():
         sys.exit(f"needs {pbc_images()} (the PBC subset of ../shared/data)")
@@ -90,11 +95,14 @@ def main() -> None:
         for seed in args.seeds:
             t0 = time.perf_counter()
             res = margin(store, Path(tmp), seed)
-            keep = ("ssl_mean", "random_mean", "random_std", "margin", "split")
+            keep = ("ssl_mean", "random_mean", "random_std", "margin", "split", "chance")
             runs.append({"pretrain_seed": seed, **{k: res[k] for k in keep},
                          "left_out": res["test_rows_left_out_of_pretraining"],
                          "seconds": time.perf_counter() - t0})  # fmt: skip
             print(runs[-1], flush=True)
+    if args.runs_to:
+        args.runs_to.write_text(json.dumps(runs, indent=2))
+        return
     margins = [r["margin"] for r in runs]
     out = {
         "recipe": RECIPE,
