@@ -49,35 +49,9 @@ def run_import(cfg: DatasetConfig, out_store: str | Path, job: JobContext | None
         splits = _splits(table, cfg)
         has_splits = bool((splits != "").any())
         with atomic_group(out_store) as g:
-            writer = PatchStoreWriter(
-                g,
-                cfg.patch_px,
-                cfg.chunk,
-                {
-                    "labels": (np.int16, ()),
-                    "groups": (str, ()),
-                    "ids": (str, ()),
-                    "pixel_hash": (np.uint64, ()),
-                },
-            )
             labels = table["label"].map(label_index).to_numpy(np.int16)
             ids = np.array([os.path.relpath(p, root) for p in table["path"]], dtype=str)
-            groups = table["group"].astype(str).to_numpy(dtype=str)
-            patches = tqdm(
-                iter_patches(table, cfg, digest),
-                total=len(table),
-                desc=f"import {cfg.name}",
-                mininterval=5,
-            )
-            for i, (patch, fingerprint) in enumerate(patches):  # buffered in whole chunks
-                writer.append(
-                    patch[None],
-                    labels=labels[i : i + 1],
-                    groups=groups[i : i + 1],
-                    ids=ids[i : i + 1],
-                    pixel_hash=np.array([fingerprint], np.uint64),
-                )
-            n = writer.close()
+            n = _write_images(g, cfg, table, digest, labels, ids)
             _write_columns(g, cfg, table, splits if has_splits else None)
             counts = {c: int((table["label"] == c).sum()) for c in classes}
             g.attrs.update(
@@ -101,6 +75,30 @@ def run_import(cfg: DatasetConfig, out_store: str | Path, job: JobContext | None
         run.log_metrics({f"count.{c}": v for c, v in counts.items()})
         log.info("%s: %d images, classes %s", cfg.name, n, counts)
     return summary
+
+
+def _write_images(g, cfg: DatasetConfig, table, digest, labels, ids) -> int:
+    """Every image's patch, label, group, id and pixel fingerprint; the number written."""
+    columns = {
+        "labels": (np.int16, ()),
+        "groups": (str, ()),
+        "ids": (str, ()),
+        "pixel_hash": (np.uint64, ()),
+    }
+    writer = PatchStoreWriter(g, cfg.patch_px, cfg.chunk, columns)
+    groups = table["group"].astype(str).to_numpy(dtype=str)
+    patches = tqdm(
+        iter_patches(table, cfg, digest), total=len(table), desc=f"import {cfg.name}", mininterval=5
+    )
+    for i, (patch, fingerprint) in enumerate(patches):  # buffered in whole chunks
+        writer.append(
+            patch[None],
+            labels=labels[i : i + 1],
+            groups=groups[i : i + 1],
+            ids=ids[i : i + 1],
+            pixel_hash=np.array([fingerprint], np.uint64),
+        )
+    return writer.close()
 
 
 def _write_columns(g, cfg: DatasetConfig, table, splits) -> None:

@@ -115,14 +115,7 @@ def run_embed(
     ) as run:
         t0 = time.perf_counter()
         bb, runtime = _load_for_embedding(spec, backbone_dir, pretrained_dir, dev)
-        _warn_on_resolution(src.attrs.get("mpp"), bb, spec.name, source_store)
-        if hasattr(bb.model, "set_mpp"):  # measurements in micrometres need the patches' scale
-            bb.model.set_mpp(src.attrs.get("mpp"))
-            if not src.attrs.get("mpp"):
-                log.warning(
-                    "%s has no mpp: backbone '%s' measures in pixels, not micrometres",
-                    source_store, spec.name,
-                )  # fmt: skip
+        _fit_to_source(src.attrs.get("mpp"), bb, spec.name, source_store)
         record = _record(bb, settings, source_store, dev, runtime)
         t1 = time.perf_counter()
         n, dim = _stream_features(
@@ -194,6 +187,19 @@ def _stream_features(bb, src, out_store, record, name, source_store, **embed_kw)
             )
         _finish_feature_store(g, n, dim, src, record, name)
     return n, dim
+
+
+def _fit_to_source(src_mpp, bb, name: str, source_store) -> None:
+    """Warn when the patches' um/px differs from the backbone's; give it to a backbone that
+    measures in micrometres (morphometry)."""
+    _warn_on_resolution(src_mpp, bb, name, source_store)
+    if hasattr(bb.model, "set_mpp"):
+        bb.model.set_mpp(src_mpp)
+        if not src_mpp:
+            log.warning(
+                "%s has no mpp: backbone '%s' measures in pixels, not micrometres",
+                source_store, name,
+            )  # fmt: skip
 
 
 def _warn_on_resolution(src_mpp, bb, name: str, source_store) -> None:

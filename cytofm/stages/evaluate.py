@@ -228,18 +228,9 @@ def run_evaluate(
 ) -> dict[str, Any]:
     """Run ``protocol`` (see :mod:`cytofm.eval.protocols`) and write its result JSON."""
     job = job or JobContext()
-    if protocol not in task.protocols:
-        raise ValueError(f"protocol {protocol!r} is not configured for task '{task.name}'")
-    kind = PROTOCOLS[protocol]
-    if not kind.needs_features and spec.kind in KINDS_WITHOUT_NETWORK:
-        raise ConfigError(
-            f"backbone '{spec.name}' ({spec.kind}) has no network for protocol '{protocol}' to "
-            "train; the workflow runs only the feature protocols on it"
-        )
+    kind = _protocol(task, protocol, spec)
     data = load_task_data(task, dataset_store)
-    folds = task_folds(task, data)
-    if folds[0][0] is None:  # one split: conformal sets calibrate on rows selection never saw
-        folds = [(None, _with_calibration(folds[0][1], task, cfg, data))]
+    folds = _folds(task, cfg, data)
     content = _check_content(task, spec, dataset_store, folds, pretrained_dir)
     params = {"task": task.to_dict(), "evaluate": cfg.part("patch"), "backbone": spec.to_dict()}
     with job.run(
@@ -276,6 +267,28 @@ def run_evaluate(
             *(task.name, spec.name, protocol, len(ev.blocks), len(ev.skipped), seconds),
         )
     return result
+
+
+def _protocol(task: TaskConfig, protocol: str, spec: BackboneSpec) -> type[Protocol]:
+    """The protocol class, refused when the task does not list it or the backbone has no
+    network for it to train."""
+    if protocol not in task.protocols:
+        raise ValueError(f"protocol {protocol!r} is not configured for task '{task.name}'")
+    kind = PROTOCOLS[protocol]
+    if not kind.needs_features and spec.kind in KINDS_WITHOUT_NETWORK:
+        raise ConfigError(
+            f"backbone '{spec.name}' ({spec.kind}) has no network for protocol '{protocol}' to "
+            "train; the workflow runs only the feature protocols on it"
+        )
+    return kind
+
+
+def _folds(task: TaskConfig, cfg: EvalConfig, data) -> list[tuple[str | None, Split]]:
+    """The task's folds; a single split sets its conformal calibration rows apart."""
+    folds = task_folds(task, data)
+    if folds[0][0] is None:  # one split: conformal sets calibrate on rows selection never saw
+        folds = [(None, _with_calibration(folds[0][1], task, cfg, data))]
+    return folds
 
 
 def _check_content(task, spec, dataset_store, folds, pretrained_dir) -> dict | None:
@@ -513,7 +526,13 @@ def _pool_folds(per_fold, data, cfg: EvalConfig, task: TaskConfig) -> Evaluated:
     skipped = [
         {**sk, "held_out": v} for v, _, _, fold_skipped, _ in per_fold for sk in fold_skipped
     ]
-    head = {
+    head = _pooled_head(per_fold, test_rows, task)
+    return Evaluated(blocks, skipped, preds, test_rows, groups, None, head)
+
+
+def _pooled_head(per_fold, test_rows: np.ndarray, task: TaskConfig) -> dict[str, Any]:
+    """The result JSON's split keys for leave-one-out folds."""
+    return {
         "split": {
             "source": f"leave one out: {task.hold_out}",
             "n_train": int(np.mean([len(split.train) for _, split, *_ in per_fold])),
@@ -522,10 +541,8 @@ def _pool_folds(per_fold, data, cfg: EvalConfig, task: TaskConfig) -> Evaluated:
             "folds": [{"held_out": v, **split.to_dict()} for v, split, *_ in per_fold],
         },
         "test_rows": test_rows.tolist(),
-        "val_rows": None,  # one validation part per fold: see "folds"
-        "calib_rows": None,
+        **dict.fromkeys(("val_rows", "calib_rows")),  # one per fold: see "folds"
     }
-    return Evaluated(blocks, skipped, preds, test_rows, groups, None, head)
 
 
 _BULKY = ("test", "train_rows", "seed")  # per-fold run keys the pooled run does not repeat

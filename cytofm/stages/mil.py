@@ -60,19 +60,10 @@ def run_mil(
 ) -> dict[str, Any]:
     """Cross-validated ABMIL on ``cohort`` rows (``slide_id``, ``label``, ``group``,
     ``features`` store, ``instances`` store; optional ``path``/``mpp`` for thumbnails and
-    ``truth`` for a table of true cells with x, y (level-0 px) and class). With a pretrained
-    backbone's ``pretrained_dir``, a cohort slide whose file its pretraining read is refused
-    (unless the exposure says transductive)."""
+    ``truth`` for a table of true cells with x, y (level-0 px) and class). A cohort slide whose
+    file a pretrained backbone's pretraining read (``pretrained_dir``) is refused."""
     job = job or JobContext()
-    if pretrained_dir and backbone_kind == "pretrained":
-        from cytofm.inductive import check_cohort
-
-        slides = [(str(r["slide_id"]), r["instances"]) for r in cohort]
-        transductive = bool((exposure or {}).get("transductive"))
-        exposure = {
-            **(exposure or {}),
-            **check_cohort(task.name, slides, pretrained_dir, transductive),
-        }
+    exposure = _checked_exposure(task, cohort, backbone_kind, exposure, pretrained_dir)
     co = load_cohort(task, cohort)
     out_dir = Path(out_dir)
     params = {"task": task.to_dict(), "evaluate": cfg.part("mil"), "backbone": backbone}
@@ -112,6 +103,18 @@ def run_mil(
         auroc = block["summary"]["auroc"]["mean"]
         log.info(f"{task.name}/{backbone}/abmil: slide AUROC {auroc:.3f}, attention AUROC {attn}")
     return result
+
+
+def _checked_exposure(task, cohort, backbone_kind, exposure, pretrained_dir) -> dict | None:
+    """``exposure`` with the check of the cohort's slide files against what the pretrained
+    backbone's pretraining read (:func:`cytofm.inductive.check_cohort`; refuses a leak)."""
+    if not (pretrained_dir and backbone_kind == "pretrained"):
+        return exposure
+    from cytofm.inductive import check_cohort
+
+    slides = [(str(r["slide_id"]), r["instances"]) for r in cohort]
+    transductive = bool((exposure or {}).get("transductive"))
+    return {**(exposure or {}), **check_cohort(task.name, slides, pretrained_dir, transductive)}
 
 
 def _log_outputs(run, out_json: Path, out_dir: Path, model_name: str) -> None:

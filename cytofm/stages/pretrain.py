@@ -71,7 +71,6 @@ def run_pretrain(
         last = trainer.fit(logger=run, knn=knn)
         elapsed = time.perf_counter() - t0
         content = _content_read(source)
-        inductive = {**inductive, "content_read": content["record"]}
         record = provenance(
             "pretrain",
             cfg,
@@ -80,14 +79,11 @@ def run_pretrain(
             empty_sources=[p.name for p in source.empty],
             steps=trainer.step,
             resumed_from_step=resumed_from,
-            inductive=inductive,
+            inductive={**inductive, "content_read": content["record"]},
             distributed=_distributed_record(cfg, trainer),
             step_runtime=_step_runtime(trainer),
         )
-        _export(trainer, cfg, stores, out, record)
-        from cytofm.inductive import write_content
-
-        write_content(out / "backbone", content["content"])
+        _export(trainer, cfg, stores, out, record, content["content"])
         _log_outputs(run, trainer, out, cfg.name)
         run.log_metrics({"final_" + k: v for k, v in last.items() if np.isfinite(v)})
     return {**last, "seconds": elapsed, "steps": trainer.step, "resumed_from_step": resumed_from}
@@ -180,8 +176,10 @@ def _knn_set(knn_store, seed: int):
     return KnnSet.from_arrays(ks["images"][:], ks["labels"][:], ks["groups"][:], seed)
 
 
-def _export(trainer, cfg: PretrainConfig, stores: list[Path], out: Path, record: dict) -> None:
-    """The teacher's ViT as a timm model folder, with the patch geometry it was trained on."""
+def _export(trainer, cfg: PretrainConfig, stores, out: Path, record: dict, content) -> None:
+    """The teacher's ViT as a timm model folder, with the patch geometry it was trained on and
+    the record of what pretraining read (:func:`cytofm.inductive.write_content`)."""
+    from cytofm.inductive import write_content
     from cytofm.ssl.export import export_backbone
 
     patch_mpp, patch_um = _patch_geometry(stores)
@@ -198,6 +196,7 @@ def _export(trainer, cfg: PretrainConfig, stores: list[Path], out: Path, record:
         patch_um=patch_um,
         provenance=record,
     )
+    write_content(out / "backbone", content)
     (out / "resolved_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
 
