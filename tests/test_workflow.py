@@ -599,7 +599,8 @@ def test_label_tree_metrics_agree_with_the_results(results):
             assert fine["mean"] == pytest.approx(
                 block["summary"]["balanced_accuracy"]["mean"], abs=1e-4
             ), (res["backbone"], res["protocol"], key)
-            assert 0 < fine["ci95_high"] - fine["ci95_low"] < 0.6
+            # an interval with width (the tiny run's few-shot ones can span [0, 1])
+            assert 0 < fine["ci95_high"] - fine["ci95_low"] <= 1
 
 
 def test_report_renders_in_headless_chromium(results, tmp_path):
