@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from cytofm.eval.metrics import SCALARS, paired_difference
-from cytofm.eval.predictions import predictions_path, result_blocks
+from cytofm.eval.predictions import predictions_path, result_blocks, run_seeds
 
 __all__ = [
     "ALPHA",
@@ -113,7 +113,7 @@ def compare_results(result_jsons, n_boot: int = 1000) -> pd.DataFrame:
             "y": pred["y_test"],
             "groups": pred["groups"],
             "rows": test_rows,
-            "seeds": pred.get("seeds", {}).get(key, _seeds_of(block)),
+            "seeds": pred.get("seeds", {}).get(key, run_seeds(block)),
             "shots": block.get("shots"),
             "fraction": block.get("fraction"),
         }
@@ -165,10 +165,6 @@ def compare_results(result_jsons, n_boot: int = 1000) -> pd.DataFrame:
     if len(out):
         out["family_size"] = out["family_size"].astype(int)
     return out
-
-
-def _seeds_of(block: dict) -> np.ndarray:
-    return np.array([-1 if r.get("seed") is None else int(r["seed"]) for r in block["runs"]])
 
 
 def verdicts(comparisons: pd.DataFrame | None, metric: str) -> dict[tuple, dict]:

@@ -124,9 +124,9 @@ class Morphometry(nn.Module):
         rgb = (x.detach().float().clamp(0, 1) * 255).round().byte()
         rgb = rgb.permute(0, 2, 3, 1).cpu().numpy()
         mpp = float(self.mpp) if self.mpp else 1.0
-        feats = np.stack([measure_patch(im, mpp) for im in rgb]) if len(rgb) else None
-        if feats is None:
-            return torch.zeros((0, self.num_features), device=x.device)
+        feats = np.zeros((len(rgb), self.num_features), np.float32)
+        for i, im in enumerate(rgb):
+            feats[i] = measure_patch(im, mpp)
         return torch.from_numpy(feats).to(x.device)
 
 

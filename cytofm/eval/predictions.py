@@ -24,8 +24,14 @@ __all__ = [
     "long_rows",
     "predictions_path",
     "result_blocks",
+    "run_seeds",
     "save_predictions",
 ]
+
+
+def run_seeds(block: dict) -> list[int]:
+    """The seed of each run of a result block, in order (-1 for a seed-independent run)."""
+    return [-1 if r.get("seed") is None else int(r["seed"]) for r in block["runs"]]
 
 
 def block_key(shots=None, fraction=None) -> str:

@@ -26,7 +26,7 @@ from cytofm.errors import ConfigError, InputDataError
 from cytofm.eval.backbones import BackboneSpec
 from cytofm.eval.calibration import apply_temperature, fit_temperature
 from cytofm.eval.metrics import classification_metrics, summarise
-from cytofm.eval.predictions import block_key, save_predictions
+from cytofm.eval.predictions import block_key, run_seeds, save_predictions
 from cytofm.eval.protocols import PROTOCOLS, EvalInputs, Protocol
 from cytofm.eval.splits import (
     Split,
@@ -468,13 +468,8 @@ def _evaluate_folds(evaluate, folds, data, cfg: EvalConfig, task: TaskConfig) ->
 
 
 def _block_seeds(blocks: list[dict]) -> dict[str, list]:
-    """Block key -> the seed of each run, in order (-1 for a seed-independent run)."""
-    return {
-        block_key(b["shots"], b["fraction"]): [
-            -1 if r.get("seed") is None else int(r["seed"]) for r in b["runs"]
-        ]
-        for b in blocks
-    }
+    """Block key -> the seed of each run, in order."""
+    return {block_key(b["shots"], b["fraction"]): run_seeds(b) for b in blocks}
 
 
 def _pool_folds(per_fold, data, cfg: EvalConfig, task: TaskConfig) -> Evaluated:
