@@ -68,7 +68,7 @@ def margin(store: Path, out: Path, seed: int) -> dict:
     from cytofm.config import PretrainConfig
     from cytofm.ssl.probe import inductive_margin
 
-    cfg = PretrainConfig().updated({**RECIPE, "seed": seed})
+    cfg = PretrainConfig().updated({**RECIPE, "seeds": [seed]})
     return inductive_margin(cfg, store, task(), out / f"model{seed}", random_seeds=RANDOM_SEEDS)
 
 

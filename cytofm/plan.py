@@ -41,6 +41,23 @@ SHEET_SCHEMA = _WORKFLOW / "slides.schema.yaml"
 Validator = Callable[[Any, str], Any]
 
 
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """One pretraining run: its seed, its place in ``pretrain.seeds`` and its model name
+    (``results/pretrain/<model>/``): ``pretrain.name`` for the first seed, else
+    ``<name>_seed<N>``."""
+
+    index: int
+    seed: int
+    model: str
+
+
+def checkpoint_name(base: str, checkpoint: Checkpoint) -> str:
+    """A backbone's name on a checkpoint: the configured name on the first, ``_seed<N>``
+    appended on the others (so adding seeds keeps the first one's results)."""
+    return base if checkpoint.index == 0 else f"{base}_seed{checkpoint.seed}"
+
+
 @dataclasses.dataclass
 class Plan:
     """Everything the rules ask of the config and the sheet."""
@@ -55,6 +72,8 @@ class Plan:
     gpu: int
     notes: list[str] = dataclasses.field(default_factory=list)
     validate: Validator | None = None
+    # backbone -> (the configured backbone it was made from, its checkpoint)
+    families: dict[str, tuple[str, Checkpoint | None]] = dataclasses.field(default_factory=dict)
 
     # ------------------------------------------------------------------------- building
 
@@ -159,6 +178,33 @@ class Plan:
     @property
     def pretrain(self):
         return self.config.pretrain
+
+    @functools.cached_property
+    def checkpoints(self) -> list[Checkpoint]:
+        """One per ``pretrain.seeds`` entry (none when pretraining is off)."""
+        if not self.pretrain.enabled:
+            return []
+        name = self.pretrain.name
+        return [
+            Checkpoint(i, int(seed), name if i == 0 else f"{name}_seed{seed}")
+            for i, seed in enumerate(self.pretrain.seeds)
+        ]
+
+    def checkpoint(self, model: str) -> Checkpoint:
+        for ck in self.checkpoints:
+            if ck.model == model:
+                return ck
+        raise KeyError(f"no pretraining run named {model!r}")
+
+    def pretrain_params(self, model: str) -> dict:
+        """The pretrain section as the job of checkpoint ``model`` runs it: its seed alone."""
+        seed = self.checkpoint(model).seed
+        return dataclasses.replace(self.pretrain, seeds=(seed,)).to_dict()
+
+    def checkpoint_groups(self) -> dict[str, list]:
+        """backbone -> [the configured backbone, checkpoint index]: the summaries and paired
+        comparisons pool a configured backbone's checkpoints (index 0 for one without)."""
+        return {b: [family, ck.index if ck else 0] for b, (family, ck) in self.families.items()}
 
     @functools.cached_property
     def pretrain_slides(self) -> list[str]:
@@ -274,7 +320,33 @@ class Plan:
                     "the pretrained model; load exported weights with kind 'timm' instead)"
                 )
             specs = {n: s for n, s in specs.items() if n not in needs}
-        return specs
+        return self._expand_checkpoints(specs)
+
+    def _expand_checkpoints(self, specs: dict[str, BackboneSpec]) -> dict[str, BackboneSpec]:
+        """A backbone on this config's pretraining becomes one per checkpoint: ``pretrained``
+        reads checkpoint i, a ``random`` one ``like`` it copies checkpoint i's architecture
+        with initialisation seed ``seed + i`` (its paired control)."""
+        out: dict[str, BackboneSpec] = {}
+        self.families = {}
+        for name, spec in specs.items():
+            on_pretrain = spec.kind == "pretrained" or (spec.kind == "random" and spec.like)
+            if not on_pretrain or len(self.checkpoints) <= 1:
+                out[name] = spec
+                self.families[name] = (name, self.checkpoints[0] if on_pretrain else None)
+                continue
+            for ck in self.checkpoints:
+                expanded = checkpoint_name(name, ck)
+                if expanded in specs and expanded != name:
+                    raise ConfigError(
+                        f"backbones.{expanded} clashes with the name given to backbone "
+                        f"{name!r} on pretraining seed {ck.seed} (pretrain.seeds); rename it"
+                    )
+                changes: dict[str, Any] = {"name": expanded}
+                if spec.kind == "random":
+                    changes.update(like=checkpoint_name(spec.like, ck), seed=spec.seed + ck.index)
+                out[expanded] = dataclasses.replace(spec, **changes)
+                self.families[expanded] = (name, ck)
+        return out
 
     def _tasks(self) -> dict[str, TaskConfig]:
         tasks = {}
@@ -476,10 +548,8 @@ class Plan:
 
     def pretrained_dir(self, backbone: str) -> str | None:
         """The exported model folder a backbone reads (pretrained, or random 'like' one)."""
-        spec = self.backbones[backbone]
-        if spec.kind == "pretrained" or (spec.kind == "random" and spec.like):
-            return self.paths.pretrained(self.pretrain.name)
-        return None
+        ck = self.families.get(backbone, (backbone, None))[1]
+        return self.paths.pretrained(ck.model) if ck else None
 
     def model_card_inputs(self) -> dict[str, str | list[str]]:
         """What the pretrained backbone's card reports: the probe and every task's summary."""
@@ -493,7 +563,9 @@ class Plan:
     def model_card_backbones(self) -> list[str]:
         """The backbones the card's results table shows: those built from the pretrained
         folder (the weights themselves and their random controls)."""
-        return [b for b in self.backbones if self.pretrained_dir(b)]
+        return [
+            b for b in self.backbones if self.pretrained_dir(b) and self.families[b][1].index == 0
+        ]
 
     @property
     def pretrained_on_demo(self) -> bool:
@@ -536,11 +608,16 @@ class Plan:
 
     def runs_protocol(self, backbone: str, protocol: str) -> bool:
         """Whether ``protocol`` applies to ``backbone``: one that trains the backbone (LoRA)
-        needs a network (not hand-made measurements)."""
+        needs a network (not hand-made measurements); with ``evaluate.lora.checkpoints: first``
+        LoRA runs on the first pretraining checkpoint only."""
         from cytofm.config.sections import KINDS_WITHOUT_NETWORK
         from cytofm.eval.protocols import PROTOCOLS
 
         kind = self.backbones[backbone].kind
+        if protocol == "lora" and self.config.evaluate.lora.checkpoints == "first":
+            ck = self.families.get(backbone, (backbone, None))[1]
+            if ck is not None and ck.index > 0:
+                return False  # fine-tuned on the first checkpoint only
         return PROTOCOLS[protocol].needs_features or kind not in KINDS_WITHOUT_NETWORK
 
     # ------------------------------------------------------------------------------ slides
@@ -698,7 +775,7 @@ class Plan:
             + [f for d in self.report_slide_features().values() for f in d.values()],
         }
         if self.pretrain.enabled:
-            files["pretrained"] = [p.pretrained(self.pretrain.name)]
+            files["pretrained"] = [p.pretrained(ck.model) for ck in self.checkpoints]
         predicted = [t for t in self.slide_tasks if self.predict_slides(t)]
         if predicted:
             files["predictions"] = [p.predict_table(t) for t in predicted]
@@ -710,10 +787,11 @@ class Plan:
         p, ids = self.paths, self.slide_ids
         out = [f(s) for f in (p.tiles, p.qc, p.cells) for s in ids]
         out += [p.dataset(d) for d in self.datasets]
-        if self.pretrain.enabled:
-            out.append(p.pretrained(self.pretrain.name))
+        for ck in self.checkpoints:
+            out.append(p.pretrained(ck.model))
             if self.knn_store:
-                out.append(p.probe(self.pretrain.name))
+                out.append(p.probe(ck.model))
+        if self.pretrain.enabled:
             out.append(p.model_card(self.pretrain.name))
         for b in self.backbones:
             out += [p.features(b, kind, name) for kind, name in self.embed_sources()]
@@ -758,7 +836,7 @@ class Plan:
         return {
             "slide": either(self.slide_ids),
             "dataset": either(self.datasets),
-            "model": re.escape(self.pretrain.name),
+            "model": either([ck.model for ck in self.checkpoints] or [self.pretrain.name]),
             "backbone": either(self.backbones),
             "task": either(self.tasks),
             "stask": either(self.slide_tasks),

@@ -235,3 +235,64 @@ def test_two_names_for_one_dataset_are_refused(tmp_path):
         _plan({"datasets": {"x": one, "y": dict(one)}})
     other = {**one, "query": "site == 'b'"}  # other rows of the same table: another collection
     assert {"x", "y"} <= set(_plan({"datasets": {"x": one, "y": other}}).datasets)
+
+
+def test_pretraining_seeds_give_a_checkpoint_each_with_its_own_random_control():
+    plan = _plan({"results": "out", "pretrain": {"seeds": [0, 4, 7]}})
+    assert [(c.index, c.seed, c.model) for c in plan.checkpoints] == [
+        (0, 0, "cytofm_vit_demo"),
+        (1, 4, "cytofm_vit_demo_seed4"),
+        (2, 7, "cytofm_vit_demo_seed7"),
+    ]
+    assert list(plan.backbones) == [
+        "cytofm", "cytofm_seed4", "cytofm_seed7", "random", "random_seed4", "random_seed7",
+    ]  # fmt: skip
+    # checkpoint i's random control copies checkpoint i's architecture, initialised anew
+    rnd = plan.backbones["random_seed7"]
+    assert (rnd.like, rnd.seed) == ("cytofm_seed7", 2)
+    assert plan.pretrained_dir("random_seed7") == "out/pretrain/cytofm_vit_demo_seed7/backbone"
+    assert plan.pretrained_dir("cytofm") == "out/pretrain/cytofm_vit_demo/backbone"
+    assert plan.checkpoint_groups()["cytofm_seed4"] == ["cytofm", 1]
+    assert plan.checkpoint_groups()["random"] == ["random", 0]
+    # each pretraining job gets its own seed; the first keeps the name (and results) of one seed
+    assert plan.pretrain_params("cytofm_vit_demo_seed4")["seeds"] == [4]
+    assert plan.pretrain_params("cytofm_vit_demo")["seeds"] == [0]
+    targets = plan.targets()
+    for model in ("cytofm_vit_demo", "cytofm_vit_demo_seed4", "cytofm_vit_demo_seed7"):
+        assert f"out/pretrain/{model}/backbone" in targets
+        assert f"out/pretrain/{model}/probe.json" in targets
+    assert "out/eval/demo_cells/random_seed4/lora.json" in targets
+    assert plan.model_card_backbones() == ["cytofm", "random"]
+    assert len(targets) == len(set(targets))
+    # one seed: the names and paths of before
+    assert set(_plan({"results": "out"}).backbones) == {"cytofm", "random"}
+    # LoRA, the costly protocol, on the first checkpoint only; the others on every one
+    first = _plan(
+        {
+            "results": "out",
+            "pretrain": {"seeds": [0, 4]},
+            "evaluate": {"lora": {"checkpoints": "first"}},
+        }
+    ).targets()
+    assert "out/eval/demo_cells/cytofm/lora.json" in first
+    assert "out/eval/demo_cells/random/lora.json" in first
+    assert "out/eval/demo_cells/cytofm_seed4/lora.json" not in first
+    assert "out/eval/demo_cells/random_seed4/lora.json" not in first
+    assert "out/eval/demo_cells/random_seed4/fewshot.json" in first
+
+
+@pytest.mark.parametrize(
+    ("overlay", "pattern"),
+    [
+        ({"pretrain": {"seed": 3}}, r"(?s)'pretrain.seed' is now a list.*seeds: \[3\]"),
+        ({"pretrain": {"seeds": []}}, r"pretrain.seeds"),
+        ({"pretrain": {"seeds": [1, 1]}}, r"pretrain.seeds \[1, 1\] repeats a seed"),
+        (
+            {"pretrain": {"seeds": [0, 2]}, "backbones": {"cytofm_seed2": {"kind": "morphometry"}}},
+            r"backbones.cytofm_seed2 clashes with .* pretraining seed 2",
+        ),
+    ],
+)
+def test_bad_pretraining_seeds_fail_before_any_job(overlay, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        _plan(overlay)

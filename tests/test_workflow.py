@@ -719,6 +719,46 @@ def test_unlabelled_slides_get_predictions_and_heatmaps(results, tmp_path):
     }
 
 
+
+def test_more_pretraining_seeds_add_checkpoints_and_keep_the_first(results, tmp_path):
+    """``pretrain.seeds: [0]`` -> ``[0, 1]`` on a finished run: one more pretraining job and
+    its backbones (``cytofm_seed1`` and its random control) run; the first checkpoint's
+    outputs stay as they are; the summaries, comparisons and report pool the two checkpoints
+    and say so."""
+    work = tmp_path / "results"
+    shutil.copytree(results, work, ignore=shutil.ignore_patterns("mlflow*", "logs"))
+    overlay = tmp_path / "seeds.yaml"
+    overlay.write_text(yaml.safe_dump({"pretrain": {"seeds": [0, 1]}}))
+    args = ("--configfile", str(TINY), str(overlay), "--config", f"results={work}")
+    proc = snakemake("-n", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout)
+    assert jobs["pretrain"] == 1 and jobs["pretrain_probe"] == 1 and jobs["backbone"] == 2
+    kept = [
+        work / "pretrain" / "cytofm_vit_demo" / "backbone" / "config.json",
+        work / "features" / "cytofm" / "datasets" / "demo_cells.zarr" / "zarr.json",
+        work / "eval" / "demo_cells" / "cytofm" / "linear.json",
+        work / "eval" / "demo_cells" / "random" / "lora.json",
+        work / "eval" / "demo_abnormal" / "cytofm" / "abmil.json",
+    ]
+    before = [f.stat().st_mtime_ns for f in kept]
+    proc = snakemake(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [f.stat().st_mtime_ns for f in kept] == before
+    assert (work / "eval" / "demo_cells" / "random_seed1" / "lora.json").is_file()
+    for task in ("demo_cells", "demo_abnormal"):
+        summary = pd.read_csv(work / "eval" / task / "summary.csv")
+        scored = summary[summary["skipped"].isna()]
+        assert set(scored["backbone"]) == {"cytofm", "random"}
+        assert (scored["n_checkpoints"] == 2).all(), task
+        compared = pd.read_csv(work / "eval" / task / "comparisons.csv")
+        assert len(compared) and (compared["n_checkpoints"] == 2).all(), task
+        assert set(compared["backbone"]) == {"cytofm"}
+    page = (work / "report" / "index.html").read_text()
+    assert "cytofm (2 checkpoints)" in page and "over 2 pretraining checkpoints" in page
+    assert "for this checkpoint" not in page
+
+
 def test_cli_predict_gives_the_workflows_prediction(results, tmp_path):
     """`cytofm predict` takes one slide through tiling, cells, embedding and a final model
     outside Snakemake, and gets what the workflow's predict job got for it."""

@@ -282,3 +282,9 @@ def check_moved(config: Mapping[str, Any]) -> None:
     for section in ("pretrain", "evaluate"):
         for key in config.get(section) or {}:
             _raise_if_moved(f"{section}.{key}")
+    pretrain = config.get("pretrain") or {}
+    if "seed" in pretrain:
+        raise ConfigError(
+            f"config key 'pretrain.seed' is now a list, 'pretrain.seeds' (one pretraining run "
+            f"per seed). Write it as:\npretrain:\n  seeds: [{pretrain['seed']}]"
+        )

@@ -599,10 +599,30 @@ class PretrainConfig(Section):
         "torch.compile the student and teacher (CUDA only; the first steps pay the compilation)",
         more="benchmarks/gpu_check.py measures pretraining with and without it.",
     )
-    seed: int = option(0, "seed of weights, data order, views and masks")
+    seeds: tuple = option(
+        (0,),
+        "one pretraining run per seed (weights, data order, views, masks): each is a checkpoint "
+        "that every backbone built on it is evaluated with",
+        items="integer",
+        more="Verdicts about the recipe need several: with `[0, 1, 2]` every `pretrained` "
+        "backbone (and each `random` one `like` it) becomes three, `<name>` for the first seed "
+        "and `<name>_seed<N>` for the others (outputs under `results/pretrain/<name>_seed<N>/`), "
+        "and the summaries, intervals and paired differences pool them with the checkpoint as "
+        "the top level of variation. Adding seeds later reuses the first one's results.",
+    )
+
+    @property
+    def seed(self) -> int:
+        """The seed of this run (the first of ``seeds``; one pretraining job gets one)."""
+        return int(self.seeds[0])
 
     def __post_init__(self) -> None:
         s = "pretrain"
+        _tuples(self, "seeds")
+        if not self.seeds:
+            raise ConfigError(f"{s}.seeds must name at least one seed, e.g. [0]")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"{s}.seeds {list(self.seeds)} repeats a seed; give distinct seeds")
         if self.num_workers != "auto" and not (
             isinstance(self.num_workers, int) and self.num_workers >= 0
         ):
@@ -1008,11 +1028,20 @@ class LoraConfig(Section):
         "GPU work",
         items="number",
     )
+    checkpoints: str = option(
+        "all",
+        "all: fine-tune every pretraining checkpoint (pretrain.seeds) | first: the first only, "
+        "whose LoRA rows then hold for that checkpoint",
+        choices=("all", "first"),
+        more="LoRA is the costly protocol; `first` keeps the other protocols' verdicts over "
+        "every checkpoint while LoRA's say 'for this checkpoint'.",
+    )
     device: str = option("auto", "auto | cpu | cuda ...")
     precision: str = option("auto", "auto (bf16 on GPU) | bf16 | fp32", choices=PRECISIONS)
 
     def __post_init__(self) -> None:
         s = "evaluate.lora"
+        _choice(s, "checkpoints", self.checkpoints, ("all", "first"))
         if not self.lrs or min(self.lrs) <= 0:
             raise ConfigError(f"{s}.lrs must be positive numbers, got {self.lrs!r}")
         _at_least(s, 1, rank=self.rank)

@@ -7,6 +7,13 @@ metric, its 95% CI over test items and seeds, and a p-value (:func:`paired_diffe
 Results are paired only when they tested the same dataset rows in the same order with the same
 seeds (read from their predictions files); others are left out with a warning.
 
+A backbone evaluated on several pretraining checkpoints (``pretrain.seeds``; ``checkpoints``
+maps each result's backbone to its configured name and checkpoint index) is compared as one:
+checkpoint i of ``cytofm`` is paired with checkpoint i of its random control, and with the one
+result of a backbone that has a single checkpoint (morphometry, a timm model); the checkpoints
+are the top level of the interval and p-value (``n_checkpoints``). Two backbones with different
+numbers of checkpoints, neither one, are not compared.
+
 A task's comparisons are many tests: every backbone pair, protocol, label budget. The p-values
 are therefore adjusted by Holm's step-down method over each (task, metric) family
 (``p_holm``), which keeps the chance of any false "better" in the family at 5%. The verdict is
@@ -23,6 +30,7 @@ import logging
 import numpy as np
 import pandas as pd
 
+from cytofm.eval.checkpoints import family_of
 from cytofm.eval.metrics import SCALARS, paired_difference
 from cytofm.eval.predictions import predictions_path, result_blocks, run_seeds
 
@@ -59,6 +67,7 @@ COMPARISON_COLUMNS = [
     "p_holm",
     "family_size",
     "n_seeds",
+    "n_checkpoints",
     "resampled",
     "verdict",
 ]
@@ -98,16 +107,32 @@ def _paired(a: dict, b: dict) -> str | None:
     return None
 
 
-def compare_results(result_jsons, n_boot: int = 1000) -> pd.DataFrame:
+def _matched(a: list[dict], b: list[dict]) -> list[tuple[int, dict, dict]] | None:
+    """(checkpoint, A's entry, B's entry) pairs: index by index when both have the same
+    checkpoints, the single result of one against every checkpoint of the other; None when
+    they cannot be matched."""
+    if [e["index"] for e in a] == [e["index"] for e in b]:
+        return [(ea["index"], ea, eb) for ea, eb in zip(a, b, strict=True)]
+    if len(b) == 1:
+        return [(ea["index"], ea, b[0]) for ea in a]
+    if len(a) == 1:
+        return [(eb["index"], a[0], eb) for eb in b]
+    return None
+
+
+def compare_results(result_jsons, n_boot: int = 1000, checkpoints=None) -> pd.DataFrame:
     """One row per (block, backbone, other backbone, metric); see the module doc."""
     rows = []
-    by_setting: dict[tuple, dict] = {}
+    by_setting: dict[tuple, dict[str, list[dict]]] = {}
     for res, block, key, pred in result_blocks(result_jsons):
         setting = (res["task"], res["protocol"], key)
         test_rows = pred.get("test_rows")
         if test_rows is None and res.get("test_rows") is not None:
             test_rows = np.asarray(res["test_rows"])
+        family, index = family_of(res["backbone"], checkpoints)
         entry = {
+            "name": res["backbone"],
+            "index": index,
             "kind": res.get("backbone_kind", ""),
             "probas": pred["blocks"][key],
             "y": pred["y_test"],
@@ -117,23 +142,33 @@ def compare_results(result_jsons, n_boot: int = 1000) -> pd.DataFrame:
             "shots": block.get("shots"),
             "fraction": block.get("fraction"),
         }
-        by_setting.setdefault(setting, {})[res["backbone"]] = entry
+        by_setting.setdefault(setting, {}).setdefault(family, []).append(entry)
     for (task, protocol, key), backbones in sorted(by_setting.items()):
+        for entries in backbones.values():
+            entries.sort(key=lambda e: e["index"])
         names = sorted(backbones)
         pairs = []
         for a, b in itertools.permutations(names, 2):
-            a_ctrl = backbones[a]["kind"] in CONTROL_KINDS
-            b_ctrl = backbones[b]["kind"] in CONTROL_KINDS
+            a_ctrl = backbones[a][0]["kind"] in CONTROL_KINDS
+            b_ctrl = backbones[b][0]["kind"] in CONTROL_KINDS
             if (b_ctrl and not a_ctrl) or (not a_ctrl and not b_ctrl and a < b):
                 pairs.append((a, b))
         for a, b in pairs:
-            ea, eb = backbones[a], backbones[b]
-            why = _paired(ea, eb)
+            matched = _matched(backbones[a], backbones[b])
+            why = None if matched else (
+                f"{len(backbones[a])} vs {len(backbones[b])} checkpoints"
+            )  # fmt: skip
+            for _, ea, eb in matched or []:
+                why = why or _paired(ea, eb)
             if why:
                 log.warning("%s/%s/%s: %s vs %s not compared: %s", task, protocol, key, a, b, why)
                 continue
+            ea = matched[0][1]
+            probas_a = [p for _, x, _ in matched for p in x["probas"]]
+            probas_b = [p for _, _, y in matched for p in y["probas"]]
+            clusters = np.array([i for i, x, _ in matched for _ in x["probas"]])
             diff = paired_difference(
-                ea["y"], ea["probas"], eb["probas"], n_boot=n_boot, groups=ea["groups"]
+                ea["y"], probas_a, probas_b, n_boot=n_boot, groups=ea["groups"], clusters=clusters
             )
             for metric in SCALARS:
                 d = diff[metric]
@@ -147,13 +182,14 @@ def compare_results(result_jsons, n_boot: int = 1000) -> pd.DataFrame:
                         "block": key,
                         "backbone": a,
                         "versus": b,
-                        "versus_is_control": eb["kind"] in CONTROL_KINDS,
+                        "versus_is_control": backbones[b][0]["kind"] in CONTROL_KINDS,
                         "metric": metric,
                         "difference": d["difference"],
                         "ci_low": lo,
                         "ci_high": hi,
                         "p_value": d["p_value"],
                         "n_seeds": len(ea["probas"]),
+                        "n_checkpoints": len(matched),
                         "resampled": "groups" if ea["groups"] is not None else "rows",
                     }
                 )
@@ -164,6 +200,7 @@ def compare_results(result_jsons, n_boot: int = 1000) -> pd.DataFrame:
     out["verdict"] = [_verdict(d, p) for d, p in zip(out["difference"], out["p_holm"], strict=True)]
     if len(out):
         out["family_size"] = out["family_size"].astype(int)
+        out["n_checkpoints"] = out["n_checkpoints"].astype(int)
     return out
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "interval",
     "macro_auroc",
     "paired_difference",
+    "run_units",
     "summarise",
     "weighted_balanced_f1",
 ]
@@ -185,21 +186,41 @@ def _resample_weights(n: int, groups: np.ndarray | None, n_boot: int, rng) -> np
     return weights
 
 
+def run_units(per_seed: np.ndarray, clusters: np.ndarray | None = None) -> np.ndarray:
+    """The independent units of a set of runs: the runs themselves, or, when ``clusters``
+    names each run's pretraining checkpoint and there are several, each checkpoint's mean over
+    its evaluation seeds (the seeds of one checkpoint are not independent draws of the recipe)."""
+    per_seed = np.asarray(per_seed, dtype=float)
+    if clusters is None:
+        return per_seed
+    clusters = np.asarray(clusters)
+    labels = list(dict.fromkeys(clusters.tolist()))
+    if len(labels) <= 1:
+        return per_seed
+    return np.array([per_seed[clusters == c].mean() for c in labels])
+
+
 def interval(
-    centre: float, boot: np.ndarray, per_seed: np.ndarray, bounds=(0.0, 1.0)
+    centre: float,
+    boot: np.ndarray,
+    per_seed: np.ndarray,
+    bounds=(0.0, 1.0),
+    clusters: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """95% interval of a seed-mean from its two sources of variation.
+    """95% interval of a seed-mean from its sources of variation.
 
     Test items: the percentile bootstrap of the seed-mean over resampled rows (or groups), every
-    seed scored on the same resample. Seeds (the shot sampling, initialisation and order): the
-    standard error of the mean over seeds, scaled by Student's t with n_seeds - 1 degrees of
-    freedom (wide for 3 seeds, as it should be). The two are added in quadrature on each side,
-    so the interval reduces to the plain bootstrap when there is one seed. It is clipped to the
-    metric's range ``bounds``.
+    seed scored on the same resample. Runs: the standard error of the mean over the
+    independent units (:func:`run_units`: evaluation seeds, or pretraining checkpoints when
+    ``clusters`` gives several, whose means carry their seeds' spread with them), scaled by
+    Student's t with n_units - 1 degrees of freedom (wide for 3, as it should be). The two are
+    added in quadrature on each side, so the interval reduces to the plain bootstrap when there
+    is one run. It is clipped to the metric's range ``bounds``.
     """
     boot = boot[np.isfinite(boot)]
-    n = len(per_seed)
-    se_seed = float(np.std(per_seed, ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+    units = run_units(per_seed, clusters)
+    n = len(units)
+    se_seed = float(np.std(units, ddof=1) / np.sqrt(n)) if n > 1 else 0.0
     t_seed = float(student_t.ppf(0.975, n - 1)) if n > 1 else 0.0
     if len(boot):
         lo_t = max(centre - float(np.percentile(boot, 2.5)), 0.0)
@@ -215,6 +236,7 @@ def interval(
         "ci95_test_only": [centre - lo_t, centre + hi_t],
         "se_test": se_test,
         "se_seed": se_seed,
+        "n_units": n,
     }
 
 
@@ -224,12 +246,15 @@ def summarise(
     n_boot: int = 1000,
     seed: int = 0,
     groups: np.ndarray | None = None,
+    clusters: np.ndarray | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Mean and std over seeds of each scalar, and a 95% CI of the mean that covers both the
     test items (bootstrap; whole ``groups`` resampled when given) and the seeds (t on the
     seed-to-seed spread); see :func:`interval`.
 
-    ``probas`` holds one (n_test, n_classes) array per seed, all on the same test rows.
+    ``probas`` holds one (n_test, n_classes) array per run, all on the same test rows;
+    ``clusters`` (one label per run) names each run's pretraining checkpoint: with several, the
+    checkpoints are the top level of the interval (``n_checkpoints``).
     """
     y_true = np.asarray(y_true)
     per_seed = [_scalars(y_true, p) for p in probas]
@@ -244,12 +269,17 @@ def summarise(
         out[k] = {
             "mean": mean,
             "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
-            **interval(mean, np.array(boot[k], dtype=float), vals),
+            **interval(mean, np.array(boot[k], dtype=float), vals, clusters=clusters),
             "per_seed": vals.tolist(),
             "n_seeds": len(vals),
+            "n_checkpoints": _n_checkpoints(clusters),
             "resampled": "groups" if groups is not None else "rows",
         }
     return out
+
+
+def _n_checkpoints(clusters) -> int:
+    return 1 if clusters is None else len(set(np.asarray(clusters).tolist()))
 
 
 def paired_difference(
@@ -259,14 +289,16 @@ def paired_difference(
     n_boot: int = 1000,
     seed: int = 0,
     groups: np.ndarray | None = None,
+    clusters: np.ndarray | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Backbone A minus backbone B on the same test rows and seeds (seed i of A paired with
     seed i of B: the same training rows): mean difference, its standard error from both
-    sources of variation (bootstrap of test rows or groups; seed-to-seed spread of the paired
-    differences), and from one t statistic (Welch-Satterthwaite degrees of freedom; normal when
-    seeds add nothing) a two-sided p-value and the 95% CI, which therefore agree: the CI
-    excludes zero exactly when p < 0.05. ``ci95_bootstrap`` is the percentile construction of
-    :func:`summarise`, for comparison.
+    sources of variation (bootstrap of test rows or groups; spread of the paired differences
+    over the independent units: seeds, or pretraining checkpoints when ``clusters`` names
+    several, see :func:`run_units`), and from one t statistic (Welch-Satterthwaite degrees of
+    freedom; normal when runs add nothing) a two-sided p-value and the 95% CI, which therefore
+    agree: the CI excludes zero exactly when p < 0.05. ``ci95_bootstrap`` is the percentile
+    construction of :func:`summarise`, for comparison.
     """
     if len(probas_a) != len(probas_b):
         raise ValueError(f"{len(probas_a)} vs {len(probas_b)} seeds: pair the same seeds")
@@ -288,10 +320,12 @@ def paired_difference(
         for k in SCALARS
     }
     out = {}
-    n = len(probas_a)
     for k in SCALARS:
         d = float(np.mean(diff_seed[k]))
-        iv = interval(d, np.array(boot[k], dtype=float), diff_seed[k], bounds=(-1.0, 1.0))
+        iv = interval(
+            d, np.array(boot[k], dtype=float), diff_seed[k], bounds=(-1.0, 1.0), clusters=clusters
+        )
+        n = iv["n_units"]
         se = float(np.hypot(iv["se_test"], iv["se_seed"]))
         if n > 1 and iv["se_seed"] > 0:  # Welch-Satterthwaite: the seed part has n - 1 df
             df = se**4 / (iv["se_seed"] ** 4 / (n - 1))
@@ -316,6 +350,7 @@ def paired_difference(
             "p_value": p,
             "excludes_zero": bool(lo > 0 or hi < 0),
             "per_seed": diff_seed[k].tolist(),
+            "n_checkpoints": _n_checkpoints(clusters),
         }
     return out
 

@@ -44,15 +44,17 @@ log = logging.getLogger(__name__)
 
 EXPLAIN = {
     False: "Cells: mean ± standard deviation over seeds [95% CI over test items (patients where "
-    "the task has them) and seeds]. A backbone is in bold only when its paired difference "
-    "against every other backbone (same test items and seeds) has a CI above zero; the last "
-    "column gives the differences and says 'no difference' otherwise. Metric: balanced "
-    "accuracy on the test split.",
+    "the task has them) and seeds; a backbone on several pretraining checkpoints pools them, "
+    "with the checkpoint as the interval's top level]. A backbone is in bold only when its "
+    "paired difference against every other backbone (same test items and seeds) has a CI above "
+    "zero; the last column gives the differences and says 'no difference' otherwise. Metric: "
+    "balanced accuracy on the test split.",
     True: "Cells: mean ± standard deviation over seeds [95% CI over slides (whole patients) and "
-    "seeds]. A backbone is in bold only when its paired difference against every other "
-    "backbone has a CI above zero; the last column gives the differences. Metric: AUROC of the "
-    "out-of-fold slide predictions (patient-grouped folds). Heatmaps and montages: slides with "
-    "the highest predicted abnormality first.",
+    "seeds, and pretraining checkpoints where a heading counts several]. A backbone is in bold "
+    "only when its paired difference against every other backbone has a CI above zero; the "
+    "last column gives the differences. Metric: AUROC of the out-of-fold slide predictions "
+    "(patient-grouped folds). Heatmaps and montages: slides with the highest predicted "
+    "abnormality first.",
 }
 
 
@@ -292,14 +294,26 @@ class ReportBuilder:
         return [(p.relative_to(self.out).as_posix(), p.name) for p in paths.values()]
 
     def tasks(
-        self, by_task, compared, embeddings, trees=None, calibration=None, robustness=None
+        self,
+        by_task,
+        compared,
+        embeddings,
+        trees=None,
+        calibration=None,
+        robustness=None,
+        checkpoints=None,
+        n_boot: int = 1000,
     ) -> None:
         """One section per task: patch-level tasks first, then slide-level ones, each
         alphabetically; a task with a label tree is followed by its section (``trees``:
         task -> {"hierarchy", "screening", "csv"}), then by its calibration (``calibration``:
         task -> {"csv", "png"}), its batch-leak probe (``robustness``: task -> backbone ->
-        JSON) and, for a leave-one-out task, its held-out values."""
-        summaries = {task: summary_table(sorted(paths)) for task, paths in by_task.items()}
+        JSON) and, for a leave-one-out task, its held-out values. ``checkpoints``: backbone ->
+        [configured backbone, checkpoint index], as the task summaries pooled them."""
+        summaries = {
+            task: summary_table(sorted(paths), checkpoints, n_boot=n_boot)
+            for task, paths in by_task.items()
+        }
         for task in sorted(summaries, key=lambda t: (main_metric(summaries[t]) == "auroc", t)):
             embedding = (embeddings or {}).get(task) or {}
             self.task(task, sorted(by_task[task]), summaries[task], compared.get(task), embedding)

@@ -140,11 +140,15 @@ def _results_section(
         for _, r in full.iterrows():
             ba, auroc = (_fmt(*(r.get(f"{m}_{k}") for k in ("mean", "ci_low", "ci_high")))
                          for m in ("balanced_accuracy", "auroc"))  # fmt: skip
-            rows.append(f"| {r['task']} | {r['backbone']} | {r['protocol']} | {ba} | {auroc} |")
+            n = r.get("n_checkpoints")
+            many = n is not None and not pd.isna(n) and int(n) > 1
+            name = f"{r['backbone']} ({int(n)} checkpoints)" if many else r["backbone"]
+            rows.append(f"| {r['task']} | {name} | {r['protocol']} | {ba} | {auroc} |")
     if rows:
         lines += [
-            "Evaluation tasks, every training label (95% intervals over seeds and test samples; "
-            "few-shot results are in the pipeline's report):",
+            "Evaluation tasks, every training label (95% intervals over seeds and test samples, "
+            "and over pretraining checkpoints where a backbone pools several; few-shot results "
+            "are in the pipeline's report):",
             "",
             "| task | backbone | protocol | balanced accuracy | AUROC |",
             "|---|---|---|---|---|",

@@ -2,7 +2,10 @@
 Dausort, Godelaine et al.).
 
 Each cell holds the mean over seeds, the standard deviation and the 95% CI (test items and
-seeds) of the task's main metric, exactly as the result JSONs give them. A backbone is marked
+seeds) of the task's main metric, exactly as the task's summary gives them; a backbone on
+several pretraining checkpoints pools them (its heading says how many, and the interval's top
+level is the checkpoint), and every paired difference says over how many checkpoints it holds,
+or that it holds for this checkpoint. A backbone is marked
 best in a row only when the paired comparisons (:mod:`cytofm.eval.compare`) show it ahead of
 every other backbone with a Holm-adjusted p-value below 0.05 (the task's comparisons are one
 family); otherwise the row reads "no difference". LoRA cells run on a capped budget say so.
@@ -17,6 +20,8 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "checkpoint_counts",
+    "header",
     "main_metric",
     "overview_table",
     "results_table",
@@ -97,7 +102,22 @@ def results_table(
     table["best"] = best
     table["verdict"] = words
     table.attrs["backbones"] = backbones
+    table.attrs["checkpoints"] = checkpoint_counts(ok)
     return table
+
+
+def checkpoint_counts(summary: pd.DataFrame) -> dict[str, int]:
+    """backbone -> the pretraining checkpoints its summary rows pool (1 without the column)."""
+    if "n_checkpoints" not in summary:
+        return {b: 1 for b in summary["backbone"].unique()}
+    counts = summary.groupby("backbone")["n_checkpoints"].max()
+    return {b: int(n) for b, n in counts.items()}
+
+
+def header(table: pd.DataFrame, backbone: str) -> str:
+    """A backbone's column heading: its name, and how many checkpoints it pools when several."""
+    n = table.attrs.get("checkpoints", {}).get(backbone, 1)
+    return f"{backbone} ({n} checkpoints)" if n > 1 else backbone
 
 
 def _fmt_p(p: float) -> str:
@@ -105,12 +125,16 @@ def _fmt_p(p: float) -> str:
 
 
 def _fmt_diff(r) -> str:
-    """'+0.12 [+0.05, +0.19], p = 0.002, Holm p = 0.030 (of 24 tests)'."""
+    """'+0.12 [+0.05, +0.19], p = 0.002, Holm p = 0.030 (of 24 tests), over 3 pretraining
+    checkpoints' ('for this checkpoint' when one run of pretraining stands behind it)."""
     text = f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
     text += f", p {_fmt_p(r['p_value'])}"
     holm = r.get("p_holm")
     if holm is not None and np.isfinite(holm):
         text += f", Holm p {_fmt_p(holm)} (of {int(r['family_size'])} tests)"
+    n = r.get("n_checkpoints")
+    if n is not None and not pd.isna(n):
+        text += f", over {int(n)} pretraining checkpoints" if n > 1 else ", for this checkpoint"
     return text
 
 
@@ -180,6 +204,11 @@ def overview_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         return out
     backbones = sorted({b for t in tables.values() for b in t.attrs["backbones"]})
     out.attrs["backbones"] = backbones
+    counts: dict[str, int] = {}
+    for t in tables.values():
+        for b, n in t.attrs.get("checkpoints", {}).items():
+            counts[b] = max(counts.get(b, 1), n)
+    out.attrs["checkpoints"] = counts
     patch = out[out["metric"] == "balanced_accuracy"]
     if len(patch) > 1:  # the average is over patch tasks only: one metric, comparable
         avg = {
@@ -193,6 +222,7 @@ def overview_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
             avg[f"{b}_mean"] = patch[f"{b}_mean"].mean()
         out = pd.concat([out, pd.DataFrame([avg])], ignore_index=True)
         out.attrs["backbones"] = backbones
+        out.attrs["checkpoints"] = counts
     out["best"] = out["best"].fillna("")
     return out
 
@@ -218,7 +248,9 @@ def _cell(row: pd.Series, backbone: str) -> str:
 def to_markdown(table: pd.DataFrame, first: str = "setting") -> str:
     backbones = table.attrs["backbones"]
     lines = [
-        f"| {first} | " + " | ".join(backbones) + " | paired difference |",
+        f"| {first} | "
+        + " | ".join(header(table, b) for b in backbones)
+        + " | paired difference |",
         "|---|" + "---|" * (len(backbones) + 1),
     ]
     for _, row in table.iterrows():
@@ -230,7 +262,7 @@ def to_markdown(table: pd.DataFrame, first: str = "setting") -> str:
 
 def to_html(table: pd.DataFrame, first: str = "setting") -> str:
     backbones = table.attrs["backbones"]
-    head = "".join(f"<th>{html.escape(b)}</th>" for b in backbones)
+    head = "".join(f"<th>{html.escape(header(table, b))}</th>" for b in backbones)
     head += "<th>paired difference</th>"
     body = []
     for _, row in table.iterrows():

@@ -33,23 +33,28 @@ def run_summary(
     out_calibration=None,
     out_reliability=None,
     conformal_alpha: float = 0.0,
+    checkpoints: dict | None = None,
 ):
     """``plot``: ``fewshot`` (patch-level curves) or ``mil`` (slide and attention AUROC).
     ``out_comparisons``: the paired backbone comparisons of every result block (CSV).
     ``out_hierarchy``: the task's label-tree metrics (CSV; only its header for a task
     without ``hierarchy``). ``out_calibration`` / ``out_reliability``: ECE and NLL before and
     after temperature scaling, conformal coverage at ``conformal_alpha`` (CSV), and the
-    reliability diagrams (PNG; a note when no result kept calibrated predictions)."""
+    reliability diagrams (PNG; a note when no result kept calibrated predictions).
+    ``checkpoints``: backbone -> [configured backbone, checkpoint index]; the summary and the
+    comparisons pool a backbone's pretraining checkpoints (:mod:`cytofm.eval.checkpoints`)."""
     job = job or JobContext()
     with job.run("eval_summary", {"task": task, "n_results": len(result_jsons)}) as run:
-        table = summary_table(list(result_jsons))
+        table = summary_table(list(result_jsons), checkpoints, n_boot=n_boot)
         Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out_csv, index=False, float_format="%.4f")
         (plot_mil if plot == "mil" else plot_fewshot)(table, out_png)
         run.log_artifact(out_csv)
         run.log_artifact(out_png)
         if out_comparisons:
-            comparisons = compare_results(list(result_jsons), n_boot=n_boot)
+            comparisons = compare_results(
+                list(result_jsons), n_boot=n_boot, checkpoints=checkpoints
+            )
             comparisons.to_csv(out_comparisons, index=False, float_format="%.4g")
             run.log_artifact(out_comparisons)
         if out_hierarchy:

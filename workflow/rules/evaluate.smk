@@ -129,6 +129,7 @@ rule eval_summary:
     threads: 1
     params:
         bootstrap=CFG.evaluate.bootstrap,
+        checkpoints=PLAN.checkpoint_groups(),
         conformal_alpha=CFG.evaluate.conformal_alpha,
         hierarchy=lambda wildcards: PLAN.tasks[wildcards.task].hierarchy,
         screening=lambda wildcards: PLAN.tasks[wildcards.task].screening,
@@ -186,5 +187,6 @@ rule mil_summary:
     params:
         plot="mil",
         bootstrap=CFG.evaluate.bootstrap,
+        checkpoints=PLAN.checkpoint_groups(),
     script:
         "../scripts/eval_summary.py"

@@ -20,7 +20,7 @@ rule pretrain:
         gpu=PLAN.gpus("pretrain") if PLAN.nodes("pretrain") == 1 else 0,
         tasks_per_gpu=0,  # SLURM: one task; torchrun starts the per-GPU processes
     params:
-        pretrain=CFG.pretrain.to_dict(),
+        pretrain=lambda wildcards: PLAN.pretrain_params(wildcards.model),  # its seed
         nproc=CFG.pretrain.nproc,
         nodes=PLAN.nodes("pretrain"),
         gpus_per_node=PLAN.gpus("pretrain"),

@@ -32,5 +32,7 @@ rule report:
         trees=PLAN.report_trees(),
         calibration=PLAN.report_calibration(),
         robustness=PLAN.report_robustness(),
+        checkpoints=PLAN.checkpoint_groups(),
+        bootstrap=CFG.evaluate.bootstrap,
     script:
         "../scripts/report.py"

@@ -16,6 +16,7 @@ run_summary(
     plot=dict(sm.params).get("plot", "fewshot"),
     out_comparisons=sm.output.comparisons,
     n_boot=sm.params.bootstrap,
+    checkpoints=sm.params.checkpoints,
     out_hierarchy=dict(sm.output).get("hierarchy"),
     out_calibration=sm.output.calibration,
     out_reliability=sm.output.reliability,

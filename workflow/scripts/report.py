@@ -26,6 +26,8 @@ run_report(
         "trees": sm.params.trees,
         "calibration": sm.params.calibration,
         "robustness": sm.params.robustness,
+        "checkpoints": sm.params.checkpoints,
+        "n_boot": sm.params.bootstrap,
     },
     cfg=from_mapping(ReportConfig, sm.params.report, "report"),
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
