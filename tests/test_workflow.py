@@ -719,7 +719,6 @@ def test_unlabelled_slides_get_predictions_and_heatmaps(results, tmp_path):
     }
 
 
-
 def test_more_pretraining_seeds_add_checkpoints_and_keep_the_first(results, tmp_path):
     """``pretrain.seeds: [0]`` -> ``[0, 1]`` on a finished run: one more pretraining job and
     its backbones (``cytofm_seed1`` and its random control) run; the first checkpoint's
