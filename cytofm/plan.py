@@ -300,7 +300,7 @@ class Plan:
     # -------------------------------------------------------------------- backbones, tasks
 
     def _backbones(self) -> dict[str, BackboneSpec]:
-        specs = dict(self.config.backbones)
+        specs = {n: s for n, s in self.config.backbones.items() if s.enabled}
         for name, spec in specs.items():
             like = specs.get(spec.like)
             if spec.kind == "random" and spec.like and (like is None or like.kind != "pretrained"):
@@ -693,10 +693,16 @@ class Plan:
 
     # ---------------------------------------------------------------------------- report
 
+    def first_checkpoints(self) -> list[str]:
+        """The backbones on the first pretraining checkpoint, and those without one: what the
+        report draws maps of (one per configured backbone)."""
+        return [b for b in self.backbones if not self.families.get(b, (b, None))[1] or
+                self.families[b][1].index == 0]  # fmt: skip
+
     def report_embeddings(self) -> dict:
         """task -> backbone -> the dataset's feature store, the dataset store and the task's
         batch column (leave-one-out tasks map the same rows as their dataset's other tasks:
-        they get none)."""
+        they get none); the first checkpoint's features only."""
         if "datasets" not in self.config.embed.sources:
             return {}
         return {
@@ -706,19 +712,20 @@ class Plan:
                     "dataset": self.paths.dataset(t.dataset),
                     "batch": t.batch,
                 }
-                for b in self.backbones
+                for b in self.first_checkpoints()
             }
             for t in self.tasks.values()
             if t.split != "leave_one_out"
         }
 
     def report_slide_features(self) -> dict:
-        """backbone -> slide -> cell feature store (when cells are embedded)."""
+        """backbone -> slide -> cell feature store (when cells are embedded; the first
+        checkpoint's)."""
         if "cells" not in self.config.embed.sources:
             return {}
         return {
             b: {s: self.paths.features(b, "cells", s) for s in self.slide_ids}
-            for b in self.backbones
+            for b in self.first_checkpoints()
         }
 
     def report_slide_meta(self) -> dict:

@@ -31,18 +31,23 @@ def test_demo_plan():
     assert plan.pretrain_stores == [f"out/cells/demo_{i:03d}.zarr" for i in range(8)]
     assert plan.knn_store == ["out/datasets/demo_cells.zarr"]
     assert [r["slide_id"] for r in plan.cohort("demo_abnormal")] == plan.slide_ids[8:]
-    assert set(plan.datasets) == {"demo_cells"} and set(plan.backbones) == {"cytofm", "random"}
+    assert set(plan.datasets) == {"demo_cells"}
+    assert set(plan.backbones) == {"cytofm", "random", "morphometry"}
     assert plan.held_out() == {}  # pretraining reads slides, not the task's dataset
     targets = plan.targets()
     assert len(targets) == len(set(targets))
     assert all(t.startswith("out/") for t in targets)
-    # per slide: tiles, QC, cells and two backbones' cell features; the dataset's features;
-    # 4 protocols x 2 backbones, 2 MIL results, 2 summaries, report, sheet, detection QC;
-    # the 8 unlabelled pretraining slides' predictions (json, attention, heatmap) per backbone
-    # and the prediction table; the model card; the cell task's linear head per backbone;
-    # the leave-one-stain-out task (linear, knn x 2 backbones, its summary, no linear head)
-    # and demo_cells' batch-leak probe per backbone
-    assert len(targets) == 52 * 5 + 1 + 2 + 2 + 8 + 2 + 2 + 1 + 2 + 8 * 2 * 3 + 1 + 1 + 2 + 5 + 2
+    # per slide: tiles, QC, cells and three backbones' cell features; the dataset's features;
+    # the backbone and its probe; 4 protocols x 2 backbones and 3 (no LoRA) for morphometry,
+    # 3 MIL results, 2 summaries, report, sheet, detection QC; the 8 unlabelled pretraining
+    # slides' predictions (json, attention, heatmap) per backbone and the prediction table;
+    # the model card; the cell task's linear head per backbone; the leave-one-stain-out task
+    # (linear, knn x 3 backbones, its summary, no linear head) and demo_cells' batch-leak
+    # probe per backbone
+    assert len(targets) == (
+        52 * 6 + 1 + 3 + 2 + 8 + 3 + 3 + 2 + 1 + 2 + 8 * 3 * 3 + 1 + 1 + 3 + 7 + 3
+    )
+    assert "out/eval/demo_cells/morphometry/lora.json" not in targets
     assert "out/eval/demo_cells/cytofm/robustness.json" in targets
     assert "out/eval/demo_stain_out/random/knn.json" in targets
     assert "out/eval/demo_stain_out/cytofm/linear_head" not in targets
@@ -246,6 +251,7 @@ def test_pretraining_seeds_give_a_checkpoint_each_with_its_own_random_control():
     ]
     assert list(plan.backbones) == [
         "cytofm", "cytofm_seed4", "cytofm_seed7", "random", "random_seed4", "random_seed7",
+        "morphometry",
     ]  # fmt: skip
     # checkpoint i's random control copies checkpoint i's architecture, initialised anew
     rnd = plan.backbones["random_seed7"]
@@ -263,9 +269,15 @@ def test_pretraining_seeds_give_a_checkpoint_each_with_its_own_random_control():
         assert f"out/pretrain/{model}/probe.json" in targets
     assert "out/eval/demo_cells/random_seed4/lora.json" in targets
     assert plan.model_card_backbones() == ["cytofm", "random"]
+    # the report maps one checkpoint's features per configured backbone
+    assert set(plan.report_embeddings()["demo_cells"]) == {"cytofm", "random", "morphometry"}
+    assert set(plan.report_slide_features()) == {"cytofm", "random", "morphometry"}
     assert len(targets) == len(set(targets))
     # one seed: the names and paths of before
-    assert set(_plan({"results": "out"}).backbones) == {"cytofm", "random"}
+    assert set(_plan({"results": "out"}).backbones) == {"cytofm", "random", "morphometry"}
+    # a shipped backbone switched off in an overlay
+    off = _plan({"results": "out", "backbones": {"morphometry": {"enabled": False}}})
+    assert set(off.backbones) == {"cytofm", "random"}
     # LoRA, the costly protocol, on the first checkpoint only; the others on every one
     first = _plan(
         {

@@ -675,6 +675,9 @@ class BackboneSpec(Section):
     mean: tuple | None = option(None, "normalisation mean (omit = the model's own)", length=3)
     std: tuple | None = option(None, "normalisation std (omit = the model's own)", length=3)
     seed: int = option(0, "random: initialisation seed")
+    enabled: bool = option(
+        True, "false: leave this backbone out (one that config.yaml ships, in your overlay)"
+    )
 
     def __post_init__(self) -> None:
         s = f"backbones.{self.name}"
@@ -1427,6 +1430,7 @@ _EXAMPLE_DATASET = {
 _SHIPPED_BACKBONES = {
     "cytofm": {"kind": "pretrained"},
     "random": {"kind": "random", "like": "cytofm", "seed": 0},
+    "morphometry": {"kind": "morphometry"},
 }
 _EXAMPLE_BACKBONES = {
     "uni": {
