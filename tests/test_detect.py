@@ -251,3 +251,35 @@ def test_merge_is_the_greedy_loop_over_every_peak(dense):
     assert len(out) == len(ref) < (n // 3 if dense else n)
     assert np.allclose(out, np.asarray(ref), rtol=0, atol=1e-9)
     assert out_scores.tolist() == ref_scores
+
+
+def test_dead_black_lines_at_a_fields_frame_give_no_nuclei(tmp_path):
+    """EDF composites end in black rows and columns (Cervix93: two at the bottom and right);
+    read as a field, they were a row of "nuclei" along the frame. The reader mends them, so a
+    field of glass and a few nuclei gives its nuclei and nothing at the border."""
+    import cv2
+
+    from cytofm.config import TilingConfig
+    from cytofm.stages.cells import run_cells
+    from cytofm.stages.tile import run_tile
+    from cytofm.store import open_store
+    from cytofm.wsi.frame import dead_frame
+
+    nuclei = [(20.0, 20.0), (50.0, 35.0), (70.0, 15.0), (35.0, 48.0)]
+    rgb = _field([(x, y, 7.0, (0.7, 0.7, 0.7)) for x, y in nuclei], seed=4)  # grey, as EDF
+    rgb[-2:] = 1  # two dead rows at the bottom, two columns at the right
+    rgb[:, -2:] = 1
+    assert dead_frame(rgb) == {"top": 0, "bottom": 2, "left": 0, "right": 2}
+    path = tmp_path / "field.png"
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    tiles, cells = tmp_path / "tiles.zarr", tmp_path / "cells.zarr"
+    run_tile(path, "f", 0.25, TilingConfig(tile_px=256), tiles, tmp_path / "qc.png")
+    run_cells(path, "f", 0.25, tiles, CellsConfig(), cells, tmp_path / "g.png")
+    um = np.asarray(open_store(cells)["coords"][:], float) * 0.25
+    h, w = (s * 0.25 for s in rgb.shape[:2])
+    assert sum(any(np.hypot(*(p - n)) < 4 for p in um) for n in nuclei) == len(nuclei)
+    near_frame = (um[:, 0] > w - 8) | (um[:, 1] > h - 8) | (um.min(1) < 8)
+    assert not near_frame.any(), um[near_frame]
+    assert len(um) == len(nuclei)
+    with open_slide(path, "f", 0.25) as slide:
+        assert slide.info()["dead_frame_lines"]["bottom"] == 2

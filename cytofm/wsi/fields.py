@@ -64,8 +64,11 @@ def slide_sha256(path: str | Path) -> str:
 
 
 def _decode(path: Path) -> np.ndarray | None:
+    """A field's pixels, dead lines at its frame mended (:mod:`cytofm.wsi.frame`)."""
+    from cytofm.wsi.frame import mend_dead_frame
+
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return None if bgr is None else mend_dead_frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))[0]
 
 
 class FieldMosaic(Slide):

@@ -538,7 +538,10 @@ class ImageSlide(Slide):
                 "probably truncated or corrupt: copy it again, or remove its row from the "
                 "sample sheet."
             )
-        self._rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        from cytofm.wsi.frame import mend_dead_frame
+
+        # dead black lines at the frame (EDF composites) would read as a row of nuclei
+        self._rgb, self.dead_frame = mend_dead_frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         h, w = self._rgb.shape[:2]
         super().__init__(
             path=path,
@@ -549,6 +552,9 @@ class ImageSlide(Slide):
             level_dimensions=[(w, h)],
             mpp_source=source,
         )
+
+    def info(self) -> dict:
+        return {**super().info(), "dead_frame_lines": self.dead_frame}
 
     def _read_level(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
         return self._rgb[y : y + h, x : x + w]
