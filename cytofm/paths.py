@@ -43,6 +43,10 @@ class Paths:
     def detection(self) -> str:
         return self._at("qc", "detection.json")
 
+    def detection_overlays(self) -> str:
+        """Folder of truth-vs-detection pictures, one per slide with a cell_truth table."""
+        return self._at("qc", "detection")
+
     # slides and imported collections
     def store(self, kind: str = KIND, name: str = SOURCE) -> str:
         """A patch store: ``cells``/``tiles`` of a slide, or an imported ``datasets`` one."""

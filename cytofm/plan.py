@@ -668,6 +668,27 @@ class Plan:
     def slide_file(self, slide: str) -> str:
         return str(self.slides.loc[slide, "path"])
 
+    def truth_slides(self) -> list[str]:
+        """Slides whose sheet row names a ``cell_truth`` table (and whose file is there):
+        their detections are scored against it (rule ``detection_eval``)."""
+        missing = set(self.missing_slides)
+        return [s for s in self.slide_ids if self.sheet_value(s, "cell_truth") and s not in missing]
+
+    def detection_inputs(self) -> dict[str, list[str]]:
+        ids = self.truth_slides()
+        return {
+            "cells": [self.paths.cells(s) for s in ids],
+            "truth": [self.sheet_value(s, "cell_truth") for s in ids],
+        }
+
+    def detection_slides(self) -> list[dict]:
+        """Per truth slide, what its overlay picture reads the slide with."""
+        backend = self.config.cells.backend
+        return [
+            {"path": self.slide_file(s), "mpp": self.slide_mpp(s), "backend": backend}
+            for s in self.truth_slides()
+        ]
+
     def specimen_fields(self, slide: str) -> list[str] | None:
         """The field images of a specimen row (a folder or glob), None for a slide file: the
         job's inputs, so adding a field reruns that specimen only."""
@@ -775,6 +796,7 @@ class Plan:
             "abmil": [p.abmil_dir(t, b) for b in self.backbones for t in self.slide_tasks],
             "qc": [p.qc(s) for s in self.slide_ids],
             "detection": [p.cells_summary(s) for s in self.slide_ids],
+            "truth": [p.detection()] if self.truth_slides() else [],
             "comparisons": [p.comparisons(t) for t in all_tasks],
             "features": [
                 e["features"] for t in self.report_embeddings().values() for e in t.values()
@@ -813,7 +835,9 @@ class Plan:
         if self.config.report.enabled:
             out.append(p.report())
         if self.config.demo.enabled:
-            out += [p.demo_sheet(), p.detection()]
+            out.append(p.demo_sheet())
+        if self.truth_slides():
+            out += [p.detection(), p.detection_overlays()]
         return out
 
     def export_targets(self) -> list[str]:

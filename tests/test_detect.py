@@ -283,3 +283,38 @@ def test_dead_black_lines_at_a_fields_frame_give_no_nuclei(tmp_path):
     assert len(um) == len(nuclei)
     with open_slide(path, "f", 0.25) as slide:
         assert slide.info()["dead_frame_lines"]["bottom"] == 2
+
+
+def test_a_truth_table_without_coordinates_is_refused_naming_it(tmp_path):
+    from cytofm.errors import InputDataError
+    from cytofm.stages.detection_eval import read_truth
+
+    bad = tmp_path / "truth.tsv"
+    bad.write_text("col\trow\tclass\n1\t2\tnucleus\n")
+    with pytest.raises(InputDataError, match=r"slide 's1': its cell_truth table .*truth.tsv lacks"):
+        read_truth(bad, "s1")
+    good = tmp_path / "truth.csv"  # CSV as well as TSV
+    good.write_text("x,y,class\n1,2,nucleus\n")
+    assert read_truth(good, "s1")[["x", "y"]].to_numpy().tolist() == [[1, 2]]
+
+
+def test_the_overlay_marks_found_and_missed_cells(synthetic_slide, tmp_path):
+    """Green rings on true cells that were found, yellow on missed ones; cyan crosses on
+    detections that match, red on those that match nothing."""
+    import cv2
+
+    from cytofm.report.qc import detection_overlay
+
+    path, canvas = synthetic_slide
+    truth = canvas.cells[["x", "y"]].to_numpy(float)[:6]
+    found = truth[:4] + 1.0  # four found (1 px off), two missed, one false detection
+    coords = np.vstack([found, truth[0] + [300.0, 0.0]])
+    with open_slide(path, "s", 0.25) as slide:
+        out = detection_overlay(slide, coords, truth, 16.0, tmp_path / "o.png", view_mpp=2.0)
+    rgb = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB).reshape(-1, 3).astype(int)
+
+    def count(colour):
+        return int((np.abs(rgb - colour).sum(1) < 30).sum())
+
+    assert count((40, 170, 40)) > 0 and count((230, 190, 0)) > 0  # found and missed rings
+    assert count((0, 150, 230)) > 0 and count((220, 30, 30)) > 0  # matched and false crosses

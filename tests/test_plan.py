@@ -39,14 +39,16 @@ def test_demo_plan():
     assert all(t.startswith("out/") for t in targets)
     # per slide: tiles, QC, cells and three backbones' cell features; the dataset's features;
     # the backbone and its probe; 4 protocols x 2 backbones and 3 (no LoRA) for morphometry,
-    # 3 MIL results, 2 summaries, report, sheet, detection QC; the 8 unlabelled pretraining
-    # slides' predictions (json, attention, heatmap) per backbone and the prediction table;
+    # 3 MIL results, 2 summaries, report, sheet, detection QC and its pictures; the 8
+    # unlabelled pretraining slides' predictions (json, attention, heatmap) per backbone and
+    # the prediction table;
     # the model card; the cell task's linear head per backbone; the leave-one-stain-out task
     # (linear, knn x 3 backbones, its summary, no linear head) and demo_cells' batch-leak
     # probe per backbone
     assert len(targets) == (
-        52 * 6 + 1 + 3 + 2 + 8 + 3 + 3 + 2 + 1 + 2 + 8 * 3 * 3 + 1 + 1 + 3 + 7 + 3
+        52 * 6 + 1 + 3 + 2 + 8 + 3 + 3 + 2 + 1 + 3 + 8 * 3 * 3 + 1 + 1 + 3 + 7 + 3
     )
+    assert "out/qc/detection" in targets and len(plan.truth_slides()) == 52
     assert "out/eval/demo_cells/morphometry/lora.json" not in targets
     assert "out/eval/demo_cells/cytofm/robustness.json" in targets
     assert "out/eval/demo_stain_out/random/knn.json" in targets

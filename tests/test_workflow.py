@@ -684,15 +684,18 @@ def test_unlabelled_slides_get_predictions_and_heatmaps(results, tmp_path):
     """Slides without a label for the slide task (two new ones, and the demo's unlabelled
     pretraining slide) are scored by each backbone's final model: probabilities, attention
     over their cells, a heatmap and one table; a third new slide then plans only its own jobs,
-    its predictions and the table (and the report)."""
+    its predictions and the table (and the report). The first new slide's row names a table of
+    its true cells: its detections are scored in QC and the report, as the demo slides' are."""
     work = tmp_path / "results"
     shutil.copytree(results, work, ignore=shutil.ignore_patterns("mlflow*", "logs"))
     demo = pd.read_csv(work / "demo" / "slides.tsv", sep="\t", dtype=str, keep_default_na=False)
-    header = "slide_id\tpath\tmpp\tpatient_id\tsplit\n"
+    header = "slide_id\tpath\tmpp\tpatient_id\tsplit\tcell_truth\n"
+    shutil.copy(work / "demo" / "ground_truth" / "demo_000.tsv", tmp_path / "new0.truth.tsv")
     rows = []
     for i in range(3):
         shutil.copy(work / "demo" / "slides" / f"demo_00{i}.tif", tmp_path / f"new{i}.tif")
-        rows.append(f"new{i}\tnew{i}.tif\t\tP9{i}\ttest\n")
+        truth = "new0.truth.tsv" if i == 0 else ""
+        rows.append(f"new{i}\tnew{i}.tif\t\tP9{i}\ttest\t{truth}\n")
     two, three = tmp_path / "two.tsv", tmp_path / "three.tsv"
     two.write_text(header + "".join(rows[:2]))
     three.write_text(header + "".join(rows))
@@ -711,6 +714,17 @@ def test_unlabelled_slides_get_predictions_and_heatmaps(results, tmp_path):
             assert (out / f"{s}.png").stat().st_size > 1000
             att = np.load(out / f"{s}.attention.npz")
             assert len(att["attention"]) > 0 and abs(att["attention"].sum() - 1) < 1e-4
+    # the same image and truth as demo_000: the same detection figures, in QC and the report
+    scored = json.loads((work / "qc" / "detection.json").read_text())["per_slide"]
+    for key in ("recall", "precision", "n_true", "tp"):
+        assert scored["new0"][key] == scored["demo_000"][key], key
+    assert "new1" not in scored and scored["new0"]["tolerance_um"] > 0
+    assert (work / "qc" / "detection" / "new0.png").stat().st_size > 10_000
+    page = (work / "report" / "index.html").read_text()
+    assert "<th>recall</th>" in page
+    qc = page[page.index('<h2 id="qc">') :]
+    row = qc[qc.index("<th>new0</th>") :].split("</tr>")[0]
+    assert f"<td>{scored['new0']['recall']:.3f}</td>" in row
     proc = snakemake("-n", "--config", f"results={work}", f"samples={three}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert planned_jobs(proc.stdout) == {

@@ -1243,7 +1243,7 @@ class EvalConfig(Section):
 
 @dataclasses.dataclass(frozen=True)
 class DetectionEvalConfig(Section):
-    """detections vs. true cells (demo: results/qc/detection.json; MIL attention)"""
+    """detections vs. the sheet's cell_truth tables (results/qc/detection.json; MIL attention)"""
 
     tolerance_um: float = option(
         6.0, "a detection matches a true nucleus centre within this distance", above=0

@@ -130,17 +130,25 @@ def _slide_panels(
     return panels
 
 
-def detection_table(paths: Sequence[str | Path]) -> pd.DataFrame:
+def detection_table(paths: Sequence[str | Path], truth: Sequence[str | Path] = ()) -> pd.DataFrame:
     """One row per slide from the cells stage's QC JSONs: tiles, cells, density, the chromatin
-    map and stain vectors used, and the warning of a slide where no cell was found."""
+    map and stain vectors used, and the warning of a slide where no cell was found; with
+    ``truth`` (``qc/detection.json``), recall, precision and F1 against the slide's cell_truth
+    table within the matching radius."""
+    scored: dict[str, dict] = {}
+    for t in truth:
+        scored.update(json.loads(Path(t).read_text())["per_slide"])
     rows = []
     for p in paths:
         d = json.loads(Path(p).read_text())
         stain = d.get("stain") or {}
         vectors = stain.get("vectors")
+        slide = d.get("slide_id", Path(p).name.split(".")[0])
+        match = scored.get(slide) or {}
         rows.append(
             {
-                "slide": d.get("slide_id", Path(p).name.split(".")[0]),
+                **{k: match.get(k) for k in ("recall", "precision", "f1", "tolerance_um")},
+                "slide": slide,
                 "tiles": d.get("n_tiles"),
                 "cells": d.get("n_cells"),
                 "cells_per_mm2": d.get("cells_per_mm2_foreground_tiles"),
@@ -166,17 +174,36 @@ def _detection_html(det: pd.DataFrame) -> str:
         else ""
     )
     columns = ("slide", "tiles", "cells", "cells / mm²", "chromatin map", "chromatin OD (R G B)")
-    head = "".join(f"<th>{c}</th>" for c in (*columns, "status"))
+    scored = det["recall"].notna().any()
+    truth_cols = ("recall", "precision", "F1") if scored else ()
+    head = "".join(f"<th>{c}</th>" for c in (*columns[:4], *truth_cols, *columns[4:], "status"))
+
+    def figures(r) -> str:
+        if not scored:
+            return ""
+        if r.recall is None or pd.isna(r.recall):
+            return "<td>-</td>" * 3
+        return "".join(f"<td>{v:.3f}</td>" for v in (r.recall, r.precision, r.f1))
+
     body = "".join(
         "<tr>"
         + f"<th>{html.escape(str(r.slide))}</th><td>{r.tiles}</td><td>{r.cells}</td>"
         + f"<td>{(r.cells_per_mm2 or 0):.0f}</td>"
+        + figures(r)
         + f'<td title="{html.escape(str(r.stain_reason))}">{html.escape(str(r.chromatin_map))}</td>'
         + f"<td>{html.escape(str(r.chromatin_vector))}</td>"
         + (f"<td>{r.status}</td>" if r.status == "ok" else f'<td class="skipped">{r.status}</td>')
         + "</tr>"
         for r in det.itertuples()
     )
+    radius = det["tolerance_um"].dropna()
+    if scored and len(radius):
+        note += (
+            "<p>Recall, precision and F1: detections matched one-to-one to the true cells of "
+            f"the slide's cell_truth table within {radius.iloc[0]:g} um "
+            "(detection_eval.tolerance_um); pictures below (green ring: true cell found, "
+            "yellow: missed; cyan cross: detection on a true cell, red: on none).</p>"
+        )
     return f"{note}<table><tr>{head}</tr>{body}</table>"
 
 
@@ -506,9 +533,9 @@ class ReportBuilder:
             sec.tables_html.append(predictions_html(table, shown))
             self.sections.append(sec)
 
-    def quality_control(self, qc, detection) -> None:
+    def quality_control(self, qc, detection, truth=()) -> None:
         sec = Section("qc", "Quality control")
-        det = detection_table(detection)
+        det = detection_table(detection, truth)
         shown = list(qc)[: self.cfg.max_slides] if self.cfg.max_slides else []
         sec.intro = (
             f"Tissue mask and tile grid, and detected cells, for {len(shown)} of {len(qc)} "
@@ -527,6 +554,11 @@ class ReportBuilder:
             if cells.is_file():
                 copied = _copy(cells, qc_dir / f"{slide}.cells.png")
                 self.fig(copied, f"{slide}: cells", sec, True)
+            for t in truth:
+                overlay = Path(t).parent / "detection" / f"{slide}.png"
+                if overlay.is_file():
+                    copied = _copy(overlay, qc_dir / f"{slide}.detection.png")
+                    self.fig(copied, f"{slide}: detections vs. truth", sec, True)
         self.sections.append(sec)
 
 

@@ -1,5 +1,6 @@
-"""QC images: the slide with its foreground mask and tile grid (and cells) drawn on it, and the
-gallery of a slide's cell patches with the stains its detector used."""
+"""QC images: the slide with its foreground mask and tile grid (and cells) drawn on it, the
+gallery of a slide's cell patches with the stains its detector used, and detections against a
+table of true cells."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from cytofm.cells.stain import StainChoice
 
-__all__ = ["draw_qc", "patch_gallery", "plane_colours"]
+__all__ = ["detection_overlay", "draw_qc", "patch_gallery", "plane_colours"]
 
 
 def draw_qc(
@@ -129,4 +130,54 @@ def patch_gallery(
         sheet = np.concatenate([sheet, pad], axis=1)
     sheet = np.concatenate([band, sheet], axis=0)
     cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    return out
+
+
+def detection_overlay(
+    slide,
+    coords: np.ndarray,
+    truth: np.ndarray,
+    tolerance_px: float,
+    out_png: str | Path,
+    view_mpp: float = 0.5,
+    size_px: int = 512,
+) -> Path:
+    """Truth against detections on the slide, in the ``size_px`` window (at ``view_mpp``)
+    holding the most true cells: a green ring of the matching radius around each matched true
+    centre, a yellow one around each missed one, a cyan cross on each matched detection and a
+    red one on each detection that matches nothing. ``coords`` and ``truth``: level-0 px."""
+    from cytofm.cells.metrics import match_pairs
+
+    coords = np.asarray(coords, float).reshape(-1, 2)
+    truth = np.asarray(truth, float).reshape(-1, 2)
+    view_mpp = max(view_mpp, float(slide.mpp))
+    span = size_px * view_mpp / slide.mpp  # level-0 px the window covers
+    w, h = slide.dimensions
+    anchor = truth if len(truth) else coords
+    if len(anchor):  # the window-sized square of a grid holding the most true cells
+        cell = np.floor(anchor / span).astype(np.int64)
+        _, inverse, counts = np.unique(cell, axis=0, return_inverse=True, return_counts=True)
+        centre = anchor[inverse.ravel() == int(np.argmax(counts))].mean(0)
+    else:
+        centre = np.array([w / 2, h / 2])
+    x0 = float(np.clip(centre[0] - span / 2, 0, max(w - span, 0)))
+    y0 = float(np.clip(centre[1] - span / 2, 0, max(h - span, 0)))
+    rgb = np.ascontiguousarray(slide.read(x0, y0, (size_px, size_px), view_mpp))
+    pi, ti, _ = match_pairs(coords, truth, tolerance_px)
+    scale = slide.mpp / view_mpp
+
+    def at(p):
+        return (int(round((p[0] - x0) * scale)), int(round((p[1] - y0) * scale)))
+
+    ring = max(int(round(tolerance_px * scale)), 3)
+    hit_t, hit_p = set(ti.tolist()), set(pi.tolist())
+    for i, p in enumerate(truth):
+        colour = (40, 170, 40) if i in hit_t else (230, 190, 0)
+        cv2.circle(rgb, at(p), ring, colour, 2, cv2.LINE_AA)
+    for i, p in enumerate(coords):
+        colour = (0, 150, 230) if i in hit_p else (220, 30, 30)
+        cv2.drawMarker(rgb, at(p), colour, cv2.MARKER_CROSS, max(ring, 8), 2)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     return out

@@ -37,6 +37,7 @@ def run_report(
     qc: Sequence[tuple[str, str | Path]] = (),
     comparisons: Sequence[str | Path] = (),
     detection: Sequence[str | Path] = (),
+    truth: Sequence[str | Path] = (),
     predictions: Sequence[str | Path] = (),
     extras: Mapping[str, Mapping[str, Any]] | None = None,
     cfg: ReportConfig | None = None,
@@ -49,7 +50,9 @@ def run_report(
     ``pretrain_dirs``: exported backbone folders (``training.png`` sits beside each);
     ``qc``: (slide id, QC thumbnail) pairs; ``comparisons``: the tasks' paired-comparison
     CSVs (``eval/<task>/comparisons.csv``); ``detection``: the cells stage's per-slide QC
-    JSONs (``qc/<slide>.cells.json``), for the detection table; ``predictions``: the slide
+    JSONs (``qc/<slide>.cells.json``), for the detection table; ``truth``: the detection
+    scores against the sheet's cell_truth tables (``qc/detection.json``, with the overlay
+    pictures in ``qc/detection/``); ``predictions``: the slide
     tasks' prediction tables (``predict/<task>/predictions.csv``); ``extras``: the label
     trees, calibration and batch-leak files per task (``trees``, ``calibration``,
     ``robustness``: see :meth:`ReportBuilder.tasks`). Returns what was written.
@@ -71,7 +74,7 @@ def run_report(
         if pretrain_dirs:
             page.pretraining(pretrain_dirs)
         if qc or detection:
-            page.quality_control(qc, detection)
+            page.quality_control(qc, detection, truth)
         index = render_page(
             "cytofm results report", _meta(eval_jsons), page.sections, out / "index.html"
         )

@@ -29,3 +29,22 @@ rule cells:
         cells=CFG.cells.to_dict(),
     script:
         "../scripts/cells.py"
+
+
+# Detections against the sheet's cell_truth tables (the demo writes one per slide): recall,
+# precision and an overlay per slide; its own job, so a new truth table never reruns detection.
+rule detection_eval:
+    input:
+        unpack(lambda wildcards: PLAN.detection_inputs()),
+    output:
+        json=PATHS.detection(),
+        overlays=directory(PATHS.detection_overlays()),
+    log:
+        log_of("detection_eval"),
+    conda:
+        "../../envs/cytofm.yaml"
+    params:
+        tolerance_um=CFG.detection_eval.tolerance_um,
+        slides=PLAN.detection_slides(),
+    script:
+        "../scripts/detection_eval.py"

@@ -47,19 +47,3 @@ rule demo_crops:
         demo=CFG.demo.to_dict(),
     script:
         "../scripts/demo_crops.py"
-
-
-rule detection_eval:
-    input:
-        cells=[PATHS.cells(s) for s in PLAN.demo_ids],
-        truth=[PATHS.demo_truth(s) for s in PLAN.demo_ids],
-    output:
-        PATHS.detection(),
-    log:
-        log_of("detection_eval"),
-    conda:
-        "../../envs/cytofm.yaml"
-    params:
-        tolerance_um=CFG.detection_eval.tolerance_um,
-    script:
-        "../scripts/detection_eval.py"

@@ -1,4 +1,4 @@
-"""Adapter for rule `detection_eval`: detections vs. the demo's ground truth."""
+"""Adapter for rule `detection_eval`: detections vs. the sheet's cell_truth tables."""
 
 from cytofm.log import setup_logging
 
@@ -12,6 +12,8 @@ run_detection_eval(
     cell_stores=list(sm.input.cells),
     truth_tables=list(sm.input.truth),
     tolerance_um=sm.params.tolerance_um,
-    out_json=sm.output[0],
+    out_json=sm.output.json,
+    slides=sm.params.slides,
+    out_overlays=sm.output.overlays,
     job=JobContext.create(sm.config, sm.rule, inputs=sm.input),
 )

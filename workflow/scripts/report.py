@@ -21,6 +21,7 @@ run_report(
     qc=[tuple(q) for q in sm.params.qc],
     comparisons=list(sm.input.comparisons),
     detection=list(sm.input.detection),
+    truth=list(sm.input.get("truth", [])),
     predictions=list(sm.input.get("predictions", [])),
     extras={
         "trees": sm.params.trees,
