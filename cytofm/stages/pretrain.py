@@ -84,7 +84,7 @@ def run_pretrain(
             step_runtime=_step_runtime(trainer),
         )
         _export(trainer, cfg, stores, out, record, content["content"])
-        _log_outputs(run, trainer, out, cfg.name)
+        _log_outputs(run, trainer, out, _model_name(cfg, out))
         run.log_metrics({"final_" + k: v for k, v in last.items() if np.isfinite(v)})
     return {**last, "seconds": elapsed, "steps": trainer.step, "resumed_from_step": resumed_from}
 
@@ -155,6 +155,12 @@ def _distributed_record(cfg: PretrainConfig, trainer) -> dict:
         "same_weights_for_any_split": not per_process,
         "per_process_randomness": per_process,
     }
+
+
+def _model_name(cfg: PretrainConfig, out: Path) -> str:
+    """The name the backbone is registered under: ``pretrain.name``, or the checkpoint's own
+    (``<name>_seed<N>``) for the further seeds of ``pretrain.seeds``."""
+    return out.name if out.name.startswith(f"{cfg.name}_seed") else cfg.name
 
 
 def _log_outputs(run, trainer, out: Path, name: str) -> None:
