@@ -481,7 +481,7 @@ class Trainer:
         bar = tqdm(
             total=end,
             initial=self.step,
-            desc=f"pretrain {cfg.name}",
+            desc=f"pretrain {cfg.name} seed {cfg.seed}",
             mininterval=5,
             disable=self.rank != 0,
         )
