@@ -130,3 +130,20 @@ def test_the_summary_pools_checkpoints_and_the_report_says_how_many(three_checkp
     one = summary_table([p for p in paths if p.parent.name in ("cytofm", "random")])
     text = to_markdown(results_table(one, comparisons=single))
     assert "for this checkpoint" in text and "checkpoints)" not in text
+
+
+def test_attention_against_truth_pools_checkpoint_means_and_their_spread():
+    from cytofm.eval.summary import _pooled_truth
+
+    def truth(mean, half):
+        block = {"mean": mean, "std": 0.0, "ci95": [mean - half, mean + half]}
+        return {"auroc": block, "top_k_positive_rate": block, "base_rate": 0.2}
+
+    same = _pooled_truth([truth(0.7, 0.05)] * 3)
+    assert same["attention_auroc_mean"] == pytest.approx(0.7)
+    assert same["attention_auroc_ci_low"] == pytest.approx(0.65)  # no spread: the half-width
+    apart = _pooled_truth([truth(0.6, 0.05), truth(0.7, 0.05), truth(0.8, 0.05)])
+    assert apart["attention_auroc_mean"] == pytest.approx(0.7)
+    # the checkpoints disagree: t(2) x sd / sqrt(3) = 0.248 on top of the half-width
+    assert apart["attention_auroc_ci_high"] - 0.7 == pytest.approx(np.hypot(0.05, 0.2484), 1e-3)
+    assert _pooled_truth([truth(0.7, 0.05), None]) == {}

@@ -50,10 +50,9 @@ def run_report(
     ``pretrain_dirs``: exported backbone folders (``training.png`` sits beside each);
     ``qc``: (slide id, QC thumbnail) pairs; ``comparisons``: the tasks' paired-comparison
     CSVs (``eval/<task>/comparisons.csv``); ``detection``: the cells stage's per-slide QC
-    JSONs (``qc/<slide>.cells.json``), for the detection table; ``truth``: the detection
-    scores against the sheet's cell_truth tables (``qc/detection.json``, with the overlay
-    pictures in ``qc/detection/``); ``predictions``: the slide
-    tasks' prediction tables (``predict/<task>/predictions.csv``); ``extras``: the label
+    JSONs (``qc/<slide>.cells.json``), for the detection table, and ``truth`` the scores
+    against cell_truth tables (``qc/detection.json``; pictures in ``qc/detection/``);
+    ``predictions``: the slide tasks' prediction tables; ``extras``: the label
     trees, calibration and batch-leak files per task (``trees``, ``calibration``,
     ``robustness``: see :meth:`ReportBuilder.tasks`). Returns what was written.
     """
