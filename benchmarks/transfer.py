@@ -247,6 +247,21 @@ def lora_vs_linear(out: Path) -> tuple[str, list[dict]]:
     return "\n".join(lines) + "\n", rows
 
 
+def _keep_other_directions(prev: dict, names, rows, seconds, resumed, commands):
+    """Merge the directions this run did not make from the last transfer.json, when that file
+    has them in this layout (pooled checkpoints, both controls)."""
+    done = {f"{DIRECTIONS[n][0]} -> {DIRECTIONS[n][1]}" for n in names}
+    kept = [r for r in prev.get("rows", []) if r["direction"] not in done and "checkpoints" in r]
+    others = {r["direction"] for r in kept}
+    for name, (source, target) in DIRECTIONS.items():
+        if f"{source} -> {target}" in others:
+            seconds = {name: prev["seconds"][name], **seconds}
+            commands = {name: prev.get("commands", {}).get(name, prev["command"]), **commands}
+            if name in prev.get("resumed", []):
+                resumed = [name, *resumed]
+    return kept + rows, seconds, resumed, commands
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", choices=sorted(DIRECTIONS), action="append")
@@ -279,12 +294,19 @@ def main() -> None:
     machine = {"platform": platform.platform(), "cpu_threads": os.cpu_count()}
     cmd = "python benchmarks/transfer.py" + "".join(f" --only {n}" for n in args.only or [])
     cmd += " --skip-lora" * args.skip_lora
+    commands = dict.fromkeys(names, cmd)
+    if args.only and previous.is_file():  # the other direction's rows of an earlier --only run
+        rows, seconds, resumed, commands = _keep_other_directions(
+            json.loads(previous.read_text()), names, rows, seconds, resumed, commands
+        )
+    cmd = "; ".join(dict.fromkeys(commands.values()))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "transfer.json").write_text(
         json.dumps(
             {
                 "machine": machine,
                 "command": cmd,
+                "commands": commands,
                 "seconds": seconds,
                 "resumed": resumed,
                 "rows": rows,
