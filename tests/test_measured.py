@@ -168,3 +168,17 @@ def test_the_figure_check_catches_a_drifted_figure(tmp_path, monkeypatch):
 
 
 REPO_RESULTS = _RESULTS
+
+
+def test_the_transfer_tables_are_those_of_the_transfer_results():
+    """Every table row docs/measured.md shows for transfer is a line of the results file
+    benchmarks/transfer.py wrote (this run's, or the one-checkpoint run it replaced)."""
+    lines = set()
+    for name in ("transfer.md", "transfer_one_checkpoint.md"):
+        lines |= set((REPO / "benchmarks/results" / name).read_text().splitlines())
+    md = (REPO / "docs/measured.md").read_text()
+    section = _section(md, "**Transfer between real collections", "**LoRA vs. the linear head")
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    assert len(rows) > 10
+    missing = [line for line in rows if line not in lines]
+    assert not missing, f"not in the transfer results: {missing}"
