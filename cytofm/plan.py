@@ -52,10 +52,11 @@ class Checkpoint:
     model: str
 
 
-def checkpoint_name(base: str, checkpoint: Checkpoint) -> str:
-    """A backbone's name on a checkpoint: the configured name on the first, ``_seed<N>``
-    appended on the others (so adding seeds keeps the first one's results)."""
-    return base if checkpoint.index == 0 else f"{base}_seed{checkpoint.seed}"
+def checkpoint_name(base: str, index: int, seed: int) -> str:
+    """A model's or backbone's name on checkpoint ``index`` (of seed ``seed``): the configured
+    name on the first, ``_seed<N>`` appended on the others (so adding seeds keeps the first
+    one's results)."""
+    return base if index == 0 else f"{base}_seed{seed}"
 
 
 @dataclasses.dataclass
@@ -186,7 +187,7 @@ class Plan:
             return []
         name = self.pretrain.name
         return [
-            Checkpoint(i, int(seed), name if i == 0 else f"{name}_seed{seed}")
+            Checkpoint(i, int(seed), checkpoint_name(name, i, int(seed)))
             for i, seed in enumerate(self.pretrain.seeds)
         ]
 
@@ -200,6 +201,10 @@ class Plan:
         """The pretrain section as the job of checkpoint ``model`` runs it: its seed alone."""
         seed = self.checkpoint(model).seed
         return dataclasses.replace(self.pretrain, seeds=(seed,)).to_dict()
+
+    def checkpoint_of(self, backbone: str) -> Checkpoint | None:
+        """The checkpoint a backbone is built on (None: not on this config's pretraining)."""
+        return self.families.get(backbone, (backbone, None))[1]
 
     def checkpoint_groups(self) -> dict[str, list]:
         """backbone -> [the configured backbone, checkpoint index]: the summaries and paired
@@ -335,7 +340,7 @@ class Plan:
                 self.families[name] = (name, self.checkpoints[0] if on_pretrain else None)
                 continue
             for ck in self.checkpoints:
-                expanded = checkpoint_name(name, ck)
+                expanded = checkpoint_name(name, ck.index, ck.seed)
                 if expanded in specs and expanded != name:
                     raise ConfigError(
                         f"backbones.{expanded} clashes with the name given to backbone "
@@ -343,7 +348,10 @@ class Plan:
                     )
                 changes: dict[str, Any] = {"name": expanded}
                 if spec.kind == "random":
-                    changes.update(like=checkpoint_name(spec.like, ck), seed=spec.seed + ck.index)
+                    changes.update(
+                        like=checkpoint_name(spec.like, ck.index, ck.seed),
+                        seed=spec.seed + ck.index,
+                    )
                 out[expanded] = dataclasses.replace(spec, **changes)
                 self.families[expanded] = (name, ck)
         return out
@@ -548,7 +556,7 @@ class Plan:
 
     def pretrained_dir(self, backbone: str) -> str | None:
         """The exported model folder a backbone reads (pretrained, or random 'like' one)."""
-        ck = self.families.get(backbone, (backbone, None))[1]
+        ck = self.checkpoint_of(backbone)
         return self.paths.pretrained(ck.model) if ck else None
 
     def model_card_inputs(self) -> dict[str, str | list[str]]:
@@ -563,9 +571,7 @@ class Plan:
     def model_card_backbones(self) -> list[str]:
         """The backbones the card's results table shows: those built from the pretrained
         folder (the weights themselves and their random controls)."""
-        return [
-            b for b in self.backbones if self.pretrained_dir(b) and self.families[b][1].index == 0
-        ]
+        return [b for b in self.first_checkpoints() if self.pretrained_dir(b)]
 
     @property
     def pretrained_on_demo(self) -> bool:
@@ -615,7 +621,7 @@ class Plan:
 
         kind = self.backbones[backbone].kind
         if protocol == "lora" and self.config.evaluate.lora.checkpoints == "first":
-            ck = self.families.get(backbone, (backbone, None))[1]
+            ck = self.checkpoint_of(backbone)
             if ck is not None and ck.index > 0:
                 return False  # fine-tuned on the first checkpoint only
         return PROTOCOLS[protocol].needs_features or kind not in KINDS_WITHOUT_NETWORK
@@ -668,14 +674,18 @@ class Plan:
     def slide_file(self, slide: str) -> str:
         return str(self.slides.loc[slide, "path"])
 
+    @functools.cached_property
     def truth_slides(self) -> list[str]:
         """Slides whose sheet row names a ``cell_truth`` table (and whose file is there):
         their detections are scored against it (rule ``detection_eval``)."""
+        if "cell_truth" not in self.slides.columns:
+            return []
+        named = self.slides["cell_truth"].fillna("").astype(str).str.strip() != ""
         missing = set(self.missing_slides)
-        return [s for s in self.slide_ids if self.sheet_value(s, "cell_truth") and s not in missing]
+        return [s for s in self.slides.index[named.to_numpy()] if s not in missing]
 
     def detection_inputs(self) -> dict[str, list[str]]:
-        ids = self.truth_slides()
+        ids = self.truth_slides
         return {
             "cells": [self.paths.cells(s) for s in ids],
             "truth": [self.sheet_value(s, "cell_truth") for s in ids],
@@ -686,7 +696,7 @@ class Plan:
         backend = self.config.cells.backend
         return [
             {"path": self.slide_file(s), "mpp": self.slide_mpp(s), "backend": backend}
-            for s in self.truth_slides()
+            for s in self.truth_slides
         ]
 
     def specimen_fields(self, slide: str) -> list[str] | None:
@@ -717,8 +727,7 @@ class Plan:
     def first_checkpoints(self) -> list[str]:
         """The backbones on the first pretraining checkpoint, and those without one: what the
         report draws maps of (one per configured backbone)."""
-        return [b for b in self.backbones if not self.families.get(b, (b, None))[1] or
-                self.families[b][1].index == 0]  # fmt: skip
+        return [b for b in self.backbones if (ck := self.checkpoint_of(b)) is None or ck.index == 0]
 
     def report_embeddings(self) -> dict:
         """task -> backbone -> the dataset's feature store, the dataset store and the task's
@@ -796,7 +805,7 @@ class Plan:
             "abmil": [p.abmil_dir(t, b) for b in self.backbones for t in self.slide_tasks],
             "qc": [p.qc(s) for s in self.slide_ids],
             "detection": [p.cells_summary(s) for s in self.slide_ids],
-            "truth": [p.detection()] if self.truth_slides() else [],
+            "truth": [p.detection()] if self.truth_slides else [],
             "comparisons": [p.comparisons(t) for t in all_tasks],
             "features": [
                 e["features"] for t in self.report_embeddings().values() for e in t.values()
@@ -836,7 +845,7 @@ class Plan:
             out.append(p.report())
         if self.config.demo.enabled:
             out.append(p.demo_sheet())
-        if self.truth_slides():
+        if self.truth_slides:
             out += [p.detection(), p.detection_overlays()]
         return out
 

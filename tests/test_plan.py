@@ -48,7 +48,7 @@ def test_demo_plan():
     assert len(targets) == (
         52 * 6 + 1 + 3 + 2 + 8 + 3 + 3 + 2 + 1 + 3 + 8 * 3 * 3 + 1 + 1 + 3 + 7 + 3
     )
-    assert "out/qc/detection" in targets and len(plan.truth_slides()) == 52
+    assert "out/qc/detection" in targets and len(plan.truth_slides) == 52
     assert "out/eval/demo_cells/morphometry/lora.json" not in targets
     assert "out/eval/demo_cells/cytofm/robustness.json" in targets
     assert "out/eval/demo_stain_out/random/knn.json" in targets

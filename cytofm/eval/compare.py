@@ -131,7 +131,6 @@ def compare_results(result_jsons, n_boot: int = 1000, checkpoints=None) -> pd.Da
             test_rows = np.asarray(res["test_rows"])
         family, index = family_of(res["backbone"], checkpoints)
         entry = {
-            "name": res["backbone"],
             "index": index,
             "kind": res.get("backbone_kind", ""),
             "probas": pred["blocks"][key],

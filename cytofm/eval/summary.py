@@ -132,14 +132,11 @@ def _pooled_rows(family: str, members: list, n_boot: int) -> list[dict] | None:
     rows = []
     for block in first["results"]:
         key = block_key(block.get("shots"), block.get("fraction"))
-        probas, clusters, blocks = [], [], []
+        probas, clusters = [], []
         for (index, _, res), pred in zip(members, preds, strict=True):
-            match = [
-                b for b in res["results"] if block_key(b.get("shots"), b.get("fraction")) == key
-            ]
-            if not match or key not in pred["blocks"]:
+            keys = {block_key(b.get("shots"), b.get("fraction")) for b in res["results"]}
+            if key not in keys or key not in pred["blocks"]:
                 break
-            blocks.append(match[0])
             probas += list(pred["blocks"][key])
             clusters += [index] * len(pred["blocks"][key])
         else:
