@@ -31,7 +31,7 @@ RESULTS = REPO / "benchmarks" / "results"
 TARGETS = {"demo_cells": 0.06, "demo_abnormal": 0.15}
 
 
-def run(out: Path) -> tuple[float, int, str]:
+def run(out: Path, timeout: int) -> tuple[float, int, str]:
     exe = Path(sys.executable).with_name("snakemake")
     cmd = [str(exe), "--cores", "all", "--config", f"results={out}"]
     shutil.rmtree(out, ignore_errors=True)
@@ -42,7 +42,7 @@ def run(out: Path) -> tuple[float, int, str]:
     t0 = time.perf_counter()
     with log.open("w") as fh:
         proc = subprocess.run(
-            cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=3 * 3600
+            cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout
         )
     seconds = time.perf_counter() - t0
     text = log.read_text()
@@ -70,9 +70,8 @@ def headline(out: Path, task: str, setting: str) -> dict:
             "half_width": (hi - lo) / 2,
         }
     c = comp[(comp.protocol == protocol) & (comp.block == "all") & (comp.metric == metric)]
-    if len(c):
-        d = c.iloc[0]
-        entry["difference"] = {
+    entry["differences"] = [
+        {
             "pair": f"{d.backbone} - {d.versus}",
             "difference": float(d.difference),
             "ci95": [float(d.ci_low), float(d.ci_high)],
@@ -81,11 +80,88 @@ def headline(out: Path, task: str, setting: str) -> dict:
             "family_size": int(d.family_size),
             "verdict": d.verdict,
         }
+        for d in c.itertuples()
+    ]
     widest = max(b["half_width"] for b in entry["backbones"].values())
     entry["widest_half_width"] = widest
     entry["target_half_width"] = TARGETS[task]
     entry["meets_target"] = bool(widest <= TARGETS[task])
     return entry
+
+
+def sizing(out: Path, extra: list[int], timeout: int) -> dict:
+    """The headline half-widths under other pretraining draws: the finished demo gains the
+    checkpoints of pretraining seeds ``extra`` (and their random controls, each initialised
+    from its own seed) in the same results folder, and each checkpoint's results are
+    summarised alone, as a demo run whose pretraining drew that checkpoint would show them."""
+    import yaml
+
+    from cytofm.eval.summary import summary_table
+
+    seeds = [0, *extra]
+    overlay = out.parent / "demo_sizing.yaml"
+    overlay.write_text(yaml.safe_dump({"pretrain": {"seeds": seeds}}))
+    names = [(s, f"cytofm_seed{s}" if i else "cytofm", f"random_seed{s}" if i else "random")
+             for i, s in enumerate(seeds)]  # fmt: skip
+    files = {
+        task: {(s, b): out / "eval" / task / b / f"{protocol}.json" for s, *bs in names for b in bs}
+        for task, protocol in (("demo_cells", "linear"), ("demo_abnormal", "abmil"))
+    }
+    exe = Path(sys.executable).with_name("snakemake")
+    targets = [str(f) for per in files.values() for f in per.values()]
+    cmd = [str(exe), "--cores", "all", "--configfile", "config.yaml", str(overlay),
+           "--config", f"results={out}", "-p", *targets]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    t0 = time.perf_counter()
+    with (out.parent / "demo_sizing.log").open("w") as fh:
+        proc = subprocess.run(
+            cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout
+        )
+    if proc.returncode:
+        raise SystemExit(f"sizing run failed; see {out.parent / 'demo_sizing.log'}")
+    rows = []
+    for task, per in files.items():
+        metric = "auroc" if task == "demo_abnormal" else "balanced_accuracy"
+        for (seed, backbone), path in per.items():
+            table = summary_table([path])
+            r = table[(table.shots == "all") & table.fraction.isna()].iloc[0]
+            lo, hi = r[f"{metric}_ci_low"], r[f"{metric}_ci_high"]
+            rows.append({
+                "task": task, "metric": metric, "pretraining_seed": seed, "backbone": backbone,
+                "mean": float(r[f"{metric}_mean"]), "ci95": [float(lo), float(hi)],
+                "half_width": float(hi - lo) / 2, "target_half_width": TARGETS[task],
+            })  # fmt: skip
+    return {
+        "command": " ".join(["snakemake", *cmd[1:]]),
+        "seconds": time.perf_counter() - t0,
+        "rows": rows,
+    }
+
+
+def sizing_lines(size: dict) -> list[str]:
+    rows = size["rows"]
+    met = sum(r["half_width"] <= r["target_half_width"] for r in rows)
+    lines = [
+        "",
+        "## Sizing over pretraining draws",
+        "",
+        f"The run's results folder then gained further pretraining checkpoints (`{size['command']}`"
+        f", {size['seconds'] / 60:.1f} min more), each summarised alone: what a demo run whose "
+        "pretraining (and random initialisation) drew that seed would report. The targets hold "
+        f"in {met} of {len(rows)} rows.",
+        "",
+        "| task | metric | pretraining seed | backbone | mean [95% CI] | CI half-width | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lo, hi = r["ci95"]
+        ok = "met" if r["half_width"] <= r["target_half_width"] else "not met"
+        lines.append(
+            f"| {r['task']} | {r['metric']} | {r['pretraining_seed']} | {r['backbone']} | "
+            f"{r['mean']:.3f} [{lo:.3f}, {hi:.3f}] | {r['half_width']:.3f} | "
+            f"<= {r['target_half_width']} ({ok}) |"
+        )
+    return lines
 
 
 def clinical(out: Path) -> dict:
@@ -209,7 +285,13 @@ def time_breakdown(out: Path) -> list[dict]:
     client = MlflowClient(f"sqlite:///{out}/mlflow.db")
     exp = client.get_experiment_by_name("cytofm")
     runs = client.search_runs([exp.experiment_id], max_results=10000)
-    latest = max(r.data.tags.get("cytofm.invocation_id", "") for r in runs)
+    # the demo's own invocation: the one with the most job runs (a sizing run adds fewer)
+    counts: dict[str, int] = {}
+    for r in runs:
+        if "cytofm.stage" in r.data.tags:
+            key = r.data.tags.get("cytofm.invocation_id", "")
+            counts[key] = counts.get(key, 0) + 1
+    latest = max(counts, key=counts.get)
     stages: dict[str, list[float]] = {}
     for r in runs:  # the jobs' runs, not the invocation's parent run
         if "cytofm.stage" not in r.data.tags:
@@ -233,13 +315,22 @@ def main() -> None:
         help="do not run: write the figures again from --out and the time of the last run "
         "(benchmarks/results/demo.json)",
     )
+    ap.add_argument(
+        "--sizing-seeds",
+        type=int,
+        nargs="*",
+        default=[1, 2],
+        help="after the run, add the checkpoints of these pretraining seeds to its results and "
+        "report each checkpoint's headline half-widths ([] = none)",
+    )
+    ap.add_argument("--timeout", type=int, default=3 * 3600, help="seconds per snakemake call")
     args = ap.parse_args()
     out = args.out
     if args.report_only:
         last = json.loads((RESULTS / "demo.json").read_text())
         seconds, jobs, cmd = last["seconds"], last["jobs"], last["command"]
     else:
-        seconds, jobs, cmd = run(out)
+        seconds, jobs, cmd = run(out, args.timeout)
     timing = time_breakdown(out)
     heads = [
         headline(out, "demo_cells", "crop task, linear probe on all labels"),
@@ -254,6 +345,7 @@ def main() -> None:
         src = out / "report" / name
         if src.is_file():
             shutil.copyfile(src, RESULTS / f"demo_report_{Path(name).name}")
+    size = sizing(out, args.sizing_seeds, args.timeout) if args.sizing_seeds else None
     record = {
         "machine": {"platform": platform.platform(), "cpu_threads": os.cpu_count()},
         "command": cmd,
@@ -264,6 +356,7 @@ def main() -> None:
         "probe": {k: probe[k] for k in ("ssl_mean", "random_mean", "margin", "n_images")},
         "clinical": clinical(out),
         "time_by_stage": timing,
+        "sizing": size,
     }
     (RESULTS / "demo.json").write_text(json.dumps(record, indent=2, default=float))
     lines = [
@@ -286,8 +379,7 @@ def main() -> None:
             )
     lines += ["", "Paired differences (same test items and seeds):", ""]
     for h in heads:
-        d = h.get("difference")
-        if d:
+        for d in h["differences"]:
             lo, hi = d["ci95"]
             lines.append(
                 f"- {h['setting']}: {d['pair']} = {d['difference']:+.3f} "
@@ -325,6 +417,8 @@ def main() -> None:
         "cores could run.",
         "",
     ]
+    if size:
+        lines += [*sizing_lines(size), ""]
     (RESULTS / "demo.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

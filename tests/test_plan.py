@@ -25,7 +25,7 @@ def _plan(overlay=None, **kw) -> Plan:
 
 def test_demo_plan():
     plan = _plan({"results": "out"})
-    assert len(plan.slide_ids) == 52 and plan.demo_ids == plan.slide_ids
+    assert len(plan.slide_ids) == 72 and plan.demo_ids == plan.slide_ids
     # the first 8 slides feed pretraining (split train); the rest are the slide task's cohort
     assert plan.pretrain_slides == [f"demo_{i:03d}" for i in range(8)]
     assert plan.pretrain_stores == [f"out/cells/demo_{i:03d}.zarr" for i in range(8)]
@@ -46,9 +46,9 @@ def test_demo_plan():
     # (linear, knn x 3 backbones, its summary, no linear head) and demo_cells' batch-leak
     # probe per backbone
     assert len(targets) == (
-        52 * 6 + 1 + 3 + 2 + 8 + 3 + 3 + 2 + 1 + 3 + 8 * 3 * 3 + 1 + 1 + 3 + 7 + 3
+        72 * 6 + 1 + 3 + 2 + 8 + 3 + 3 + 2 + 1 + 3 + 8 * 3 * 3 + 1 + 1 + 3 + 7 + 3
     )
-    assert "out/qc/detection" in targets and len(plan.truth_slides) == 52
+    assert "out/qc/detection" in targets and len(plan.truth_slides) == 72
     assert "out/eval/demo_cells/morphometry/lora.json" not in targets
     assert "out/eval/demo_cells/cytofm/robustness.json" in targets
     assert "out/eval/demo_stain_out/random/knn.json" in targets
@@ -97,9 +97,9 @@ def test_pretraining_on_a_slide_tasks_cohort_is_refused():
     with pytest.raises(InputDataError, match="transductive"):
         _plan({"pretrain": {"splits": []}})  # all slides, the cohort included
     plan = _plan({"pretrain": {"splits": [], "transductive": True}})
-    assert len(plan.pretrain_slides) == 52
+    assert len(plan.pretrain_slides) == 72
     exposure = plan.mil_exposure("demo_abnormal", "cytofm")
-    assert exposure["cohort_slides_pretrained_on"] == 44 and exposure["transductive"]
+    assert exposure["cohort_slides_pretrained_on"] == 64 and exposure["transductive"]
 
 
 def test_old_keys_and_bad_references_fail_before_any_job():

@@ -114,7 +114,7 @@ class DemoConfig(Section):
     enabled: bool = option(
         True, "generate and process the demo slides and crop collection", output=False
     )
-    n_slides: int = option(52, "number of synthetic slides (two per patient)", minimum=1)
+    n_slides: int = option(72, "number of synthetic slides (two per patient)", minimum=1)
     pretrain_slides: int = option(
         8,
         "the first slides feed pretraining only (split train, unlabelled); the rest are the "
@@ -1161,7 +1161,7 @@ _DEMO_SLIDE_TASK = {
         "instances": "cells",
         "slides": "demo",
         "folds": 4,
-        "seeds": [0, 1, 2, 3, 4],
+        "seeds": [0, 1, 2, 3, 4, 5, 6, 7],
         "truth_positive": ["dysplastic"],
         "classes": ["0", "1"],
         "cell_task": "demo_cells",
