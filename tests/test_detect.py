@@ -7,6 +7,8 @@ stain and layout variation across seeds cannot make it flaky, while a detector w
 coordinate error of half a patch, a lost tile border or a broken merge step falls far below.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -318,3 +320,87 @@ def test_the_overlay_marks_found_and_missed_cells(synthetic_slide, tmp_path):
 
     assert count((40, 170, 40)) > 0 and count((230, 190, 0)) > 0  # found and missed rings
     assert count((0, 150, 230)) > 0 and count((220, 30, 30)) > 0  # matched and false crosses
+
+
+def _grey_sheet_cut_by_the_frame(tmp_path, seed=3):
+    """A grey (EDF-like) field at 0.25 um/px, 85 x 65 um: a sheet of cytoplasm running off the
+    right and bottom edges, a small cell at the top left, a nucleus in each."""
+    import cv2
+
+    nuclei = [(62.0, 45.0), (20.0, 20.0)]
+    blobs = [(70.0, 55.0, 60.0, (0.35,) * 3), (20.0, 20.0, 22.0, (0.3,) * 3)]
+    blobs += [(x, y, 7.0, (0.7,) * 3) for x, y in nuclei]
+    rgb = _field(blobs, size=(260, 340), seed=seed)
+    path = tmp_path / "field.png"
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path, rgb, nuclei
+
+
+def test_cytoplasm_cut_by_a_fields_edge_gives_no_nuclei_along_it(tmp_path):
+    """A field's edge cuts through cells. Read past it as white, the cut was a dark-to-white
+    step whose filter response put "nuclei" on the cytoplasm beside the edge (three here,
+    checked first); the cells stage mirrors the image there for the detector, so only the two
+    real nuclei are found."""
+    import cv2
+
+    from cytofm.config import TilingConfig
+    from cytofm.stages.cells import run_cells
+    from cytofm.stages.tile import run_tile
+    from cytofm.store import open_store
+
+    path, rgb, nuclei = _grey_sheet_cut_by_the_frame(tmp_path)
+    white = cv2.copyMakeBorder(rgb, 40, 40, 40, 40, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+    xy, _ = ClassicalDetector(CellsConfig(), GLASS)(white, 0.25)
+    um = (xy - 40) * 0.25
+    spurious = [p for p in um if min(np.hypot(*(p - n)) for n in np.array(nuclei)) > 6]
+    assert len(spurious) >= 2 and all(max(p[0] - 85, p[1] - 65) > -8 for p in spurious)
+
+    tiles, cells = tmp_path / "tiles.zarr", tmp_path / "cells.zarr"
+    run_tile(path, "f", 0.25, TilingConfig(tile_px=256), tiles, tmp_path / "qc.png")
+    run_cells(path, "f", 0.25, tiles, CellsConfig(), cells, tmp_path / "g.png")
+    um = np.asarray(open_store(cells)["coords"][:], float) * 0.25
+    assert len(um) == len(nuclei), um
+    assert all(min(np.hypot(*(p - n)) for p in um) < 2 for n in np.array(nuclei))
+
+
+def _pap_sheet_field(seed=5):
+    """A grey field at 0.25 um/px: three squamous cells whose cytoplasm overlaps, a fold (a
+    thin dark ridge) across one, a nucleus in each, and a leucocyte alone on the glass."""
+    import cv2
+
+    grey = (0.3,) * 3
+    nuclei = [(30.0, 40.0), (75.0, 45.0), (52.0, 70.0)]
+    blobs = [(35.0, 42.0, 42.0, grey), (72.0, 48.0, 44.0, grey), (50.0, 72.0, 30.0, grey)]
+    blobs += [(x, y, 7.0, (0.7,) * 3) for x, y in nuclei]
+    blobs += [(100.0, 90.0, 6.0, (0.8,) * 3)]
+    rgb = _field(blobs, size=(440, 480), seed=seed)
+    od = -np.log(np.clip(rgb / GLASS, 1e-3, 1))
+    ridge = np.zeros(rgb.shape[:2], np.float32)
+    cv2.line(ridge, (88, 232), (192, 100), 0.35, 6)
+    od += cv2.GaussianBlur(ridge, (0, 0), 1.5)[..., None]
+    return np.clip(GLASS * np.exp(-od), 0, 255).astype(np.uint8), nuclei
+
+
+def test_pap_smear_settings_find_the_nuclei_of_a_sheet_and_not_its_folds_or_overlaps():
+    """config.yaml merged with configs/pap_smear.yaml, as ``--configfile`` merges them and the
+    plan reads them: the nuclei of overlapping cells and nothing else (config.yaml alone also
+    marks the fold, the overlaps and the leucocyte on glass)."""
+    import yaml
+    from snakemake.utils import update_config, validate
+
+    from cytofm.plan import Plan
+
+    repo = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((repo / "config.yaml").read_text())
+    default = Plan.build(config, validate=validate).config.cells
+    update_config(config, yaml.safe_load((repo / "configs" / "pap_smear.yaml").read_text()))
+    pap = Plan.build(config, validate=validate).config.cells
+    rgb, nuclei = _pap_sheet_field()
+    truth = np.array(nuclei)
+
+    def near_truth(cells):
+        um = ClassicalDetector(cells, GLASS)(rgb, 0.25)[0] * 0.25
+        return np.array([np.hypot(*(truth - p).T).min() < 3 for p in um])
+
+    assert near_truth(pap).tolist() == [True] * len(nuclei)
+    assert (~near_truth(default)).sum() >= 3

@@ -50,21 +50,48 @@ def make_detector(
     return factory(cfg, background)
 
 
-def _scale_space_max(image: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+def _scale_space_max(image: np.ndarray, sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The strongest scale-normalised negative Laplacian of Gaussian over ``sigmas``
-    (increasing): positive on blobs brighter than their surroundings (dark in the slide).
+    (increasing): positive on blobs brighter than their surroundings (dark in the slide), and
+    the index of the scale that gave it (a blob's radius is about sigma x sqrt(2)).
     Each scale's blur is the previous one blurred by the difference (Gaussians compose:
     sigma_k^2 = sigma_(k-1)^2 + d^2), so the wide kernels of the coarse scales are never
     applied. OpenCV's separable blur and 3x3 Laplacian agree with
     ``scipy.ndimage.gaussian_laplace`` to a few percent for sigma >= 1 px."""
     blurred = cv2.GaussianBlur(image, (0, 0), sigmaX=sigmas[0], borderType=cv2.BORDER_REFLECT)
     response = _laplacian(blurred, sigmas[0])
-    for prev, sigma in itertools.pairwise(sigmas):
+    best = np.zeros(response.shape, np.uint8)
+    for k, (prev, sigma) in enumerate(itertools.pairwise(sigmas), start=1):
         step = float(np.sqrt(max(sigma**2 - prev**2, 0.0)))
         if step > 0:
             blurred = cv2.GaussianBlur(blurred, (0, 0), sigmaX=step, borderType=cv2.BORDER_REFLECT)
-        np.maximum(response, _laplacian(blurred, sigma), out=response)
-    return response
+        layer = _laplacian(blurred, sigma)
+        stronger = layer > response
+        best[stronger] = k
+        np.maximum(response, layer, out=response)
+    return response, best
+
+
+def ring_median(
+    image: np.ndarray, peaks: np.ndarray, radii: np.ndarray, n_angles: int = 16
+) -> np.ndarray:
+    """The median of ``image`` on a circle of the given radius around each peak (row, col),
+    points outside the image left out (NaN where all are): the cytoplasm or glass around a
+    nucleus."""
+    if len(peaks) == 0:
+        return np.zeros(0, np.float32)
+    angles = np.linspace(0, 2 * np.pi, n_angles, endpoint=False)
+    rows = peaks[:, :1] + radii[:, None] * np.sin(angles)[None]
+    cols = peaks[:, 1:] + radii[:, None] * np.cos(angles)[None]
+    h, w = image.shape
+    inside = (rows >= 0) & (rows <= h - 1) & (cols >= 0) & (cols <= w - 1)
+    values = image[np.clip(np.rint(rows), 0, h - 1).astype(int),
+                   np.clip(np.rint(cols), 0, w - 1).astype(int)]  # fmt: skip
+    values = np.where(inside, values, np.nan)
+    out = np.full(len(peaks), np.nan, np.float32)
+    some = inside.any(1)
+    out[some] = np.nanmedian(values[some], axis=1)
+    return out
 
 
 def _laplacian(blurred: np.ndarray, sigma: float) -> np.ndarray:
@@ -181,12 +208,18 @@ class ClassicalDetector:
         r_min = cfg.nucleus_min_um / 2 / cfg.detect_mpp
         r_max = cfg.nucleus_max_um / 2 / cfg.detect_mpp
         sigmas = np.geomspace(r_min / np.sqrt(2), r_max / np.sqrt(2), 5)
-        response = _scale_space_max(dark, sigmas)
+        response, scale_of = _scale_space_max(dark, sigmas)
         peaks = _local_maxima(response, max(int(r_min), 1), cfg.threshold)
         if len(peaks) == 0:
             return np.zeros((0, 2)), np.zeros((0,), np.float32)
         smooth = cv2.GaussianBlur(dark, (0, 0), sigmaX=max(r_min / 2, 0.5))
         keep = smooth[peaks[:, 0], peaks[:, 1]] >= cfg.min_darkness
+        if cfg.min_contrast > 0 or cfg.min_surround > 0:  # the ring at twice the radius
+            radii = 2 * np.sqrt(2) * sigmas[scale_of[peaks[:, 0], peaks[:, 1]]]
+            ring = ring_median(smooth, peaks, radii)
+            ring = np.where(np.isfinite(ring), ring, 0.0)
+            keep &= smooth[peaks[:, 0], peaks[:, 1]] - ring >= cfg.min_contrast
+            keep &= ring >= cfg.min_surround
         if purity is not None:
             share = cv2.GaussianBlur(purity.astype(np.float32), (0, 0), max(r_min / 2, 0.5))
             keep &= share[peaks[:, 0], peaks[:, 1]] >= cfg.nuclear_purity

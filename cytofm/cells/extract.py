@@ -72,6 +72,30 @@ def _read_block(slide, tb, planes, level, window) -> np.ndarray:
     return region
 
 
+def _mirrored_past_edge(region: np.ndarray, window, level_size) -> np.ndarray:
+    """The block as the detector sees it: where the window reaches past the image's edge,
+    the image mirrored there rather than white. An image cut through its cells (a microscope
+    field, a crop) would otherwise end in a dark-to-white step along the cut, whose filter
+    response is a row of "nuclei" on the cytoplasm beside the edge. Patches keep white."""
+    lx0, ly0, lw, lh = window
+    width, height = level_size
+    left, top = max(-lx0, 0), max(-ly0, 0)
+    right, bottom = max(lx0 + lw - width, 0), max(ly0 + lh - height, 0)
+    if not (left or top or right or bottom):
+        return region
+    inner = region[top : lh - bottom, left : lw - right]
+    if min(inner.shape[:2]) < 2:
+        return region
+    # mirror (not repeat) the edge pixel; beyond one mirrored copy, repeat the mirror
+    out = inner
+    while out.shape[0] < lh or out.shape[1] < lw:
+        pad = [min(top, out.shape[0] - 1), min(bottom, out.shape[0] - 1),
+               min(left, out.shape[1] - 1), min(right, out.shape[1] - 1)]  # fmt: skip
+        out = cv2.copyMakeBorder(out, *pad, cv2.BORDER_REFLECT_101)
+        top, bottom, left, right = top - pad[0], bottom - pad[1], left - pad[2], right - pad[3]
+    return np.ascontiguousarray(out)
+
+
 def _block_cells(
     slide, boxes, idx, patch_px, patch_mpp, detector, margin, planes=None
 ) -> list[TileCells]:
@@ -84,7 +108,8 @@ def _block_cells(
     s = patch_mpp / slide.mpp / ds  # level px per patch px (>= 1 unless patches are finer)
     tile_planes = None if planes is None else np.asarray(planes)[idx]
     region = _read_block(slide, boxes[idx], tile_planes, level, window)
-    xy, scores = detector(region, slide.mpp * ds)
+    xy, scores = detector(_mirrored_past_edge(region, window, slide.level_dimensions[level]),
+                          slide.mpp * ds)  # fmt: skip
     centres = np.asarray(xy, np.float64).reshape(-1, 2) + 0.5  # continuous level coordinates
     level0 = (centres + np.array([lx0, ly0], np.float64)) * ds
     reach = _patch_reach(patch_px, s)

@@ -262,6 +262,18 @@ class CellsConfig(Section):
     min_darkness: float = option(
         0.25, "minimum darkest-channel optical density at a nucleus centre", minimum=0
     )
+    min_contrast: float = option(
+        0.0,
+        "a nucleus's centre is darker than the ring at twice its radius by at least this "
+        "(chromatin-map units; rejects folds and overlaps of cytoplasm; 0 = no test)",
+        minimum=0,
+    )
+    min_surround: float = option(
+        0.0,
+        "the ring at twice a nucleus's radius holds at least this much chromatin-map signal: "
+        "the nucleus lies in cytoplasm, not alone on glass (0 = no test)",
+        minimum=0,
+    )
     merge_um: float = option(
         11.0, "merge detections closer than this (two nuclei of one cell)", minimum=0
     )
