@@ -50,24 +50,27 @@ def make_detector(
     return factory(cfg, background)
 
 
-def _scale_space_max(image: np.ndarray, sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _scale_space_max(
+    image: np.ndarray, sigmas: np.ndarray, with_scale: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The strongest scale-normalised negative Laplacian of Gaussian over ``sigmas``
     (increasing): positive on blobs brighter than their surroundings (dark in the slide), and
-    the index of the scale that gave it (a blob's radius is about sigma x sqrt(2)).
+    the index of the scale that gave it (a blob's radius is about sigma x sqrt(2); None unless
+    ``with_scale``).
     Each scale's blur is the previous one blurred by the difference (Gaussians compose:
     sigma_k^2 = sigma_(k-1)^2 + d^2), so the wide kernels of the coarse scales are never
     applied. OpenCV's separable blur and 3x3 Laplacian agree with
     ``scipy.ndimage.gaussian_laplace`` to a few percent for sigma >= 1 px."""
     blurred = cv2.GaussianBlur(image, (0, 0), sigmaX=sigmas[0], borderType=cv2.BORDER_REFLECT)
     response = _laplacian(blurred, sigmas[0])
-    best = np.zeros(response.shape, np.uint8)
+    best = np.zeros(response.shape, np.uint8) if with_scale else None
     for k, (prev, sigma) in enumerate(itertools.pairwise(sigmas), start=1):
         step = float(np.sqrt(max(sigma**2 - prev**2, 0.0)))
         if step > 0:
             blurred = cv2.GaussianBlur(blurred, (0, 0), sigmaX=step, borderType=cv2.BORDER_REFLECT)
         layer = _laplacian(blurred, sigma)
-        stronger = layer > response
-        best[stronger] = k
+        if best is not None:
+            best[layer > response] = k
         np.maximum(response, layer, out=response)
     return response, best
 
@@ -177,6 +180,10 @@ class ClassicalDetector:
     a peak must clear ``threshold`` (LoG response, in OD units) and ``min_darkness`` (smoothed
     map at the centre) and, on the stain map, hold at least ``nuclear_purity`` of the two
     stains there (red cells load on the other stain); peaks closer than ``merge_um`` merge.
+    With ``min_contrast`` the centre must be that much darker than the median of the map on a
+    ring at twice the blob's radius (a nucleus is darker than its own cytoplasm, a fold or an
+    overlap of cytoplasm hardly so), and with ``min_surround`` that ring must carry that much
+    signal itself (the nucleus lies in cytoplasm, not alone on the glass).
     """
 
     def __init__(self, cfg: CellsConfig, background: np.ndarray, stain: StainChoice | None = None):
@@ -208,13 +215,14 @@ class ClassicalDetector:
         r_min = cfg.nucleus_min_um / 2 / cfg.detect_mpp
         r_max = cfg.nucleus_max_um / 2 / cfg.detect_mpp
         sigmas = np.geomspace(r_min / np.sqrt(2), r_max / np.sqrt(2), 5)
-        response, scale_of = _scale_space_max(dark, sigmas)
+        rings = cfg.min_contrast > 0 or cfg.min_surround > 0
+        response, scale_of = _scale_space_max(dark, sigmas, with_scale=rings)
         peaks = _local_maxima(response, max(int(r_min), 1), cfg.threshold)
         if len(peaks) == 0:
             return np.zeros((0, 2)), np.zeros((0,), np.float32)
         smooth = cv2.GaussianBlur(dark, (0, 0), sigmaX=max(r_min / 2, 0.5))
         keep = smooth[peaks[:, 0], peaks[:, 1]] >= cfg.min_darkness
-        if cfg.min_contrast > 0 or cfg.min_surround > 0:  # the ring at twice the radius
+        if rings:  # the cytoplasm or glass on the ring at twice the blob's radius
             radii = 2 * np.sqrt(2) * sigmas[scale_of[peaks[:, 0], peaks[:, 1]]]
             ring = ring_median(smooth, peaks, radii)
             ring = np.where(np.isfinite(ring), ring, 0.0)

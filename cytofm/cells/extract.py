@@ -72,6 +72,9 @@ def _read_block(slide, tb, planes, level, window) -> np.ndarray:
     return region
 
 
+EDGE_UM = 1.0  # detections closer than this to the image's edge are left out
+
+
 def _mirrored_past_edge(region: np.ndarray, window, level_size) -> np.ndarray:
     """The block as the detector sees it: where the window reaches past the image's edge,
     the image mirrored there rather than white. An image cut through its cells (a microscope
@@ -118,6 +121,16 @@ def _block_cells(
         & (centres[:, 1] - reach >= 0)
         & (centres[:, 0] + reach <= region.shape[1])
         & (centres[:, 1] + reach <= region.shape[0])
+    )
+    # a peak on the image's outermost micrometre is the meeting of a blob cut by the edge
+    # with its mirror image (the detector sees the image mirrored there): left out
+    edge = EDGE_UM / slide.mpp
+    width, height = slide.dimensions
+    fits &= (
+        (level0[:, 0] >= edge)
+        & (level0[:, 1] >= edge)
+        & (level0[:, 0] <= width - edge)
+        & (level0[:, 1] <= height - edge)
     )
     owner = np.full(len(centres), -1)  # position in idx of the tile whose box holds it
     for n, t in enumerate(idx):
