@@ -138,6 +138,11 @@ def sizing(out: Path, extra: list[int], timeout: int) -> dict:
     }
 
 
+def _relative(command: str) -> str:
+    """A command as run from the repository (paths under it relative)."""
+    return command.replace(f"{REPO}/", "")
+
+
 def sizing_lines(size: dict) -> list[str]:
     rows = size["rows"]
     met = sum(r["half_width"] <= r["target_half_width"] for r in rows)
@@ -145,7 +150,10 @@ def sizing_lines(size: dict) -> list[str]:
         "",
         "## Sizing over pretraining draws",
         "",
-        f"The run's results folder then gained further pretraining checkpoints (`{size['command']}`"
+        f"The run's results folder then gained further pretraining checkpoints "
+        f"(`{_relative(size['command']).split(' -p ')[0]} -p` and the `linear.json` and "
+        f"`abmil.json` of each checkpoint; the overlay sets `pretrain.seeds: "
+        f"{sorted({r['pretraining_seed'] for r in rows})}`"
         f", {size['seconds'] / 60:.1f} min more), each summarised alone: what a demo run whose "
         "pretraining (and random initialisation) drew that seed would report. The targets hold "
         f"in {met} of {len(rows)} rows.",
@@ -345,7 +353,10 @@ def main() -> None:
         src = out / "report" / name
         if src.is_file():
             shutil.copyfile(src, RESULTS / f"demo_report_{Path(name).name}")
-    size = sizing(out, args.sizing_seeds, args.timeout) if args.sizing_seeds else None
+    if args.report_only:
+        size = last.get("sizing")
+    else:
+        size = sizing(out, args.sizing_seeds, args.timeout) if args.sizing_seeds else None
     record = {
         "machine": {"platform": platform.platform(), "cpu_threads": os.cpu_count()},
         "command": cmd,
@@ -362,7 +373,7 @@ def main() -> None:
     lines = [
         "# The default demo (config.yaml), end to end",
         "",
-        f"`python benchmarks/demo_run.py` ran `{cmd}`: {jobs} jobs in "
+        f"`python benchmarks/demo_run.py` ran `{_relative(cmd)}`: {jobs} jobs in "
         f"{seconds / 60:.1f} min on {os.cpu_count()} CPU threads.",
         "",
         "| headline | metric | backbone | mean ± std [95% CI] | CI half-width | target |",

@@ -336,31 +336,30 @@ def _grey_sheet_cut_by_the_frame(tmp_path, seed=3):
     return path, rgb, nuclei
 
 
-def test_cytoplasm_cut_by_a_fields_edge_gives_no_nuclei_along_it(tmp_path):
-    """A field's edge cuts through cells. Read past it as white, the cut was a dark-to-white
-    step whose filter response put "nuclei" on the cytoplasm beside the edge (three here,
-    checked first); the cells stage mirrors the image there for the detector, so only the two
-    real nuclei are found."""
-    import cv2
-
+def test_cytoplasm_cut_by_a_fields_edge_gives_no_nuclei_along_it_when_mirrored(tmp_path):
+    """A field's edge cuts through cells. Read past it as glass (``cells.image_edge: glass``,
+    the default), the cut is a dark-to-white step whose filter response puts "nuclei" on the
+    cytoplasm beside the edge; with ``mirror`` the cells stage mirrors the image there for
+    the detector, and only the two real nuclei are found."""
     from cytofm.config import TilingConfig
     from cytofm.stages.cells import run_cells
     from cytofm.stages.tile import run_tile
     from cytofm.store import open_store
 
-    path, rgb, nuclei = _grey_sheet_cut_by_the_frame(tmp_path)
-    white = cv2.copyMakeBorder(rgb, 40, 40, 40, 40, cv2.BORDER_CONSTANT, value=(255, 255, 255))
-    xy, _ = ClassicalDetector(CellsConfig(), GLASS)(white, 0.25)
-    um = (xy - 40) * 0.25
-    spurious = [p for p in um if min(np.hypot(*(p - n)) for n in np.array(nuclei)) > 6]
-    assert len(spurious) >= 2 and all(max(p[0] - 85, p[1] - 65) > -8 for p in spurious)
-
-    tiles, cells = tmp_path / "tiles.zarr", tmp_path / "cells.zarr"
+    path, _, nuclei = _grey_sheet_cut_by_the_frame(tmp_path)
+    tiles = tmp_path / "tiles.zarr"
     run_tile(path, "f", 0.25, TilingConfig(tile_px=256), tiles, tmp_path / "qc.png")
-    run_cells(path, "f", 0.25, tiles, CellsConfig(), cells, tmp_path / "g.png")
-    um = np.asarray(open_store(cells)["coords"][:], float) * 0.25
-    assert len(um) == len(nuclei), um
-    assert all(min(np.hypot(*(p - n)) for p in um) < 2 for n in np.array(nuclei))
+    found = {}
+    for edge in ("glass", "mirror"):
+        cells = tmp_path / f"{edge}.zarr"
+        cfg = CellsConfig(image_edge=edge)
+        run_cells(path, "f", 0.25, tiles, cfg, cells, tmp_path / "g.png")
+        found[edge] = np.asarray(open_store(cells)["coords"][:], float) * 0.25
+    truth = np.array(nuclei)
+    spurious = [p for p in found["glass"] if np.hypot(*(truth - p).T).min() > 6]
+    assert len(spurious) >= 2 and all(max(p[0] - 85, p[1] - 65) > -8 for p in spurious)
+    assert len(found["mirror"]) == len(nuclei), found["mirror"]
+    assert all(np.hypot(*(found["mirror"] - n).T).min() < 2 for n in truth)
 
 
 def _pap_sheet_field(seed=5):

@@ -72,14 +72,15 @@ def _read_block(slide, tb, planes, level, window) -> np.ndarray:
     return region
 
 
-EDGE_UM = 1.0  # detections closer than this to the image's edge are left out
+EDGE_UM = 1.0  # image_edge "mirror": detections closer than this to the edge are left out
+IMAGE_EDGES = ("glass", "mirror")
 
 
 def _mirrored_past_edge(region: np.ndarray, window, level_size) -> np.ndarray:
-    """The block as the detector sees it: where the window reaches past the image's edge,
-    the image mirrored there rather than white. An image cut through its cells (a microscope
-    field, a crop) would otherwise end in a dark-to-white step along the cut, whose filter
-    response is a row of "nuclei" on the cytoplasm beside the edge. Patches keep white."""
+    """The block with the image mirrored where the window reaches past the image's edge,
+    rather than white: an image cut through its cells (a microscope field, a crop) would
+    otherwise end in a dark-to-white step along the cut, whose filter response is a row of
+    "nuclei" on the cytoplasm beside the edge."""
     lx0, ly0, lw, lh = window
     width, height = level_size
     left, top = max(-lx0, 0), max(-ly0, 0)
@@ -100,19 +101,21 @@ def _mirrored_past_edge(region: np.ndarray, window, level_size) -> np.ndarray:
 
 
 def _block_cells(
-    slide, boxes, idx, patch_px, patch_mpp, detector, margin, planes=None
+    slide, boxes, idx, patch_px, patch_mpp, detector, margin, planes=None, image_edge="glass"
 ) -> list[TileCells]:
     """Decode one block of tiles once, at the pyramid level the patches are made from (with
     a margin for patches and filters), detect on those pixels, resample a patch around each
-    centre from them and give each cell to the tile whose box holds it."""
+    centre from them and give each cell to the tile whose box holds it. ``image_edge``: what
+    the detector sees past the image's edge (see :func:`iter_tile_cells`)."""
     level, window = _block_region(slide, boxes[idx], patch_px, patch_mpp, margin)
     lx0, ly0 = window[:2]
     ds = float(slide.level_downsamples[level])
     s = patch_mpp / slide.mpp / ds  # level px per patch px (>= 1 unless patches are finer)
     tile_planes = None if planes is None else np.asarray(planes)[idx]
     region = _read_block(slide, boxes[idx], tile_planes, level, window)
-    xy, scores = detector(_mirrored_past_edge(region, window, slide.level_dimensions[level]),
-                          slide.mpp * ds)  # fmt: skip
+    mirror = image_edge == "mirror"
+    seen = _mirrored_past_edge(region, window, slide.level_dimensions[level]) if mirror else region
+    xy, scores = detector(seen, slide.mpp * ds)
     centres = np.asarray(xy, np.float64).reshape(-1, 2) + 0.5  # continuous level coordinates
     level0 = (centres + np.array([lx0, ly0], np.float64)) * ds
     reach = _patch_reach(patch_px, s)
@@ -122,16 +125,15 @@ def _block_cells(
         & (centres[:, 0] + reach <= region.shape[1])
         & (centres[:, 1] + reach <= region.shape[0])
     )
-    # a peak on the image's outermost micrometre is the meeting of a blob cut by the edge
-    # with its mirror image (the detector sees the image mirrored there): left out
-    edge = EDGE_UM / slide.mpp
-    width, height = slide.dimensions
-    fits &= (
-        (level0[:, 0] >= edge)
-        & (level0[:, 1] >= edge)
-        & (level0[:, 0] <= width - edge)
-        & (level0[:, 1] <= height - edge)
-    )
+    if mirror:  # a peak on the outermost micrometre: a blob cut by the edge meeting its mirror
+        edge = EDGE_UM / slide.mpp
+        width, height = slide.dimensions
+        fits &= (
+            (level0[:, 0] >= edge)
+            & (level0[:, 1] >= edge)
+            & (level0[:, 0] <= width - edge)
+            & (level0[:, 1] <= height - edge)
+        )
     owner = np.full(len(centres), -1)  # position in idx of the tile whose box holds it
     for n, t in enumerate(idx):
         bx0, by0, bx1, by1 = boxes[t]
@@ -240,9 +242,16 @@ def iter_tile_cells(
     threads: int = 1,
     block_px: int = 1024,
     planes: np.ndarray | None = None,
+    image_edge: str = "glass",
 ) -> Iterator[TileCells]:
     """Yield the cells of each tile (level-0 ``boxes``), block by block and in tile order
     within a block.
+
+    ``image_edge``: what the detector sees past the image's edge. ``glass`` (white): an object
+    cut by the edge is found within its visible part, but a cut through cytoplasm is a
+    dark-to-white step the detector may take for nuclei along the edge. ``mirror``: the image
+    mirrored there, so a cut makes no step, and peaks on the outermost micrometre (a cut blob
+    meeting its mirror image) are left out; patches keep white past the edge either way.
 
     Neighbouring tiles are read together in blocks of about ``block_px`` pixels a side (so
     the margins read twice are a small share of the pixels) and ``threads`` blocks are
@@ -260,7 +269,9 @@ def iter_tile_cells(
         slide.plan_reads(regions[0][0], [region for _, region in regions])
 
     def work(idx: np.ndarray) -> list[TileCells]:
-        return _block_cells(slide, boxes, idx, patch_px, patch_mpp, detector, margin, planes)
+        return _block_cells(
+            slide, boxes, idx, patch_px, patch_mpp, detector, margin, planes, image_edge
+        )
 
     if threads <= 1:
         for idx in blocks:

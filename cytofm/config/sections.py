@@ -277,6 +277,19 @@ class CellsConfig(Section):
     merge_um: float = option(
         11.0, "merge detections closer than this (two nuclei of one cell)", minimum=0
     )
+    image_edge: str = option(
+        "glass",
+        "what the detector sees past an image's edge: glass (white) | mirror (fields cut "
+        "through sheets of cells: no nuclei along the cut)",
+        choices=("glass", "mirror"),
+        more="Whole slides end in glass, so this matters for images cut through the specimen "
+        "(microscope fields, crops). `glass`: an object cut by the edge is found within its "
+        "visible part (white cells and platelets of small blood fields), but a cut through "
+        "cytoplasm is a dark-to-white step the detector may take for a row of nuclei along the "
+        "edge. `mirror`: the image is mirrored past the edge, so a cut makes no step, and "
+        "detections within 1 um of the edge (a cut nucleus meeting its mirror image) are left "
+        "out.",
+    )
     stain: str = option(
         "min_od",
         "chromatin map: min_od (haematoxylin: Pap, H&E) | nuclear (the slide's chromatin "

@@ -192,7 +192,14 @@ def _extract_cells(
     pixels, seen = 0, 0
     reservoir: list[np.ndarray] = []
     tiles = iter_tile_cells(
-        slide, boxes, cfg.patch_px, cfg.patch_mpp, detector, threads=threads, planes=planes
+        slide,
+        boxes,
+        cfg.patch_px,
+        cfg.patch_mpp,
+        detector,
+        threads=threads,
+        planes=planes,
+        image_edge=cfg.image_edge,
     )
     for cells in tqdm(tiles, total=len(boxes), desc=f"cells {slide_id}", mininterval=5):
         pixels += cells.pixels_read
