@@ -725,6 +725,7 @@ def test_unlabelled_slides_get_predictions_and_heatmaps(results, tmp_path):
     qc = page[page.index('<h2 id="qc">') :]
     row = qc[qc.index("<th>new0</th>") :].split("</tr>")[0]
     assert f"<td>{scored['new0']['recall']:.3f}</td>" in row
+    assert "Recall, precision and F1 of the classical detector" in qc
     proc = snakemake("-n", "--config", f"results={work}", f"samples={three}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert planned_jobs(proc.stdout) == {

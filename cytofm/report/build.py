@@ -149,6 +149,7 @@ def detection_table(paths: Sequence[str | Path], truth: Sequence[str | Path] = (
             {
                 **{k: match.get(k) for k in ("recall", "precision", "f1", "tolerance_um")},
                 "slide": slide,
+                "detector": d.get("detector", ""),
                 "tiles": d.get("n_tiles"),
                 "cells": d.get("n_cells"),
                 "cells_per_mm2": d.get("cells_per_mm2_foreground_tiles"),
@@ -198,11 +199,14 @@ def _detection_html(det: pd.DataFrame) -> str:
     )
     radius = det["tolerance_um"].dropna()
     if scored and len(radius):
+        detectors = ", ".join(sorted({str(d) for d in det["detector"] if d})) or "classical"
         note += (
-            "<p>Recall, precision and F1: detections matched one-to-one to the true cells of "
+            f"<p>Recall, precision and F1 of the {html.escape(detectors)} detector "
+            "(cells.detector): detections matched one-to-one to the true cells of "
             f"the slide's cell_truth table within {radius.iloc[0]:g} um "
             "(detection_eval.tolerance_um); pictures below (green ring: true cell found, "
-            "yellow: missed; cyan cross: detection on a true cell, red: on none).</p>"
+            "yellow: missed; cyan cross: detection on a true cell, red: on none). Another "
+            "detector run into another results folder gives the same table to compare.</p>"
         )
     return f"{note}<table><tr>{head}</tr>{body}</table>"
 
