@@ -98,12 +98,71 @@ def _planned(output: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", m.group(1), re.M)}
 
 
+# where `snakemake -n` spends its time: (label, file fragment, function), cumulative seconds
+PROFILE_PARTS = (
+    ("building the DAG (jobs, wildcards, dependencies, file checks)", "snakemake/workflow.py",
+     "_build_dag"),
+    ("  of which calling input and params functions", "snakemake/rules.py",
+     "apply_input_function"),
+    ("  of which post-processing the DAG", "snakemake/dag.py", "postprocess"),
+    ("evaluating each job's resources", "snakemake/jobs.py", "resources"),
+    ("  of which the size of every input file", "snakemake/iocontainers.py", "size_files"),
+    ("printing the dry run's jobs (their resources included)", "snakemake/executors/dryrun.py",
+     "printjob"),
+)  # fmt: skip
+SNAKEMAKE_DISK_DEFAULT = "disk_mb=max(2*input.size_mb, 1000)"
+
+
+def profile_plan(sizes: list[int], tmp: Path, template: Path) -> dict:
+    """``snakemake -n`` at each size as shipped and with Snakemake's own disk_mb default, then
+    a cProfile of the largest as shipped, summed into where the time goes."""
+    import pstats
+
+    out: dict = {"sizes": {}}
+    for n in sizes:
+        folder = tmp / f"profile{n}"
+        folder.mkdir()
+        cfg = _config(folder, _sheet(folder, n, template), folder / "results", True)
+        shipped, text = _snakemake(cfg, "-n")
+        before, _ = _snakemake(cfg, "-n", "--default-resources", "mem_mb=2000",
+                               SNAKEMAKE_DISK_DEFAULT)  # fmt: skip
+        jobs = sum(_planned(text).values())
+        out["sizes"][n] = {"jobs": jobs, "dry_run_s": shipped, "disk_default_dry_run_s": before}
+        print(f"profile {n} slides, {jobs} jobs: {shipped:.1f} s ({before:.1f} s before)")
+    prof = tmp / "plan.prof"
+    cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), SNAKEMAKE, "-n", "--cores", "2",
+           "--configfile", str(cfg)]  # fmt: skip
+    subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=3600, check=True)
+    stats = pstats.Stats(str(prof)).stats
+    total = max(ct for (_, _, _), (_, _, _, ct, _) in stats.items())
+    parts = {}
+    for label, where, func in PROFILE_PARTS:
+        parts[label] = sum(
+            ct for (f, _, name), (_, _, _, ct, _) in stats.items() if where in f and name == func
+        )
+    own = sum(
+        tt
+        for (f, _, _), (_, _, tt, _, _) in stats.items()
+        if f.startswith(str(REPO)) and "/.venv/" not in f
+    )
+    parts["cytofm's own code (the plan, input function bodies, the Snakefile)"] = own
+    out["profile"] = {"slides": sizes[-1], "total_s": total, "parts_s": parts}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--plan-slides", type=int, default=1000)
     ap.add_argument("--run-slides", type=int, default=1000)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--startup-only", action="store_true", help="only re-measure start-up")
+    ap.add_argument(
+        "--profile-slides",
+        type=int,
+        nargs="*",
+        default=[],
+        help="only profile planning at these sizes (kept beside the last full run's figures)",
+    )
     args = ap.parse_args()
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
     # Fixed start-up cost of every snakemake command, before any DAG work: imports, plus the
@@ -124,6 +183,15 @@ def main() -> None:
         f"start-up {result['startup_s']:.1f} s, {result['startup_without_slurm_probe_s']:.1f} s "
         "without the SLURM plugin's probe"
     )
+    if args.profile_slides:  # where planning goes, beside an earlier full run's figures
+        old = json.loads((Path(args.out) / "dag_benchmark.json").read_text())
+        with tempfile.TemporaryDirectory() as tmp:
+            template = Path(tmp) / "template.tif"
+            _slide(template)
+            old["planning_profile"] = profile_plan(args.profile_slides, Path(tmp), template)
+        old["planning_profile"]["startup_s"] = result["startup_without_slurm_probe_s"]
+        _write(old, Path(args.out))
+        return
     if args.startup_only:  # refresh the start-up figures of an earlier full run
         old = json.loads((Path(args.out) / "dag_benchmark.json").read_text())
         old.update({k: result[k] for k in result if k.startswith("startup") or k == "machine"})
@@ -203,8 +271,47 @@ def _write(result: dict, out_dir: Path) -> None:
         f"- After adding one slide: {r['after_adding_one_slide']['jobs']} planned "
         f"({r['after_adding_one_slide']['dry_run_s']:.1f} s)",
     ]
+    if "planning_profile" in result:
+        lines += profile_lines(result["planning_profile"])
     (out_dir / "dag_benchmark.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def profile_lines(pp: dict) -> list[str]:
+    lines = [
+        "",
+        "## Where planning goes",
+        "",
+        "`python benchmarks/dag_benchmark.py --profile-slides "
+        + " ".join(str(n) for n in pp["sizes"])
+        + "`: the same sheet and config as the plan above (tile, cells, pretraining and three "
+        "backbones' cell embedding per slide), `snakemake -n` as shipped and with Snakemake's "
+        f"own `{SNAKEMAKE_DISK_DEFAULT}` default resource, which the profiles now replace by a "
+        f"constant; start-up (`snakemake --version`) {pp['startup_s']:.1f} s.",
+        "",
+        "| slides | jobs | `snakemake -n` | with Snakemake's disk_mb default | ms per job |",
+        "|---|---|---|---|---|",
+    ]
+    for n, r in pp["sizes"].items():
+        lines.append(
+            f"| {int(n):,} | {r['jobs']:,} | {r['dry_run_s']:.1f} s | "
+            f"{r['disk_default_dry_run_s']:.1f} s | {1000 * r['dry_run_s'] / r['jobs']:.2f} |"
+        )
+    p = pp["profile"]
+    lines += [
+        "",
+        f"cProfile of `snakemake -n` at {p['slides']:,} slides as shipped ({p['total_s']:.1f} s "
+        "under the profiler, which slows Python about twofold; cumulative seconds; an "
+        "'of which' row is part of the row above, and the resources row overlaps the "
+        "printing row, which evaluates them again):",
+        "",
+        "| part | seconds | share |",
+        "|---|---|---|",
+    ]
+    for label, sec in p["parts_s"].items():
+        name = label.replace("  of which", "&nbsp;&nbsp;of which")
+        lines.append(f"| {name} | {sec:.1f} | {sec / p['total_s']:.0%} |")
+    return lines
 
 
 if __name__ == "__main__":
