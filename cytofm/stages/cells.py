@@ -104,13 +104,8 @@ def run_cells(
         run.log_artifact(out_gallery, "qc")
         if warning:
             run.set_tags({"cells.warning": warning[:500]})
-        summary = {
-            "slide_id": slide_id,
-            **summary,
-            "detector": cfg.detector,
-            "stain": stain.to_dict(),
-            "warning": warning,
-        }
+        summary = {"slide_id": slide_id, **summary, "detector": cfg.detector}
+        summary.update(stain=stain.to_dict(), warning=warning)
         summary.update(fields)
         _write_summary(summary, out_summary, run)
     return summary
