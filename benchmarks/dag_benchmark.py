@@ -301,7 +301,7 @@ def profile_lines(pp: dict) -> list[str]:
     lines += [
         "",
         f"cProfile of `snakemake -n` at {p['slides']:,} slides as shipped ({p['total_s']:.1f} s "
-        "under the profiler, which slows Python about twofold; cumulative seconds; an "
+        "under the profiler, which slows it; cumulative seconds; an "
         "'of which' row is part of the row above, and the resources row overlaps the "
         "printing row, which evaluates them again):",
         "",
