@@ -73,7 +73,6 @@ def _read_block(slide, tb, planes, level, window) -> np.ndarray:
 
 
 EDGE_UM = 1.0  # image_edge "mirror": detections closer than this to the edge are left out
-IMAGE_EDGES = ("glass", "mirror")
 
 
 def _mirrored_past_edge(region: np.ndarray, window, level_size) -> np.ndarray:
