@@ -98,6 +98,102 @@ def _planned(output: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", m.group(1), re.M)}
 
 
+def _localrules() -> set[str]:
+    """The Snakefile's localrules: they run in the submitting process, never through sbatch."""
+    text = (REPO / "Snakefile").read_text()
+    block = re.search(r"^localrules:\n((?:\s+\w+,?\n)+)", text, re.M)
+    return set(re.findall(r"(\w+)", block.group(1)))
+
+
+GROUPED = ("tile", "cells")  # profiles/slurm's group `slides`
+
+
+def _run(folder: Path, args: list[str], env: dict | None = None) -> tuple[float, str]:
+    """snakemake with ``folder`` as its working directory (its .snakemake holds the records
+    of this cohort, not the repository's); the Snakefile and config.yaml are the repository's."""
+    folder = folder / "workdir"  # beside the cohort's own config.yaml
+    folder.mkdir(exist_ok=True)
+    link = folder / "config.yaml"
+    if not link.exists():
+        link.symlink_to(REPO / "config.yaml")
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        env={**os.environ, **(env or {})},
+    )
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
+    return seconds, proc.stdout + proc.stderr
+
+
+def _finish_cohort(folder: Path, cfg: Path) -> dict:
+    """Make the cohort's every job look finished to Snakemake as a real run leaves it: each
+    job recorded as run (``snakemake --touch``, which writes the same metadata records -
+    code, params, inputs, software - as running the job) and each output created, in the
+    order the jobs ran (inputs older than outputs). The outputs are empty files and folders:
+    Snakemake's rerun checks their existence, times and records, never their contents."""
+    seconds, out = _run(folder, ["--cores", "2", "--configfile", str(cfg), "--touch"])
+    made = 0
+    for listed in re.findall(r"Output files not touched because they don't exist: (.*)", out):
+        for name in listed.split(", "):
+            path = Path(name.strip())
+            if not path.is_absolute():
+                path = folder / "workdir" / path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.suffix in ("", ".zarr"):  # directory() outputs: stores, model folders
+                path.mkdir(exist_ok=True)
+            else:
+                path.touch()
+            made += 1
+    return {"touch_s": seconds, "outputs": made}
+
+
+def cohort(sizes: list[int], tmp: Path, template: Path) -> dict:
+    """At each size, in one sitting: ``snakemake -n`` locally and under profiles/slurm (jobs,
+    sbatch submissions), the no-op rerun and dry run of the finished cohort, and what adding
+    one slide at the end of the sheet plans."""
+    local_rules, out = _localrules(), {}
+    for n in sizes:
+        folder = tmp / f"cohort{n}"
+        folder.mkdir()
+        cfg = _config(folder, _sheet(folder, n, template), folder / "results", True)
+        plan_s, text = _run(folder, ["--cores", "2", "--configfile", str(cfg), "-n"])
+        jobs = _planned(text)
+        slurm_s, text = _run(
+            folder,
+            ["--profile", str(REPO / "profiles" / "slurm"), "--configfile", str(cfg), "-n"],
+        )
+        groups = len(re.findall(r"Group job slides \(jobs in", text))
+        single = {r: c for r, c in _planned(text).items() if r not in (*GROUPED, *local_rules)}
+        finished = _finish_cohort(folder, cfg)
+        noop_s, text = _run(folder, ["--cores", "2", "--configfile", str(cfg)])
+        assert "Nothing to be done" in text, text[-3000:]
+        noop_dry_s, text = _run(folder, ["--cores", "2", "--configfile", str(cfg), "-n"])
+        assert "Nothing to be done" in text, text[-3000:]
+        sheet = folder / "slides.tsv"  # one new slide at the end, outside the pretraining splits
+        os.link(template, folder / "new.tif")
+        sheet.write_text(sheet.read_text() + "new\tnew.tif\t\tPnew\ttest\n")
+        add_s, text = _run(folder, ["--cores", "2", "--configfile", str(cfg), "-n"])
+        out[n] = {
+            "jobs": jobs,
+            "plan_s": plan_s,
+            "slurm_plan_s": slurm_s,
+            "submissions": groups + sum(single.values()),
+            "submissions_by_kind": {"groups of slides": groups, **single},
+            "finished": finished,
+            "noop_rerun_s": noop_s,
+            "noop_dry_run_s": noop_dry_s,
+            "after_adding_one_slide": {"dry_run_s": add_s, "jobs": _planned(text)},
+        }
+        print(f"cohort {n}: {json.dumps(out[n])}", flush=True)
+    return out
+
+
 # where `snakemake -n` spends its time: (label, file fragment, function), cumulative seconds
 PROFILE_PARTS = (
     ("building the DAG (jobs, wildcards, dependencies, file checks)", "snakemake/workflow.py",
@@ -163,6 +259,13 @@ def main() -> None:
         default=[],
         help="only profile planning at these sizes (kept beside the last full run's figures)",
     )
+    ap.add_argument(
+        "--cohort",
+        type=int,
+        nargs="*",
+        default=[],
+        help="plan, SLURM submissions and no-op rerun at these sizes, in one sitting",
+    )
     args = ap.parse_args()
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
     # Fixed start-up cost of every snakemake command, before any DAG work: imports, plus the
@@ -183,6 +286,16 @@ def main() -> None:
         f"start-up {result['startup_s']:.1f} s, {result['startup_without_slurm_probe_s']:.1f} s "
         "without the SLURM plugin's probe"
     )
+    if args.cohort:  # plan / submissions / no-op rerun, kept beside the other figures
+        old = json.loads((Path(args.out) / "dag_benchmark.json").read_text())
+        with tempfile.TemporaryDirectory() as tmp:
+            template = Path(tmp) / "template.tif"
+            _slide(template)
+            old["cohort"] = {"sizes": cohort(args.cohort, Path(tmp), template)}
+        old["cohort"]["startup_s"] = result["startup_without_slurm_probe_s"]
+        old["cohort"]["slurm_conf"] = result["slurm_conf"]
+        _write(old, Path(args.out))
+        return
     if args.profile_slides:  # where planning goes, beside an earlier full run's figures
         old = json.loads((Path(args.out) / "dag_benchmark.json").read_text())
         with tempfile.TemporaryDirectory() as tmp:

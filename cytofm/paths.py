@@ -92,6 +92,12 @@ class Paths:
     def features(self, backbone: str = BACKBONE, kind: str = KIND, name: str = SOURCE) -> str:
         return self._at("features", backbone, kind, f"{name}.zarr")
 
+    def features_shard(
+        self, backbone: str = BACKBONE, kind: str = KIND, shard: str = "{shard}"
+    ) -> str:
+        """The manifest of one embedding job of slides: the feature stores it wrote."""
+        return self._at("features", backbone, kind, "shards", f"{shard}.json")
+
     def result(self, task: str = TASK, backbone: str = BACKBONE, protocol: str = PROTOCOL) -> str:
         return self._at("eval", task, backbone, f"{protocol}.json")
 

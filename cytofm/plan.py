@@ -30,6 +30,7 @@ from cytofm.config import (
 )
 from cytofm.errors import ConfigError, InputDataError
 from cytofm.paths import Paths
+from cytofm.sheet import ID_PATTERN
 
 __all__ = ["SCHEMA", "SHEET_SCHEMA", "Plan"]
 
@@ -470,8 +471,9 @@ class Plan:
     def predict_inputs(self, stask: str, backbone: str, slide: str) -> dict[str, str]:
         task = self.slide_tasks[stask]
         files = {
+            **self.features_made_of(backbone),
             "model": self.paths.abmil_dir(stask, backbone),
-            "features": self.paths.features(backbone, task.instances, slide),
+            "features": self.slide_features_input(backbone, task.instances, slide),
             "instances": self.paths.store(task.instances, slide),
         }
         if task.cell_task:
@@ -520,7 +522,11 @@ class Plan:
         )
         return {
             **extra,
-            "features": [self.paths.features(backbone, kind, r["slide_id"]) for r in cohort],
+            **self.features_made_of(backbone),
+            # the manifests of the embedding jobs that wrote the cohort's features
+            "features": sorted(
+                {self.slide_features_input(backbone, kind, r["slide_id"]) for r in cohort}
+            ),
             "instances": [self.paths.store(kind, r["slide_id"]) for r in cohort],
             "slides": [
                 f
@@ -530,6 +536,11 @@ class Plan:
             ],
             "truth": [r["truth"] for r in cohort if r["truth"]],
         }
+
+    def mil_features(self, stask: str, backbone: str) -> list[str]:
+        """The cohort's feature stores, in the cohort's order."""
+        kind = self.slide_tasks[stask].instances
+        return [self.paths.features(backbone, kind, r["slide_id"]) for r in self.cohort(stask)]
 
     def mil_exposure(self, stask: str, backbone: str) -> dict:
         """What the backbone's pretraining saw of a slide task's cohort, for its result JSON."""
@@ -553,6 +564,53 @@ class Plan:
             names = list(self.datasets) if kind == "datasets" else self.slide_ids
             out += [(kind, n) for n in names]
         return out
+
+    @functools.cached_property
+    def _shards(self) -> tuple[list[list[str]], dict[str, str]]:
+        """Slides cut into embedding jobs of ``embed.slides_per_job`` in the sheet's order:
+        (slides of each shard, slide -> shard name)."""
+        size = self.config.embed.slides_per_job
+        ids = self.slide_ids
+        shards = [ids[i : i + size] for i in range(0, len(ids), size)]
+        return shards, {s: f"{i:05d}" for i, group in enumerate(shards) for s in group}
+
+    def shard_names(self) -> list[str]:
+        return [f"{i:05d}" for i in range(len(self._shards[0]))]
+
+    def shard_slides(self, shard: str) -> list[str]:
+        try:
+            return self._shards[0][int(shard)]
+        except (ValueError, IndexError):
+            raise InputDataError(
+                f"embedding shard {shard!r} does not exist: the sheet's {len(self.slide_ids)} "
+                f"slides make {len(self._shards[0])} of {self.config.embed.slides_per_job}"
+            ) from None
+
+    def slide_features_input(self, backbone: str, kind: str, slide: str) -> str:
+        """What a job reading a slide's features waits for: the manifest of the embedding job
+        that writes them (the store itself is read by its path, PATHS.features). The rules
+        mark it ``ancient``: a slide added to a job's slides rewrites the manifest without
+        changing the other slides' features, so it must not rerun their readers. What the
+        features are made of - the backbone's folder, the slide's patch store, the precision
+        - is among the readers' own inputs and params (:meth:`features_made_of`)."""
+        return self.paths.features_shard(backbone, kind, self._shards[1][slide])
+
+    def features_made_of(self, backbone: str) -> dict[str, str]:
+        """The backbone's built folder (remade when its weights change): an input of every job
+        reading slides' features, beside their patch stores."""
+        return {"backbone": self.paths.backbone(backbone)}
+
+    def shard_inputs(self, backbone: str, kind: str, shard: str) -> dict[str, Any]:
+        """An embedding job of slides: the backbone's files and each slide's patch store."""
+        slides = self.shard_slides(shard)
+        return {
+            **self.backbone_inputs(backbone),
+            "backbone": self.paths.backbone(backbone),
+            "stores": [self.paths.store(kind, s) for s in slides],
+        }
+
+    def shard_outputs(self, backbone: str, kind: str, shard: str) -> list[str]:
+        return [self.paths.features(backbone, kind, s) for s in self.shard_slides(shard)]
 
     def pretrained_dir(self, backbone: str) -> str | None:
         """The exported model folder a backbone reads (pretrained, or random 'like' one)."""
@@ -810,7 +868,13 @@ class Plan:
             "features": [
                 e["features"] for t in self.report_embeddings().values() for e in t.values()
             ]
-            + [f for d in self.report_slide_features().values() for f in d.values()],
+            + sorted(
+                {
+                    self.slide_features_input(b, "cells", s)
+                    for b, d in self.report_slide_features().items()
+                    for s in d
+                }
+            ),
         }
         if self.pretrain.enabled:
             files["pretrained"] = [p.pretrained(ck.model) for ck in self.checkpoints]
@@ -832,7 +896,11 @@ class Plan:
         if self.pretrain.enabled:
             out.append(p.model_card(self.pretrain.name))
         for b in self.backbones:
-            out += [p.features(b, kind, name) for kind, name in self.embed_sources()]
+            for kind in self.config.embed.sources:
+                if kind == "datasets":
+                    out += [p.features(b, kind, d) for d in self.datasets]
+                else:
+                    out += [p.features_shard(b, kind, n) for n in self.shard_names()]
         all_tasks = [*self.tasks, *self.slide_tasks]
         for t in all_tasks:
             out += self.task_results(t)
@@ -874,7 +942,8 @@ class Plan:
 
         protocols = sorted({p for t in self.tasks.values() for p in t.protocols})
         return {
-            "slide": either(self.slide_ids),
+            # ids of the sheet's grammar, not the sheet's list of ids (cytofm/sheet.py)
+            "slide": ID_PATTERN,
             "dataset": either(self.datasets),
             "model": either([ck.model for ck in self.checkpoints] or [self.pretrain.name]),
             "backbone": either(self.backbones),
@@ -882,7 +951,8 @@ class Plan:
             "stask": either(self.slide_tasks),
             "protocol": either(protocols),
             "kind": "datasets|cells|tiles",
-            "source": either([*self.slide_ids, *self.datasets]),
+            "source": f"{either(self.datasets)}|{ID_PATTERN}",
+            "shard": r"\d+",
         }
 
     # ------------------------------------------------------------------------- resources

@@ -13,11 +13,25 @@ __all__ = ["RESERVED_COLUMNS", "load_sheet", "validate_sheet"]
 
 RESERVED_COLUMNS = ("slide_id", "path", "mpp", "patient_id", "split", "cell_truth")
 _ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+# A slide's files are named after its id plus these suffixes (qc/<id>.png beside
+# qc/<id>.cells.png): an id ending in one would name another slide's file.
+RESERVED_SUFFIXES = (".cells",)
+# The ids as a regex without anchors: the workflow's wildcard constraint. A character class,
+# not the list of the sheet's ids, whose length would make every file match cost as much as
+# the cohort is large (planning then grows with the square of the slides).
+ID_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9._-]*" + "".join(
+    f"(?<!{re.escape(s)})" for s in RESERVED_SUFFIXES
+)
 
 
 def _valid_id(value: str) -> bool:
     """Letters, digits, '._-'; not '.', '..' or hidden; never a path."""
-    return bool(_ID.match(value)) and value not in (".", "..") and ".." not in value
+    return (
+        bool(_ID.match(value))
+        and value not in (".", "..")
+        and ".." not in value
+        and not value.endswith(RESERVED_SUFFIXES)
+    )
 
 
 def validate_sheet(df: pd.DataFrame, source: str = "sample sheet") -> pd.DataFrame:
@@ -37,8 +51,8 @@ def validate_sheet(df: pd.DataFrame, source: str = "sample sheet") -> pd.DataFra
         raise InputDataError(
             f"{source}: invalid slide_id ({listed}{' ...' if len(bad) > 5 else ''}). Ids become "
             "file names, so they may hold only letters, digits and '._-', must not start with "
-            "'.' or '-', and are at most 128 characters; rename them in the sheet (e.g. "
-            "'case 01' -> 'case_01')."
+            "'.' or '-', must not end in '.cells' (a QC file's suffix), and are at "
+            "most 128 characters; rename them in the sheet (e.g. 'case 01' -> 'case_01')."
         )
     dup_mask = df["slide_id"].duplicated(keep=False)
     if dup_mask.any():

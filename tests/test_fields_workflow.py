@@ -93,7 +93,7 @@ def test_adding_a_field_reruns_that_specimen_only(specimens):
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.M))
     # two backbones: rnd, and the morphometry control config.yaml ships
     assert {k: int(v) for k, v in jobs.items() if k != "total"} == {
-        "tile": 1, "cells": 1, "embed": 2, "mil": 2, "mil_summary": 1, "all": 1,
+        "tile": 1, "cells": 1, "embed_slides": 2, "mil": 2, "mil_summary": 1, "all": 1,
     }  # fmt: skip
     assert set(re.findall(r"slide=(\w+)", proc.stdout)) == {"spec5"}
-    assert set(re.findall(r"source=(\w+)", proc.stdout)) == {"spec5"}
+    assert set(re.findall(r"shard=(\w+)", proc.stdout)) == {"00000"}  # the specimens' one

@@ -37,7 +37,8 @@ def test_demo_plan():
     targets = plan.targets()
     assert len(targets) == len(set(targets))
     assert all(t.startswith("out/") for t in targets)
-    # per slide: tiles, QC, cells and three backbones' cell features; the dataset's features;
+    # per slide: tiles, QC, cells; three backbones' cell features in embedding jobs of 64
+    # slides (two manifests each: 64 + 8 slides); the dataset's features;
     # the backbone and its probe; 4 protocols x 2 backbones and 3 (no LoRA) for morphometry,
     # 3 MIL results, 2 summaries, report, sheet, detection QC and its pictures; the 8
     # unlabelled pretraining slides' predictions (json, attention, heatmap) per backbone and
@@ -46,8 +47,23 @@ def test_demo_plan():
     # (linear, knn x 3 backbones, its summary, no linear head) and demo_cells' batch-leak
     # probe per backbone
     assert len(targets) == (
-        72 * 6 + 1 + 3 + 2 + 8 + 3 + 3 + 2 + 1 + 3 + 8 * 3 * 3 + 1 + 1 + 3 + 7 + 3
+        72 * 3 + 3 * 2 + 1 + 3 + 2 + 8 + 3 + 3 + 2 + 1 + 3 + 8 * 3 * 3 + 1 + 1 + 3 + 7 + 3
     )
+    assert plan.shard_names() == ["00000", "00001"]
+    assert plan.shard_slides("00001") == plan.slide_ids[64:]
+    assert plan.shard_outputs("random", "cells", "00001")[0] == (
+        "out/features/random/cells/demo_064.zarr"
+    )
+    assert "out/features/cytofm/cells/shards/00001.json" in targets
+    assert plan.mil_inputs("demo_abnormal", "random")["features"] == [
+        "out/features/random/cells/shards/00000.json",
+        "out/features/random/cells/shards/00001.json",
+    ]
+    assert plan.mil_features("demo_abnormal", "random")[0] == (
+        "out/features/random/cells/demo_008.zarr"
+    )
+    with pytest.raises(InputDataError, match="shard '00002' does not exist"):
+        plan.shard_slides("00002")
     assert "out/qc/detection" in targets and len(plan.truth_slides) == 72
     assert "out/eval/demo_cells/morphometry/lora.json" not in targets
     assert "out/eval/demo_cells/cytofm/robustness.json" in targets

@@ -269,7 +269,7 @@ STAGES = ("tile", "cells", "pretrain", "embed", "evaluate")
 def _targets(res: Path) -> list[str]:
     return [
         str(res / "eval" / "demo_cells" / "cytofm" / "linear.json"),
-        str(res / "features" / "cytofm" / "cells" / "demo_000.zarr"),
+        str(res / "features" / "cytofm" / "cells" / "shards" / "00000.json"),
     ]
 
 
@@ -280,15 +280,19 @@ def _in_flight(res: Path, stage: str) -> Path | None:
             if not (ckpt.parent / "backbone").exists():
                 return ckpt.parent / "backbone"
         return None
-    logs = res / "logs" / stage
-    for log in sorted(logs.rglob("*.log")) if logs.exists() else []:
-        rel = log.relative_to(logs).with_suffix("")
+    # embedding: a dataset's job (rule embed) or a shard of slides' (embed_slides, whose
+    # manifest is written last)
+    rules = ("embed", "embed_slides") if stage == "embed" else (stage,)
+    logs = [(rule, log) for rule in rules for log in sorted((res / "logs" / rule).rglob("*.log"))]
+    for rule, log in logs:
+        rel = log.relative_to(res / "logs" / rule).with_suffix("")
         out = {
             "tile": res / "tiles" / f"{rel}.zarr",
             "cells": res / "cells" / f"{rel}.zarr",
             "embed": res / "features" / f"{rel}.zarr",
+            "embed_slides": res / "features" / rel.parent / "shards" / f"{rel.name}.json",
             "evaluate": res / "eval" / f"{rel}.json",
-        }[stage]
+        }[rule]
         text = log.read_text(errors="replace")
         started = "opened Slide" in text if stage in ("tile", "cells") else "%" in text
         if started and not out.exists():

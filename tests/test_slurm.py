@@ -26,6 +26,7 @@ SCRIPT = REPO.parent / "shared" / "tools" / "slurm-local.sh"
 pytestmark = [pytest.mark.workflow, pytest.mark.slow_ok, pytest.mark.slurm]
 # the Snakefile's localrules: they run in the submitting snakemake process
 LOCAL_RULES = {"all", "demo_sheet", "eval_summary", "mil_summary", "model_card", "predict_table"}
+SLIDES_PER_SUBMISSION = 2
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +85,12 @@ def _readme_command(config: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def slurm_run(cluster, tmp_path_factory, mlflow_server):
-    """README's SLURM command on the tiny workflow, once for the module's tests."""
+    """README's SLURM command on the tiny workflow, once for the module's tests, with the
+    slides per submission README says how to set: 2 slides, one tile/cells job at a time (the
+    cluster has 2 CPUs)."""
     tmp_path = tmp_path_factory.mktemp("slurm-run")
     cmd = _readme_command(_my_config(tmp_path, mlflow_server))
+    cmd += ["--group-components", f"slides={SLIDES_PER_SUBMISSION}", "--resources", "slide_jobs=1"]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.pop("CYTOFM_INVOCATION_ID", None)
     started = time.time()
@@ -102,15 +106,37 @@ def test_tiny_workflow_runs_as_slurm_jobs(slurm_run, mlflow_server):
     assert proc.returncode == 0, out[-5000:]
     assert "--workflow-profile" not in " ".join(cmd)
 
-    # SLURM job id -> rule, from the plugin's submissions (its log paths name the rule)
-    submitted = dict(re.findall(r"SLURM jobid (\d+) \(log: [^)]*/rule_(\w+?)/", out))
+    # SLURM job id -> rule or group, from the plugin's submissions (its log paths name them)
+    found = re.findall(r"SLURM jobid (\d+) \(log: [^)]*/(rule|group)_(\w+?)/", out)
+    submitted = {i: name for i, _, name in found}
+    groups = [i for i, kind, _ in found if kind == "group"]
     planned = int(re.search(r"(\d+) of (\d+) steps \(100%\) done", out).group(2))
-    # every job went through sbatch but the Snakefile's localrules (the target, summaries)
+    # every job went through sbatch but the Snakefile's localrules (the target, summaries);
+    # a slide's tiling and cells went in a group submission of SLIDES_PER_SUBMISSION slides
     local = re.findall(r"^localrule (\w+):", out, re.M)
     assert {"all", "eval_summary", "mil_summary"} <= set(local) <= LOCAL_RULES, local
-    assert len(submitted) + len(local) == planned
-    assert not set(submitted.values()) & LOCAL_RULES
-    assert {"tile", "cells", "pretrain", "embed", "evaluate", "mil"} <= set(submitted.values())
+    slides = sorted(p.stem for p in (results / "demo" / "slides").glob("*.tif"))
+    assert len(slides) == 5
+    assert len(groups) == -(-len(slides) // SLIDES_PER_SUBMISSION) == 3
+    assert {submitted[i] for i in groups} == {"slides"}
+    assert len(submitted) - len(groups) + 2 * len(slides) + len(local) == planned
+    assert not set(submitted.values()) & (LOCAL_RULES | {"tile", "cells"})
+    assert {"pretrain", "embed", "embed_slides", "evaluate", "mil"} <= set(submitted.values())
+    for s in slides:  # every store of every slide
+        for kind in ("tiles", "cells"):
+            assert (results / kind / f"{s}.zarr" / "zarr.json").is_file(), (kind, s)
+        assert (results / "features" / "cytofm" / "cells" / f"{s}.zarr" / "zarr.json").is_file()
+    # SLURM's record of this run (the plugin names every submission after the run's id):
+    # exactly the submissions above, the groups among them
+    run_id = re.search(r"SLURM run ID: (\S+)", out).group(1)
+    named = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "--name", run_id, "-o", "JobID,Comment", "-S", "2020-01-01"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
+    assert sorted(line.split("|")[0] for line in named) == sorted(submitted)
 
     # SLURM's own records: every job known to the accounting database, completed, on the
     # partition asked for, with the CPUs the config's `resources:` gives the rule
@@ -138,8 +164,7 @@ def test_tiny_workflow_runs_as_slurm_jobs(slurm_run, mlflow_server):
     }
     pretrain = next(i for i, rule in submitted.items() if rule == "pretrain")
     assert records[pretrain][2] == "2"  # threads from .test/slurm.yaml, not the default 8
-    tile = next(i for i, rule in submitted.items() if rule == "tile")
-    assert records[tile][2] == "1"
+    assert {records[i][2] for i in groups} == {"1"}  # slide_jobs=1: one job at a time
     (tmp_path / "slurm_jobs.json").write_text(
         json.dumps({i: [submitted[i], *records[i]] for i in submitted}, indent=1)
     )

@@ -83,6 +83,7 @@ def test_dry_run_lists_every_stage(tmp_path):
         "cell_head",
         "backbone",
         "embed",
+        "embed_slides",
         "evaluate",
         "eval_summary",
         "mil",
@@ -332,13 +333,15 @@ def test_every_job_logged_one_mlflow_run(results, runs):
     runs = list(runs.values())
     stages = sorted(r.data.tags["cytofm.stage"] for r in runs)
     # 5 slides x (demo_slide, tile, cells) + sheet + crops + import + detection_eval
-    # + pretrain + pretrain_probe + 2 backbones (backbone) + 2 backbones x 6 stores (embed)
+    # + pretrain + pretrain_probe + 2 backbones (backbone) + 2 backbones x (the crops and one
+    # job for the 5 slides) (embed)
     # + 2 x 4 protocols (evaluate) + eval_summary + 2 backbones x abmil (mil) + mil_summary
     # + 2 backbones x the unlabelled pretraining slide (predict) + predict_table + model_card
     # + 2 backbones x the cell task's linear head (cell_head) + report
     # + the leave-one-stain-out task (2 backbones x linear, knn; its eval_summary)
     # + 2 backbones x the batch-leak probe (robustness)
-    assert len(runs) == 19 + 2 + 2 + 12 + 8 + 1 + 2 + 1 + 2 + 1 + 1 + 2 + 1 + 5 + 2, stages
+    assert len(runs) == 19 + 2 + 2 + 4 + 8 + 1 + 2 + 1 + 2 + 1 + 1 + 2 + 1 + 5 + 2, stages
+    assert stages.count("embed") == 4
     assert stages.count("robustness") == 2
     assert stages.count("model_card") == 1 and stages.count("cell_head") == 2
     assert stages.count("predict") == 2 and stages.count("predict_table") == 1
@@ -675,7 +678,7 @@ def test_new_slide_plans_only_its_own_jobs(results, tmp_path):
     proc = snakemake("-n", "--config", f"results={results}", f"samples={sheet}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert planned_jobs(proc.stdout) == {
-        **{"tile": 1, "cells": 1, "embed": 2, "report": 1, "all": 1},
+        **{"tile": 1, "cells": 1, "embed_slides": 2, "report": 1, "all": 1},
         **{"predict": 2, "predict_table": 1},  # it has no label: each backbone's model scores it
     }
 
@@ -729,7 +732,7 @@ def test_unlabelled_slides_get_predictions_and_heatmaps(results, tmp_path):
     proc = snakemake("-n", "--config", f"results={work}", f"samples={three}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert planned_jobs(proc.stdout) == {
-        **{"tile": 1, "cells": 1, "embed": 2, "predict": 2, "predict_table": 1},
+        **{"tile": 1, "cells": 1, "embed_slides": 2, "predict": 2, "predict_table": 1},
         **{"report": 1, "all": 1},
     }
 

@@ -759,6 +759,17 @@ class EmbedConfig(Section):
         more="Features are written chunk by chunk from a background thread meanwhile; the "
         "log and MLflow report images/s. The features do not depend on it.",
     )
+    slides_per_job: int = option(
+        64,
+        "slides whose cells (or tiles) one embedding job embeds, with the backbone loaded once",
+        minimum=1,
+        output=False,
+        more="Slides go to jobs in the sample sheet's order, 64 to a job: results/features/"
+        "<backbone>/<kind>/shards/<n>.json lists a job's feature stores. A cohort of 10,000 "
+        "slides then plans 157 embedding jobs per backbone, not 10,000 "
+        "(benchmarks/results/dag_benchmark.md). Add new slides at the end of the sheet: only the "
+        "last job's slides are embedded again. The features do not depend on it.",
+    )
 
     def __post_init__(self) -> None:
         if self.num_workers != "auto" and not (
@@ -770,7 +781,7 @@ class EmbedConfig(Section):
         bad = sorted(set(self.sources) - {"datasets", "cells", "tiles"})
         if bad:
             raise ConfigError(f"embed.sources: unknown {bad}; choose from datasets, cells, tiles")
-        _at_least("embed", 1, batch_size=self.batch_size)
+        _at_least("embed", 1, batch_size=self.batch_size, slides_per_job=self.slides_per_job)
         _choice("embed", "precision", self.precision, PRECISIONS)
         _tuples(self, "sources")
 
@@ -1314,6 +1325,8 @@ class RuleResources(Section):
 def _rule_field(rule: str):
     t, m, r = RESOURCE_DEFAULTS[rule]
     extra = "; threads 4 when jobs get a GPU" if rule in ("embed", "evaluate") else ""
+    if rule == "embed":
+        extra += "; also each embed_slides job, of embed.slides_per_job slides"
     return option(
         None, f"{rule} jobs (default: threads {t}, mem_mb {m}, runtime {r}{extra})", output=False
     )

@@ -23,7 +23,7 @@ from cytofm.eval.features import ChunkSink, embed_array, pick_device
 from cytofm.hardware import loader_workers
 from cytofm.provenance import provenance, tree_sha256
 from cytofm.stages.context import JobContext
-from cytofm.store import as_str_array, atomic_group, open_store, write_strings
+from cytofm.store import as_str_array, atomic_group, atomic_json, open_store, write_strings
 from cytofm.store_attrs import store_attrs
 
 __all__ = ["run_backbone", "run_embed", "write_feature_store"]
@@ -90,6 +90,16 @@ def run_embed(
     spec: BackboneSpec,
     source_store: str | Path,
     out_store: str | Path,
+    **kwargs,
+) -> dict[str, Any]:
+    """Features of every image of ``source_store`` into ``out_store`` (run_embed_many's
+    keywords)."""
+    return run_embed_many(spec, [(source_store, out_store)], **kwargs)
+
+
+def run_embed_many(
+    spec: BackboneSpec,
+    pairs: list[tuple[str | Path, str | Path]],
     *,
     backbone_dir: str | Path | None = None,
     pretrained_dir: str | Path | None = None,
@@ -98,52 +108,62 @@ def run_embed(
     device: str = "auto",
     num_workers: int | str = "auto",
     job: JobContext | None = None,
+    manifest: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Features of every image of ``source_store``: batches read by DataLoader workers,
-    features written chunk by chunk in the background into a store renamed into place when
-    complete (a failure leaves nothing that looks finished)."""
+    """Features of every image of each (patch store, feature store) pair, with the backbone
+    loaded once: batches read by DataLoader workers, features written chunk by chunk in the
+    background into a store renamed into place when complete (a failure leaves nothing that
+    looks finished). A shard of slides is one job: ``manifest`` (JSON) is written last and
+    lists each slide's feature store with its rows and source hash."""
     job = job or JobContext()
-    src = _open_source(source_store)
     dev = pick_device(device)
     # measured on an H200 with 16 cores (benchmarks/results/gpu_check_sweep.md): 4 workers
     # beat 8 and 15 on 96 and 224 px patches; more processes only contend for the cores
     workers = loader_workers(num_workers, dev, most=EMBED_WORKERS_AUTO_MAX)
     settings = {"batch_size": batch_size, "precision": precision}
-    params = {"backbone": spec.to_dict(), "source": str(source_store), **settings}
+    sources = [str(src) for src, _ in pairs]
+    params = {"backbone": spec.to_dict(), "source": sources[0] if len(pairs) == 1 else sources}
     with job.run(
-        "embed", {**params, "device": str(dev), "num_workers": workers}, system_metrics=True
+        "embed",
+        {**params, **settings, "device": str(dev), "num_workers": workers},
+        system_metrics=True,
     ) as run:
         t0 = time.perf_counter()
         bb, runtime = _load_for_embedding(spec, backbone_dir, pretrained_dir, dev)
-        _fit_to_source(src.attrs.get("mpp"), bb, spec.name, source_store)
-        record = _record(bb, settings, source_store, dev, runtime)
-        t1 = time.perf_counter()
-        n, dim = _stream_features(
-            bb,
-            src,
-            out_store,
-            record,
-            spec.name,
-            source_store,
-            batch_size=batch_size,
-            device=str(dev),
-            precision=precision,
-            num_workers=workers,
-        )
-        t_embed, seconds = time.perf_counter() - t1, time.perf_counter() - t0
+        t_embed, n, dim, stores = 0.0, 0, bb.model.num_features, []
+        for i, (source_store, out_store) in enumerate(pairs):
+            src = _open_source(source_store)
+            _fit_to_source(src.attrs.get("mpp"), bb, spec.name, source_store)
+            record = _record(bb, settings, source_store, dev, runtime)
+            t1 = time.perf_counter()
+            rows, dim = _stream_features(
+                bb, src, out_store, record, spec.name, source_store, batch_size=batch_size,
+                device=str(dev), precision=precision, num_workers=workers,
+            )  # fmt: skip
+            t_embed += time.perf_counter() - t1
+            n += rows
+            stores.append({"source": str(source_store), "features": str(out_store),
+                           "rows": rows, "source_sha256": record["source_sha256"]})  # fmt: skip
+            if len(pairs) > 1:
+                log.info("%s: %d/%d %s, %d rows", spec.name, i + 1, len(pairs), source_store, rows)
+        seconds = time.perf_counter() - t0
         summary = {"n_images": n, "dim": dim, "seconds": seconds, "num_workers": workers}
         summary["images_per_second"] = n / t_embed if t_embed > 0 else float("nan")
+        summary["n_stores"] = len(pairs)
         run.log_metrics(summary)
         run.set_tags({"backbone.weights_sha256": bb.identity["weights_sha256"]})
         log.info(
             "%s x %s: %d x %d features in %.1f s (%.0f images/s)",
             spec.name,
-            source_store,
+            sources[0] if len(pairs) == 1 else f"{len(pairs)} stores",
             n,
             dim,
             seconds,
             summary["images_per_second"],
         )
+        if manifest is not None:  # the shard's own provenance: lineage reads it like a store's
+            record = provenance("embed", settings, backbone=bb.identity, device=str(dev))
+            atomic_json(manifest, {"provenance": record, "stores": stores})
     return summary
 
 

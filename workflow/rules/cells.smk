@@ -22,6 +22,8 @@ rule cells:
     resources:
         mem_mb=mem_of("cells"),
         runtime=runtime_of("cells"),
+        # one slot of a SLURM submission of slides (profiles/slurm: groups, slide_jobs)
+        slide_jobs=1,
     params:
         path=lambda wildcards: PLAN.slide_file(wildcards.slide),
         mpp=lambda wildcards: PLAN.slide_mpp(wildcards.slide),

@@ -118,6 +118,13 @@ def slide_path(wildcards):
         ) from None
 
 
+def ancient_features(files):
+    """A job's inputs with the embedding manifests ('features') marked ancient: they order the
+    job after its slides' embedding; what the features are made of is among its other inputs
+    (PLAN.slide_features_input)."""
+    return {k: ancient(v) if k == "features" else v for k, v in files.items()}
+
+
 WC = PLAN.wildcard_constraints()
 
 
@@ -131,3 +138,4 @@ wildcard_constraints:
     protocol=WC["protocol"],
     kind=WC["kind"],
     source=WC["source"],
+    shard=WC["shard"],

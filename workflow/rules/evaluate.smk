@@ -21,6 +21,7 @@ rule backbone:
         "../scripts/backbone.py"
 
 
+# an imported dataset's features: one job per dataset and backbone
 rule embed:
     input:
         unpack(lambda wildcards: PLAN.backbone_inputs(wildcards.backbone)),
@@ -30,6 +31,8 @@ rule embed:
         directory(PATHS.features()),
     log:
         log_of("embed", "{backbone}", "{kind}", "{source}"),
+    wildcard_constraints:
+        kind="datasets",
     conda:
         "../../envs/cytofm.yaml"
     threads: threads_of("embed")
@@ -42,6 +45,34 @@ rule embed:
         embed=CFG.embed.to_dict(),
     script:
         "../scripts/embed.py"
+
+
+# slides' features: one job per `embed.slides_per_job` slides (in the sheet's order) and
+# backbone, which writes each slide's store (PATHS.features) and, last, the job's manifest; the
+# jobs reading a slide's features depend on that manifest (PLAN.slide_features_input).
+rule embed_slides:
+    input:
+        unpack(lambda w: PLAN.shard_inputs(w.backbone, w.kind, w.shard)),
+    output:
+        manifest=PATHS.features_shard(),
+    log:
+        log_of("embed_slides", "{backbone}", "{kind}", "{shard}"),
+    wildcard_constraints:
+        kind="cells|tiles",
+    conda:
+        "../../envs/cytofm.yaml"
+    threads: threads_of("embed")
+    resources:
+        mem_mb=mem_of("embed"),
+        runtime=runtime_of("embed"),
+        gpu=GPU,
+    params:
+        backbone=lambda wildcards: PLAN.backbones[wildcards.backbone].to_dict(),
+        embed=CFG.embed.to_dict(),
+        slides=lambda w: PLAN.shard_slides(w.shard),
+        features=lambda w: PLAN.shard_outputs(w.backbone, w.kind, w.shard),
+    script:
+        "../scripts/embed_slides.py"
 
 
 rule evaluate:
@@ -139,7 +170,7 @@ rule eval_summary:
 
 rule mil:
     input:
-        unpack(lambda wildcards: PLAN.mil_inputs(wildcards.stask, wildcards.backbone)),
+        unpack(lambda w: ancient_features(PLAN.mil_inputs(w.stask, w.backbone))),
     output:
         json=PATHS.abmil(),
         dir=directory(PATHS.abmil_dir()),
@@ -155,6 +186,8 @@ rule mil:
         task=lambda wildcards: PLAN.slide_tasks[wildcards.stask].to_dict(),
         evaluate=CFG.evaluate.part("mil"),
         cohort=lambda wildcards: PLAN.cohort(wildcards.stask),
+        features=lambda w: PLAN.mil_features(w.stask, w.backbone),
+        precision=CFG.embed.precision,  # of the features: a change reruns the job
         tolerance_um=CFG.detection_eval.tolerance_um,
         thumbnail_mpp=CFG.tiling.mask_mpp,
         backbone_kind=lambda wildcards: PLAN.backbones[wildcards.backbone].kind,

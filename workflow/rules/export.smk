@@ -22,7 +22,10 @@ rule export_geojson:
 
 rule export_features:
     input:
-        features=PATHS.features(),
+        features=lambda w: ancient(
+            PLAN.slide_features_input(w.backbone, w.kind, w.source)
+        ),
+        backbone=PATHS.backbone(),
         store=PATHS.store(),
     output:
         trident=PATHS.features_h5("trident"),
@@ -32,5 +35,8 @@ rule export_features:
     conda:
         "../../envs/cytofm.yaml"
     threads: 1
+    params:
+        features=PATHS.features(),
+        precision=CFG.embed.precision,  # of the features: a change reruns the job
     script:
         "../scripts/export_features.py"

@@ -4,7 +4,11 @@
 
 rule predict:
     input:
-        unpack(lambda w: PLAN.predict_inputs(w.stask, w.backbone, w.slide)),
+        unpack(
+            lambda w: ancient_features(
+                PLAN.predict_inputs(w.stask, w.backbone, w.slide)
+            )
+        ),
         slide=slide_path,
     output:
         json=PATHS.predict(),
@@ -19,6 +23,10 @@ rule predict:
         path=lambda wildcards: PLAN.slide_file(wildcards.slide),
         mpp=lambda wildcards: PLAN.slide_mpp(wildcards.slide),
         thumbnail_mpp=CFG.tiling.mask_mpp,
+        precision=CFG.embed.precision,  # of the features: a change reruns the job
+        features=lambda w: PATHS.features(
+            w.backbone, PLAN.slide_tasks[w.stask].instances, w.slide
+        ),
     script:
         "../scripts/predict.py"
 

@@ -20,6 +20,8 @@ rule tile:
     resources:
         mem_mb=mem_of("tile"),
         runtime=runtime_of("tile"),
+        # one slot of a SLURM submission of slides (profiles/slurm: groups, slide_jobs)
+        slide_jobs=1,
     params:
         path=lambda wildcards: PLAN.slide_file(wildcards.slide),
         mpp=lambda wildcards: PLAN.slide_mpp(wildcards.slide),

@@ -9,7 +9,7 @@ from cytofm.stages.export import run_export_features  # noqa: E402
 
 sm = snakemake  # noqa: F821
 run_export_features(
-    features_store=sm.input.features,
+    features_store=sm.params.features,
     instances_store=sm.input.store,
     out_trident=sm.output.trident,
     out_stamp=sm.output.stamp,

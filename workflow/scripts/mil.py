@@ -15,7 +15,7 @@ torch.set_num_threads(sm.threads)
 task = sm.params.task
 cohort = [
     {**row, "features": f, "instances": s}
-    for row, f, s in zip(sm.params.cohort, sm.input.features, sm.input.instances, strict=True)
+    for row, f, s in zip(sm.params.cohort, sm.params.features, sm.input.instances, strict=True)
 ]
 run_mil(
     from_mapping(SlideTaskConfig, task, f"evaluate.slide_tasks.{task['name']}"),

@@ -17,7 +17,7 @@ slide = path if is_specimen(path) else (sm.input.get("slide") or path)
 run_predict(
     model_dir=Path(sm.input.model) / "model",
     slide_id=sm.wildcards.slide,
-    features_store=sm.input.features,
+    features_store=sm.params.features,
     instances_store=sm.input.instances,
     out_json=sm.output.json,
     out_attention=sm.output.attention,
