@@ -131,13 +131,29 @@ def _run(folder: Path, args: list[str], env: dict | None = None) -> tuple[float,
     return seconds, proc.stdout + proc.stderr
 
 
-def _finish_cohort(folder: Path, cfg: Path) -> dict:
+def _finish_cohort(folder: Path, cfg: Path, n: int) -> dict:
     """Make the cohort's every job look finished to Snakemake as a real run leaves it: each
     job recorded as run (``snakemake --touch``, which writes the same metadata records -
     code, params, inputs, software - as running the job) and each output created, in the
     order the jobs ran (inputs older than outputs). The outputs are empty files and folders:
-    Snakemake's rerun checks their existence, times and records, never their contents."""
-    seconds, out = _run(folder, ["--cores", "2", "--configfile", str(cfg), "--touch"])
+    Snakemake's rerun checks their existence, times and records, never their contents.
+    Slides' tiling and cells are recorded 1,000 slides at a time: Snakemake's scheduler takes
+    time that grows with the square of the jobs it holds (37 s for 2,000 jobs, 274 s for
+    6,000), the rest of the workflow after them."""
+    results = folder / "results"
+    t0, made = time.perf_counter(), 0
+    parts = [
+        [str(results / kind / f"s{i:05d}{ext}") for i in range(a, min(a + 1000, n))
+         for kind, ext in (("cells", ".zarr"), ("qc", ".png"))]
+        for a in range(0, n, 1000)
+    ]  # fmt: skip
+    for targets in [*parts, []]:
+        _, out = _run(folder, ["--cores", "2", "--configfile", str(cfg), "--touch", *targets])
+        made += _make_outputs(folder, out)
+    return {"touch_s": time.perf_counter() - t0, "outputs": made}
+
+
+def _make_outputs(folder: Path, out: str) -> int:
     made = 0
     for listed in re.findall(r"Output files not touched because they don't exist: (.*)", out):
         for name in listed.split(", "):
@@ -150,7 +166,7 @@ def _finish_cohort(folder: Path, cfg: Path) -> dict:
             else:
                 path.touch()
             made += 1
-    return {"touch_s": seconds, "outputs": made}
+    return made
 
 
 def cohort(sizes: list[int], tmp: Path, template: Path) -> dict:
@@ -170,7 +186,7 @@ def cohort(sizes: list[int], tmp: Path, template: Path) -> dict:
         )
         groups = len(re.findall(r"Group job slides \(jobs in", text))
         single = {r: c for r, c in _planned(text).items() if r not in (*GROUPED, *local_rules)}
-        finished = _finish_cohort(folder, cfg)
+        finished = _finish_cohort(folder, cfg, n)
         noop_s, text = _run(folder, ["--cores", "2", "--configfile", str(cfg)])
         assert "Nothing to be done" in text, text[-3000:]
         noop_dry_s, text = _run(folder, ["--cores", "2", "--configfile", str(cfg), "-n"])
@@ -384,17 +400,105 @@ def _write(result: dict, out_dir: Path) -> None:
         f"- After adding one slide: {r['after_adding_one_slide']['jobs']} planned "
         f"({r['after_adding_one_slide']['dry_run_s']:.1f} s)",
     ]
+    if "cohort" in result:
+        earlier = ["", "## Earlier figures (the load run is of tiling and cells, unchanged since)"]
+        lines = lines[:2] + cohort_lines(result["cohort"], r) + earlier + lines[2:]
     if "planning_profile" in result:
-        lines += profile_lines(result["planning_profile"])
+        lines += profile_lines(result["planning_profile"], "## Where planning goes")
+    if "planning_profile_before" in result:
+        lines += profile_lines(
+            result["planning_profile_before"],
+            "## Where planning went before (each job's paths matched against every slide id)",
+            BEFORE,
+        )
     (out_dir / "dag_benchmark.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
-def profile_lines(pp: dict) -> list[str]:
+def on_paper(sizes: dict, key: str, at: int) -> float:
+    """A least-squares line through the measured (slides, seconds), read at ``at`` slides."""
+    x = np.array([int(n) for n in sizes], float)
+    y = np.array([r[key] for r in sizes.values()], float)
+    slope, intercept = np.polyfit(x, y, 1)
+    return float(intercept + slope * at)
+
+
+def cohort_lines(c: dict, load: dict) -> list[str]:
+    sizes = c["sizes"]
+    ns = sorted(sizes, key=int)
     lines = [
         "",
-        "## Where planning goes",
+        "## Plan, no-op rerun and SLURM submissions",
         "",
+        "`SLURM_CONF=/dev/null python benchmarks/dag_benchmark.py --cohort "
+        + " ".join(ns)
+        + "`, the sizes in one sitting on the same machine: tiny synthetic slides (one "
+        "pyramidal TIFF hard-linked), pretraining and three backbones' cell embedding "
+        "(`embed.slides_per_job` 64), every `snakemake` command's start-up "
+        f"({c['startup_s']:.1f} s) included. Submissions: `snakemake --profile "
+        "profiles/slurm -n` (its groups of 16 slides' tiling and cells, plus every other job "
+        "but the Snakefile's localrules). No-op rerun: `snakemake --cores 2` on the finished "
+        "cohort, nothing to do.",
+        "",
+        "| slides | jobs planned | `snakemake -n` | ms per job | sbatch submissions "
+        "(SLURM profile) | no-op rerun | no-op `snakemake -n` |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n in ns:
+        r = sizes[n]
+        jobs = sum(r["jobs"].values())
+        lines.append(
+            f"| {int(n):,} | {jobs:,} | {r['plan_s']:.1f} s | {1000 * r['plan_s'] / jobs:.2f} | "
+            f"{r['submissions']:,} | {r['noop_rerun_s']:.1f} s | {r['noop_dry_run_s']:.1f} s |"
+        )
+    big = sizes[ns[-1]]
+    add = big["after_adding_one_slide"]
+    lines += [
+        "",
+        f"At {int(ns[-1]):,} slides: jobs by rule {big['jobs']}; submissions "
+        f"{big['submissions_by_kind']}. One slide added at the end of the sheet (split test) "
+        f"plans {add['jobs']} ({add['dry_run_s']:.1f} s): its tiling and cells, the last "
+        "embedding job of each backbone, the report.",
+        "",
+        "The finished cohort is made as Snakemake would find it after running: every job "
+        "recorded by `snakemake --touch` (the same metadata records - code, params, inputs, "
+        "software - as a real run writes) and every output created in the order the jobs ran, "
+        "as an empty file or folder (Snakemake's rerun checks existence, times and records, "
+        f"not contents). Running {int(ns[-1]):,} slides' tiling and cell jobs for real would "
+        f"take about {load['run_s'] * int(ns[-1]) / load['slides'] / 3600:.1f} hours on these "
+        f"2 cores (the load run below: {load['run_s'] / 60:.1f} min for {load['slides']:,}). "
+        f"Making it took {big['finished']['touch_s']:.0f} s at {int(ns[-1]):,} slides "
+        f"({big['finished']['outputs']:,} outputs).",
+        "",
+        "### 100,000 slides, on paper",
+        "",
+        "A straight line through the three sizes (least squares), read at 100,000 slides: "
+        f"`snakemake -n` {on_paper(sizes, 'plan_s', 100_000):.0f} s, no-op rerun "
+        f"{on_paper(sizes, 'noop_rerun_s', 100_000):.0f} s; from {int(ns[0]):,} to "
+        f"{int(ns[-1]):,} slides planning grew "
+        f"{sizes[ns[-1]]['plan_s'] / sizes[ns[0]]['plan_s']:.1f}x for "
+        f"{int(ns[-1]) // int(ns[0])}x the slides. Not run here: a 100,000-slide `snakemake -n` "
+        "holds about 200,000 jobs in one process.",
+    ]
+    return lines
+
+
+BEFORE = (
+    "Measured with the code before slides were embedded in jobs of 64 and before the slide "
+    "wildcard's constraint changed: it was the list of the sheet's ids joined by '|', a regular "
+    "expression as long as the cohort that every file path of every job was matched against "
+    "and formatted with, so each match cost more as the cohort grew and planning grew faster "
+    "than the jobs (ms per job below). Every slide's embedding was its own job per backbone "
+    "(60% of the jobs)."
+)
+
+
+def profile_lines(pp: dict, title: str, note: str = "") -> list[str]:
+    lines = [
+        "",
+        title,
+        "",
+        *([note, ""] if note else []),
         "`python benchmarks/dag_benchmark.py --profile-slides "
         + " ".join(str(n) for n in pp["sizes"])
         + "`: the same sheet and config as the plan above (tile, cells, pretraining and three "

@@ -326,3 +326,22 @@ def test_pretraining_seeds_give_a_checkpoint_each_with_its_own_random_control():
 def test_bad_pretraining_seeds_fail_before_any_job(overlay, pattern):
     with pytest.raises(ConfigError, match=pattern):
         _plan(overlay)
+
+
+def test_wildcard_constraints_do_not_grow_with_the_sheet(tmp_path):
+    """A slide's wildcard is matched by the ids' grammar: a constraint listing the sheet's ids
+    made every file match cost as much as the cohort is large (planning grew with the square
+    of the slides)."""
+    import re
+
+    sizes = {}
+    for n in (3, 300):
+        sheet = tmp_path / f"s{n}.tsv"
+        rows = "".join(f"case.{i:04d}\t/x/{i}.svs\t0.25\n" for i in range(n))
+        sheet.write_text("slide_id\tpath\tmpp\n" + rows)
+        wc = _plan({"samples": str(sheet), "demo": {"enabled": False}}).wildcard_constraints()
+        sizes[n] = (len(wc["slide"]), len(wc["source"]))
+        assert re.fullmatch(wc["slide"], "case.0001") and re.fullmatch(wc["source"], "case.0001")
+        assert not re.fullmatch(wc["slide"], "case.0001.cells")  # qc/<id>.cells.png is QC's
+        assert not re.fullmatch(wc["slide"], "a/b")
+    assert sizes[3] == sizes[300]

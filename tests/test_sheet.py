@@ -21,6 +21,7 @@ def test_load_sheet_resolves_paths_and_mpp(tmp_path):
     [
         ({"slide_id": ["a"]}, r"missing required column\(s\) \['path'\]"),
         ({"slide_id": ["a b"], "path": ["x"]}, r"invalid slide_id \(line 2: 'a b'\)"),
+        ({"slide_id": ["a.cells"], "path": ["x"]}, r"invalid slide_id .*must not end in '.cells'"),
         (
             {"slide_id": ["a", "a"], "path": ["x", "y"]},
             r"duplicate slide_id \('a' on lines \[2, 3\]\)",

@@ -115,3 +115,35 @@ def test_the_copy_follows_the_seed_of_a_random_backbone(built, tmp_path):
     assert other["identity"]["weights_sha256"] != card["identity"]["weights_sha256"]
     a = load_traced(tmp_path / "b").model(torch.zeros(1, 3, 32, 32))
     assert a.shape == (1, 32)
+
+
+def test_a_job_of_several_stores_gives_each_its_own_features_and_a_manifest(built):
+    """rule embed_slides: one backbone load for many slides' stores; each store gets the
+    features a job of its own gives it, and the manifest written last lists them."""
+    from cytofm.stages.embed import run_embed_many
+
+    root, store, _ = built
+    other = root / "other.zarr"
+    images = np.random.default_rng(1).integers(0, 256, (9, 40, 40, 3), dtype=np.uint8)
+    with atomic_group(other) as g:
+        w = PatchStoreWriter(g, 40, 16, {})
+        w.append(images)
+        w.close()
+        g.attrs["mpp"] = 0.75
+    folder = root / "backbones" / "tiny"
+    pairs = [(store, root / "many_a.zarr"), (other, root / "many_b.zarr")]
+    manifest = root / "shards" / "00000.json"
+    summary = run_embed_many(
+        SPEC, pairs, backbone_dir=folder, batch_size=4, device="cpu", manifest=manifest
+    )
+    assert summary["n_images"] == 23 + 9 and summary["n_stores"] == 2
+    for source, out in pairs:
+        alone = root / f"alone_{out.name}"
+        run_embed(SPEC, source, alone, backbone_dir=folder, batch_size=4, device="cpu")
+        np.testing.assert_array_equal(
+            open_store(out)["features"][:], open_store(alone)["features"][:]
+        )
+    listed = json.loads(manifest.read_text())
+    assert [s["features"] for s in listed["stores"]] == [str(o) for _, o in pairs]
+    assert [s["rows"] for s in listed["stores"]] == [23, 9]
+    assert listed["provenance"]["stage"] == "embed"
