@@ -768,7 +768,8 @@ class EmbedConfig(Section):
         "<backbone>/<kind>/shards/<n>.json lists a job's feature stores. A cohort of 10,000 "
         "slides then plans 157 embedding jobs per backbone, not 10,000 "
         "(benchmarks/results/dag_benchmark.md). Add new slides at the end of the sheet: only the "
-        "last job's slides are embedded again. The features do not depend on it.",
+        "last job's slides are embedded again. Changing it embeds every slide again (to the same "
+        "features) and reruns what reads them.",
     )
 
     def __post_init__(self) -> None:
