@@ -505,8 +505,8 @@ def profile_lines(pp: dict, title: str, note: str = "") -> list[str]:
         *([note, ""] if note else []),
         "`python benchmarks/dag_benchmark.py --profile-slides "
         + " ".join(str(n) for n in pp["sizes"])
-        + "`: the same sheet and config as the plan above (tile, cells, pretraining and three "
-        "backbones' cell embedding per slide), `snakemake -n` as shipped and with Snakemake's "
+        + "`: the same sheet and config as the cohort above (tile, cells, pretraining and three "
+        "backbones' cell embedding), `snakemake -n` as shipped and with Snakemake's "
         f"own `{SNAKEMAKE_DISK_DEFAULT}` default resource, which the profiles now replace by a "
         f"constant; start-up (`snakemake --version`) {pp['startup_s']:.1f} s.",
         "",
