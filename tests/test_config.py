@@ -267,3 +267,69 @@ def test_from_mapping_refuses_unknown_keys():
 
 def test_patch_mpp():
     assert CellsConfig(patch_um=48, patch_px=64).patch_mpp == pytest.approx(0.75)
+
+
+def _out_of_bounds(field):
+    """A value its field's declared bounds refuse (a list of one for list-valued fields)."""
+    m = field.metadata
+    if m.get("choices") is not None and not all(isinstance(c, (int, float)) for c in m["choices"]):
+        bad = "not_one_of_the_choices"
+    elif m.get("minimum") is not None:
+        bad = m["minimum"] - 1
+    elif m.get("above") is not None:
+        bad = m["above"]
+    elif m.get("maximum") is not None:
+        bad = m["maximum"] + 1
+    else:
+        bad = max(m["choices"]) + 1
+    listed = (
+        m.get("items")
+        or isinstance(field.default, (tuple, list))
+        or (
+            field.default_factory is not dataclasses.MISSING
+            and isinstance(field.default_factory(), (tuple, list))
+        )
+    )
+    return [bad] if listed else bad
+
+
+BOUNDED = [
+    (key, field)
+    for key, field, is_section in _fields(Config)
+    if not is_section
+    and any(field.metadata.get(b) is not None for b in ("choices", "minimum", "maximum", "above"))
+]
+
+
+def test_every_declared_bound_is_enforced_as_the_workflow_builds_its_plan():
+    """Each field's bounds (the ones the schema is generated from) refuse a value outside them
+    in ``Plan.build(config, local=...)``, the call the workflow makes, naming the key: no bad
+    value (``evaluate.lora.dropout: 1.5``) runs."""
+    from cytofm.plan import Plan
+
+    shipped = yaml.safe_load((REPO / "config.yaml").read_text())
+    names = {  # an entry of each named mapping, to reach its keys
+        "datasets": "extra",
+        "backbones": "cytofm",
+        "evaluate.tasks": "demo_cells",
+        "evaluate.slide_tasks": "demo_abnormal",
+    }
+    assert len(BOUNDED) > 150
+    for key, field in BOUNDED:
+        config = copy.deepcopy(shipped)
+        config.setdefault("datasets", {})["extra"] = {"path": "crops"}
+        parts = key.split(".")
+        for mapping, name in names.items():
+            head = mapping.split(".")
+            if parts[: len(head)] == head and parts[len(head)] == "<name>":
+                parts[len(head)] = name
+        node = config
+        for part in parts[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = bad = _out_of_bounds(field)
+        dotted = ".".join(parts)
+        with pytest.raises(ConfigError, match=re.escape(dotted)) as err:
+            Plan.build(config, local=True)
+        assert repr(bad[0] if isinstance(bad, list) else bad) in str(err.value), (key, err.value)

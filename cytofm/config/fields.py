@@ -144,6 +144,9 @@ def from_mapping(cls: type[T], mapping: Mapping[str, Any] | None, section: str =
             f"unknown key(s) {unknown} in config section '{label}'; allowed: {sorted(names)}"
         )
     types_ = hints(cls)
+    metas = {f.name: f.metadata for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for name, value in mapping.items():
+        check_bounds(_join(section, name), value, metas[name])
     for name, value in list(mapping.items()):
         sub, entry = section_type(types_[name]), entry_type(types_[name])
         if sub is not None and isinstance(value, Mapping):
@@ -154,6 +157,34 @@ def from_mapping(cls: type[T], mapping: Mapping[str, Any] | None, section: str =
                 for k, v in value.items()
             }
     return cls(**mapping)
+
+
+def check_bounds(key: str, value: Any, meta: Mapping[str, Any]) -> None:
+    """A value against the bounds its field declares (``choices``, ``minimum``, ``maximum``,
+    ``above``; each entry of a list), the same bounds the schema is generated from: a config
+    built without the schema is held to them too. Numeric bounds apply to numbers only (a field
+    may also take a word such as 'auto'); None means unset."""
+    choices, low, high, above = (meta.get(k) for k in ("choices", "minimum", "maximum", "above"))
+    if choices is None and low is None and high is None and above is None:
+        return
+    entries = list(value) if isinstance(value, (list, tuple)) else [value]
+    for v in entries:
+        if v is None or isinstance(v, Mapping):
+            continue
+        listed = isinstance(value, (list, tuple))
+        where = f"config key '{key}'" + (f" (entry {v!r})" if listed else "")
+        if choices is not None and not isinstance(v, (int, float)) and v not in choices:
+            raise ConfigError(f"{where}: {v!r} is not one of {' | '.join(map(str, choices))}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if choices is not None and v not in choices:
+            raise ConfigError(f"{where}: {v!r} is not one of {' | '.join(map(str, choices))}")
+        if low is not None and v < low:
+            raise ConfigError(f"{where} must be >= {low}, got {v!r}")
+        if high is not None and v > high:
+            raise ConfigError(f"{where} must be <= {high}, got {v!r}")
+        if above is not None and v <= above:
+            raise ConfigError(f"{where} must be > {above}, got {v!r}")
 
 
 def _join(*parts: str) -> str:
