@@ -143,6 +143,14 @@ def _relative(command: str) -> str:
     return command.replace(f"{REPO}/", "")
 
 
+def _seed0_matches(size: dict, heads: list[dict]) -> str:
+    """Whether the carried-over sizing's seed-0 rows give this run's headline means."""
+    means = {(h["task"], b): v["mean"] for h in heads for b, v in h["backbones"].items()}
+    rows = [r for r in size["rows"] if r["pretraining_seed"] == 0]
+    same = all(round(r["mean"], 4) == round(means[(r["task"], r["backbone"])], 4) for r in rows)
+    return "match" if same else "do not match"
+
+
 def sizing_lines(size: dict) -> list[str]:
     rows = size["rows"]
     met = sum(r["half_width"] <= r["target_half_width"] for r in rows)
@@ -156,7 +164,13 @@ def sizing_lines(size: dict) -> list[str]:
         f"{sorted({r['pretraining_seed'] for r in rows})}`"
         f", {size['seconds'] / 60:.1f} min more), each summarised alone: what a demo run whose "
         "pretraining (and random initialisation) drew that seed would report. The targets hold "
-        f"in {met} of {len(rows)} rows.",
+        f"in {met} of {len(rows)} rows."
+        + (
+            " This table is carried over from the previous run (`--keep-sizing`); its seed-0 "
+            f"rows {size['seed0_matches']} this run's headlines (means to 4 decimals)."
+            if "carried_over" in size
+            else ""
+        ),
         "",
         "| task | metric | pretraining seed | backbone | mean [95% CI] | CI half-width | target |",
         "|---|---|---|---|---|---|---|",
@@ -331,6 +345,12 @@ def main() -> None:
         help="after the run, add the checkpoints of these pretraining seeds to its results and "
         "report each checkpoint's headline half-widths ([] = none)",
     )
+    ap.add_argument(
+        "--keep-sizing",
+        action="store_true",
+        help="carry the last run's sizing table over (marked so) instead of measuring it again: "
+        "for a change that leaves every checkpoint's results as they were",
+    )
     ap.add_argument("--timeout", type=int, default=3 * 3600, help="seconds per snakemake call")
     args = ap.parse_args()
     out = args.out
@@ -355,6 +375,10 @@ def main() -> None:
             shutil.copyfile(src, RESULTS / f"demo_report_{Path(name).name}")
     if args.report_only:
         size = last.get("sizing")
+    elif args.keep_sizing:
+        size = json.loads((RESULTS / "demo.json").read_text()).get("sizing")
+        if size:
+            size = {**size, "carried_over": True, "seed0_matches": _seed0_matches(size, heads)}
     else:
         size = sizing(out, args.sizing_seeds, args.timeout) if args.sizing_seeds else None
     record = {
