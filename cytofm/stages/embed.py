@@ -130,22 +130,10 @@ def run_embed_many(
     ) as run:
         t0 = time.perf_counter()
         bb, runtime = _load_for_embedding(spec, backbone_dir, pretrained_dir, dev)
-        t_embed, n, dim, stores = 0.0, 0, bb.model.num_features, []
-        for i, (source_store, out_store) in enumerate(pairs):
-            src = _open_source(source_store)
-            _fit_to_source(src.attrs.get("mpp"), bb, spec.name, source_store)
-            record = _record(bb, settings, source_store, dev, runtime)
-            t1 = time.perf_counter()
-            rows, dim = _stream_features(
-                bb, src, out_store, record, spec.name, source_store, batch_size=batch_size,
-                device=str(dev), precision=precision, num_workers=workers,
-            )  # fmt: skip
-            t_embed += time.perf_counter() - t1
-            n += rows
-            stores.append({"source": str(source_store), "features": str(out_store),
-                           "rows": rows, "source_sha256": record["source_sha256"]})  # fmt: skip
-            if len(pairs) > 1:
-                log.info("%s: %d/%d %s, %d rows", spec.name, i + 1, len(pairs), source_store, rows)
+        stores, t_embed = _embed_pairs(
+            bb, spec, pairs, settings, dev, runtime, workers=workers
+        )  # fmt: skip
+        n, dim = sum(s["rows"] for s in stores), stores[-1]["dim"]
         seconds = time.perf_counter() - t0
         summary = {"n_images": n, "dim": dim, "seconds": seconds, "num_workers": workers}
         summary["images_per_second"] = n / t_embed if t_embed > 0 else float("nan")
@@ -165,6 +153,26 @@ def run_embed_many(
             record = provenance("embed", settings, backbone=bb.identity, device=str(dev))
             atomic_json(manifest, {"provenance": record, "stores": stores})
     return summary
+
+
+def _embed_pairs(bb, spec, pairs, settings, dev, runtime, *, workers) -> tuple[list, float]:
+    """Each pair's feature store with the loaded backbone: (what each got, seconds embedding)."""
+    t_embed, stores = 0.0, []
+    for i, (source_store, out_store) in enumerate(pairs):
+        src = _open_source(source_store)
+        _fit_to_source(src.attrs.get("mpp"), bb, spec.name, source_store)
+        record = _record(bb, settings, source_store, dev, runtime)
+        t1 = time.perf_counter()
+        rows, dim = _stream_features(
+            bb, src, out_store, record, spec.name, source_store, batch_size=settings["batch_size"],
+            device=str(dev), precision=settings["precision"], num_workers=workers,
+        )  # fmt: skip
+        t_embed += time.perf_counter() - t1
+        stores.append({"source": str(source_store), "features": str(out_store), "rows": rows,
+                       "dim": dim, "source_sha256": record["source_sha256"]})  # fmt: skip
+        if len(pairs) > 1:
+            log.info("%s: %d/%d %s, %d rows", spec.name, i + 1, len(pairs), source_store, rows)
+    return stores, t_embed
 
 
 def _open_source(source_store):
