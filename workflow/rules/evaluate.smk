@@ -72,7 +72,7 @@ rule embed_slides:
         slides=lambda w: PLAN.shard_slides(w.shard),
         features=lambda w: PLAN.shard_outputs(w.backbone, w.kind, w.shard),
     script:
-        "../scripts/embed_slides.py"
+        "../scripts/embed.py"
 
 
 rule evaluate:

@@ -1,4 +1,5 @@
-"""Adapter for rule `embed`: features of one patch store with one backbone."""
+"""Adapter for rules `embed` (one patch store) and `embed_slides` (a shard of slides' stores and
+its manifest): features with one backbone, loaded once."""
 
 from cytofm.log import setup_logging
 
@@ -9,15 +10,19 @@ import torch  # noqa: E402
 from cytofm.config import from_mapping  # noqa: E402
 from cytofm.eval.backbones import BackboneSpec  # noqa: E402
 from cytofm.stages.context import JobContext  # noqa: E402
-from cytofm.stages.embed import run_embed  # noqa: E402
+from cytofm.stages.embed import run_embed_many  # noqa: E402
 
 sm = snakemake  # noqa: F821
 torch.set_num_threads(sm.threads)
 spec = sm.params.backbone
-run_embed(
+manifest = sm.output.get("manifest")
+if manifest:  # embed_slides
+    pairs = list(zip(sm.input.stores, sm.params.features, strict=True))
+else:
+    pairs = [(sm.input.store, sm.output[0])]
+run_embed_many(
     from_mapping(BackboneSpec, spec, f"backbones.{spec['name']}"),
-    sm.input.store,
-    sm.output[0],
+    pairs,
     backbone_dir=sm.input.backbone,
     pretrained_dir=sm.input.get("pretrained"),
     batch_size=sm.params.embed["batch_size"],
@@ -25,4 +30,5 @@ run_embed(
     device=sm.params.embed["device"],
     num_workers=sm.config["embed"].get("num_workers", "auto"),  # not a param: no rerun
     job=JobContext.create(sm.config, sm.rule, dict(sm.wildcards), sm.input),
+    manifest=manifest,
 )
