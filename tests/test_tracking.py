@@ -62,7 +62,7 @@ def test_parallel_jobs_racing_to_create_the_experiment(tmp_path, monkeypatch):
     """Two jobs starting together against a server both see no experiment; the second
     create fails and must fall back to the first one's experiment."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from cytofm import tracking
+    from cytofm.tracking import runs
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     first = client.create_experiment("cytofm")
@@ -74,7 +74,7 @@ def test_parallel_jobs_racing_to_create_the_experiment(tmp_path, monkeypatch):
         return None if len(calls) == 1 else real(self, name)
 
     monkeypatch.setattr(MlflowClient, "get_experiment_by_name", stale_then_real)
-    assert tracking._experiment_id(client, "cytofm", None) == first
+    assert runs._experiment_id(client, "cytofm", None) == first
     assert len(calls) == 2
 
 
@@ -252,11 +252,11 @@ def test_an_unreachable_store_keeps_the_runs_and_never_raises(tmp_path, monkeypa
 def test_a_flush_stopped_half_way_does_not_leave_a_duplicate(tmp_path, monkeypatch):
     """The run id is saved in the spool as soon as MLflow gives it; if sending stops after that
     (a crash, a server gone mid-way), the next flush replaces the half-sent run."""
-    from cytofm import tracking
+    from cytofm.tracking import spool as spooling  # flush_spool looks up _send there
 
     _spooled_jobs(tmp_path, monkeypatch)
     spool = tmp_path / "mlflow-spool"
-    real = tracking._send
+    real = spooling._send
     calls = []
 
     def crash_after_create(client, exp, folder, record, *parents):
@@ -264,13 +264,13 @@ def test_a_flush_stopped_half_way_does_not_leave_a_duplicate(tmp_path, monkeypat
         if len(calls) == 1:
             client.create_run(exp, run_name=record["run_name"], tags=record["tags"])
             record["mlflow_run_id"] = client.search_runs([exp])[0].info.run_id
-            tracking._write_json(folder / "run.json", record)
+            spooling._write_json(folder / "run.json", record)
             raise ConnectionError("server went away")
         return real(client, exp, folder, record, *parents)
 
-    monkeypatch.setattr(tracking, "_send", crash_after_create)
-    assert tracking.flush_spool(spool)["left"] == 2
-    assert tracking.flush_spool(spool) == {"sent": 2, "killed": 0, "left": 0}
+    monkeypatch.setattr(spooling, "_send", crash_after_create)
+    assert spooling.flush_spool(spool)["left"] == 2
+    assert spooling.flush_spool(spool) == {"sent": 2, "killed": 0, "left": 0}
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.get_experiment_by_name("cytofm")
     active = client.search_runs([exp.experiment_id])
