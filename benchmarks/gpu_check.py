@@ -377,7 +377,8 @@ def bf16_agreement(device, smoke: bool) -> dict:
 def lora_speed(device, smoke: bool) -> dict:
     import torch
 
-    from cytofm.eval.lora import LoraSettings, train_lora
+    from cytofm.config import LoraConfig
+    from cytofm.eval.lora import train_lora
 
     size = 64 if smoke else 224
     rng = np.random.default_rng(2)
@@ -389,12 +390,12 @@ def lora_speed(device, smoke: bool) -> dict:
     for steps in (2, 5, 45) if smoke else (5, 10, 60):
         bb, _ = vit("vit_small_patch16_224", smoke)
         t0 = time.perf_counter()
-        train_lora(bb, images, labels, 4, LoraSettings(), 1e-3, 0, steps=steps, device=device)
+        train_lora(bb, images, labels, 4, LoraConfig(), 1e-3, 0, steps=steps, device=device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times[steps] = time.perf_counter() - t0
     (s0, t0), (s1, t1) = sorted(times.items())[1:]
-    return {"batch_size": LoraSettings().batch_size, "steps_per_s": (s1 - s0) / (t1 - t0)}
+    return {"batch_size": LoraConfig().batch_size, "steps_per_s": (s1 - s0) / (t1 - t0)}
 
 
 def write_md(res: dict, path: Path) -> None:

@@ -10,13 +10,12 @@ import timm
 import torch
 import zarr
 
-from cytofm.config import EvalConfig
+from cytofm.config import EvalConfig, LoraConfig
 from cytofm.errors import ConfigError
 from cytofm.eval.backbones import LoadedBackbone
 from cytofm.eval.features import preprocess
 from cytofm.eval.lora import (
     LoraClassifier,
-    LoraSettings,
     budget,
     lr_factor,
     protocol_steps,
@@ -50,7 +49,7 @@ def _data(n=24, seed=0):
     return images, labels
 
 
-SETTINGS = LoraSettings(rank=2, alpha=4.0, dropout=0.0, batch_size=8)
+SETTINGS = LoraConfig(rank=2, alpha=4.0, dropout=0.0, batch_size=8)
 
 
 def _train(bb, images, labels, lr=1e-2, seed=0, steps=4, settings=SETTINGS):
@@ -79,7 +78,7 @@ def test_adapters_are_on_q_and_v_of_every_block_and_exact_at_init():
     x = preprocess(_data()[0][:6], bb, "cpu")
     with torch.no_grad():
         plain = bb.model(x)
-    model = LoraClassifier(copy.deepcopy(bb.model), 3, LoraSettings()).eval()
+    model = LoraClassifier(copy.deepcopy(bb.model), 3, LoraConfig()).eval()
     expected = [f"blocks.{i}.attn.{p}" for i in range(DEPTH) for p in ("q", "v")]
     assert model.adapted_modules() == expected
     # rank 2: A (2 x 32) and B (32 x 2) per adapted layer; the head is the only other weight
@@ -96,7 +95,7 @@ def test_adapters_are_on_q_and_v_of_every_block_and_exact_at_init():
 
 def test_other_target_modules_are_honoured():
     bb = _backbone(depth=1)
-    s = LoraSettings(target_modules=("q", "k", "v", "proj"))
+    s = LoraConfig(target_modules=("q", "k", "v", "proj"))
     model = LoraClassifier(copy.deepcopy(bb.model), 3, s)
     assert sorted(model.adapted_modules()) == [
         f"blocks.0.attn.{p}" for p in ("k", "proj", "q", "v")
@@ -155,7 +154,7 @@ def test_same_seed_same_weights_other_seed_differs():
 def test_lora_learns_a_simple_signal():
     bb = _backbone()
     images, labels = _data(n=48)
-    settings = LoraSettings(rank=4, alpha=8.0, dropout=0.0)
+    settings = LoraConfig(rank=4, alpha=8.0, dropout=0.0)
     model = _train(bb, images, labels, lr=3e-3, steps=60, settings=settings)
     test_images, test_labels = _data(n=30, seed=1)
     with torch.no_grad():
@@ -166,18 +165,18 @@ def test_lora_learns_a_simple_signal():
 
 @pytest.mark.parametrize("shots,expected", [(1, 150), (2, 250), (16, 1650), (50, 5050)])
 def test_step_schedule_grows_with_the_shots(shots, expected):
-    assert protocol_steps(LoraSettings(), shots=shots) == expected
-    plan = budget(LoraSettings(), shots=shots)
+    assert protocol_steps(LoraConfig(), shots=shots) == expected
+    plan = budget(LoraConfig(), shots=shots)
     assert plan["steps"] == expected and plan["warmup_steps"] == 50 and not plan["reduced"]
 
 
 def test_data_share_runs_take_epochs_of_batches():
     # 100 epochs of ceil(70 / 32) = 3 batches, after the warm-up
-    assert protocol_steps(LoraSettings(), n_train=70) == 50 + 300
+    assert protocol_steps(LoraConfig(), n_train=70) == 50 + 300
 
 
 def test_a_cap_is_a_reduced_budget_with_the_same_shape():
-    plan = budget(LoraSettings(max_steps=75), shots=1)
+    plan = budget(LoraConfig(max_steps=75), shots=1)
     assert plan == {
         "steps": 75,
         "warmup_steps": 25,
@@ -186,24 +185,24 @@ def test_a_cap_is_a_reduced_budget_with_the_same_shape():
         "reduced": True,
         "departures": ["75 of 150 steps"],
     }
-    assert not budget(LoraSettings(max_steps=500), shots=1)["reduced"]
+    assert not budget(LoraConfig(max_steps=500), shots=1)["reduced"]
 
 
 def test_a_shorter_grid_another_rank_or_other_layers_are_a_reduced_budget():
-    plan = budget(LoraSettings(lrs=(1e-3, 1e-4), rank=4, target_modules=("q", "k", "v")), shots=1)
+    plan = budget(LoraConfig(lrs=(1e-3, 1e-4), rank=4, target_modules=("q", "k", "v")), shots=1)
     assert plan["reduced"] and plan["steps"] == plan["protocol_steps"]
     assert plan["departures"] == [
         "2 of 5 learning rates",
         "rank 4, not 2",
         "adapters on q+k+v, not q+v",
     ]
-    assert budget(LoraSettings(), shots=1)["departures"] == []
+    assert budget(LoraConfig(), shots=1)["departures"] == []
 
 
 @pytest.mark.parametrize("rslora, scale", [(True, 4.0 / np.sqrt(2)), (False, 4.0 / 2)])
 def test_the_update_is_scaled_by_alpha_over_sqrt_rank_by_default(rslora, scale):
-    assert LoraSettings().rslora  # the protocol's scaling is the default
-    model = LoraClassifier(_backbone().model, 3, LoraSettings(rank=2, alpha=4.0, rslora=rslora))
+    assert LoraConfig().rslora  # the protocol's scaling is the default
+    model = LoraClassifier(_backbone().model, 3, LoraConfig(rank=2, alpha=4.0, rslora=rslora))
     q = dict(model.backbone.named_modules())["base_model.model.blocks.0.attn.q"]
     assert q.scaling["default"] == pytest.approx(scale)
 

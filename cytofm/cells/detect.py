@@ -2,7 +2,7 @@
 
 A detector is built from the cells config and the slide's glass colour, and called on an RGB
 region with its mpp; it returns nucleus centres (x, y) in that region's pixels and a score
-per centre. :mod:`cytofm.cells.learned` registers ``tiatoolbox`` and ``cellpose``. Another
+per centre. :mod:`cytofm.cells.learned` provides ``tiatoolbox`` and ``cellpose``. Another
 package adds its own with an entry point in the group ``cytofm.detectors`` naming a factory
 ``factory(cells_config, background_rgb) -> Detector`` (see :mod:`cytofm.registry`).
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import Callable
 from typing import Protocol
 
 import cv2
@@ -19,7 +18,7 @@ import numpy as np
 
 from cytofm.cells.stain import StainChoice, min_od_map
 from cytofm.config import CellsConfig
-from cytofm.registry import Registry
+from cytofm.registry import DETECTORS
 from cytofm.wsi.mask import optical_density
 from cytofm.wsi.reader import resample
 
@@ -28,11 +27,6 @@ __all__ = ["DETECTORS", "ClassicalDetector", "Detector", "make_detector", "regis
 
 class Detector(Protocol):
     def __call__(self, rgb: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-DETECTORS: Registry[Callable[..., Detector]] = Registry(
-    "nucleus detector", "cytofm.detectors", "cells.detector", lazy=("cytofm.cells.learned",)
-)
 
 
 def register_detector(name: str):
@@ -240,8 +234,7 @@ class ClassicalDetector:
         return xy, scores
 
 
-@register_detector("classical")
-def _classical(
+def classical_detector(
     cfg: CellsConfig, background: np.ndarray, stain: StainChoice | None = None
 ) -> Detector:
     return ClassicalDetector(cfg, background, stain)

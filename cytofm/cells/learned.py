@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cytofm.cells.detect import Detector, merge_close, register_detector
+from cytofm.cells.detect import Detector, merge_close
 from cytofm.config import CellsConfig
 from cytofm.errors import ConfigError
 from cytofm.wsi.reader import resample
@@ -125,8 +125,7 @@ class WindowedDetector:
         return (xy + 0.5) / scale - 0.5, scores
 
 
-@register_detector("tiatoolbox")
-def _tiatoolbox(cfg: CellsConfig, background: np.ndarray) -> Detector:
+def tiatoolbox_detector(cfg: CellsConfig, background: np.ndarray) -> Detector:
     import torch
     from tiatoolbox.models.architecture import get_pretrained_model
 
@@ -199,8 +198,7 @@ class CellposeDetector:
         return (xy + 0.5) / scale - 0.5, scores
 
 
-@register_detector("cellpose")
-def _cellpose(cfg: CellsConfig, background: np.ndarray) -> Detector:
+def cellpose_detector(cfg: CellsConfig, background: np.ndarray) -> Detector:
     try:
         from cellpose import models
     except ImportError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from cytofm import registry
 from cytofm.config.fields import Section, option
 from cytofm.errors import ConfigError
 
@@ -90,16 +91,12 @@ def _check_name(what: str, name: str) -> None:
 
 
 def _check_reader(section: str, backend: str) -> None:
-    """``auto``, a built-in reader, or one a package registers (checked without importing the
-    readers unless the name is not built in)."""
-    if backend in ("auto", "openslide", "image", "tiatoolbox", "fields", "zstack"):
-        return
-    from cytofm.wsi.reader import BACKENDS
-
-    if backend not in BACKENDS:
+    """``auto``, a built-in reader, or one a package registers (checked by name: nothing is
+    imported)."""
+    if backend != "auto" and backend not in registry.READERS:
         raise ConfigError(
             f"{section}.backend: no slide reader named {backend!r}; available: auto, "
-            f"{', '.join(BACKENDS.names())}. A package adds one with an entry point in "
+            f"{', '.join(registry.READERS.names())}. A package adds one with an entry point in "
             '[project.entry-points."cytofm.readers"]'
         )
 
@@ -335,10 +332,12 @@ class CellsConfig(Section):
             raise ConfigError(f"{s}.min_darkness and {s}.merge_um must be >= 0")
         _at_least(s, 1, chunk=self.chunk)
         _check_reader(s, self.backend)
-        if self.detector not in ("classical", "tiatoolbox", "cellpose"):  # a plug-in's name
-            from cytofm.cells.detect import DETECTORS
-
-            DETECTORS[self.detector]  # raises, naming what is available
+        if self.detector not in registry.DETECTORS:
+            raise ConfigError(
+                f"{s}.detector: no nucleus detector named {self.detector!r}; available: "
+                f"{registry.DETECTORS.names()}. A package adds one with an entry point in "
+                '[project.entry-points."cytofm.detectors"]'
+            )
 
     @property
     def patch_mpp(self) -> float:
@@ -708,12 +707,11 @@ class BackboneSpec(Section):
         s = f"backbones.{self.name}"
         _check_name("backbone", self.name)
         if self.kind not in BACKBONE_KINDS_BUILTIN:
-            from cytofm.eval.backbones import BACKBONE_KINDS
-
-            if self.kind not in BACKBONE_KINDS:
+            if self.kind not in registry.BACKBONE_KINDS:
                 raise ConfigError(
                     f"{s}.kind must be one of {list(BACKBONE_KINDS_BUILTIN)} or a kind an "
-                    f"installed package adds ({BACKBONE_KINDS.names() or 'none installed'}), "
+                    "installed package adds "
+                    f"({registry.BACKBONE_KINDS.names() or 'none installed'}), "
                     f"got {self.kind!r}"
                 )
         if self.kind == "timm" and not (self.arch and self.weights):
@@ -892,16 +890,12 @@ class TaskConfig(Section):
             raise ConfigError(str(e)) from None
         if self.screening and not self.hierarchy:
             raise ConfigError(f"{s}.screening names a node of {s}.hierarchy, which is empty")
-        bad = sorted(set(self.protocols) - set(PROTOCOLS))
+        bad = sorted(p for p in self.protocols if p not in registry.PROTOCOLS)
         if bad:
-            from cytofm.eval.protocols import PROTOCOLS as REGISTERED
-
-            bad = [p for p in bad if p not in REGISTERED]
-            if bad:
-                raise ConfigError(
-                    f"{s}.protocols: unknown {bad}; choose from {REGISTERED.names()}, or install "
-                    'a package that adds one ([project.entry-points."cytofm.protocols"])'
-                )
+            raise ConfigError(
+                f"{s}.protocols: unknown {bad}; choose from {registry.PROTOCOLS.names()}, or "
+                'install a package that adds one ([project.entry-points."cytofm.protocols"])'
+            )
         if any(int(k) < 1 for k in (*self.shots, *self.lora_shots)):
             raise ConfigError(
                 f"{s}.shots and lora_shots must be >= 1, got {list(self.shots)}, "
@@ -1250,25 +1244,29 @@ class EvalConfig(Section):
         more="Leave-one-out tasks pool several validation sets and compute no conformal sets.",
     )
 
-    def part(self, protocol: str) -> dict:
-        """What a protocol family reads: ``mil`` (attention MIL, plus ``bootstrap``), ``probe``
+    def part(self, family: str, keys: tuple[str, ...] | None = None) -> dict:
+        """What a family of jobs reads: ``mil`` (attention MIL, plus ``bootstrap``), ``probe``
         (the linear protocol the pretraining probe runs), ``robustness`` (the batch-leak probe
-        and robustness index: linear, knn, bootstrap) or ``patch`` (everything else but the
-        tasks). Rules pass only these, so changing a MIL
-        setting never reruns a patch-level evaluation and vice versa."""
+        and robustness index: linear, knn, bootstrap) or ``patch``: a patch-level protocol's
+        ``keys`` (what it declares it reads, :attr:`cytofm.eval.protocols.Protocol.reads`;
+        None: every setting but the tasks). Rules pass only these, so changing a setting reruns
+        only the jobs that read it."""
         d = {
             k: v
             for k, v in self.to_dict().items()
             if k not in ("tasks", "slide_tasks", "conformal_alpha")  # summaries read it
         }
-        if protocol == "mil":
+        if family == "mil":
             return {"mil": d["mil"], "bootstrap": d["bootstrap"]}
-        if protocol == "probe":  # the pretraining probe: the linear protocol only
+        if family == "probe":  # the pretraining probe: the linear protocol only
             return {"linear": d["linear"], "select_metric": d["select_metric"]}
-        if protocol == "robustness":  # batch-leak probe (linear) and robustness index (k)
+        if family == "robustness":  # batch-leak probe (linear) and robustness index (k)
             keys = ("linear", "knn", "select_metric", "bootstrap")
-            return {k: d[k] for k in keys}
-        return {k: v for k, v in d.items() if k != "mil"}
+        elif family != "patch":
+            raise ValueError(f"no family of evaluation jobs named {family!r}")
+        if keys is None:
+            return {k: v for k, v in d.items() if k != "mil"}
+        return {k: d[k] for k in keys}
 
     def __post_init__(self) -> None:
         _choice("evaluate", "select_metric", self.select_metric, METRICS)

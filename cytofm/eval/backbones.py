@@ -42,15 +42,13 @@ from cytofm.config import BackboneSpec  # the config entry, defined with the con
 from cytofm.config.sections import BACKBONE_KINDS_BUILTIN
 from cytofm.errors import ConfigError, InputDataError
 from cytofm.provenance import file_sha256
-from cytofm.registry import Registry
+from cytofm.registry import BACKBONE_KINDS
 
 __all__ = ["BackboneSpec", "LoadedBackbone", "load_backbone_spec", "state_sha256"]
 
 log = logging.getLogger(__name__)
 
 KINDS = BACKBONE_KINDS_BUILTIN
-# kinds other packages add: name -> factory(spec) -> nn.Module (see the module's doc)
-BACKBONE_KINDS: Registry = Registry("backbone kind", "cytofm.backbones", "backbones.<name>.kind")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

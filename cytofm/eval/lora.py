@@ -33,25 +33,14 @@ from cytofm.eval.qkv import split_qkv
 __all__ = [
     "PROTOCOL",
     "LoraClassifier",
-    "LoraSettings",
     "budget",
     "departures",
     "lr_factor",
     "predict_proba",
     "protocol_steps",
-    "settings_from",
     "target_pattern",
     "train_lora",
 ]
-
-
-# The protocol's settings are the config's `evaluate.lora` section, defined once.
-LoraSettings = LoraConfig
-
-
-def settings_from(cfg) -> LoraConfig:
-    """The ``lora`` section of an :class:`cytofm.config.EvalConfig`."""
-    return cfg.lora
 
 
 _SCOPES = {"q": "attn", "k": "attn", "v": "attn", "proj": "attn", "fc1": "mlp", "fc2": "mlp"}
@@ -71,7 +60,7 @@ def target_pattern(names) -> str:
 class LoraClassifier(nn.Module):
     """peft-wrapped backbone (pooled features) + linear head."""
 
-    def __init__(self, backbone: nn.Module, n_classes: int, s: LoraSettings):
+    def __init__(self, backbone: nn.Module, n_classes: int, s: LoraConfig):
         super().__init__()
         from peft import LoraConfig as PeftLoraConfig
         from peft import get_peft_model
@@ -133,7 +122,7 @@ def predict_proba(model: nn.Module, bb: LoadedBackbone, images, device, batch: i
     return np.concatenate(out) if out else np.zeros((0, model.head.out_features))
 
 
-def protocol_steps(s: LoraSettings, *, shots: int | None = None, n_train: int = 0) -> int:
+def protocol_steps(s: LoraConfig, *, shots: int | None = None, n_train: int = 0) -> int:
     """Optimisation steps the protocol prescribes: warm-up plus ``iters_per_shot`` per shot for
     a k-shot run, plus ``fraction_epochs`` passes over the rows for a run on a data share."""
     if shots is not None:
@@ -151,7 +140,7 @@ PROTOCOL = {
 }
 
 
-def departures(s: LoraSettings) -> list[str]:
+def departures(s: LoraConfig) -> list[str]:
     """How the settings fall short of the protocol's search and adapters (besides steps)."""
     out = []
     if len(s.lrs) < PROTOCOL["lrs"]:
@@ -164,7 +153,7 @@ def departures(s: LoraSettings) -> list[str]:
     return out
 
 
-def budget(s: LoraSettings, *, shots: int | None = None, n_train: int = 0) -> dict:
+def budget(s: LoraConfig, *, shots: int | None = None, n_train: int = 0) -> dict:
     """Steps run against the protocol's, and ``reduced`` (with the reasons in ``departures``)
     when a ``max_steps`` cap cuts them or the learning-rate grid, rank or adapted layers
     differ from the protocol's."""
@@ -198,7 +187,7 @@ def train_lora(
     images: np.ndarray,
     labels: np.ndarray,
     n_classes: int,
-    s: LoraSettings,
+    s: LoraConfig,
     lr: float,
     seed: int,
     *,

@@ -23,11 +23,20 @@ import numpy as np
 
 from cytofm.config import EvalConfig, TaskConfig
 from cytofm.eval.splits import Split
-from cytofm.registry import Registry
+from cytofm.registry import PROTOCOLS
 
-__all__ = ["PROTOCOLS", "EvalInputs", "Protocol", "register_protocol"]
+__all__ = [
+    "HARNESS_READS",
+    "PROTOCOLS",
+    "EvalInputs",
+    "Protocol",
+    "register_protocol",
+    "settings_read",
+]
 
 Budget = tuple[str, Any]  # ("shots", k) or ("fraction", f)
+# what the harness reads for every protocol: the confidence intervals and the calibration rows
+HARNESS_READS = ("bootstrap", "conformal_share")
 
 
 @dataclasses.dataclass
@@ -83,6 +92,10 @@ class Protocol:
     """Base of every protocol; subclasses override what they do."""
 
     name: ClassVar[str] = ""
+    # the ``evaluate`` settings it reads (keys of EvalConfig, besides HARNESS_READS, which every
+    # job reads); its jobs get only these, so changing another protocol's setting reruns none of
+    # its jobs. None: every setting (a protocol that does not say).
+    reads: ClassVar[tuple[str, ...] | None] = None
     needs_features: ClassVar[bool] = True  # reads the backbone's cached features
     uses_gpu: ClassVar[bool] = False  # its jobs ask for a GPU where there is one
 
@@ -113,26 +126,28 @@ class Protocol:
         return {}
 
 
-PROTOCOLS: Registry[type[Protocol]] = Registry(
-    "evaluation protocol", "cytofm.protocols", "evaluate.tasks.<task>.protocols"
-)
-
-
 def register_protocol(cls: type[Protocol]) -> type[Protocol]:
     """Class decorator: register ``cls`` under ``cls.name``."""
     return PROTOCOLS.register(cls.name)(cls)
+
+
+def settings_read(protocol: str, cfg: EvalConfig) -> dict[str, Any]:
+    """The ``evaluate`` settings a job of ``protocol`` reads (what its rule passes)."""
+    reads = PROTOCOLS[protocol].reads
+    keys = None if reads is None else (*HARNESS_READS, *reads)
+    return cfg.part("patch", keys)
 
 
 def _fmt(scores: dict) -> dict[str, float]:
     return {str(k): float(v) for k, v in scores.items()}
 
 
-@register_protocol
 class Linear(Protocol):
     """Logistic regression on the features (C chosen on val), on the whole training split and
     on the task's ``fractions`` of it."""
 
     name = "linear"
+    reads = ("linear", "select_metric")
 
     def once(self):
         return self.inputs.linear(self.inputs.split.train)
@@ -145,12 +160,12 @@ class Linear(Protocol):
         return self.inputs.linear(rows)
 
 
-@register_protocol
 class Knn(Protocol):
     """Cosine k-nearest neighbours on the features, whole training split; each neighbour votes
     with weight ``exp(similarity / temperature)`` (DINO's and eva's kNN)."""
 
     name = "knn"
+    reads = ("knn",)
 
     def once(self):
         from cytofm.eval.linear import knn_proba
@@ -172,11 +187,11 @@ class Knn(Protocol):
         }
 
 
-@register_protocol
 class FewShot(Protocol):
     """The linear probe on k examples per class, per seed."""
 
     name = "fewshot"
+    reads = ("linear", "select_metric")
 
     @classmethod
     def budgets(cls, task, cfg):
@@ -186,13 +201,13 @@ class FewShot(Protocol):
         return self.inputs.linear(rows)
 
 
-@register_protocol
 class Lora(Protocol):
     """LoRA fine-tuning of the backbone from the task's images (the protocol of Dausort,
     Godelaine et al.): one adapter per learning rate of the grid for the protocol's steps, best
     on val."""
 
     name = "lora"
+    reads = ("lora", "select_metric")
     needs_features = False
     uses_gpu = True
 
@@ -206,7 +221,6 @@ class Lora(Protocol):
         run (a few-shot job never holds the whole collection in memory)."""
         from cytofm.eval.backbones import load_backbone_spec
         from cytofm.eval.features import pick_device
-        from cytofm.eval.lora import settings_from
 
         inp = self.inputs
         self.device = pick_device(inp.cfg.lora.device)
@@ -215,7 +229,7 @@ class Lora(Protocol):
         self.val_images = _rows(self.images, inp.split.val)
         self.calib_images = _rows(self.images, inp.split.calib)
         self.test_images = _rows(self.images, inp.split.test)
-        self.settings = settings_from(inp.cfg)
+        self.settings = inp.cfg.lora
 
     def run(self, rows, seed, budget):
         from cytofm.eval.linear import select_score

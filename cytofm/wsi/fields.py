@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from cytofm.errors import InputDataError
-from cytofm.wsi.reader import Slide, _check_mpp, register_backend
+from cytofm.wsi.slide import Slide, check_mpp
 
 __all__ = ["FieldMosaic", "field_files", "is_specimen", "slide_sha256"]
 
@@ -77,7 +77,7 @@ class FieldMosaic(Slide):
     backend = "fields"
 
     def __init__(self, path: Path, slide_id: str, mpp_override: float | None, gap: int = 64):
-        mpp, source = _check_mpp(slide_id, path, mpp_override, None)
+        mpp, source = check_mpp(slide_id, path, mpp_override, None)
         files = field_files(path)
         if not files:
             raise InputDataError(
@@ -165,6 +165,5 @@ class FieldMosaic(Slide):
         return out
 
 
-@register_backend("fields")
-def _open_fields(path: Path, slide_id: str, mpp: float | None) -> Slide:
+def open_fields(path: Path, slide_id: str, mpp: float | None) -> Slide:
     return FieldMosaic(path, slide_id, mpp)

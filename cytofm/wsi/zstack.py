@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from cytofm.errors import InputDataError
-from cytofm.wsi.reader import Slide, _check_mpp, _tiff_resolution_mpp, register_backend
+from cytofm.wsi.slide import Slide, check_mpp, tiff_resolution_mpp
 from cytofm.wsi.tiled import TileReader
 
 __all__ = ["ZStackSlide", "choose_planes", "focus_measure", "zstack_planes"]
@@ -75,8 +75,8 @@ class ZStackSlide(Slide):
                 f"slide '{slide_id}': {path} is not a z-stack this reader understands ({exc}); "
                 "it reads OME-TIFF with a Z axis and multi-page TIFF exports of the planes"
             ) from exc
-        mpp, source = _check_mpp(
-            slide_id, path, mpp_override, _ome_mpp(self._tif) or _tiff_resolution_mpp(Path(path))
+        mpp, source = check_mpp(
+            slide_id, path, mpp_override, _ome_mpp(self._tif) or tiff_resolution_mpp(Path(path))
         )
         dims = [
             (int(p[0].keyframe.imagewidth), int(p[0].keyframe.imagelength)) for p in self._pages
@@ -121,8 +121,7 @@ class ZStackSlide(Slide):
         return reader.read(x, y, w, h)
 
 
-@register_backend("zstack")
-def _open_zstack(path: Path, slide_id: str, mpp: float | None) -> Slide:
+def open_zstack(path: Path, slide_id: str, mpp: float | None) -> Slide:
     return ZStackSlide(path, slide_id, mpp)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from cytofm.errors import InputDataError
-from cytofm.eval.protocols import PROTOCOLS as EVAL_PROTOCOLS
+from cytofm.eval.protocols import PROTOCOLS as EVAL_PROTOCOLS, settings_read
 from cytofm.hardware import visible_gpus
 from cytofm.plan import Plan
 from cytofm.provenance import INVOCATION_ENV, new_invocation_id

@@ -92,7 +92,7 @@ rule evaluate:
         gpu=lambda wildcards: GPU if EVAL_PROTOCOLS[wildcards.protocol].uses_gpu else 0,
     params:
         task=lambda wildcards: PLAN.tasks[wildcards.task].to_dict(),
-        evaluate=CFG.evaluate.part("patch"),
+        evaluate=lambda wildcards: settings_read(wildcards.protocol, CFG.evaluate),
         backbone=lambda wildcards: PLAN.backbones[wildcards.backbone].to_dict(),
     script:
         "../scripts/evaluate.py"
