@@ -89,15 +89,17 @@ class Plan:
         validate: Validator | None = None,
     ) -> Plan:
         """``config`` as Snakemake holds it. ``local``: jobs run on this machine (``--cores``),
-        not sent to a cluster (``--jobs``). ``validate(data, schema_path)`` checks the config
-        and the sheet against their JSON schemas (Snakemake's ``snakemake.utils.validate``,
-        which also fills defaults in place); the dataclasses check every key in any case."""
+        not sent to a cluster (``--jobs``). The dataclasses check every key, value and bound
+        first (their errors name the key, the value and what is allowed); ``validate(data,
+        schema_path)`` then checks the config and the sheet against their JSON schemas
+        (the workflow passes Snakemake's ``snakemake.utils.validate``, which also fills
+        defaults in place)."""
         from cytofm.hardware import gpu_request
 
         check_moved(config)
-        if validate is not None:
+        cfg = from_mapping(Config, config)  # types, bounds and relations, named plainly
+        if validate is not None:  # and the schema, as any tool reading the config would
             validate(config, str(SCHEMA))
-        cfg = from_mapping(Config, config)
         gpu = gpu_request(cfg.resources.gpu, local=local, gpus_here=gpus_here)
         plan = cls(cfg, Paths(cfg.results), pd.DataFrame(), {}, {}, {}, {}, gpu)
         plan.validate = validate

@@ -234,18 +234,22 @@ def test_schema_rejects_unknown_and_out_of_range():
 @pytest.mark.parametrize(
     ("cls", "values", "pattern"),
     [
-        (TilingConfig, {"mpp": 0}, r"tiling\.mpp must be > 0, got 0"),
+        (TilingConfig, {"mpp": 0}, r"'tiling\.mpp' must be > 0, got 0"),
         (TilingConfig, {"mask_mpp": 0.1}, r"mask_mpp \(0\.1\) must be >= tiling\.mpp"),
         (TilingConfig, {"backend": "bioformats"}, "tiling.backend: no slide reader.*bioformats"),
         (CellsConfig, {"backend": "bioformats"}, "cells.backend: no slide reader.*bioformats"),
         (CellsConfig, {"detector": "hovernet"}, "cells.detector: no nucleus detector.*hovernet"),
         (CellsConfig, {"nucleus_min_um": 10, "nucleus_max_um": 5}, "nucleus_max_um"),
-        (CellsConfig, {"patch_px": 4}, r"cells\.patch_px must be >= 8, got 4"),
+        (CellsConfig, {"patch_px": 4}, r"'cells\.patch_px' must be >= 8, got 4"),
         (DemoConfig, {"abnormal_cell_fraction": 1.5}, "abnormal_cell_fraction"),
         (DatasetConfig, {"name": "x", "path": "p", "mpp": 0.5}, "set both mpp and patch_um"),
         (DatasetConfig, {"name": "a b", "path": "p"}, "letters, digits"),
         (TaskConfig, {"name": "t", "dataset": "d", "protocols": ["svm"]}, "unknown.*svm"),
-        (TaskConfig, {"name": "t", "dataset": "d", "shots": [0]}, "shots must be >= 1"),
+        (
+            TaskConfig,
+            {"name": "t", "dataset": "d", "shots": [0]},
+            r"'evaluate\.tasks\.t\.shots' \(entry 0\) must be >= 1",
+        ),
         (
             TaskConfig,
             {"name": "t", "dataset": "d", "test_fraction": 0.6, "val_fraction": 0.4},
@@ -269,19 +273,22 @@ def test_patch_mpp():
     assert CellsConfig(patch_um=48, patch_px=64).patch_mpp == pytest.approx(0.75)
 
 
-def _out_of_bounds(field):
-    """A value its field's declared bounds refuse (a list of one for list-valued fields)."""
+def _out_of_bounds(field) -> list:
+    """One value outside each bound its field declares (in a list of one for list-valued
+    fields)."""
     m = field.metadata
-    if m.get("choices") is not None and not all(isinstance(c, (int, float)) for c in m["choices"]):
-        bad = "not_one_of_the_choices"
-    elif m.get("minimum") is not None:
-        bad = m["minimum"] - 1
-    elif m.get("above") is not None:
-        bad = m["above"]
-    elif m.get("maximum") is not None:
-        bad = m["maximum"] + 1
-    else:
-        bad = max(m["choices"]) + 1
+    bad = []
+    if m.get("choices") is not None:
+        words = not all(isinstance(c, (int, float)) for c in m["choices"])
+        bad.append("not_one_of_the_choices" if words else max(m["choices"]) + 1)
+    if m.get("minimum") is not None:
+        bad.append(m["minimum"] - 1)
+    if m.get("above") is not None:
+        bad.append(m["above"])
+    if m.get("maximum") is not None:
+        bad.append(m["maximum"] + 1)
+    if m.get("below") is not None:
+        bad.append(m["below"])
     listed = (
         m.get("items")
         or isinstance(field.default, (tuple, list))
@@ -290,23 +297,29 @@ def _out_of_bounds(field):
             and isinstance(field.default_factory(), (tuple, list))
         )
     )
-    return [bad] if listed else bad
+    return [[b] for b in bad] if listed else bad
 
 
 BOUNDED = [
     (key, field)
     for key, field, is_section in _fields(Config)
     if not is_section
-    and any(field.metadata.get(b) is not None for b in ("choices", "minimum", "maximum", "above"))
+    and any(
+        field.metadata.get(b) is not None
+        for b in ("choices", "minimum", "maximum", "above", "below")
+    )
 ]
 
 
 def test_every_declared_bound_is_enforced_as_the_workflow_builds_its_plan():
     """Each field's bounds (the ones the schema is generated from) refuse a value outside them
-    in ``Plan.build(config, local=...)``, the call the workflow makes, naming the key: no bad
+    in ``Plan.build(config, local=..., validate=validate)``, the call the workflow makes
+    (workflow/rules/common.smk), naming the key: no bad
     value (``evaluate.lora.dropout: 1.5``) runs."""
     from cytofm.plan import Plan
 
+    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    assert "Plan.build(config, local=LOCAL, validate=validate)" in common
     shipped = yaml.safe_load((REPO / "config.yaml").read_text())
     names = {  # an entry of each named mapping, to reach its keys
         "datasets": "extra",
@@ -315,7 +328,9 @@ def test_every_declared_bound_is_enforced_as_the_workflow_builds_its_plan():
         "evaluate.slide_tasks": "demo_abnormal",
     }
     assert len(BOUNDED) > 150
-    for key, field in BOUNDED:
+    checked = 0
+    for key, bad in ((k, b) for k, f in BOUNDED for b in _out_of_bounds(f)):
+        checked += 1
         config = copy.deepcopy(shipped)
         config.setdefault("datasets", {})["extra"] = {"path": "crops"}
         parts = key.split(".")
@@ -328,8 +343,44 @@ def test_every_declared_bound_is_enforced_as_the_workflow_builds_its_plan():
             if node.get(part) is None:
                 node[part] = {}
             node = node[part]
-        node[parts[-1]] = bad = _out_of_bounds(field)
+        node[parts[-1]] = bad
         dotted = ".".join(parts)
         with pytest.raises(ConfigError, match=re.escape(dotted)) as err:
-            Plan.build(config, local=True)
+            Plan.build(config, local=True, validate=validate)
         assert repr(bad[0] if isinstance(bad, list) else bad) in str(err.value), (key, err.value)
+    assert checked > len(BOUNDED)  # both ends of a range, each checked
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        (("tiling", "tile_px"), "big", r"'tiling\.tile_px' must be integer, got 'big' \(str\)"),
+        (("evaluate", "lora", "lrs"), [0.001, "fast"], r"'evaluate\.lora\.lrs' lists numbers"),
+        (("pretrain", "num_workers"), 1.5, r"'pretrain\.num_workers' must be integer or string"),
+        (("demo", "enabled"), "yes", r"'demo\.enabled' must be boolean"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_named_before_the_schema_speaks(key, value, message):
+    from cytofm.plan import Plan
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    node = config
+    for part in key[:-1]:
+        node = node.setdefault(part, {})
+    node[key[-1]] = value
+    with pytest.raises(ConfigError, match=message):
+        Plan.build(config, local=True, validate=validate)
+
+
+def test_sections_built_in_code_are_held_to_the_same_bounds():
+    """Not only config files: a section made in code, or changed with ``updated``, refuses a
+    value outside its field's bounds, so no caller skips them."""
+    from cytofm.config import LoraConfig, MilConfig
+
+    with pytest.raises(ConfigError, match=r"'evaluate\.lora\.dropout' must be < 1, got 1\.5"):
+        LoraConfig(dropout=1.5)
+    with pytest.raises(ConfigError, match=r"'evaluate\.mil\.dropout' must be < 1, got 1\.0"):
+        MilConfig().updated({"dropout": 1.0})
+    with pytest.raises(ConfigError, match=r"'evaluate\.tasks\.t\.shots' \(entry 0\) must be >= 1"):
+        TaskConfig(name="t", dataset="d", shots=(0, 2))
+    assert LoraConfig(dropout=0.5).dropout == 0.5

@@ -32,6 +32,7 @@ def option(
     minimum: float | None = None,
     maximum: float | None = None,
     above: float | None = None,
+    below: float | None = None,
     items: str | None = None,
     length: int | None = None,
     more: str = "",
@@ -42,20 +43,20 @@ def option(
     """A documented config field.
 
     ``doc`` is the one-line comment in ``config.yaml`` and the meaning in the reference, ``more``
-    adds detail to the reference only. ``choices``, ``minimum``/``maximum`` (inclusive),
-    ``above`` (exclusive minimum), ``items`` (JSON type of list items) and ``length`` (fixed
-    list length) go into the schema. ``example`` is a commented-out example in
+    adds detail to the reference only. ``choices``, ``minimum``/``maximum`` (inclusive), ``above``
+    (exclusive minimum), ``below`` (exclusive maximum), ``items`` (JSON type of list items) and
+    ``length`` (fixed list length) go into the schema. ``example`` is a commented-out example in
     ``config.yaml``; ``shipped`` the entries ``config.yaml`` sets for a mapping that is empty by
-    default (the demo's task, its backbones). ``output=False`` marks a key that decides whether
-    or where a stage runs but not what it computes: it is left out of :meth:`Section.to_dict`,
-    so changing it never reruns a job.
-    """
+    default (the demo's task, its backbones). ``output=False`` marks a key that decides whether or
+    where a stage runs but not what it computes: it is left out of :meth:`Section.to_dict`, so
+    changing it never reruns a job."""
     meta = {
         "doc": doc,
         "choices": choices,
         "minimum": minimum,
         "maximum": maximum,
         "above": above,
+        "below": below,
         "items": items,
         "length": length,
         "more": more,
@@ -94,8 +95,79 @@ def entry_type(tp: Any) -> type | None:
     return None
 
 
+_JSON_NAMES = {
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    str: "string",
+    tuple: "array",
+    dict: "object",
+    type(None): "null",
+}
+
+
+def json_types(tp: Any) -> list[str]:
+    """The JSON types a field of Python type ``tp`` takes (what the schema says)."""
+    args = getattr(tp, "__args__", None) if not hasattr(tp, "__dataclass_fields__") else None
+    if args and tp.__class__.__name__ == "UnionType":
+        return [t for a in args for t in json_types(a)]
+    return [_JSON_NAMES.get(getattr(tp, "__origin__", tp), "object")]
+
+
+def _is_json(value: Any, kind: str) -> bool:
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "array":
+        return isinstance(value, (list, tuple))
+    if kind == "null":
+        return value is None
+    return isinstance(value, (Mapping, Section))
+
+
+def check_type(key: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> None:
+    """A value against its field's type (and a list's entries against ``items``), named as the
+    schema names them."""
+    kinds = json_types(tp)
+    if not any(_is_json(value, k) for k in kinds):
+        raise ConfigError(
+            f"config key '{key}' must be {' or '.join(kinds)}, got {value!r} "
+            f"({type(value).__name__})"
+        )
+    item = meta.get("items")
+    if item and isinstance(value, (list, tuple)):
+        for v in value:
+            if not _is_json(v, item):
+                raise ConfigError(
+                    f"config key '{key}' lists {item}s, got {v!r} ({type(v).__name__}) in "
+                    f"{list(value)!r}"
+                )
+
+
 class Section:
-    """Base of the config dataclasses."""
+    """Base of the config dataclasses. Built from a config file (:func:`from_mapping`), in code
+    or by :meth:`updated`, every value is held to the bounds its field declares; a subclass's
+    :meth:`check` adds what relates keys to each other (and plug-in names)."""
+
+    # where the section sits in the config ("evaluate.lora", "evaluate.tasks.<name>"); set for
+    # every section by :func:`name_sections`
+    key: typing.ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        where = type(self).key.replace("<name>", str(getattr(self, "name", "<name>")))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            check_bounds(
+                _join(where or type(self).__name__, f.name), getattr(self, f.name), f.metadata
+            )
+        self.check()
+
+    def check(self) -> None:
+        """Checks between keys; single values are held to their declared bounds already."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain mapping of what the section computes with (tuples as lists, as YAML and JSON
@@ -131,8 +203,9 @@ class Section:
 
 
 def from_mapping(cls: type[T], mapping: Mapping[str, Any] | None, section: str = "") -> T:
-    """Build a config dataclass from a (nested) mapping, refusing keys it does not know and
-    naming the new place of a key that moved."""
+    """Build a config dataclass from a (nested) mapping, refusing keys it does not know (naming
+    the new place of a key that moved) and values of the wrong type or outside their field's
+    bounds, naming the key, the value and what is allowed."""
     mapping = dict(mapping or {})
     label = section or cls.__name__
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -146,6 +219,7 @@ def from_mapping(cls: type[T], mapping: Mapping[str, Any] | None, section: str =
     types_ = hints(cls)
     metas = {f.name: f.metadata for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for name, value in mapping.items():
+        check_type(_join(section, name), value, types_[name], metas[name])
         check_bounds(_join(section, name), value, metas[name])
     for name, value in list(mapping.items()):
         sub, entry = section_type(types_[name]), entry_type(types_[name])
@@ -161,11 +235,13 @@ def from_mapping(cls: type[T], mapping: Mapping[str, Any] | None, section: str =
 
 def check_bounds(key: str, value: Any, meta: Mapping[str, Any]) -> None:
     """A value against the bounds its field declares (``choices``, ``minimum``, ``maximum``,
-    ``above``; each entry of a list), the same bounds the schema is generated from: a config
-    built without the schema is held to them too. Numeric bounds apply to numbers only (a field
-    may also take a word such as 'auto'); None means unset."""
-    choices, low, high, above = (meta.get(k) for k in ("choices", "minimum", "maximum", "above"))
-    if choices is None and low is None and high is None and above is None:
+    ``above``, ``below``; each entry of a list), the same bounds the schema is generated from: a
+    config built without the schema is held to them too. Numeric bounds apply to numbers only (a
+    field may also take a word such as 'auto'); None means unset."""
+    choices, low, high, above, below = (
+        meta.get(k) for k in ("choices", "minimum", "maximum", "above", "below")
+    )
+    if all(b is None for b in (choices, low, high, above, below)):
         return
     entries = list(value) if isinstance(value, (list, tuple)) else [value]
     for v in entries:
@@ -185,6 +261,21 @@ def check_bounds(key: str, value: Any, meta: Mapping[str, Any]) -> None:
             raise ConfigError(f"{where} must be <= {high}, got {v!r}")
         if above is not None and v <= above:
             raise ConfigError(f"{where} must be > {above}, got {v!r}")
+        if below is not None and v >= below:
+            raise ConfigError(f"{where} must be < {below}, got {v!r}")
+
+
+def name_sections(cls: type, key: str = "") -> None:
+    """Record on each section class under ``cls`` where it sits in the config."""
+    types_ = hints(cls)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        sub, entry = section_type(types_[f.name]), entry_type(types_[f.name])
+        if sub is not None:
+            sub.key = _join(key, f.name)
+            name_sections(sub, sub.key)
+        elif entry is not None:
+            entry.key = _join(key, f.name, "<name>")
+            name_sections(entry, entry.key)
 
 
 def _join(*parts: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from cytofm.config.fields import entry_type, hints, section_type
+from cytofm.config.fields import entry_type, hints, json_types, section_type
 from cytofm.config.sections import Config
 
 __all__ = ["FILES", "config_yaml", "generated", "reference_md", "schema"]
@@ -34,22 +34,6 @@ _COLUMN = 24  # comments start here when the key and value leave room
 # ----------------------------------------------------------------------------------- schema
 
 
-def _json_type(tp: Any) -> list[str]:
-    names = {
-        int: "integer",
-        float: "number",
-        bool: "boolean",
-        str: "string",
-        tuple: "array",
-        dict: "object",
-        type(None): "null",
-    }
-    args = getattr(tp, "__args__", None) if not hasattr(tp, "__dataclass_fields__") else None
-    if args and tp.__class__.__name__ == "UnionType":
-        return [t for a in args for t in _json_type(a)]
-    return [names.get(getattr(tp, "__origin__", tp), "object")]
-
-
 def _field_schema(cls: type, f: dataclasses.Field) -> dict:
     tp = hints(cls)[f.name]
     m = f.metadata
@@ -61,10 +45,10 @@ def _field_schema(cls: type, f: dataclasses.Field) -> dict:
         }
     elif sub is not None:
         out = _class_schema(sub)
-        if "null" in _json_type(tp):
+        if "null" in json_types(tp):
             out["type"] = ["object", "null"]
     else:
-        types = _json_type(tp)
+        types = json_types(tp)
         out = {"type": types[0] if len(types) == 1 else types}
         if "array" in types:
             item = m.get("items") or ("number" if m.get("length") else "string")
@@ -79,6 +63,7 @@ def _field_schema(cls: type, f: dataclasses.Field) -> dict:
             ("minimum", "minimum"),
             ("maximum", "maximum"),
             ("above", "exclusiveMinimum"),
+            ("below", "exclusiveMaximum"),
         ):
             if m.get(key) is not None:
                 out[name] = m[key]

@@ -1,10 +1,11 @@
 """Every config key, defined once: the frozen dataclasses of each section, with type, default,
 allowed values and a one-line doc on the field.
 
-``__post_init__`` checks what the schema cannot (relations between keys, plug-in names) and
-names the key, the bad value and what is allowed. The schema, ``config.yaml`` and
-``docs/configuration.md`` are generated from these classes (``python -m cytofm.config``).
-"""
+Each field declares its bounds once (``option(minimum=..., choices=...)``), and every section,
+however it is built, is held to them; a section's ``check`` adds what the bounds cannot say
+(relations between keys, plug-in names), naming the key, the bad value and what is allowed. The
+schema, ``config.yaml`` and ``docs/configuration.md`` are generated from these classes (``python -m
+cytofm.config``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from cytofm import registry
-from cytofm.config.fields import Section, option
+from cytofm.config.fields import Section, name_sections, option
 from cytofm.errors import ConfigError
 
 __all__ = [
@@ -55,29 +56,6 @@ READERS = (
     "auto | openslide | image (plain JPEG/PNG/BMP) | tiatoolbox | zstack (TIFF focal planes) | "
     "a reader a package adds"
 )
-
-
-def _positive(section: str, **values: float) -> None:
-    for key, value in values.items():
-        if not value > 0:
-            raise ConfigError(f"{section}.{key} must be > 0, got {value!r}")
-
-
-def _fraction(section: str, **values: float) -> None:
-    for key, value in values.items():
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{section}.{key} must be within [0, 1], got {value!r}")
-
-
-def _at_least(section: str, low: int, **values: int) -> None:
-    for key, value in values.items():
-        if value < low:
-            raise ConfigError(f"{section}.{key} must be >= {low}, got {value!r}")
-
-
-def _choice(section: str, key: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{section}.{key} must be one of {' | '.join(allowed)}, got {value!r}")
 
 
 def _tuples(obj, *keys: str) -> None:
@@ -143,30 +121,13 @@ class DemoConfig(Section):
     jpeg_quality: int = option(90, "JPEG quality of the slide tiles", minimum=1, maximum=100)
     seed: int = option(0, "seed of the demo generator")
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         s = "demo"
-        _at_least(s, 1, n_slides=self.n_slides)
         if not 0 <= self.pretrain_slides < self.n_slides:
             raise ConfigError(
                 f"{s}.pretrain_slides must be in [0, n_slides) = [0, {self.n_slides}), got "
                 f"{self.pretrain_slides!r}: the rest of the slides are the slide task's cohort"
             )
-        if min(self.width_px, self.height_px) < 512:
-            raise ConfigError(
-                f"{s}.width_px/height_px must be >= 512, got {self.width_px}x{self.height_px}"
-            )
-        _positive(s, mpp=self.mpp, cells_per_mm2=self.cells_per_mm2, crop_um=self.crop_um)
-        _fraction(
-            s,
-            cluster_prob=self.cluster_prob,
-            abnormal_slide_fraction=self.abnormal_slide_fraction,
-            abnormal_cell_fraction=self.abnormal_cell_fraction,
-        )
-        if self.debris_per_mm2 < 0:
-            raise ConfigError(f"{s}.debris_per_mm2 must be >= 0, got {self.debris_per_mm2!r}")
-        _at_least(s, 0, crops_per_class=self.crops_per_class)
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ConfigError(f"{s}.jpeg_quality must be in 1..100, got {self.jpeg_quality!r}")
 
 
 # --------------------------------------------------------------------------- slides, cells
@@ -211,18 +172,13 @@ class TilingConfig(Section):
         "with tiatoolbox.",
     )
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         s = "tiling"
-        _positive(s, mpp=self.mpp, mask_mpp=self.mask_mpp, od_threshold=self.od_threshold)
-        _at_least(s, 16, tile_px=self.tile_px)
         if self.mask_mpp < self.mpp:
             raise ConfigError(
                 f"{s}.mask_mpp ({self.mask_mpp}) must be >= tiling.mpp ({self.mpp}): the mask "
                 "is a low-resolution thumbnail"
             )
-        if self.min_object_um2 < 0 or self.dilate_um < 0:
-            raise ConfigError(f"{s}.min_object_um2 and {s}.dilate_um must be >= 0")
-        _fraction(s, min_foreground=self.min_foreground)
         _check_reader(s, self.backend)
 
 
@@ -310,27 +266,13 @@ class CellsConfig(Section):
     chunk: int = option(256, "patches per zarr chunk", minimum=1)
     backend: str = option("auto", f"slide reader: {READERS}")
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         s = "cells"
-        _choice(s, "stain", self.stain, ("min_od", "nuclear"))
-        if not 0 <= self.nuclear_purity <= 1:
-            raise ConfigError(f"{s}.nuclear_purity must be in [0, 1], got {self.nuclear_purity!r}")
-        _positive(
-            s,
-            patch_um=self.patch_um,
-            detect_mpp=self.detect_mpp,
-            nucleus_min_um=self.nucleus_min_um,
-            threshold=self.threshold,
-        )
-        _at_least(s, 8, patch_px=self.patch_px)
         if self.nucleus_max_um < self.nucleus_min_um:
             raise ConfigError(
                 f"{s}.nucleus_max_um ({self.nucleus_max_um}) must be >= cells.nucleus_min_um "
                 f"({self.nucleus_min_um})"
             )
-        if self.min_darkness < 0 or self.merge_um < 0:
-            raise ConfigError(f"{s}.min_darkness and {s}.merge_um must be >= 0")
-        _at_least(s, 1, chunk=self.chunk)
         _check_reader(s, self.backend)
         if self.detector not in registry.DETECTORS:
             raise ConfigError(
@@ -356,9 +298,11 @@ class DatasetConfig(Section):
         "folder | csv (columns path,label[,group]; paths relative to the CSV)",
         choices=("folder", "csv"),
     )
-    mpp: float | None = option(None, "um/px of the images; with patch_um, crops that field of view")
+    mpp: float | None = option(
+        None, "um/px of the images; with patch_um, crops that field of view", above=0
+    )
     patch_um: float | None = option(
-        None, "field of view in micrometres (needs mpp); null = whole image"
+        None, "field of view in micrometres (needs mpp); null = whole image", above=0
     )
     patch_px: int = option(64, "stored patch size, pixels", minimum=8)
     query: str | None = option(
@@ -381,7 +325,7 @@ class DatasetConfig(Section):
         items="string",
     )
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         s = f"datasets.{self.name}"
         _check_name("dataset", self.name)
         if self.query and self.format != "csv":
@@ -389,16 +333,12 @@ class DatasetConfig(Section):
         if self.meta_columns and self.format != "csv":
             raise ConfigError(f"{s}.meta_columns are CSV columns; they need format: csv")
         object.__setattr__(self, "meta_columns", tuple(str(c) for c in self.meta_columns))
-        _choice(s, "format", self.format, ("folder", "csv"))
-        _at_least(s, 8, patch_px=self.patch_px)
         if (self.mpp is None) != (self.patch_um is None):
             raise ConfigError(
                 f"{s}: set both mpp and patch_um (crop a fixed field of view in micrometres) "
                 f"or neither (resize whole images); got mpp={self.mpp!r}, "
                 f"patch_um={self.patch_um!r}"
             )
-        if self.mpp is not None:
-            _positive(s, mpp=self.mpp, patch_um=self.patch_um)  # type: ignore[arg-type]
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
 
 
@@ -449,9 +389,8 @@ class CropsConfig(Section):
     )
     blur_prob: float = option(0.3, "chance of a Gaussian blur per view", minimum=0, maximum=1)
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         s = "pretrain.crops"
-        _fraction(s, keep_centre=self.keep_centre, blur_prob=self.blur_prob)
         for key in ("global_scale", "local_scale"):
             a, b = getattr(self, key)
             if not 0 < a <= b <= 1:
@@ -468,13 +407,12 @@ class MaskingConfig(Section):
         0.5, "fraction of global crops that are masked", minimum=0, maximum=1
     )
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         lo, hi = self.ratio
         if not 0 <= lo <= hi < 1:
             raise ConfigError(
                 f"pretrain.masking.ratio must satisfy 0 <= min <= max < 1, got {self.ratio!r}"
             )
-        _fraction("pretrain.masking", probability=self.probability)
         _tuples(self, "ratio")
 
 
@@ -514,11 +452,6 @@ class OptimConfig(Section):
     clip_grad: float = option(3.0, "gradient norm clipping", above=0)
     freeze_last_layer_steps: int = option(-1, "steps with frozen prototypes; -1 = one epoch")
 
-    def __post_init__(self) -> None:
-        _at_least("pretrain.optim", 2, batch_size=self.batch_size)
-        _at_least("pretrain.optim", 1, steps=self.steps)
-        _positive("pretrain.optim", lr=self.lr)
-
 
 @dataclasses.dataclass(frozen=True)
 class TeacherConfig(Section):
@@ -533,8 +466,7 @@ class TeacherConfig(Section):
     temp_warmup_steps: int = option(40, "steps of teacher-temperature warm-up", minimum=0)
     center_momentum: float = option(0.9, "EMA of the teacher centre", minimum=0, maximum=1)
 
-    def __post_init__(self) -> None:
-        _positive("pretrain.teacher", temp=self.temp)
+    def check(self) -> None:
         if not 0 <= self.momentum <= self.momentum_end <= 1:
             raise ConfigError(
                 f"pretrain.teacher.momentum ({self.momentum}) and momentum_end "
@@ -640,7 +572,7 @@ class PretrainConfig(Section):
         """The seed of this run (the first of ``seeds``; one pretraining job gets one)."""
         return int(self.seeds[0])
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         s = "pretrain"
         _tuples(self, "seeds")
         if not self.seeds:
@@ -662,7 +594,6 @@ class PretrainConfig(Section):
                     f"{s}.crops.{key} ({v}) must be a multiple of {s}.model.patch_size "
                     f"({self.model.patch_size})"
                 )
-        _choice(s, "precision", self.precision, PRECISIONS)
         _tuples(self, "sources", "splits")
 
 
@@ -703,7 +634,7 @@ class BackboneSpec(Section):
         True, "false: leave this backbone out (one that config.yaml ships, in your overlay)"
     )
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         s = f"backbones.{self.name}"
         _check_name("backbone", self.name)
         if self.kind not in BACKBONE_KINDS_BUILTIN:
@@ -770,18 +701,13 @@ class EmbedConfig(Section):
         "features) and reruns what reads them.",
     )
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if self.num_workers != "auto" and not (
             isinstance(self.num_workers, int) and self.num_workers >= 0
         ):
             raise ConfigError(
                 f"embed.num_workers must be 'auto' or an integer >= 0, got {self.num_workers!r}"
             )
-        bad = sorted(set(self.sources) - {"datasets", "cells", "tiles"})
-        if bad:
-            raise ConfigError(f"embed.sources: unknown {bad}; choose from datasets, cells, tiles")
-        _at_least("embed", 1, batch_size=self.batch_size, slides_per_job=self.slides_per_job)
-        _choice("embed", "precision", self.precision, PRECISIONS)
         _tuples(self, "sources")
 
 
@@ -844,12 +770,14 @@ class TaskConfig(Section):
         (1, 2, 4, 8, 16, 50),
         "examples per class for fewshot (and lora unless lora_shots is set)",
         items="integer",
+        minimum=1,
     )
     lora_shots: tuple = option(
         (),
         "examples per class for lora ([] = shots): each run takes the protocol's 50 + 100 x k "
         "steps per learning rate",
         items="integer",
+        minimum=1,
     )
     seeds: tuple = option(
         (0, 1, 2),
@@ -857,13 +785,20 @@ class TaskConfig(Section):
         items="integer",
     )
     fractions: tuple = option(
-        (), "linear probe on these shares of the training split ([] = none)", items="number"
+        (),
+        "linear probe on these shares of the training split ([] = none)",
+        items="number",
+        above=0,
+        maximum=1,
     )
     val_fraction: float = option(
-        0.2, "derived split: fraction for validation (chooses C and LoRA lr)", minimum=0
+        0.2,
+        "derived split: fraction for validation (chooses C and LoRA lr)",
+        minimum=0,
+        below=1,
     )
     test_fraction: float = option(
-        0.2, "derived split: fraction held out for the reported metrics", above=0
+        0.2, "derived split: fraction held out for the reported metrics", above=0, below=1
     )
     split_seed: int = option(
         0, "derived split: seed (the split is shared by every backbone/protocol)"
@@ -881,7 +816,7 @@ class TaskConfig(Section):
         "specificity is reported",
     )
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         s = f"evaluate.tasks.{self.name}"
         _check_name("task", self.name)
         try:
@@ -896,26 +831,10 @@ class TaskConfig(Section):
                 f"{s}.protocols: unknown {bad}; choose from {registry.PROTOCOLS.names()}, or "
                 'install a package that adds one ([project.entry-points."cytofm.protocols"])'
             )
-        if any(int(k) < 1 for k in (*self.shots, *self.lora_shots)):
-            raise ConfigError(
-                f"{s}.shots and lora_shots must be >= 1, got {list(self.shots)}, "
-                f"{list(self.lora_shots)}"
-            )
         if not self.seeds:
             raise ConfigError(f"{s}.seeds must name at least one seed")
-        if any(not 0 < float(f) <= 1 for f in self.fractions):
-            raise ConfigError(
-                f"{s}.fractions are shares of the training split in (0, 1], "
-                f"got {list(self.fractions)}"
-            )
-        if not 0 < self.test_fraction < 1 or not 0 <= self.val_fraction < 1:
-            raise ConfigError(
-                f"{s}: test_fraction must be in (0, 1) and val_fraction in [0, 1), got "
-                f"{self.test_fraction}, {self.val_fraction}"
-            )
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ConfigError(f"{s}: val_fraction + test_fraction leave too little to train on")
-        _choice(s, "split", self.split, ("auto", "given", "derived", "leave_one_out"))
         if self.batch and self.split == "leave_one_out":
             raise ConfigError(
                 f"{s}.batch: the batch-leak probe trains on one split; set it on a task with a "
@@ -968,12 +887,9 @@ class SlideTaskConfig(Section):
         'slides (per-cell class probabilities); "" = none',
     )
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         s = f"evaluate.slide_tasks.{self.name}"
         _check_name("task", self.name)
-        _choice(s, "instances", self.instances, ("cells", "tiles"))
-        _choice(s, "slides", self.slides, ("all", "demo"))
-        _at_least(s, 2, folds=self.folds)
         if not self.seeds:
             raise ConfigError(f"{s}.seeds must name at least one seed")
         _tuples(self, "seeds", "truth_positive")
@@ -988,12 +904,13 @@ class LinearConfig(Section):
         (0.001, 0.01, 0.1, 1.0, 10.0),
         "inverse L2 strengths tried on val (logistic regression)",
         items="number",
+        above=0,
     )
     max_iter: int = option(1000, "solver iterations of the logistic regression", minimum=1)
 
-    def __post_init__(self) -> None:
-        if not self.Cs or min(self.Cs) <= 0:
-            raise ConfigError(f"evaluate.linear.Cs must be positive numbers, got {self.Cs!r}")
+    def check(self) -> None:
+        if not self.Cs:
+            raise ConfigError("evaluate.linear.Cs must list at least one C, e.g. [0.1, 1, 10]")
         _tuples(self, "Cs")
 
 
@@ -1007,10 +924,6 @@ class KnnConfig(Section):
         "each neighbour votes exp(cosine similarity / temperature) for its class (DINO, eva)",
         above=0,
     )
-
-    def __post_init__(self) -> None:
-        _at_least("evaluate.knn", 1, k=self.k)
-        _positive("evaluate.knn", temperature=self.temperature)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1026,7 +939,7 @@ class LoraConfig(Section):
         "scale the update by alpha / sqrt(rank) (peft's use_rslora, as the protocol's code "
         "does); false: alpha / rank",
     )
-    dropout: float = option(0.25, "dropout on the LoRA input", minimum=0, maximum=1)
+    dropout: float = option(0.25, "dropout on the LoRA input", minimum=0, below=1)
     target_modules: tuple = option(
         ("q", "v"),
         "layers that get adapters; timm's fused qkv is split into q, k, v first (also: proj, "
@@ -1037,6 +950,7 @@ class LoraConfig(Section):
         (0.01, 0.003, 0.001, 0.0003, 0.0001),
         "learning-rate grid; the best on val is reported",
         items="number",
+        above=0,
     )
     batch_size: int = option(32, "images per step", minimum=1)
     iters_per_shot: int = option(
@@ -1061,6 +975,8 @@ class LoraConfig(Section):
         "LoRA on these shares of the training split too (Fig. 2 of Dausort, Godelaine et al.); "
         "GPU work",
         items="number",
+        above=0,
+        maximum=1,
     )
     checkpoints: str = option(
         "all",
@@ -1073,35 +989,15 @@ class LoraConfig(Section):
     device: str = option("auto", "auto | cpu | cuda ...")
     precision: str = option("auto", "auto (bf16 on GPU) | bf16 | fp32", choices=PRECISIONS)
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         s = "evaluate.lora"
-        _choice(s, "checkpoints", self.checkpoints, ("all", "first"))
-        if not self.lrs or min(self.lrs) <= 0:
-            raise ConfigError(f"{s}.lrs must be positive numbers, got {self.lrs!r}")
-        _at_least(s, 1, rank=self.rank)
+        if not self.lrs:
+            raise ConfigError(f"{s}.lrs must list at least one learning rate, e.g. [0.001]")
         if "qkv" in self.target_modules:
             raise ConfigError(
                 f"{s}.target_modules: 'qkv' is split into separate 'q', 'k' and 'v' "
                 "projections before the adapters go on; list those instead (the protocol: "
                 "[q, v]; all of attention: [q, k, v, proj])"
-            )
-        _at_least(
-            s,
-            1,
-            iters_per_shot=self.iters_per_shot,
-            fraction_epochs=self.fraction_epochs,
-            batch_size=self.batch_size,
-        )
-        if self.warmup_steps < 0 or self.max_steps < 0:
-            raise ConfigError(
-                f"{s}.warmup_steps and max_steps must be >= 0 (max_steps 0 = the protocol's "
-                f"schedule), got {self.warmup_steps}, {self.max_steps}"
-            )
-        _choice(s, "precision", self.precision, PRECISIONS)
-        if any(not 0 < float(f) <= 1 for f in self.fractions):
-            raise ConfigError(
-                f"{s}.fractions are shares of the training split in (0, 1], "
-                f"got {list(self.fractions)}"
             )
         _tuples(self, "target_modules", "lrs", "fractions")
 
@@ -1124,7 +1020,7 @@ class MilConfig(Section):
     )
     hidden: int = option(128, "width of the instance embedding", minimum=1)
     attn_dim: int = option(64, "width of the gated attention branch", minimum=1)
-    dropout: float = option(0.25, "dropout on the instance embedding", minimum=0, maximum=1)
+    dropout: float = option(0.25, "dropout on the instance embedding", minimum=0, below=1)
     balance: bool = option(True, "weight the loss by inverse slide-class frequency")
     top_k: int = option(
         16, "cells per slide in the top-attention montage (and top-k hit rate)", minimum=1
@@ -1133,21 +1029,6 @@ class MilConfig(Section):
     def train_args(self) -> dict:
         """Keyword arguments of :func:`cytofm.eval.mil.train_mil`."""
         return {k: v for k, v in self.to_dict().items() if k != "top_k"}
-
-    def __post_init__(self) -> None:
-        s = "evaluate.mil"
-        _positive(s, lr=self.lr)
-        _at_least(
-            s,
-            1,
-            max_epochs=self.max_epochs,
-            batch_bags=self.batch_bags,
-            hidden=self.hidden,
-            attn_dim=self.attn_dim,
-            top_k=self.top_k,
-        )
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"{s}.dropout must be in [0, 1), got {self.dropout!r}")
 
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
@@ -1268,10 +1149,6 @@ class EvalConfig(Section):
             return {k: v for k, v in d.items() if k != "mil"}
         return {k: d[k] for k in keys}
 
-    def __post_init__(self) -> None:
-        _choice("evaluate", "select_metric", self.select_metric, METRICS)
-        _at_least("evaluate", 1, bootstrap=self.bootstrap)
-
 
 # ----------------------------------------------------------------------- report and the rest
 
@@ -1357,7 +1234,7 @@ class ResourcesConfig(Section):
     evaluate: RuleResources | None = _rule_field("evaluate")
     mil: RuleResources | None = _rule_field("mil")
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if self.gpu not in (True, False, "auto"):
             raise ConfigError(f"resources.gpu must be auto, true or false, got {self.gpu!r}")
         for key in ("gpus", "nodes"):
@@ -1390,11 +1267,6 @@ class ReportConfig(Section):
     )
     max_points: int = option(3000, "points per embedding map (a seeded random subset)", minimum=10)
 
-    def __post_init__(self) -> None:
-        _at_least("report", 0, max_slides=self.max_slides)
-        _at_least("report", 10, max_points=self.max_points)
-        _choice("report", "embedding", self.embedding, ("auto", "umap", "pca"))
-
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig(Section):
@@ -1416,9 +1288,6 @@ class ExportConfig(Section):
         more="`results/export/trident/{backbone}/{kind}/{slide}.h5` (coords: level-0 px of "
         "each patch's top-left corner) and `results/export/stamp/...` (coords in um).",
     )
-
-    def __post_init__(self) -> None:
-        _positive("export", cell_diameter_um=self.cell_diameter_um)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1516,3 +1385,6 @@ class Config(Section):
     report: ReportConfig = option(ReportConfig(), ReportConfig.__doc__)
     export: ExportConfig = option(ExportConfig(), ExportConfig.__doc__)
     mlflow: TrackingConfig = option(TrackingConfig(), TrackingConfig.__doc__)
+
+
+name_sections(Config)

@@ -24,9 +24,9 @@ from cytofm.tracking import (
 # The executor is not known while the Snakefile is read; `--jobs` (profiles/slurm sets it) is:
 # jobs go to a cluster, whose nodes have the GPUs. Locally one runs with `--cores`.
 LOCAL = workflow.resource_settings.nodes is None
-PLAN = Plan.build(
-    config, local=LOCAL
-)  # validates, fills defaults, refuses what cannot work
+# validates the config and the sheet (their JSON schemas, then every key's bounds and the
+# relations between keys), fills defaults, refuses what cannot work
+PLAN = Plan.build(config, local=LOCAL, validate=validate)
 for _note in PLAN.notes:
     print(_note, file=sys.stderr)
 CFG, PATHS, GPU = PLAN.config, PLAN.paths, PLAN.gpu
