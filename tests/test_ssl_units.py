@@ -133,3 +133,22 @@ def test_multicrop_views_shapes_determinism_and_centre():
         # the central 20% of the patch (where the nucleus is) stays in view
         assert (((x0 <= 24 - 4.8) & (x0 + w >= 24 + 4.8)) | (w < 9.6)).all()
         assert (((y0 <= 24 - 4.8) & (y0 + h >= 24 + 4.8)) | (h < 9.6)).all()
+
+
+def test_the_crops_section_sets_every_augmentation_range():
+    """Brightness, contrast and blur come from ``pretrain.crops`` like the crop sizes do: no
+    augmentation range is fixed in the code."""
+    from cytofm.config.sections import CropsConfig
+
+    gens = [torch.Generator().manual_seed(i) for i in range(64)]
+    crops = CropsConfig(brightness=0.0, contrast=0.3, blur_sigma=(0.5, 0.5), blur_prob=1.0)
+    p = draw_view_params(gens, crops, 48)
+    assert torch.all(p.color[..., 6] == 1)  # brightness 0: factor 1
+    contrast = p.color[..., 7]
+    assert contrast.min() >= 0.7 and contrast.max() <= 1.3 and contrast.std() > 0.1
+    assert torch.allclose(p.blur, torch.full_like(p.blur, 0.5))
+    wide = draw_view_params(gens, crops.updated({"blur_sigma": (0.5, 2.0)}), 48).blur
+    assert wide.max() > 1.0  # the range reaches the views
+    maker = ViewMaker(crops.updated({"blur_sigma": (0.5, 2.0)}), (0.5,) * 3, (0.25,) * 3)
+    g, _ = maker(torch.randint(0, 255, (64, 48, 48, 3), dtype=torch.uint8), p)
+    assert torch.isfinite(g).all()

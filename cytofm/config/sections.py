@@ -388,6 +388,15 @@ class CropsConfig(Section):
         0.05, "HED stain jitter: scale/shift of each stain concentration", minimum=0
     )
     blur_prob: float = option(0.3, "chance of a Gaussian blur per view", minimum=0, maximum=1)
+    blur_sigma: tuple = option(
+        (0.1, 1.0), "range of the blur's sigma, pixels of the view", length=2, above=0
+    )
+    brightness: float = option(
+        0.1, "brightness factor per view drawn from [1 - x, 1 + x]", minimum=0, below=1
+    )
+    contrast: float = option(
+        0.1, "contrast factor per view drawn from [1 - x, 1 + x]", minimum=0, below=1
+    )
 
     def check(self) -> None:
         s = "pretrain.crops"
@@ -395,7 +404,10 @@ class CropsConfig(Section):
             a, b = getattr(self, key)
             if not 0 < a <= b <= 1:
                 raise ConfigError(f"{s}.{key} must satisfy 0 < min <= max <= 1, got {(a, b)!r}")
-        _tuples(self, "global_scale", "local_scale")
+        lo, hi = self.blur_sigma
+        if lo > hi:
+            raise ConfigError(f"{s}.blur_sigma must be [min, max], got {[lo, hi]!r}")
+        _tuples(self, "global_scale", "local_scale", "blur_sigma")
 
 
 @dataclasses.dataclass(frozen=True)

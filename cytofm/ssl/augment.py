@@ -31,9 +31,6 @@ import torch
 from torch.nn import functional as F
 
 __all__ = [
-    "BLUR_SIGMA",
-    "BRIGHTNESS",
-    "CONTRAST",
     "N_GLOBAL",
     "ViewMaker",
     "ViewParams",
@@ -42,9 +39,6 @@ __all__ = [
 ]
 
 N_GLOBAL = 2  # global views per image (iBOT's two teacher views)
-BRIGHTNESS = 0.1  # brightness factor drawn from [1 - x, 1 + x]
-CONTRAST = 0.1  # contrast factor drawn from [1 - x, 1 + x]
-BLUR_SIGMA = (0.1, 1.0)  # Gaussian blur sigma range, pixels of the view
 MIN_CROP_PX = 4  # no crop side below this many patch pixels
 
 # Ruifrok & Johnston haematoxylin-eosin-DAB stain matrix (rows: H, E, D in RGB OD space)
@@ -108,9 +102,10 @@ def draw_view_params(
     s = crops.hed_sigma
     hed_scale = 1 - s + 2 * s * u[..., 6:9]
     hed_shift = -s + 2 * s * u[..., 9:12]
-    bright = 1 - BRIGHTNESS + 2 * BRIGHTNESS * u[..., 12:13]
-    contrast = 1 - CONTRAST + 2 * CONTRAST * u[..., 13:14]
-    sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * u[..., 15]
+    b, c, (lo, hi) = crops.brightness, crops.contrast, crops.blur_sigma
+    bright = 1 - b + 2 * b * u[..., 12:13]
+    contrast = 1 - c + 2 * c * u[..., 13:14]
+    sigma = lo + (hi - lo) * u[..., 15]
     blur = torch.where(u[..., 14] < crops.blur_prob, sigma, torch.zeros_like(sigma))
     color = torch.cat([hed_scale, hed_shift, bright, contrast], -1)
     return ViewParams(boxes, flip + 2 * turns, color.float(), blur.float())
@@ -205,6 +200,7 @@ class ViewMaker:
         self.local_size = int(crops.local_size)
         self.n_local = int(crops.n_local)
         self.hed = crops.hed_sigma > 0
+        self.blur_max = float(crops.blur_sigma[1])
         self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self._constants: dict[torch.device, tuple[torch.Tensor, ...]] = {}
@@ -287,16 +283,16 @@ class ViewMaker:
             .add_(m)
             .mul_(color[:, 6, None, None, None])
         )
-        x = self._blur(x, p.blur)
+        x = self._blur(x, p.blur, self.blur_max)
         x = x.clamp_(0, 1)
         return x.sub_(mean).div_(std)
 
     @staticmethod
-    def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def _blur(x: torch.Tensor, sigma: torch.Tensor, sigma_max: float) -> torch.Tensor:
         """Separable Gaussian blur, one grouped convolution per axis for the whole batch; each
         kernel is cut at its own radius ceil(3 sigma) and the image padded by reflection, and
         sigma 0 is the identity. Shapes are fixed by the config (no host-device sync)."""
-        big = max(int(math.ceil(3 * BLUR_SIGMA[1])), 1)
+        big = max(int(math.ceil(3 * sigma_max)), 1)
         taps = torch.arange(-big, big + 1, device=x.device, dtype=torch.float64)
         s = sigma.double().clamp(min=1e-6)[:, None]
         k = torch.exp(-(taps[None] ** 2) / (2 * s**2))
