@@ -101,7 +101,7 @@ def bench_folds(results: Path, config: dict) -> list[dict]:
         for train, _ in grouped_folds(y, groups, task.folds, 0):
             tr, va = _inner_split(y, groups, train, 0)
             t0 = time.perf_counter()
-            _, hist = train_mil(bags, y, tr, va, 2, seed=0, **cfg.mil.train_args())
+            _, hist = train_mil(bags, y, tr, va, 2, cfg.mil, seed=0)
             times.append({"seconds": time.perf_counter() - t0, "epochs": hist["epochs"]})
         rows.append(
             {

@@ -50,7 +50,7 @@ __all__ = [
 def held_out_rows(dataset_store: str | Path, tasks: Sequence) -> tuple[np.ndarray, dict]:
     """Rows of ``dataset_store`` in the test split of any of ``tasks`` (TaskConfig), sorted,
     and per task how many there are."""
-    from cytofm.stages.evaluate import load_task_data, task_folds
+    from cytofm.eval.tasks import load_task_data, task_folds
 
     rows: set[int] = set()
     per_task = {}

@@ -13,8 +13,8 @@ from cytofm.config import EvalConfig, TaskConfig
 from cytofm.errors import InputDataError
 from cytofm.eval.cell_head import CellHead, load_cell_head
 from cytofm.eval.linear import fit_linear, full_proba
+from cytofm.eval.tasks import load_task_data, task_split
 from cytofm.stages.cell_head import run_cell_head
-from cytofm.stages.evaluate import load_task_data, task_split
 from cytofm.stages.predict import run_predict, run_predict_table
 from cytofm.store import atomic_group, open_store
 from tests.test_predict import trained  # noqa: F401  the toy slide task's MIL job

@@ -102,7 +102,7 @@ def test_fit_patch_field_of_view():
 
 def test_csv_split_column_is_stored_and_used(tmp_path):
     from cytofm.config import TaskConfig
-    from cytofm.stages.evaluate import load_task_data, task_split
+    from cytofm.eval.tasks import load_task_data, task_split
 
     root = _folder(tmp_path, n=4)
     rows = []

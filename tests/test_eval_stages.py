@@ -477,7 +477,7 @@ def test_leave_one_site_out_tests_every_row_once_and_keeps_each_sites_score(setu
 
 def test_leave_one_out_of_a_single_value_or_a_missing_column_is_refused(setup):
     from cytofm.errors import InputDataError
-    from cytofm.stages.evaluate import load_task_data, task_folds
+    from cytofm.eval.tasks import load_task_data, task_folds
 
     data = load_task_data(_task(), setup["store"])
     with pytest.raises(InputDataError, match="no column 'scanner'.*meta_columns"):

@@ -8,10 +8,10 @@ import pytest
 
 from cytofm.config import TaskConfig
 from cytofm.datasets import pixel_hash
+from cytofm.eval.tasks import load_task_data, task_split
 from cytofm.inductive import exposure, held_out_rows, leak_message, slide_leaks
 from cytofm.ssl.data import PatchSource
 from cytofm.stages.context import JobContext
-from cytofm.stages.evaluate import load_task_data, task_split
 from cytofm.stages.pretrain import run_pretrain
 from cytofm.store import PatchStoreWriter, atomic_group
 from tests.test_ssl_train import TINY

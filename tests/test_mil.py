@@ -86,6 +86,7 @@ def test_attention_finds_the_informative_instance():
 
 
 def test_training_is_deterministic_and_stops_early():
+    from cytofm.config import MilConfig
     from cytofm.eval.mil import train_mil
 
     rng = np.random.default_rng(3)
@@ -96,9 +97,9 @@ def test_training_is_deterministic_and_stops_early():
     ]
     feats = [f for _, f in bags]
     train, val = np.arange(16), np.arange(16, 24)
-    args = dict(max_epochs=40, min_epochs=6, patience=3, lr=1e-2, batch_bags=4)
-    a, ha = train_mil(feats, labels, train, val, 2, seed=1, **args)
-    b, hb = train_mil(feats, labels, train, val, 2, seed=1, **args)
+    mil = MilConfig().updated(dict(max_epochs=40, min_epochs=6, patience=3, lr=1e-2, batch_bags=4))
+    a, ha = train_mil(feats, labels, train, val, 2, mil, seed=1)
+    b, hb = train_mil(feats, labels, train, val, 2, mil, seed=1)
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
     assert ha == hb and ha["epochs"] < 40  # stopped early on the validation loss
     assert ha["best_epoch"] >= 5  # chosen from min_epochs on, the lowest loss there

@@ -82,7 +82,7 @@ def _single(store, out: Path, stop_at=None) -> dict:
 def _launch_nodes(store, tmp_path: Path, nodes: int, per_node: int, hook=None) -> Path:
     """``nodes`` torchrun launches of ``per_node`` workers meeting at one rendezvous, as srun
     starts them on a cluster; returns the model folder."""
-    from cytofm.stages.launch import torchrun_command
+    from cytofm.ssl.distributed import torchrun_command
     from cytofm.stages.pretrain import launch_args
 
     out = tmp_path / "model"
@@ -171,7 +171,7 @@ def test_a_four_process_checkpoint_resumes_in_one_on_the_same_data_order(store, 
 
 def test_a_multi_node_job_outside_slurm_is_refused_with_the_fix(monkeypatch):
     from cytofm.errors import CytofmError
-    from cytofm.stages.launch import slurm_command
+    from cytofm.ssl.distributed import slurm_command
 
     monkeypatch.delenv("SLURM_JOB_NUM_NODES", raising=False)
     with pytest.raises(CytofmError, match="resources.pretrain.nodes: 1"):
@@ -179,7 +179,7 @@ def test_a_multi_node_job_outside_slurm_is_refused_with_the_fix(monkeypatch):
 
 
 def test_srun_starts_one_torchrun_per_node_meeting_on_the_first(monkeypatch, tmp_path):
-    from cytofm.stages.launch import slurm_command
+    from cytofm.ssl.distributed import slurm_command
 
     fake = tmp_path / "bin"
     fake.mkdir()

@@ -290,7 +290,7 @@ def test_torchrun_launch_from_the_stage(store, tmp_path, monkeypatch):
     ],
 )
 def test_resolve_nproc(setting, job_gpus, visible, expected):
-    from cytofm.stages.launch import resolve_nproc
+    from cytofm.ssl.distributed import resolve_nproc
 
     assert resolve_nproc(setting, job_gpus, visible) == expected
 
@@ -298,7 +298,7 @@ def test_resolve_nproc(setting, job_gpus, visible, expected):
 @pytest.mark.parametrize("setting", [0, "all", True])
 def test_resolve_nproc_refuses_bad_values(setting):
     from cytofm.errors import CytofmError
-    from cytofm.stages.launch import resolve_nproc
+    from cytofm.ssl.distributed import resolve_nproc
 
     with pytest.raises(CytofmError, match="pretrain.nproc"):
         resolve_nproc(setting, 1, 1)

@@ -10,12 +10,16 @@ and the attention-weighted mean makes the prediction independent of instance ord
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from cytofm.errors import InputDataError
+
+if TYPE_CHECKING:
+    from cytofm.config import MilConfig
 
 __all__ = ["GatedABMIL", "check_bags", "grouped_folds", "pad_bags", "predict_mil", "train_mil"]
 
@@ -151,20 +155,12 @@ def train_mil(
     train: np.ndarray,
     val: np.ndarray,
     n_classes: int,
+    mil: MilConfig,
     *,
     seed: int = 0,
-    lr: float = 2e-4,
-    weight_decay: float = 1e-4,
-    max_epochs: int = 100,
-    min_epochs: int = 20,
-    patience: int = 10,
-    batch_bags: int = 1,
-    hidden: int = 128,
-    attn_dim: int = 64,
-    dropout: float = 0.25,
-    balance: bool = True,
 ) -> tuple[GatedABMIL, dict]:
-    """Train on the ``train`` bags, stop early on the validation loss (best epoch kept).
+    """Train on the ``train`` bags with the settings of ``mil`` (``evaluate.mil``), stop early
+    on the validation loss (best epoch kept).
 
     Instances are standardised with the training bags' per-dimension mean and std. The best
     epoch is chosen among epochs >= ``min_epochs`` and training stops ``patience`` epochs after
@@ -174,16 +170,18 @@ def train_mil(
     not ignored. Deterministic on CPU given ``seed``. Without validation bags it trains
     ``max_epochs``.
     """
+    max_epochs, min_epochs, patience = mil.max_epochs, mil.min_epochs, mil.patience
+    batch_bags = mil.batch_bags
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = GatedABMIL(bags[0].shape[1], n_classes, hidden, attn_dim, dropout)
+    model = GatedABMIL(bags[0].shape[1], n_classes, mil.hidden, mil.attn_dim, mil.dropout)
     model.set_standardisation([bags[i] for i in train])
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=mil.lr, weight_decay=mil.weight_decay)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     train = np.asarray(train, dtype=np.int64)
     val = np.asarray(val, dtype=np.int64)
     weight = None
-    if balance:
+    if mil.balance:
         counts = np.bincount(np.asarray(labels)[train], minlength=n_classes).astype(float)
         weight = torch.as_tensor(
             np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_classes, 0.0),

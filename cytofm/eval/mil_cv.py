@@ -1,12 +1,13 @@
 """Slide-level attention MIL, cross-validated: the cohort's bags, patient-grouped folds over
-seeds, out-of-fold predictions and attention, the attention's per-slide figures and its score
-against true cells, and the result JSON. The ``mil`` stage strings these together.
+seeds, out-of-fold predictions and attention, what the attention's per-slide pictures show and its
+score against true cells, and the result JSON. The ``mil`` stage strings these together.
 
 For every seed, patient-grouped stratified folds give each slide one out-of-fold prediction (an
 inner grouped split of the training slides stops training early); the seeds' out-of-fold
 probabilities are scored and summarised exactly like the patch-level protocols. Out-of-fold
-attention of every seed is kept per instance; the first seed's is drawn over the slide thumbnail
-and as a montage of the top-k cells. When a slide has a table of true cell classes, attention is
+attention of every seed is kept per instance; the first seed's is what the pictures show, over
+the slide thumbnail and as a montage of the top-k cells (:func:`slide_figures` gives what to
+draw; the stage draws it). When a slide has a table of true cell classes, attention is
 scored against it: AUROC of attention for the ``truth_positive`` classes vs. all others.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +29,22 @@ from cytofm.errors import InputDataError
 from cytofm.eval.calibration import apply_temperature, fit_temperature
 from cytofm.eval.metrics import classification_metrics, interval, summarise
 from cytofm.eval.mil import check_bags, grouped_folds, predict_mil, train_mil
-from cytofm.report.attention import attention_heatmap, top_cells_montage
 from cytofm.store import atomic_group, open_store
 from cytofm.store_attrs import store_attrs
 
 __all__ = [
+    "Heatmap",
     "MilCV",
     "MilCohort",
+    "Montage",
+    "SlideFigures",
     "attention_summary",
     "attention_truth_scores",
     "cross_validate",
     "load_cohort",
     "mil_result",
     "result_block",
-    "slide_outputs",
+    "slide_figures",
     "slide_thumbnail",
     "write_attention",
 ]
@@ -229,7 +232,6 @@ class MilCV:
 
 def cross_validate(co: MilCohort, task: SlideTaskConfig, cfg: EvalConfig, desc: str) -> MilCV:
     """Patient-grouped folds per seed, each trained with early stopping on an inner split."""
-    train_args = cfg.mil.train_args()
     cv = MilCV([], {s: [] for s in co.slides}, [], [])
     bar = tqdm(total=len(task.seeds) * task.folds, desc=desc, mininterval=5)
     for seed in (int(s) for s in task.seeds):
@@ -238,7 +240,7 @@ def cross_validate(co: MilCohort, task: SlideTaskConfig, cfg: EvalConfig, desc: 
         for k, (train, test) in enumerate(grouped_folds(co.y, co.groups, task.folds, seed)):
             tf = time.perf_counter()
             tr, va = _inner_split(co.y, co.groups, train, seed)
-            model, hist = train_mil(co.bags, co.y, tr, va, len(co.classes), seed=seed, **train_args)
+            model, hist = train_mil(co.bags, co.y, tr, va, len(co.classes), cfg.mil, seed=seed)
             p[test], attn = predict_mil(model, co.bags, test, cfg.mil.batch_bags)
             t = 1.0
             if len(va):
@@ -297,7 +299,46 @@ def write_attention(path, co: MilCohort, cv: MilCV, backbone: str, task: SlideTa
         )
 
 
-def slide_outputs(
+@dataclasses.dataclass
+class Montage:
+    """The top-k cells of a slide to draw as one PNG: their ``images`` (in store order) and
+    ``attention``; drawn most attended first, at most ``k``."""
+
+    images: np.ndarray
+    attention: np.ndarray
+    k: int
+    out_png: Path
+
+
+@dataclasses.dataclass
+class Heatmap:
+    """A slide's attention to draw over its thumbnail as one PNG: cells at level-0 centres
+    ``coords_px`` (``downsample``: level-0 px per thumbnail px), optionally circling
+    ``highlight_px``. Without a ``thumbnail`` (no slide file, no cell) the PNG is a note with
+    the ``title``."""
+
+    thumbnail: np.ndarray | None
+    coords_px: np.ndarray
+    attention: np.ndarray
+    downsample: float
+    out_png: Path
+    title: str
+    highlight_px: np.ndarray | None = None
+    highlight_label: str = "true abnormal cell"
+
+
+@dataclasses.dataclass
+class SlideFigures:
+    """One slide's pictures (the heatmap only when its file is known) and, where it has a
+    table of true cells, the attention's score against it (per seed)."""
+
+    slide: str
+    montage: Montage
+    heatmap: Heatmap | None
+    truth: list[dict] | None
+
+
+def slide_figures(
     co: MilCohort,
     cv: MilCV,
     task: SlideTaskConfig,
@@ -305,27 +346,28 @@ def slide_outputs(
     out_dir: Path,
     tolerance_um: float,
     thumbnail_mpp: float,
-) -> dict[str, list[dict]]:
-    """Per slide: the top-k montage, the heatmap over the thumbnail (when the slide file is
-    known) and, where a truth table exists, the attention's score against it (per seed)."""
-    truth_scores: dict[str, list[dict]] = {}
+) -> Iterator[SlideFigures]:
+    """Per slide, one at a time (a thumbnail and k cell images in memory): the top-k montage
+    (``out_dir/montage/<slide>.png``) and the first seed's attention over the thumbnail
+    (``out_dir/heatmap/<slide>.png``) to draw, and the attention's score against true cells."""
     for i, (r, s, feat_rows) in enumerate(zip(co.rows, co.slides, co.feat_rows, strict=True)):
         store = open_store(r["instances"])
         coords = np.asarray(store["coords"][:])[feat_rows]
         first = cv.attention[s][0]
-        # read only the top-k patches, in store order, then draw them most attended first
+        # read only the top-k patches, in store order, to be drawn most attended first
         top = np.sort(np.argsort(-first, kind="stable")[:top_k])
         order = np.argsort(feat_rows[top])
         images = np.asarray(store["images"].get_orthogonal_selection((feat_rows[top][order],)))
-        top_cells_montage(images, first[top][order], top_k, out_dir / "montage" / f"{s}.png")
+        montage = Montage(images, first[top][order], top_k, out_dir / "montage" / f"{s}.png")
         slide_mpp = float(store.attrs.get("slide_mpp") or 0) or None
         table = None
         if r.get("truth") and task.truth_positive:
             table = pd.read_csv(r["truth"], sep=None, engine="python")
+        heatmap = None
         if r.get("path"):
             thumb, down, slide_mpp = slide_thumbnail(r["path"], s, r.get("mpp"), thumbnail_mpp)
             label = co.classes[co.y[i]]
-            attention_heatmap(
+            heatmap = Heatmap(
                 thumb,
                 coords,
                 first,
@@ -335,16 +377,17 @@ def slide_outputs(
                 highlight_px=_positive_cells(table, task.truth_positive),
                 highlight_label=f"true {'/'.join(task.truth_positive)} cell",
             )
+        truth = None
         if table is not None:
             if slide_mpp is None:
                 raise InputDataError(f"slide '{s}': no mpp known to match cells to truth")
-            truth_scores[s] = [
+            truth = [
                 attention_truth_scores(
                     a, coords, table, task.truth_positive, tolerance_um / slide_mpp, top_k
                 )
                 for a in cv.attention[s]
             ]
-    return truth_scores
+        yield SlideFigures(s, montage, heatmap, truth)
 
 
 def _positive_cells(table: pd.DataFrame | None, positive: Sequence[str]) -> np.ndarray | None:

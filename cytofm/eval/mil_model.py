@@ -15,12 +15,16 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cytofm.errors import InputDataError
 from cytofm.store import open_store
+
+if TYPE_CHECKING:
+    from cytofm.config import MilConfig
+    from cytofm.eval.mil_cv import Heatmap
 
 __all__ = [
     "CARD_FILE",
@@ -72,20 +76,18 @@ def train_final_models(
     n_classes: int,
     seeds: Sequence[int],
     epochs: int,
-    train_args: Mapping[str, Any],
+    mil: MilConfig,
 ):
-    """One model per seed on every bag, ``epochs`` epochs (no validation split left)."""
+    """One model per seed on every bag with the settings of ``mil``, ``epochs`` epochs (no
+    validation split left)."""
     from cytofm.eval.mil import train_mil
 
-    args = {k: v for k, v in train_args.items() if k not in ("max_epochs", "min_epochs")}
+    final = mil.updated({"max_epochs": epochs, "min_epochs": 0})
     everything = np.arange(len(bags))
     return [
-        train_mil(
-            bags, y, everything, everything[:0], n_classes, seed=int(s), max_epochs=epochs,
-            min_epochs=0, **args,
-        )[0]
+        train_mil(bags, y, everything, everything[:0], n_classes, final, seed=int(s))[0]
         for s in seeds
-    ]  # fmt: skip
+    ]
 
 
 def save_mil_model(out_dir: str | Path, models, card: Mapping[str, Any]) -> Path:
@@ -172,25 +174,16 @@ def predict_bag(models, bag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.mean(probs, 0), np.mean(attn, 0)
 
 
-def _blank(out_png: Path, text: str) -> None:
-    import cv2
-
-    img = np.full((120, 640, 3), 255, np.uint8)
-    cv2.putText(img, text[:80], (10, 64), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out_png), img)
-
-
 def score_slide(
     models, card, slide_id, features_store, instances_store, out_attention, out_heatmap,
     slide_path=None, mpp=None, thumbnail_mpp: float = 4.0,
-) -> dict[str, Any]:  # fmt: skip
-    """One slide through the final models: class probabilities, the predicted class, each
-    cell's attention (``out_attention``: rows of the cell store, level-0 centres, attention)
-    and the attention over the slide's thumbnail (``out_heatmap``; a note when there is no
-    slide file or no cell). A slide without cells gets NaN probabilities and a warning."""
-    from cytofm.eval.mil_cv import slide_thumbnail
-    from cytofm.report.attention import attention_heatmap
+) -> tuple[dict[str, Any], Heatmap]:  # fmt: skip
+    """One slide through the final models: class probabilities, the predicted class and each
+    cell's attention (``out_attention``: rows of the cell store, level-0 centres, attention),
+    and the attention over the slide's thumbnail to draw as ``out_heatmap`` (no thumbnail, so
+    a note, when there is no slide file or no cell). A slide without cells gets NaN
+    probabilities and a warning."""
+    from cytofm.eval.mil_cv import Heatmap, slide_thumbnail
 
     fs = open_store(features_store)
     feats = np.asarray(fs["features"][:], np.float32)
@@ -207,13 +200,12 @@ def score_slide(
     np.savez(out_attention, rows=rows, coords=coords, attention=attention.astype(np.float32))
     predicted = classes[int(np.argmax(probs))] if len(feats) else ""
     title = f"{slide_id}  {card['task']}: {predicted or 'no cells'}"
+    thumb, down = None, 1.0
     if len(feats) and slide_path:
         title += f"  P={float(np.max(probs)):.2f}"
         thumb, down, _ = slide_thumbnail(slide_path, slide_id, mpp, thumbnail_mpp)
-        attention_heatmap(thumb, coords, attention, down, out_heatmap, title)
-    else:
-        _blank(Path(out_heatmap), title)
-    return {
+    heatmap = Heatmap(thumb, coords, attention, down, Path(out_heatmap), title)
+    result = {
         "slide_id": slide_id,
         "task": card["task"],
         "backbone": card["backbone"],
@@ -228,3 +220,4 @@ def score_slide(
             "cross_validation_auroc": card["cross_validation"].get("auroc"),
         },
     }
+    return result, heatmap

@@ -1,5 +1,5 @@
 """Per-task summary of the result JSONs: one table row per backbone x protocol x shots
-(drawn by :func:`cytofm.report.figures.plot_fewshot` and ``plot_mil``).
+(drawn by the report's ``plot_fewshot`` and ``plot_mil``).
 
 A backbone evaluated on several pretraining checkpoints (``pretrain.seeds``) gets one row per
 setting that pools them (:mod:`cytofm.eval.checkpoints`): the mean over checkpoints and their

@@ -1,12 +1,49 @@
-"""Pictures of where a MIL model looks: attention over the slide thumbnail, top-k cells."""
+"""Pictures of where a MIL model looks: attention over the slide thumbnail, top-k cells.
+
+:func:`draw_heatmap` and :func:`draw_montage` draw what :mod:`cytofm.eval.mil_cv` says a
+slide's pictures show (its ``Heatmap`` and ``Montage``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["attention_heatmap", "top_cells_montage"]
+if TYPE_CHECKING:
+    from cytofm.eval.mil_cv import Heatmap, Montage
+
+__all__ = ["attention_heatmap", "draw_heatmap", "draw_montage", "top_cells_montage"]
+
+
+def draw_heatmap(heatmap: Heatmap) -> None:
+    """A slide's attention over its thumbnail (:func:`attention_heatmap`), or a note with the
+    title when there is no thumbnail (no slide file, no cell)."""
+    h = heatmap
+    if h.thumbnail is None:
+        _note(Path(h.out_png), h.title)
+        return
+    attention_heatmap(
+        h.thumbnail, h.coords_px, h.attention, h.downsample, h.out_png, h.title,
+        highlight_px=h.highlight_px, highlight_label=h.highlight_label,
+    )  # fmt: skip
+
+
+def draw_montage(montage: Montage) -> np.ndarray:
+    """A slide's most attended cells (:func:`top_cells_montage`); returns their indices."""
+    m = montage
+    return top_cells_montage(m.images, m.attention, m.k, m.out_png)
+
+
+def _note(out_png: Path, text: str) -> None:
+    """A white PNG with one line of text, where a picture cannot be drawn."""
+    import cv2
+
+    img = np.full((120, 640, 3), 255, np.uint8)
+    cv2.putText(img, text[:80], (10, 64), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out_png), img)
 
 
 def attention_heatmap(

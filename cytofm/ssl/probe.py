@@ -106,7 +106,7 @@ def inductive_margin(cfg, dataset_store, task, out_dir, *, random_seeds=(0, 1), 
     (as the workflow's inductive pretraining leaves them out), then probe the exported
     backbone against random initialisations on that task's split: the rows scored were never
     read by pretraining. ``task``: a :class:`cytofm.config.TaskConfig` on the store."""
-    from cytofm.stages.evaluate import load_task_data, task_split
+    from cytofm.eval.tasks import load_task_data, task_split
     from cytofm.stages.pretrain import run_pretrain
     from cytofm.store import open_store
 

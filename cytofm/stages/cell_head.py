@@ -10,6 +10,7 @@ import numpy as np
 from cytofm.config import EvalConfig, TaskConfig
 from cytofm.eval.cell_head import fit_cell_head, save_cell_head
 from cytofm.eval.mil_model import feature_signature
+from cytofm.eval.tasks import load_task_data, task_split
 from cytofm.provenance import provenance
 from cytofm.stages.context import JobContext
 from cytofm.store import open_store
@@ -30,8 +31,6 @@ def run_cell_head(
 ) -> dict:
     """Fit and save the head (see :mod:`cytofm.eval.cell_head`) of ``task`` on ``backbone``'s
     features; it is logged and registered with the job's MLflow run."""
-    from cytofm.stages.evaluate import load_task_data, task_split
-
     job = job or JobContext()
     data = load_task_data(task, dataset_store)
     split = task_split(task, data)

@@ -1,9 +1,10 @@
 """Stage ``mil``: slide-level attention MIL as an evaluation protocol (``abmil``).
 
 Bags are the cached cell (or tile) features of each slide; labels and patient groups come from
-the sample sheet. The cross-validation, the attention's figures and its score against true cells
-are :mod:`cytofm.eval.mil_cv`; this stage runs them in one tracked job and writes the result
-JSON (same layout as the patch-level protocols'), ``predictions.npz`` and ``attention.zarr``.
+the sample sheet. The cross-validation, what the attention's figures show and its score against
+true cells are :mod:`cytofm.eval.mil_cv`; this stage runs them in one tracked job, draws the
+figures (:mod:`cytofm.report.attention`) and writes the result JSON (same layout as the
+patch-level protocols'), ``predictions.npz`` and ``attention.zarr``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from cytofm.eval.mil_cv import (
     load_cohort,
     mil_result,
     result_block,
-    slide_outputs,
+    slide_figures,
     write_attention,
 )
 from cytofm.eval.mil_model import (
@@ -35,6 +36,7 @@ from cytofm.eval.mil_model import (
 )
 from cytofm.eval.predictions import save_predictions
 from cytofm.provenance import provenance
+from cytofm.report.attention import draw_heatmap, draw_montage
 from cytofm.results import write_result
 from cytofm.stages.context import JobContext
 
@@ -74,7 +76,7 @@ def run_mil(
         block = result_block(co, cv, task, cfg.bootstrap)
         save_predictions(out_dir / "predictions.npz", co.y, co.groups, **cv.predictions())
         write_attention(out_dir / "attention.zarr", co, cv, backbone, task)
-        scores = slide_outputs(co, cv, task, cfg.mil.top_k, out_dir, tolerance_um, thumbnail_mpp)
+        scores = _slide_outputs(co, cv, task, cfg.mil.top_k, out_dir, tolerance_um, thumbnail_mpp)
         attention_eval = attention_summary(scores, task, cfg.bootstrap, tolerance_um)
         result = mil_result(
             co,
@@ -117,6 +119,19 @@ def _checked_exposure(task, cohort, backbone_kind, exposure, pretrained_dir) -> 
     return {**(exposure or {}), **check_cohort(task.name, slides, pretrained_dir, transductive)}
 
 
+def _slide_outputs(co, cv, task, top_k, out_dir, tolerance_um, thumbnail_mpp) -> dict:
+    """Each slide's top-k montage and attention heatmap (when its file is known) drawn in
+    ``out_dir``; per slide with a truth table, the attention's scores against it (per seed)."""
+    scores = {}
+    for fig in slide_figures(co, cv, task, top_k, out_dir, tolerance_um, thumbnail_mpp):
+        draw_montage(fig.montage)
+        if fig.heatmap is not None:
+            draw_heatmap(fig.heatmap)
+        if fig.truth is not None:
+            scores[fig.slide] = fig.truth
+    return scores
+
+
 def _log_outputs(run, out_json: Path, out_dir: Path, model_name: str) -> None:
     """The result, heatmaps, montages and the final model (also as a registered model)."""
     run.log_artifact(out_json)
@@ -131,9 +146,9 @@ def _final_model(co, cv, task, cfg, block, params, backbone_kind, out) -> int:
     ``out`` with the card saying what they were trained on and how well the cross-validation
     scored them; returns the epochs."""
     backbone = params["backbone"]
-    train_args = cfg.mil.train_args()
-    epochs = final_epochs(cv.folds, train_args["max_epochs"])
-    models = train_final_models(co.bags, co.y, len(co.classes), task.seeds, epochs, train_args)
+    train_args = {k: v for k, v in cfg.mil.to_dict().items() if k != "top_k"}  # what training read
+    epochs = final_epochs(cv.folds, cfg.mil.max_epochs)
+    models = train_final_models(co.bags, co.y, len(co.classes), task.seeds, epochs, cfg.mil)
     counts = np.bincount(co.y, minlength=len(co.classes))
     card = {
         "task": task.name,

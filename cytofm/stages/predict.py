@@ -18,6 +18,7 @@ from pathlib import Path
 from cytofm.eval.cell_head import label_cells, load_cell_head
 from cytofm.eval.mil_model import check_signature, feature_signature, load_mil_model, score_slide
 from cytofm.provenance import provenance
+from cytofm.report.attention import draw_heatmap
 from cytofm.stages.context import JobContext
 
 __all__ = ["run_predict", "run_predict_table"]
@@ -58,8 +59,9 @@ def run_predict(
     out_json, out_heatmap = Path(out_json), Path(out_heatmap)
     with job.run("predict", params) as run:
         stores = (features_store, instances_store)
-        result = score_slide(models, card, slide_id, *stores, out_attention, out_heatmap,
-                             slide_path, mpp, thumbnail_mpp)  # fmt: skip
+        result, heatmap = score_slide(models, card, slide_id, *stores, out_attention,
+                                      out_heatmap, slide_path, mpp, thumbnail_mpp)  # fmt: skip
+        draw_heatmap(heatmap)
         if head is not None:
             result["cells"] = _label_cells(head, features_store, out_attention)
         result["provenance"] = provenance("predict", params)

@@ -16,6 +16,7 @@ import numpy as np
 from cytofm.config import PretrainConfig
 from cytofm.provenance import provenance
 from cytofm.report.figures import plot_history
+from cytofm.ssl.distributed import ERRORS_ENV, rank_failure, slurm_command, torchrun_command
 from cytofm.stages.context import JobContext
 from cytofm.store import open_store
 
@@ -252,8 +253,6 @@ def launch_args(cfg, stores, out_dir, knn_store, job, held_out=None) -> dict:
 
 
 def _launch_torchrun(cfg, stores, out_dir, knn_store, job, nproc, held_out=None, nodes=1):
-    from cytofm.stages.launch import ERRORS_ENV, rank_failure, slurm_command, torchrun_command
-
     args = launch_args(cfg, stores, out_dir, knn_store, job, held_out)
     # the arguments and the workers' errors in the results folder: every node reads and writes
     # there (the shared file system a multi-node job needs)

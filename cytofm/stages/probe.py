@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from cytofm.config import EvalConfig, TaskConfig
+from cytofm.eval.tasks import load_task_data, task_split
 from cytofm.stages.context import JobContext
 
 __all__ = ["run_probe"]
@@ -26,7 +27,6 @@ def run_probe(
     """``task``: the evaluation task on this dataset whose split the probe uses (default: a
     task with the default split settings); ``evaluate``: its linear-probe settings."""
     from cytofm.ssl.probe import ssl_vs_random
-    from cytofm.stages.evaluate import load_task_data, task_split
 
     job = job or JobContext()
     task = task or TaskConfig(name="probe", dataset=Path(dataset_store).stem)

@@ -10,6 +10,7 @@ import numpy as np
 
 from cytofm.config import EvalConfig, TaskConfig
 from cytofm.eval.robustness import batch_probe, robustness_index
+from cytofm.eval.tasks import dataset_column, load_task_data, task_split
 from cytofm.provenance import provenance
 from cytofm.stages.context import JobContext
 from cytofm.store import atomic_json, open_store
@@ -30,8 +31,6 @@ def run_robustness(
 ) -> dict:
     """How well ``backbone``'s features predict the task's ``batch`` column next to its class,
     and their robustness index (see :mod:`cytofm.eval.robustness`), into ``out_json``."""
-    from cytofm.stages.evaluate import dataset_column, load_task_data, task_split
-
     job = job or JobContext()
     data = load_task_data(task, dataset_store)
     split, labels = task_split(task, data), data["labels"]
