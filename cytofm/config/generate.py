@@ -26,7 +26,7 @@ _HEADER = """\
 # before any job runs; docs/configuration.md explains each one. Spatial sizes are in
 # micrometres (um) or in pixels at a stated resolution in micrometres per pixel (mpp). The
 # defaults run the built-in synthetic demo, sized for a laptop CPU.
-# Generated from cytofm/config/sections.py by `python -m cytofm.config --write`: edit there.
+# Generated from cytofm/config/ by `python -m cytofm.config --write`: edit there.
 """
 _COLUMN = 24  # comments start here when the key and value leave room
 
@@ -112,7 +112,7 @@ def _plain(value: Any) -> Any:
 def schema() -> dict:
     out = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
     out["description"] = (
-        "cytofm configuration (config.yaml). Generated from cytofm/config/sections.py by "
+        "cytofm configuration (config.yaml). Generated from cytofm/config/ by "
         "`python -m cytofm.config --write`: edit there."
     )
     out.update(_class_schema(Config))
@@ -227,9 +227,9 @@ _REFERENCE_HEAD = """\
 # Configuration
 
 `config.yaml` is the default run and comments every key in place. The keys, their types,
-defaults, allowed values and meaning are defined once, in `cytofm/config/sections.py`; this page,
-`config.yaml` and the schema (`workflow/schemas/config.schema.yaml`) are generated from there
-(`python -m cytofm.config --write`; a test fails when one is stale).
+defaults, allowed values and meaning are defined once, in the dataclasses of `cytofm/config/`;
+this page, `config.yaml` and the schema (`workflow/schemas/config.schema.yaml`) are generated
+from there (`python -m cytofm.config --write`; a test fails when one is stale).
 
 Settings are grouped by topic (`pretrain.optim.lr`, `evaluate.lora.rank`, ...), so an overlay
 of a few lines changes a recipe. A key from before the grouping (`pretrain.lr`) fails with a

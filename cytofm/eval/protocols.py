@@ -28,6 +28,7 @@ from cytofm.registry import PROTOCOLS
 __all__ = [
     "HARNESS_READS",
     "PROTOCOLS",
+    "DeclaredSettings",
     "EvalInputs",
     "Protocol",
     "register_protocol",
@@ -129,6 +130,28 @@ class Protocol:
 def register_protocol(cls: type[Protocol]) -> type[Protocol]:
     """Class decorator: register ``cls`` under ``cls.name``."""
     return PROTOCOLS.register(cls.name)(cls)
+
+
+class DeclaredSettings:
+    """``cfg`` as a job of ``protocol`` sees it: the settings its protocol declares in
+    :attr:`Protocol.reads` (and the harness's). Its jobs are given only those (the rest are
+    defaults), so reading another one is refused, naming the fix, rather than silently
+    reading a default."""
+
+    def __init__(self, cfg: EvalConfig, protocol: str):
+        reads = PROTOCOLS[protocol].reads
+        self._cfg, self._protocol = cfg, protocol
+        self._keys = None if reads is None else {*HARNESS_READS, *reads}
+        self._fields = {f.name for f in dataclasses.fields(cfg)}
+
+    def __getattr__(self, key: str) -> Any:
+        if self._keys is not None and key in self._fields and key not in self._keys:
+            raise AttributeError(
+                f"protocol {self._protocol!r} reads evaluate.{key}, which its `reads` "
+                f"{tuple(sorted(self._keys - set(HARNESS_READS)))} does not declare; add it "
+                "there (a job gets only the settings its protocol declares)"
+            )
+        return getattr(self._cfg, key)
 
 
 def settings_read(protocol: str, cfg: EvalConfig) -> dict[str, Any]:

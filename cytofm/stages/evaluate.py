@@ -24,7 +24,7 @@ from cytofm.config.sections import KINDS_WITHOUT_NETWORK
 from cytofm.errors import ConfigError, InputDataError
 from cytofm.eval.backbones import BackboneSpec
 from cytofm.eval.harness import evaluate_folds, evaluation_folds, result_head
-from cytofm.eval.protocols import PROTOCOLS, Protocol
+from cytofm.eval.protocols import PROTOCOLS, DeclaredSettings, Protocol, settings_read
 from cytofm.eval.tasks import load_task_data
 from cytofm.inductive import check_test_rows, exposure
 from cytofm.provenance import provenance
@@ -56,7 +56,12 @@ def run_evaluate(
     data = load_task_data(task, dataset_store)
     folds = evaluation_folds(task, cfg, data)
     content = _check_content(task, spec, dataset_store, folds, pretrained_dir)
-    params = {"task": task.to_dict(), "evaluate": cfg.part("patch"), "backbone": spec.to_dict()}
+    params = {
+        "task": task.to_dict(),
+        "evaluate": settings_read(protocol, cfg),  # what the rule passes
+        "backbone": spec.to_dict(),
+    }
+    cfg = DeclaredSettings(cfg, protocol)  # type: ignore[assignment]
     with job.run(
         "evaluate", {**params, "protocol": protocol}, system_metrics=protocol == "lora"
     ) as run:
