@@ -192,3 +192,37 @@ def test_the_transfer_tables_are_those_of_the_transfer_results():
     assert len(rows) > 10
     missing = [line for line in rows if line not in lines]
     assert not missing, f"not in the transfer results: {missing}"
+
+
+def test_the_suite_timing_in_the_development_guide_is_the_results_file():
+    """docs/development.md's suite time and slowest tests are what benchmarks/suite_timing.py
+    wrote from a timed CI log (benchmarks/results/suite_timing.md), not typed by hand."""
+    timing = _benchmark("suite_timing")
+    doc = (REPO / "docs/development.md").read_text()
+    block = doc.split(timing.START, 1)[1].split(timing.END, 1)[0].strip()
+    results = (REPO / "benchmarks/results/suite_timing.md").read_text()
+    assert block and results.removeprefix("# Test suite time\n\n").strip() == block
+
+
+def test_the_suite_timing_is_read_from_pytests_own_summary():
+    timing = _benchmark("suite_timing")
+    log = (
+        "real\t2m31.5s\nuser\t1m0s\n"
+        "============================= slowest 30 durations =============================\n"
+        "364.10s setup    tests/test_eval_real.py::test_herlev\n"
+        "101.25s call     tests/test_ssl_learns.py::test_learns\n"
+        "(270 durations < 0.005s hidden.  Use -vv to show these durations.)\n"
+        "========== 583 passed, 3 skipped, 2 warnings in 1822.62s (0:30:22) ==========\n"
+    )
+    run = timing.parse(log)
+    assert run["counts"] == "583 passed, 3 skipped, 2 warnings" and run["seconds"] == 1822.62
+    assert run["install_s"] == 151.5
+    assert run["slowest"] == [
+        (364.10, "setup", "tests/test_eval_real.py::test_herlev"),
+        (101.25, "call", "tests/test_ssl_learns.py::test_learns"),
+    ]
+    text = timing.render(run, 2400.0, "abc1234", "2 cores")
+    assert "583 passed, 3 skipped, 2 warnings in 1822.6 s (30.4 min)" in text
+    assert "| 364.1 | setup | `tests/test_eval_real.py::test_herlev` |" in text
+    with pytest.raises(SystemExit, match="no pytest summary"):
+        timing.parse("collected 3 items\n")

@@ -683,6 +683,30 @@ def test_new_slide_plans_only_its_own_jobs(results, tmp_path):
     }
 
 
+def test_a_lora_setting_reruns_only_the_lora_jobs_and_what_reads_them(results, tmp_path):
+    """Each evaluation job gets only the settings its protocol reads: a new LoRA rank plans the
+    LoRA job of each backbone with a network, the task's summary, the model card and the
+    report; the linear, kNN and few-shot jobs, the robustness probe and every MIL job stay as
+    they are."""
+    tiny = yaml.safe_load(TINY.read_text())
+    rank = tiny.get("evaluate", {}).get("lora", {}).get("rank", 2) + 2
+    overlay = tmp_path / "lora.yaml"
+    overlay.write_text(yaml.safe_dump({"evaluate": {"lora": {"rank": rank}}}))
+    proc = snakemake(
+        "-n", "--configfile", str(TINY), str(overlay), "--config", f"results={results}"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert planned_jobs(proc.stdout) == {
+        **{"evaluate": 2, "eval_summary": 1, "model_card": 1, "report": 1, "all": 1}
+    }  # the model card shows the backbone's results
+    planned = re.findall(
+        r"wildcards: task=([^,\s]+), backbone=([^,\s]+), protocol=(\S+)", proc.stdout
+    )
+    assert sorted(planned) == [
+        ("demo_cells", "cytofm", "lora"), ("demo_cells", "random", "lora")
+    ]  # fmt: skip
+
+
 def test_unlabelled_slides_get_predictions_and_heatmaps(results, tmp_path):
     """Slides without a label for the slide task (two new ones, and the demo's unlabelled
     pretraining slide) are scored by each backbone's final model: probabilities, attention
@@ -814,9 +838,10 @@ def test_new_pretraining_slide_retriggers_pretraining(results, tmp_path):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        (  # and the backbone's model card, which shows the results
+        (  # the kNN jobs of both tasks (not linear, few-shot or LoRA), the robustness index
+            # (its k), and the backbone's model card, which shows the results
             {"knn": {"k": 5}},
-            {"evaluate": 12, "eval_summary": 2, "robustness": 2, "model_card": 1, "report": 1}
+            {"evaluate": 4, "eval_summary": 2, "robustness": 2, "model_card": 1, "report": 1}
             | {"all": 1},
         ),
         (  # and the predictions of the models it retrains
@@ -827,8 +852,8 @@ def test_new_pretraining_slide_retriggers_pretraining(results, tmp_path):
     ],
 )
 def test_evaluation_settings_reembed_nothing(results, tmp_path, override, expected):
-    """Changing evaluation settings reruns evaluations (and the report) only; a MIL setting
-    only MIL and the predictions of its final models."""
+    """Changing evaluation settings reruns only the evaluations that read them (and the report);
+    a MIL setting only MIL and the predictions of its final models."""
     import yaml
     from snakemake.utils import update_config
 
