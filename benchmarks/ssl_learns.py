@@ -66,7 +66,7 @@ def import_pbc(out: Path) -> Path:
 def margin(store: Path, out: Path, seed: int) -> dict:
     """One pretraining seed of the recipe, probed inductively."""
     from cytofm.config import PretrainConfig
-    from cytofm.ssl.probe import inductive_margin
+    from cytofm.stages.probe import inductive_margin
 
     cfg = PretrainConfig().updated({**RECIPE, "seeds": [seed]})
     return inductive_margin(cfg, store, task(), out / f"model{seed}", random_seeds=RANDOM_SEEDS)

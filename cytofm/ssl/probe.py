@@ -10,8 +10,6 @@ pretraining leaves out), logistic regression with C chosen on its validation row
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -21,7 +19,7 @@ from cytofm.eval.splits import Split, make_split
 from cytofm.ssl.export import load_backbone, read_backbone_config
 from cytofm.ssl.monitor import embed
 
-__all__ = ["inductive_margin", "linear_probe", "random_like", "ssl_vs_random"]
+__all__ = ["linear_probe", "random_like", "ssl_vs_random"]
 
 
 def random_like(model_dir, seed: int = 0) -> torch.nn.Module:
@@ -99,31 +97,3 @@ def ssl_vs_random(
     results["split"] = split.to_dict()
     results["protocol"] = "linear (the evaluation's: C chosen on validation, test rows scored)"
     return results
-
-
-def inductive_margin(cfg, dataset_store, task, out_dir, *, random_seeds=(0, 1), job=None) -> dict:
-    """Pretrain with ``cfg`` on a labelled dataset store with ``task``'s test rows left out
-    (as the workflow's inductive pretraining leaves them out), then probe the exported
-    backbone against random initialisations on that task's split: the rows scored were never
-    read by pretraining. ``task``: a :class:`cytofm.config.TaskConfig` on the store."""
-    from cytofm.eval.tasks import load_task_data, task_split
-    from cytofm.stages.pretrain import run_pretrain
-    from cytofm.store import open_store
-
-    data = load_task_data(task, dataset_store)
-    split = task_split(task, data)
-    run_pretrain(cfg, [dataset_store], out_dir, held_out={str(dataset_store): [task.to_dict()]},
-                 job=job)  # fmt: skip
-    ds = open_store(dataset_store)
-    res = ssl_vs_random(
-        Path(out_dir) / "backbone",
-        ds["images"][:],
-        data["labels"],
-        split=split,
-        classes=data["classes"],
-        seeds=random_seeds,
-    )
-    prov = read_backbone_config(Path(out_dir) / "backbone")["provenance"]
-    res["test_rows_left_out_of_pretraining"] = prov["inductive"]["excluded_rows"]
-    res["pretrain_seed"] = int(cfg.seed)
-    return res

@@ -13,7 +13,7 @@ from cytofm.config import EvalConfig, TaskConfig
 from cytofm.eval.tasks import load_task_data, task_split
 from cytofm.stages.context import JobContext
 
-__all__ = ["run_probe"]
+__all__ = ["inductive_margin", "run_probe"]
 
 
 def run_probe(
@@ -52,3 +52,32 @@ def run_probe(
         run.log_metrics({k: result[k] for k in ("ssl_mean", "random_mean", "margin")})
         run.log_artifact(out_json)
     return result
+
+
+def inductive_margin(cfg, dataset_store, task, out_dir, *, random_seeds=(0, 1), job=None) -> dict:
+    """Pretrain with ``cfg`` on a labelled dataset store with ``task``'s test rows left out
+    (as the workflow's inductive pretraining leaves them out), then probe the exported
+    backbone against random initialisations on that task's split: the rows scored were never
+    read by pretraining. ``task``: a :class:`cytofm.config.TaskConfig` on the store."""
+    from cytofm.ssl.export import read_backbone_config
+    from cytofm.ssl.probe import ssl_vs_random
+    from cytofm.stages.pretrain import run_pretrain
+    from cytofm.store import open_store
+
+    data = load_task_data(task, dataset_store)
+    split = task_split(task, data)
+    run_pretrain(cfg, [dataset_store], out_dir, held_out={str(dataset_store): [task.to_dict()]},
+                 job=job)  # fmt: skip
+    ds = open_store(dataset_store)
+    res = ssl_vs_random(
+        Path(out_dir) / "backbone",
+        ds["images"][:],
+        data["labels"],
+        split=split,
+        classes=data["classes"],
+        seeds=random_seeds,
+    )
+    prov = read_backbone_config(Path(out_dir) / "backbone")["provenance"]
+    res["test_rows_left_out_of_pretraining"] = prov["inductive"]["excluded_rows"]
+    res["pretrain_seed"] = int(cfg.seed)
+    return res
