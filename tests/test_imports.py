@@ -141,3 +141,18 @@ def test_the_cycle_finder_finds_cycles():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_two_packages_import_each_other():
+    """Between the package's parts (config, wsi, cells, ssl, eval, report, stages, ...) too:
+    a part that needs another's work is above it, never beside and below at once."""
+
+    def part(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    parts: dict[str, set[str]] = {}
+    for module, imported in GRAPH.items():
+        parts.setdefault(part(module), set()).update(
+            part(i) for i in imported if part(i) != part(module)
+        )
+    assert _cycles(parts) == []

@@ -26,7 +26,7 @@ def run_probe(
 ) -> dict:
     """``task``: the evaluation task on this dataset whose split the probe uses (default: a
     task with the default split settings); ``evaluate``: its linear-probe settings."""
-    from cytofm.ssl.probe import ssl_vs_random
+    from cytofm.eval.probe import ssl_vs_random
 
     job = job or JobContext()
     task = task or TaskConfig(name="probe", dataset=Path(dataset_store).stem)
@@ -60,7 +60,7 @@ def inductive_margin(cfg, dataset_store, task, out_dir, *, random_seeds=(0, 1), 
     backbone against random initialisations on that task's split: the rows scored were never
     read by pretraining. ``task``: a :class:`cytofm.config.TaskConfig` on the store."""
     from cytofm.ssl.export import read_backbone_config
-    from cytofm.ssl.probe import ssl_vs_random
+    from cytofm.eval.probe import ssl_vs_random
     from cytofm.stages.pretrain import run_pretrain
     from cytofm.store import open_store
 
