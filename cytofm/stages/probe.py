@@ -59,8 +59,8 @@ def inductive_margin(cfg, dataset_store, task, out_dir, *, random_seeds=(0, 1), 
     (as the workflow's inductive pretraining leaves them out), then probe the exported
     backbone against random initialisations on that task's split: the rows scored were never
     read by pretraining. ``task``: a :class:`cytofm.config.TaskConfig` on the store."""
-    from cytofm.ssl.export import read_backbone_config
     from cytofm.eval.probe import ssl_vs_random
+    from cytofm.ssl.export import read_backbone_config
     from cytofm.stages.pretrain import run_pretrain
     from cytofm.store import open_store
 
