@@ -68,9 +68,10 @@ def render(run: dict, wall_s: float | None, commit: str, machine: str, how: str 
     if run["install_s"] is not None:
         extra.append(f"`make install` took {run['install_s']:.0f} s")
     if wall_s is not None:
-        extra.append(f"the whole CI run (apt, install, lint, tests) {wall_s / 60:.1f} min")
+        extra.append(f"the whole CI run (apt, install, lint, tests) took {wall_s / 60:.1f} min")
     if extra:
-        lines[0] += " " + "; ".join(extra).capitalize() + "."
+        said = "; ".join(extra)
+        lines[0] += f" {said[0].upper()}{said[1:]}."
     lines += [
         "",
         f"The {len(run['slowest'])} slowest steps (a module's shared workflow is the `setup` of "

@@ -1,8 +1,15 @@
-"""``cytofm``: what is not a workflow step.
+"""``cytofm``: what is not a workflow step (also ``python -m cytofm``).
 
     cytofm inspect <store>                       what a store holds and where it came from
     cytofm export --results R --slides A B [--geojson] [--hdf5 --backbone NAME]
     cytofm predict --model DIR --backbone DIR --slide FILE --out DIR [--mpp X] [--cell-head DIR]
+    cytofm config check [--configfile FILE ...]  the config as the workflow would read it
+    cytofm config write [--check]                regenerate config.yaml, schema and reference
+    cytofm mlflow flush [RESULTS] [--ended]      send the runs a workflow left spooled
+    cytofm --version
+
+A mistake in what it is given (a bad config value, a missing file) prints one line naming it and
+exits with status 2, as a wrong option does.
 
 ``export`` writes the same files as the workflow's export rules for the slides named;
 ``predict`` takes one slide through tiling, cells, embedding and a slide task's final model,
@@ -113,9 +120,64 @@ def _predict(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _config_check(args) -> int:
+    """Merge config.yaml and the ``--configfile`` overlays in order, as Snakemake does, and
+    build the run plan from them (schema, bounds, the sheet, references): nothing runs."""
+    import yaml
+    from snakemake.utils import update_config, validate
+
+    from cytofm.plan import Plan
+
+    base = _repo_root(args.root) / "config.yaml"
+    config = yaml.safe_load(base.read_text()) or {}
+    for path in args.configfile or []:
+        overlay = yaml.safe_load(Path(path).read_text())
+        if overlay is not None and not isinstance(overlay, dict):
+            raise _UserError(f"{path}: a config file holds a mapping of keys, got {overlay!r}")
+        update_config(config, overlay or {})
+    plan = Plan.build(config, local=True, validate=validate)
+    for note in plan.notes:
+        print(note, file=sys.stderr)
+    print(
+        f"config ok: {len(plan.slide_ids)} slide(s), {len(plan.datasets)} dataset(s), "
+        f"backbones {sorted(plan.backbones)}, tasks {sorted(plan.tasks)}, slide tasks "
+        f"{sorted(plan.slide_tasks)}; results in {plan.config.results}"
+    )
+    return 0
+
+
+def _config_write(args) -> int:
+    from cytofm.config.__main__ import main as generate
+
+    return generate(["--root", str(_repo_root(args.root)), "--check" if args.check else "--write"])
+
+
+def _mlflow_flush(args) -> int:
+    from cytofm.tracking import main as tracking
+
+    return tracking(["flush", str(args.results), *(["--ended"] if args.ended else [])])
+
+
+class _UserError(Exception):
+    """A mistake in what the command was given."""
+
+
+def _repo_root(root: Path | None) -> Path:
+    """Where config.yaml is: ``--root``, the working directory, or cytofm's own checkout."""
+    for candidate in (root, Path.cwd(), Path(__file__).resolve().parents[1]):
+        if candidate is not None and (candidate / "config.yaml").is_file():
+            return candidate
+    raise _UserError(
+        "no config.yaml here or in cytofm's checkout; run from the repository or pass --root"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    from cytofm import __version__
+
     ap = argparse.ArgumentParser(prog="cytofm", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("--version", action="version", version=f"cytofm {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     a = sub.add_parser("inspect", help="shape, provenance and lineage of a zarr store")
     a.add_argument("store", type=Path)
@@ -150,17 +212,51 @@ def main(argv: list[str] | None = None) -> int:
     )
     a.add_argument("--threads", type=int, default=2)
     a.add_argument("--device", default="auto")
-    args = ap.parse_args(argv)
+    c = sub.add_parser("config", help="check or regenerate the configuration")
+    csub = c.add_subparsers(dest="action", required=True)
+    a = csub.add_parser("check", help="validate config.yaml and overlays, running nothing")
+    a.add_argument("--configfile", nargs="+", type=Path, help="overlays, merged in order")
+    a.add_argument("--root", type=Path, help="the repository (default: here, or cytofm's)")
+    a = csub.add_parser("write", help="regenerate config.yaml, the schema and the reference")
+    a.add_argument("--check", action="store_true", help="only say which files are stale")
+    a.add_argument("--root", type=Path, help="the repository (default: here, or cytofm's)")
+    m = sub.add_parser("mlflow", help="MLflow tracking")
+    msub = m.add_subparsers(dest="action", required=True)
+    a = msub.add_parser("flush", help="send the runs a workflow left spooled")
+    a.add_argument("results", nargs="?", type=Path, default=Path("results"))
+    a.add_argument("--ended", action="store_true", help="no job of these results still runs")
+    return ap
+
+
+COMMANDS = {
+    ("inspect", None): _inspect,
+    ("export", None): _export,
+    ("predict", None): _predict,
+    ("config", "check"): _config_check,
+    ("config", "write"): _config_write,
+    ("mlflow", "flush"): _mlflow_flush,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import os
 
     os.environ.setdefault("MLFLOW_TRACKING_URI", "none")  # a quick look is not a tracked run
-    from cytofm.errors import InputDataError
+    from cytofm.errors import CytofmError
 
+    action = getattr(args, "action", None)
+    name = " ".join(p for p in (args.command, action) if p)
     try:
-        return {"inspect": _inspect, "export": _export, "predict": _predict}[args.command](args)
-    except (InputDataError, FileNotFoundError) as err:
-        print(f"cytofm {args.command}: {err}", file=sys.stderr)
+        return COMMANDS[(args.command, action)](args)
+    except (CytofmError, _UserError, FileNotFoundError, NotADirectoryError) as err:
+        print(f"cytofm {name}: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # the schema's own validator (Snakemake's WorkflowError)
+        if type(err).__name__ != "WorkflowError":
+            raise
+        print(f"cytofm {name}: {' '.join(str(err).split())[:2000]}", file=sys.stderr)
         return 2
 
 

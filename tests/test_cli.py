@@ -48,3 +48,57 @@ def test_export_and_missing_stores_fail_with_the_fix(results, capsys):
         main(["export", "--results", results.root, "--slides", "syn", "--hdf5"])
     assert main(["export", "--results", results.root, "--slides", "nope", "--geojson"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def _cytofm(*args: str, cwd=None):
+    """The command as a user runs it: ``python -m cytofm`` in a fresh process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.run(
+        [sys.executable, "-m", "cytofm", *args],
+        cwd=cwd or repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_version_and_one_front_door():
+    from cytofm import __version__
+
+    proc = _cytofm("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"cytofm {__version__}"
+    proc = _cytofm("frobnicate")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr  # a usage error
+
+
+def test_config_check_merges_overlays_as_snakemake_and_names_a_bad_value(tmp_path):
+    """`cytofm config check` reads config.yaml and the overlays in order, as Snakemake merges
+    them, and builds the plan: a bad value is one line and status 2, never a traceback."""
+    import yaml
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"evaluate": {"lora": {"dropout": 1.5}}}))
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text(yaml.safe_dump({"evaluate": {"lora": {"dropout": 0.1}}}))
+    proc = _cytofm("config", "check", "--configfile", str(bad))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "'evaluate.lora.dropout' must be < 1, got 1.5" in proc.stderr
+    proc = _cytofm("config", "check", "--configfile", str(bad), str(fixed))  # the last one wins
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("config ok: ") and "demo_cells" in proc.stdout
+    proc = _cytofm("config", "check", "--configfile", str(tmp_path / "missing.yaml"))
+    assert proc.returncode == 2 and "missing.yaml" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_config_write_check_and_mlflow_flush_behind_the_same_door(tmp_path):
+    proc = _cytofm("config", "write", "--check")
+    assert proc.returncode == 0, proc.stderr  # the generated files are current
+    (tmp_path / "results" / "mlflow-spool").mkdir(parents=True)
+    proc = _cytofm("mlflow", "flush", str(tmp_path / "results"))
+    assert proc.returncode == 0 and "sent 0 run(s)" in proc.stderr

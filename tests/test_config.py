@@ -152,7 +152,7 @@ def test_demo_config_trains_the_small_vit():
 
 def test_generated_schema_config_and_reference_are_current():
     """The schema, config.yaml and docs/configuration.md are generated from the dataclasses;
-    regenerate them (python -m cytofm.config --write) when a field changes."""
+    regenerate them (cytofm config write) when a field changes."""
     for path, text in generated(REPO).items():
         assert path.read_text() == text, f"{path.relative_to(REPO)} is stale"
 

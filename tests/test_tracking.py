@@ -230,7 +230,7 @@ def test_an_unreachable_store_keeps_the_runs_and_never_raises(tmp_path, monkeypa
         record_file.write_text(json.dumps(record))
     with caplog.at_level("WARNING"):
         assert flush_spool(spool, final=True) == {"sent": 0, "killed": 0, "left": 2}
-    assert "2 kept in" in caplog.text and "cytofm.tracking flush" in caplog.text
+    assert "2 kept in" in caplog.text and "cytofm mlflow flush" in caplog.text
     assert len(list(spool.glob("*/run.json"))) == 2
 
     # fixed (here: the broken file removed), the command docs/tracking.md gives sends them

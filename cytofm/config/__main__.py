@@ -1,4 +1,4 @@
-"""``python -m cytofm.config --write`` regenerates the schema, config.yaml and the configuration
+"""``cytofm config write`` regenerates the schema, config.yaml and the configuration
 reference from the dataclasses; ``--check`` exits 1 naming the stale files."""
 
 import argparse
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             stale.append(str(path))
     if stale:
-        print(f"stale: {', '.join(stale)}; run python -m cytofm.config --write", file=sys.stderr)
+        print(f"stale: {', '.join(stale)}; run cytofm config write", file=sys.stderr)
         return 1
     return 0
 

@@ -1,7 +1,7 @@
 """Generate the JSON schema, the commented ``config.yaml`` and ``docs/configuration.md`` from the
 config dataclasses, so that the dataclasses are the only place a key is defined.
 
-``python -m cytofm.config --write`` rewrites the three files; ``--check`` fails when one is
+``cytofm config write`` rewrites the three files; ``--check`` fails when one is
 stale (a test runs the same comparison).
 """
 
@@ -26,7 +26,7 @@ _HEADER = """\
 # before any job runs; docs/configuration.md explains each one. Spatial sizes are in
 # micrometres (um) or in pixels at a stated resolution in micrometres per pixel (mpp). The
 # defaults run the built-in synthetic demo, sized for a laptop CPU.
-# Generated from cytofm/config/ by `python -m cytofm.config --write`: edit there.
+# Generated from cytofm/config/ by `cytofm config write`: edit there.
 """
 _COLUMN = 24  # comments start here when the key and value leave room
 
@@ -113,7 +113,7 @@ def schema() -> dict:
     out = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
     out["description"] = (
         "cytofm configuration (config.yaml). Generated from cytofm/config/ by "
-        "`python -m cytofm.config --write`: edit there."
+        "`cytofm config write`: edit there."
     )
     out.update(_class_schema(Config))
     return out
@@ -229,7 +229,7 @@ _REFERENCE_HEAD = """\
 `config.yaml` is the default run and comments every key in place. The keys, their types,
 defaults, allowed values and meaning are defined once, in the dataclasses of `cytofm/config/`;
 this page, `config.yaml` and the schema (`workflow/schemas/config.schema.yaml`) are generated
-from there (`python -m cytofm.config --write`; a test fails when one is stale).
+from there (`cytofm config write`; a test fails when one is stale).
 
 Settings are grouped by topic (`pretrain.optim.lr`, `evaluate.lora.rank`, ...), so an overlay
 of a few lines changes a recipe. A key from before the grouping (`pretrain.lr`) fails with a

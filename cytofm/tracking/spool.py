@@ -7,7 +7,7 @@ and an ``artifacts/`` folder, written with no mlflow import. :func:`flush_spool`
 finished runs (and those of jobs killed before they could finish, as KILLED) and deletes them;
 :func:`end_invocation`, at the workflow's end, also closes the invocation's parent run.
 What an interrupted workflow left is sent by the next one, or by hand with
-``python -m cytofm.tracking flush <results>`` (:func:`main`).
+``cytofm mlflow flush <results>`` (:func:`main`; also ``python -m cytofm.tracking flush``).
 """
 
 from __future__ import annotations
@@ -246,7 +246,7 @@ def flush_spool(
             except Exception as err:  # keep the rest for the next flush
                 log.warning(
                     "could not send spooled MLflow runs to %s (%s: %s); %d kept in %s, sent "
-                    "by the next workflow run or `python -m cytofm.tracking flush`",
+                    "by the next workflow run or `cytofm mlflow flush`",
                     uri,
                     type(err).__name__,
                     err,
