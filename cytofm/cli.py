@@ -1,7 +1,7 @@
 """``cytofm``: what is not a workflow step (also ``python -m cytofm``).
 
     cytofm inspect <store>                       what a store holds and where it came from
-    cytofm export --results R --slides A B [--geojson] [--hdf5 --backbone NAME]
+    cytofm export --results R [--slides A B] [--geojson] [--hdf5 --backbone NAME]
     cytofm predict --model DIR --backbone DIR --slide FILE --out DIR [--mpp X] [--cell-head DIR]
     cytofm config check [--configfile FILE ...]  the config as the workflow would read it
     cytofm config write [--check]                regenerate config.yaml, schema and reference
@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = ["main"]
@@ -66,7 +67,11 @@ def _export(args) -> int:
         raise SystemExit("cytofm export --hdf5 needs --backbone (a name under backbones:)")
     p = Paths(str(args.results))
     cfg = ExportConfig(tiles=args.tiles)
-    for slide in args.slides:
+    cells_dir = Path(p.cells()).parent  # the pattern's folder: results/cells
+    slides = args.slides or sorted(f.name.removesuffix(".zarr") for f in cells_dir.glob("*.zarr"))
+    if not slides:
+        raise _UserError(f"no slide has cells under {cells_dir}; run the workflow first")
+    for slide in slides:
         if args.geojson:
             counts = run_export_geojson(p.cells(slide), p.tiles(slide), p.geojson(slide), cfg)
             print(f"{p.geojson(slide)}: {counts}")
@@ -124,7 +129,6 @@ def _config_check(args) -> int:
     """Merge config.yaml and the ``--configfile`` overlays in order, as Snakemake does, and
     build the run plan from them (schema, bounds, the sheet, references): nothing runs."""
     import yaml
-    from snakemake.utils import update_config, validate
 
     from cytofm.plan import Plan
 
@@ -134,8 +138,8 @@ def _config_check(args) -> int:
         overlay = yaml.safe_load(Path(path).read_text())
         if overlay is not None and not isinstance(overlay, dict):
             raise _UserError(f"{path}: a config file holds a mapping of keys, got {overlay!r}")
-        update_config(config, overlay or {})
-    plan = Plan.build(config, local=True, validate=validate)
+        merge_config(config, overlay or {})
+    plan = Plan.build(config, local=True, validate=_validate)
     for note in plan.notes:
         print(note, file=sys.stderr)
     print(
@@ -144,6 +148,39 @@ def _config_check(args) -> int:
         f"{sorted(plan.slide_tasks)}; results in {plan.config.results}"
     )
     return 0
+
+
+def merge_config(config: dict, overlay: Mapping) -> dict:
+    """``overlay`` merged into ``config`` in place as Snakemake merges ``--configfile`` files
+    (``snakemake.utils.update_config``): mappings key by key, any other value replaced."""
+    for key, value in overlay.items():
+        if isinstance(value, Mapping):
+            node = config.get(key)
+            config[key] = merge_config(node if isinstance(node, dict) else {}, value)
+        else:
+            config[key] = value
+    return config
+
+
+def _validate(data, schema_path: str) -> None:
+    """``data`` (the config, or the sheet's rows) against a JSON schema, as the workflow's
+    validation does; empty cells of the sheet are absent keys."""
+    import jsonschema
+    import pandas as pd
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    rows = (
+        [{k: v for k, v in r.items() if not pd.isna(v)} for r in data.to_dict("records")]
+        if isinstance(data, pd.DataFrame)
+        else [data]
+    )
+    check = jsonschema.Draft202012Validator(schema)
+    for row in rows:
+        error = jsonschema.exceptions.best_match(check.iter_errors(row))
+        if error is not None:
+            where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+            raise _UserError(f"{Path(schema_path).name}: {where}: {error.message}")
 
 
 def _config_write(args) -> int:
@@ -184,7 +221,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="also print the attributes as JSON")
     a = sub.add_parser("export", help="QuPath GeoJSON / TRIDENT and STAMP HDF5 of given slides")
     a.add_argument("--results", type=Path, default=Path("results"), help="the results folder")
-    a.add_argument("--slides", nargs="+", required=True, help="slide ids")
+    a.add_argument("--slides", nargs="+", help="slide ids (default: every slide with cells)")
     a.add_argument("--geojson", action="store_true", help="cells and tissue for QuPath")
     a.add_argument("--tiles", action="store_true", help="also the tiles in the GeoJSON")
     a.add_argument("--hdf5", action="store_true", help="features as HDF5 (needs --backbone)")
@@ -252,11 +289,6 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[(args.command, action)](args)
     except (CytofmError, _UserError, FileNotFoundError, NotADirectoryError) as err:
         print(f"cytofm {name}: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # the schema's own validator (Snakemake's WorkflowError)
-        if type(err).__name__ != "WorkflowError":
-            raise
-        print(f"cytofm {name}: {' '.join(str(err).split())[:2000]}", file=sys.stderr)
         return 2
 
 

@@ -1,4 +1,6 @@
+import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +45,14 @@ def test_export_writes_what_the_rules_write(results, capsys):
         assert open(results.features_h5(layout, "toy", "cells", "syn"), "rb").read(4) == b"\x89HDF"
 
 
+def test_export_without_slides_exports_every_slide_with_cells(results, capsys, tmp_path):
+    Path(results.geojson("syn")).unlink(missing_ok=True)
+    assert main(["export", "--results", results.root, "--geojson"]) == 0
+    assert open(results.geojson("syn")).read().startswith("{")
+    assert main(["export", "--results", str(tmp_path / "empty"), "--geojson"]) == 2
+    assert "no slide has cells" in capsys.readouterr().err
+
+
 def test_export_and_missing_stores_fail_with_the_fix(results, capsys):
     with pytest.raises(SystemExit, match="--backbone"):
         main(["export", "--results", results.root, "--slides", "syn", "--hdf5"])
@@ -54,7 +64,6 @@ def _cytofm(*args: str, cwd=None):
     """The command as a user runs it: ``python -m cytofm`` in a fresh process."""
     import subprocess
     import sys
-    from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
     return subprocess.run(
@@ -102,3 +111,15 @@ def test_config_write_check_and_mlflow_flush_behind_the_same_door(tmp_path):
     (tmp_path / "results" / "mlflow-spool").mkdir(parents=True)
     proc = _cytofm("mlflow", "flush", str(tmp_path / "results"))
     assert proc.returncode == 0 and "sent 0 run(s)" in proc.stderr
+
+
+def test_overlays_merge_as_snakemake_merges_them():
+    from snakemake.utils import update_config
+
+    from cytofm.cli import merge_config
+
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 1, "e": {"f": {"g": 1}}}
+    overlay = {"a": {"c": [3]}, "d": {"x": 1}, "e": {"f": {"h": 2}}, "n": None}
+    ours, theirs = merge_config(copy.deepcopy(base), overlay), copy.deepcopy(base)
+    update_config(theirs, overlay)
+    assert ours == theirs
